@@ -1,0 +1,81 @@
+# dp2o build. `make` builds the libtorch shim (build/libdp2otorch.so) that the
+# Go package torch links; `make test` runs every Go test against it.
+#
+# LIBTORCH=/path selects a libtorch (the official zip, or Python's torch
+# folder: python3 -c 'import torch; print(torch.__path__[0])'). Without it the
+# system's libtorch-dev (Debian: /usr/include, /usr/lib/x86_64-linux-gnu) is used.
+
+BUILD    ?= build
+SHIM     := $(BUILD)/libdp2otorch.so
+CXX      ?= g++
+SRC      := $(wildcard torch/csrc/*.cpp)
+OBJ      := $(patsubst torch/csrc/%.cpp,$(BUILD)/obj/%.o,$(SRC))
+JOBS     ?= $(shell nproc)
+
+ifdef LIBTORCH
+  TORCH_INC  := -isystem $(LIBTORCH)/include -isystem $(LIBTORCH)/include/torch/csrc/api/include
+  TORCH_LIB  := -L$(LIBTORCH)/lib -Wl,-rpath,$(LIBTORCH)/lib
+  # The C++ ABI must match the one libtorch was built with (Python wheels of
+  # torch < 2.6 use the old one). Override with TORCH_CXX11_ABI=0|1.
+  TORCH_CXX11_ABI ?= $(shell python3 -c 'import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))' 2>/dev/null || echo 1)
+  ABI_FLAG   := -D_GLIBCXX_USE_CXX11_ABI=$(TORCH_CXX11_ABI)
+  HAS_CUDA   := $(wildcard $(LIBTORCH)/lib/libtorch_cuda.so)
+else
+  TORCH_INC  := -isystem /usr/include/torch/csrc/api/include
+  TORCH_LIB  :=
+  ABI_FLAG   :=
+  HAS_CUDA   :=
+endif
+
+ifneq ($(HAS_CUDA),)
+  # CUDA headers: the toolkit's, or the nvidia-cuda-runtime wheel beside torch.
+  CUDA_INC ?= $(firstword $(wildcard /usr/local/cuda/include) $(wildcard $(LIBTORCH)/../nvidia/cuda_runtime/include))
+  CUDA_FLAGS := -DDP2O_CUDA $(if $(CUDA_INC),-isystem $(CUDA_INC))
+  # --no-as-needed: nothing in the shim names a torch_cuda symbol, so without
+  # it the linker drops the library and CUDA silently disappears.
+  CUDA_LIBS  := -Wl,--no-as-needed -ltorch_cuda -lc10_cuda -Wl,--as-needed
+endif
+
+CXXFLAGS ?= -O2
+CXXFLAGS += -std=c++17 -fPIC -Wall -Wno-unused-variable $(ABI_FLAG) $(TORCH_INC) $(CUDA_FLAGS)
+LDLIBS   := $(TORCH_LIB) $(CUDA_LIBS) -Wl,--no-as-needed -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
+
+.PHONY: all setup shim generate test bench run fmt clean gpu-check
+
+all: shim
+
+# Install the system packages a fresh Debian machine lacks (g++, libtorch-dev).
+setup:
+	scripts/setup.sh
+
+shim: $(SHIM)
+
+$(SHIM): $(OBJ)
+	$(CXX) -shared -o $@ $(OBJ) $(LDLIBS)
+
+$(BUILD)/obj/%.o: torch/csrc/%.cpp torch/csrc/shim.h torch/csrc/dp2o.h torch/csrc/dp2o_ops.h
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+# Regenerate the op wrappers from torch/ops/*.def.
+generate:
+	cd torch && go run ./internal/opgen .
+
+test: $(SHIM)
+	go vet ./...
+	go test ./...
+
+bench: $(SHIM)
+	go test -run '^$$' -bench . -benchtime 2s ./torch/
+
+run: $(SHIM)
+	go run ./examples/sr
+
+fmt:
+	gofmt -l -w .
+
+clean:
+	rm -rf $(BUILD)
+
+gpu-check:
+	scripts/gpu-check.sh

@@ -1,0 +1,157 @@
+// Package testutil holds what the model tests share: locating fixtures
+// (testdata/ or $DP2O_FIXTURES), reading tensors from safetensors fixtures,
+// comparing tensors with a tolerance that names the first diverging one, and
+// the device switch of the GPU runs.
+package testutil
+
+import (
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/safetensors"
+)
+
+// Fixture returns the path of a fixture file or folder. rel is relative to
+// the fixture root (e.g. "sd2/unet/io_main.safetensors"). With
+// $DP2O_FIXTURES set it is looked up there; otherwise under the package's
+// testdata/ with the same layout.
+func Fixture(tb testing.TB, rel string) string {
+	tb.Helper()
+	root := os.Getenv("DP2O_FIXTURES")
+	if root == "" {
+		root = "testdata"
+	}
+	p := filepath.Join(root, rel)
+	if _, err := os.Stat(p); err != nil {
+		tb.Fatalf("fixture %s: %v", rel, err)
+	}
+	return p
+}
+
+// Device is the device tests run on: $DP2O_DEVICE ("cpu" when unset).
+func Device(tb testing.TB) torch.Device {
+	tb.Helper()
+	s := os.Getenv("DP2O_DEVICE")
+	if s == "" {
+		return torch.CPU
+	}
+	d, err := torch.ParseDevice(s)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if d.IsCUDA() && !torch.CUDAAvailable() {
+		tb.Fatalf("DP2O_DEVICE=%s but libtorch sees no CUDA device", s)
+	}
+	return d
+}
+
+// Tensors reads every tensor of a safetensors file into CPU tensors that
+// the test's cleanup closes.
+func Tensors(tb testing.TB, path string) map[string]*torch.Tensor {
+	tb.Helper()
+	f, err := safetensors.Open(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	out := map[string]*torch.Tensor{}
+	for _, n := range f.Names() {
+		info, _ := f.Info(n)
+		dt, err := torch.DTypeFromSafetensors(string(info.DType))
+		if err != nil {
+			tb.Fatalf("%s: %s: %v", path, n, err)
+		}
+		b, err := f.Data(n)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		t, err := torch.FromBytes(b, dt, info.Shape)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		out[n] = torch.Unscope(t)
+	}
+	tb.Cleanup(func() {
+		for _, t := range out {
+			t.Close()
+		}
+	})
+	return out
+}
+
+// Diff compares got with want elementwise (both moved to float64 on the CPU):
+// it returns the largest |got−want| and the largest excess over
+// atol + rtol·|want| (≤ 0 when within tolerance), or an error for a shape
+// mismatch.
+func Diff(got, want *torch.Tensor, atol, rtol float64) (maxAbs, worst float64, err error) {
+	gs, ws := got.Shape(), want.Shape()
+	if fmt.Sprint(gs) != fmt.Sprint(ws) {
+		return 0, 0, fmt.Errorf("shape %v, want %v", gs, ws)
+	}
+	g, w := got.Float64s(), want.Float64s()
+	worst = math.Inf(-1)
+	for i := range g {
+		d := math.Abs(g[i] - w[i])
+		if math.IsNaN(g[i]) != math.IsNaN(w[i]) {
+			return math.NaN(), math.Inf(1), nil
+		}
+		if d > maxAbs {
+			maxAbs = d
+		}
+		if e := d - (atol + rtol*math.Abs(w[i])); e > worst {
+			worst = e
+		}
+	}
+	if len(g) == 0 {
+		worst = 0
+	}
+	return maxAbs, worst, nil
+}
+
+// AssertClose fails the test (fatally: later checks would only repeat the
+// divergence) when got differs from want by more than atol + rtol·|want|.
+func AssertClose(tb testing.TB, name string, got, want *torch.Tensor, atol, rtol float64) {
+	tb.Helper()
+	maxAbs, worst, err := Diff(got, want, atol, rtol)
+	if err != nil {
+		tb.Fatalf("%s: %v", name, err)
+	}
+	if worst > 0 {
+		tb.Fatalf("%s: max |diff| %.3g exceeds tolerance %.1g + %.1g·|ref| (first diverging tensor)", name, maxAbs, atol, rtol)
+	}
+	tb.Logf("%s: max |diff| %.3g", name, maxAbs)
+}
+
+// AssertEqual fails unless got and want have the same shape, dtype and bytes.
+func AssertEqual(tb testing.TB, name string, got, want *torch.Tensor) {
+	tb.Helper()
+	if fmt.Sprint(got.Shape()) != fmt.Sprint(want.Shape()) {
+		tb.Fatalf("%s: shape %v, want %v", name, got.Shape(), want.Shape())
+	}
+	if got.DType() != want.DType() {
+		tb.Fatalf("%s: dtype %v, want %v", name, got.DType(), want.DType())
+	}
+	gb, wb := got.Bytes(), want.Bytes()
+	for i := range gb {
+		if gb[i] != wb[i] {
+			maxAbs, _, _ := Diff(got, want, 0, 0)
+			tb.Fatalf("%s: not bit-identical (byte %d differs; max |diff| %.3g)", name, i, maxAbs)
+		}
+	}
+}
+
+// NoLeak records the live-tensor count and, at the end of the test, fails
+// if it grew.
+func NoLeak(tb testing.TB) {
+	tb.Helper()
+	before := torch.LiveTensors()
+	tb.Cleanup(func() {
+		if after := torch.LiveTensors(); after > before {
+			tb.Errorf("leaked %d tensor handles (%d live before, %d after)", after-before, before, after)
+		}
+	})
+}

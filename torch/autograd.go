@@ -1,0 +1,88 @@
+package torch
+
+// #include "csrc/dp2o.h"
+import "C"
+
+import "runtime"
+
+// SetRequiresGrad marks the tensor as a leaf that accumulates gradients.
+func (t *Tensor) SetRequiresGrad(on bool) *Tensor {
+	err := C.dp2o_tensor_set_requires_grad(t.ptr(), cbool(on))
+	runtime.KeepAlive(t)
+	must(err, "requires_grad_")
+	return t
+}
+
+// RequiresGrad reports whether autograd records operations on the tensor.
+func (t *Tensor) RequiresGrad() bool {
+	r := C.dp2o_tensor_requires_grad(t.ptr()) != 0
+	runtime.KeepAlive(t)
+	return r
+}
+
+// Backward computes gradients of t with respect to the graph's leaves. grad
+// is the upstream gradient (nil for a scalar t).
+func (t *Tensor) Backward(grad *Tensor) {
+	err := C.dp2o_tensor_backward(t.ptr(), optPtr(grad), 0)
+	runtime.KeepAlive(t)
+	runtime.KeepAlive(grad)
+	must(err, "backward")
+}
+
+// BackwardRetain is Backward keeping the graph for another backward pass.
+func (t *Tensor) BackwardRetain(grad *Tensor) {
+	err := C.dp2o_tensor_backward(t.ptr(), optPtr(grad), 1)
+	runtime.KeepAlive(t)
+	runtime.KeepAlive(grad)
+	must(err, "backward")
+}
+
+// Grad returns a new handle to the accumulated gradient, or nil when there is none.
+func (t *Tensor) Grad() *Tensor {
+	var out C.dp2o_tensor
+	err := C.dp2o_tensor_grad(t.ptr(), &out)
+	runtime.KeepAlive(t)
+	must(err, "grad")
+	return newTensor(out)
+}
+
+// ZeroGrad clears the accumulated gradient (setToNone drops it entirely, as
+// optimizer.zero_grad(set_to_none=True) does).
+func (t *Tensor) ZeroGrad(setToNone bool) {
+	err := C.dp2o_tensor_zero_grad(t.ptr(), cbool(setToNone))
+	runtime.KeepAlive(t)
+	must(err, "zero_grad")
+}
+
+// SetGrad replaces the accumulated gradient (nil clears it).
+func (t *Tensor) SetGrad(g *Tensor) {
+	err := C.dp2o_tensor_set_grad(t.ptr(), optPtr(g))
+	runtime.KeepAlive(t)
+	runtime.KeepAlive(g)
+	must(err, "set_grad")
+}
+
+// GradEnabled reports whether autograd records operations on the calling
+// goroutine's current OS thread.
+func GradEnabled() bool { return C.dp2o_grad_enabled() != 0 }
+
+// NoGrad runs f with autograd recording off, as torch.no_grad(). libtorch's
+// grad mode is per OS thread, so the goroutine is locked to its thread for
+// the extent of f; goroutines that f starts are not covered.
+func NoGrad(f func()) {
+	withGrad(false, f)
+}
+
+// EnableGrad runs f with autograd recording on (inside a NoGrad, say).
+func EnableGrad(f func()) {
+	withGrad(true, f)
+}
+
+func withGrad(on bool, f func()) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	prev := C.dp2o_grad_enabled()
+	C.dp2o_set_grad_enabled(cbool(on))
+	defer C.dp2o_set_grad_enabled(prev)
+	f()
+}

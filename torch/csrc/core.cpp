@@ -1,0 +1,242 @@
+// core.cpp: tensor lifetime, metadata, autograd, generators and devices.
+#include "shim.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <torch/version.h>
+
+#include <sstream>
+
+namespace dp2o {
+std::atomic<int64_t> g_live_tensors{0};
+std::atomic<int64_t> g_live_bytes{0};
+}  // namespace dp2o
+
+using dp2o::T;
+using dp2o::wrap;
+
+extern "C" {
+
+dp2o_err dp2o_version(char *buf, int n) {
+  DP2O_TRY
+  std::snprintf(buf, n, "%s", TORCH_VERSION);
+  DP2O_CATCH
+}
+
+int dp2o_cuda_available(void) {
+  try {
+    return at::detail::getCUDAHooks().hasCUDA() ? 1 : 0;
+  } catch (...) {
+    return 0;
+  }
+}
+
+int dp2o_cuda_device_count(void) {
+  try {
+    return at::detail::getCUDAHooks().getNumGPUs();
+  } catch (...) {
+    return 0;
+  }
+}
+
+void dp2o_set_num_threads(int n) { at::set_num_threads(n); }
+int dp2o_get_num_threads(void) { return at::get_num_threads(); }
+
+int dp2o_has_native_sdpa(void) {
+#if TORCH_VERSION_MAJOR >= 2
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+int64_t dp2o_live_tensors(void) { return dp2o::g_live_tensors.load(); }
+int64_t dp2o_live_bytes(void) { return dp2o::g_live_bytes.load(); }
+
+int dp2o_grad_enabled(void) { return c10::GradMode::is_enabled() ? 1 : 0; }
+void dp2o_set_grad_enabled(int on) { c10::GradMode::set_enabled(on != 0); }
+
+void dp2o_tensor_free(dp2o_tensor h) {
+  if (!h) return;
+  auto *o = static_cast<dp2o::Owned *>(h);
+  dp2o::g_live_tensors.fetch_sub(1, std::memory_order_relaxed);
+  dp2o::g_live_bytes.fetch_sub(o->bytes, std::memory_order_relaxed);
+  delete o;
+}
+
+dp2o_err dp2o_tensor_from_data(const void *data, int64_t nbytes, const int64_t *shape, int ndim, int dtype,
+                               dp2o_tensor *out) {
+  DP2O_TRY
+  auto st = static_cast<at::ScalarType>(dtype);
+  at::Tensor t = at::empty(at::IntArrayRef(shape, ndim), at::TensorOptions().dtype(st));
+  int64_t want = static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size());
+  TORCH_CHECK(want == nbytes, "from_data: ", nbytes, " bytes given for shape ", t.sizes(), " of ", st,
+              " (", want, " bytes needed)");
+  if (nbytes > 0) std::memcpy(t.data_ptr(), data, nbytes);
+  *out = wrap(std::move(t));
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_tensor_copy_to(dp2o_tensor h, void *dst, int64_t nbytes) {
+  DP2O_TRY
+  at::Tensor t = T(h).detach().to(at::kCPU).contiguous();
+  int64_t have = static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size());
+  TORCH_CHECK(have == nbytes, "copy_to: tensor holds ", have, " bytes, buffer has ", nbytes);
+  if (nbytes > 0) std::memcpy(dst, t.data_ptr(), nbytes);
+  DP2O_CATCH
+}
+
+int dp2o_tensor_ndim(dp2o_tensor h) { return static_cast<int>(T(h).dim()); }
+void dp2o_tensor_shape(dp2o_tensor h, int64_t *dims) {
+  auto s = T(h).sizes();
+  for (size_t i = 0; i < s.size(); i++) dims[i] = s[i];
+}
+void dp2o_tensor_strides(dp2o_tensor h, int64_t *dims) {
+  auto s = T(h).strides();
+  for (size_t i = 0; i < s.size(); i++) dims[i] = s[i];
+}
+int dp2o_tensor_dtype(dp2o_tensor h) { return static_cast<int>(T(h).scalar_type()); }
+void dp2o_tensor_device(dp2o_tensor h, int *type, int *index) {
+  auto d = T(h).device();
+  *type = static_cast<int>(d.type());
+  *index = d.has_index() ? d.index() : (d.is_cuda() ? 0 : -1);
+}
+int64_t dp2o_tensor_numel(dp2o_tensor h) { return T(h).numel(); }
+int dp2o_tensor_defined(dp2o_tensor h) { return T(h).defined() ? 1 : 0; }
+int dp2o_tensor_is_contiguous(dp2o_tensor h) { return T(h).is_contiguous() ? 1 : 0; }
+int dp2o_tensor_requires_grad(dp2o_tensor h) { return T(h).requires_grad() ? 1 : 0; }
+int64_t dp2o_tensor_storage_offset(dp2o_tensor h) { return T(h).storage_offset(); }
+
+dp2o_err dp2o_tensor_item(dp2o_tensor h, double *out) {
+  DP2O_TRY
+  *out = T(h).item<double>();
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_tensor_item_int(dp2o_tensor h, int64_t *out) {
+  DP2O_TRY
+  *out = T(h).item<int64_t>();
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_tensor_to_string(dp2o_tensor h, char **out) {
+  DP2O_TRY
+  std::ostringstream os;
+  os << T(h);
+  *out = dp2o::dup_err(os.str().c_str());
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_tensor_shallow_clone(dp2o_tensor h, dp2o_tensor *out) {
+  DP2O_TRY
+  *out = wrap(T(h));
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_tensor_set_requires_grad(dp2o_tensor h, int on) {
+  DP2O_TRY
+  T(h).requires_grad_(on != 0);
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_tensor_backward(dp2o_tensor h, dp2o_tensor grad, int retain_graph) {
+  DP2O_TRY
+  at::Tensor g;
+  if (grad) g = T(grad);
+  T(h).backward(g, retain_graph ? c10::optional<bool>(true) : c10::nullopt, false);
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_tensor_grad(dp2o_tensor h, dp2o_tensor *out) {
+  DP2O_TRY
+  const at::Tensor &g = T(h).grad();
+  *out = g.defined() ? wrap(g) : nullptr;
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_tensor_zero_grad(dp2o_tensor h, int set_to_none) {
+  DP2O_TRY
+  at::Tensor &t = T(h);
+  if (set_to_none) {
+    t.mutable_grad() = at::Tensor();
+  } else if (t.grad().defined()) {
+    t.mutable_grad().detach_();
+    t.mutable_grad().zero_();
+  }
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_tensor_set_grad(dp2o_tensor h, dp2o_tensor grad) {
+  DP2O_TRY
+  T(h).mutable_grad() = grad ? T(grad) : at::Tensor();
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_gen_new(int device_type, int device_index, uint64_t seed, dp2o_gen *out) {
+  DP2O_TRY
+  at::Generator g;
+  if (device_type == static_cast<int>(c10::DeviceType::CPU)) {
+    g = at::detail::createCPUGenerator(seed);
+  } else if (device_type == static_cast<int>(c10::DeviceType::CUDA)) {
+    TORCH_CHECK(at::detail::getCUDAHooks().hasCUDA(), "CUDA generator requested but CUDA is not available");
+    g = at::detail::getCUDAHooks().getDefaultCUDAGenerator(device_index).clone();
+    g.set_current_seed(seed);
+  } else {
+    TORCH_CHECK(false, "generator: unsupported device type ", device_type);
+  }
+  *out = new at::Generator(std::move(g));
+  DP2O_CATCH
+}
+
+void dp2o_gen_free(dp2o_gen g) { delete static_cast<at::Generator *>(g); }
+
+dp2o_err dp2o_gen_manual_seed(dp2o_gen g, uint64_t seed) {
+  DP2O_TRY
+  auto *gen = static_cast<at::Generator *>(g);
+  std::lock_guard<std::mutex> lock(gen->mutex());
+  gen->set_current_seed(seed);
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_gen_seed(dp2o_gen g, uint64_t *out) {
+  DP2O_TRY
+  *out = static_cast<at::Generator *>(g)->current_seed();
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_gen_get_state(dp2o_gen g, dp2o_tensor *out) {
+  DP2O_TRY
+  auto *gen = static_cast<at::Generator *>(g);
+  std::lock_guard<std::mutex> lock(gen->mutex());
+  *out = wrap(gen->get_state());
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_gen_set_state(dp2o_gen g, dp2o_tensor state) {
+  DP2O_TRY
+  auto *gen = static_cast<at::Generator *>(g);
+  std::lock_guard<std::mutex> lock(gen->mutex());
+  gen->set_state(T(state));
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_manual_seed(uint64_t seed) {
+  DP2O_TRY
+  auto gen = at::detail::getDefaultCPUGenerator();
+  {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_current_seed(seed);
+  }
+  if (at::detail::getCUDAHooks().hasCUDA()) {
+    int n = at::detail::getCUDAHooks().getNumGPUs();
+    for (int i = 0; i < n; i++) {
+      auto g = at::detail::getCUDAHooks().getDefaultCUDAGenerator(i);
+      std::lock_guard<std::mutex> lock(g.mutex());
+      g.set_current_seed(seed);
+    }
+  }
+  DP2O_CATCH
+}
+
+}  // extern "C"

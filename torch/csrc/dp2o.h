@@ -1,0 +1,85 @@
+/* dp2o.h: the flat C ABI over libtorch used by the Go package torch.
+ *
+ * Every function that can fail returns a dp2o_err: NULL on success, or a
+ * malloc'd message (the caller frees it with free()). C++ exceptions never
+ * cross this boundary. Tensors are opaque handles owning one at::Tensor; they
+ * are released with dp2o_tensor_free.
+ */
+#ifndef DP2O_H
+#define DP2O_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef void *dp2o_tensor;
+typedef void *dp2o_gen;
+typedef char *dp2o_err;
+
+/* library and devices */
+dp2o_err dp2o_version(char *buf, int n);
+int dp2o_cuda_available(void);
+int dp2o_cuda_device_count(void);
+dp2o_err dp2o_cuda_synchronize(int device);
+dp2o_err dp2o_cuda_empty_cache(void);
+dp2o_err dp2o_cuda_memory(int device, int64_t *allocated, int64_t *peak, int64_t *reserved);
+dp2o_err dp2o_cuda_reset_peak(int device);
+dp2o_err dp2o_cuda_device_name(int device, char *buf, int n);
+void dp2o_set_num_threads(int n);
+int dp2o_get_num_threads(void);
+int dp2o_has_native_sdpa(void);
+
+/* live counters */
+int64_t dp2o_live_tensors(void);
+int64_t dp2o_live_bytes(void);
+
+/* grad mode (thread-local in libtorch) */
+int dp2o_grad_enabled(void);
+void dp2o_set_grad_enabled(int on);
+
+/* tensor lifetime and metadata */
+void dp2o_tensor_free(dp2o_tensor t);
+dp2o_err dp2o_tensor_from_data(const void *data, int64_t nbytes, const int64_t *shape, int ndim,
+                               int dtype, dp2o_tensor *out);
+dp2o_err dp2o_tensor_copy_to(dp2o_tensor t, void *dst, int64_t nbytes);
+int dp2o_tensor_ndim(dp2o_tensor t);
+void dp2o_tensor_shape(dp2o_tensor t, int64_t *dims);
+void dp2o_tensor_strides(dp2o_tensor t, int64_t *dims);
+int dp2o_tensor_dtype(dp2o_tensor t);
+void dp2o_tensor_device(dp2o_tensor t, int *type, int *index);
+int64_t dp2o_tensor_numel(dp2o_tensor t);
+int dp2o_tensor_defined(dp2o_tensor t);
+int dp2o_tensor_is_contiguous(dp2o_tensor t);
+int dp2o_tensor_requires_grad(dp2o_tensor t);
+int64_t dp2o_tensor_storage_offset(dp2o_tensor t);
+dp2o_err dp2o_tensor_item(dp2o_tensor t, double *out);
+dp2o_err dp2o_tensor_item_int(dp2o_tensor t, int64_t *out);
+dp2o_err dp2o_tensor_to_string(dp2o_tensor t, char **out);
+dp2o_err dp2o_tensor_shallow_clone(dp2o_tensor t, dp2o_tensor *out);
+
+/* autograd */
+dp2o_err dp2o_tensor_set_requires_grad(dp2o_tensor t, int on);
+dp2o_err dp2o_tensor_backward(dp2o_tensor t, dp2o_tensor grad, int retain_graph);
+dp2o_err dp2o_tensor_grad(dp2o_tensor t, dp2o_tensor *out); /* *out NULL when undefined */
+dp2o_err dp2o_tensor_zero_grad(dp2o_tensor t, int set_to_none);
+dp2o_err dp2o_tensor_set_grad(dp2o_tensor t, dp2o_tensor grad);
+
+/* generators */
+dp2o_err dp2o_gen_new(int device_type, int device_index, uint64_t seed, dp2o_gen *out);
+void dp2o_gen_free(dp2o_gen g);
+dp2o_err dp2o_gen_manual_seed(dp2o_gen g, uint64_t seed);
+dp2o_err dp2o_gen_seed(dp2o_gen g, uint64_t *out);
+dp2o_err dp2o_gen_get_state(dp2o_gen g, dp2o_tensor *out);
+dp2o_err dp2o_gen_set_state(dp2o_gen g, dp2o_tensor state);
+dp2o_err dp2o_manual_seed(uint64_t seed);
+
+#ifdef __cplusplus
+}
+#endif
+
+#include "dp2o_ops.h"
+
+#endif

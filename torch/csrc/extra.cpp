@@ -1,0 +1,153 @@
+// extra.cpp: kernels composed from several ATen calls, kept in C++ so that
+// one cgo crossing does the whole thing, with PyTorch's exact semantics.
+#include "shim.h"
+
+#include <torch/version.h>
+
+#include <cmath>
+
+namespace dp2o {
+
+// rms_norm follows diffusers' RMSNorm: the mean of squares in float32, the
+// input scaled by its reciprocal square root, then cast to the weight's dtype
+// when that is half precision, then multiplied by the weight.
+at::Tensor rms_norm(const at::Tensor &x, const c10::optional<at::Tensor> &weight, double eps) {
+  auto in_dtype = x.scalar_type();
+  auto variance = x.to(at::kFloat).pow(2).mean({-1}, true);
+  auto h = x * at::rsqrt(variance + eps);
+  if (weight.has_value() && weight->defined()) {
+    auto wt = weight->scalar_type();
+    if (wt == at::kHalf || wt == at::kBFloat16) h = h.to(wt);
+    return h * *weight;
+  }
+  return h.to(in_dtype);
+}
+
+// interpolate mirrors F.interpolate given an output size (no scale factors):
+// mode 0 nearest, 1 bilinear, 2 bicubic, 3 nearest-exact.
+at::Tensor interpolate(const at::Tensor &x, at::IntArrayRef size, int64_t mode, bool align_corners, bool antialias) {
+  TORCH_CHECK(x.dim() == 4, "interpolate: expected a 4-d (N,C,H,W) input, got ", x.dim(), " dims");
+  TORCH_CHECK(size.size() == 2, "interpolate: expected 2 output sizes, got ", size.size());
+  TORCH_CHECK(size[0] > 0 && size[1] > 0, "interpolate: output size must be positive, got ", size);
+  switch (mode) {
+    case 0:
+      TORCH_CHECK(!antialias, "interpolate: antialias is only for bilinear and bicubic");
+      return at::upsample_nearest2d(x, size, c10::nullopt, c10::nullopt);
+    case 3:
+      TORCH_CHECK(!antialias, "interpolate: antialias is only for bilinear and bicubic");
+      return at::_upsample_nearest_exact2d(x, size, c10::nullopt, c10::nullopt);
+    case 1:
+      if (antialias) return at::_upsample_bilinear2d_aa(x, size, align_corners, c10::nullopt, c10::nullopt);
+      return at::upsample_bilinear2d(x, size, align_corners, c10::nullopt, c10::nullopt);
+    case 2:
+      if (antialias) return at::_upsample_bicubic2d_aa(x, size, align_corners, c10::nullopt, c10::nullopt);
+      return at::upsample_bicubic2d(x, size, align_corners, c10::nullopt, c10::nullopt);
+  }
+  TORCH_CHECK(false, "interpolate: unknown mode ", mode);
+}
+
+// pad mirrors F.pad: mode 0 constant, 1 reflect, 2 replicate. pad lists
+// (left, right, top, bottom, ...) from the last dimension backwards.
+at::Tensor pad(const at::Tensor &x, at::IntArrayRef p, int64_t mode, double value) {
+  TORCH_CHECK(p.size() % 2 == 0, "pad: padding length must be even, got ", p.size());
+  if (mode == 0) return at::constant_pad_nd(x, p, value);
+  int64_t n = static_cast<int64_t>(p.size()) / 2;
+  TORCH_CHECK(n >= 1 && n <= 3, "pad: reflect/replicate pad 1 to 3 dims, got ", n);
+  TORCH_CHECK(x.dim() == n + 1 || x.dim() == n + 2, "pad: ", n, "-d reflect/replicate padding needs a ", n + 1,
+              "-d or ", n + 2, "-d input, got ", x.dim(), " dims");
+  if (mode == 1) {
+    if (n == 1) return at::reflection_pad1d(x, p);
+    if (n == 2) return at::reflection_pad2d(x, p);
+    return at::reflection_pad3d(x, p);
+  }
+  if (mode == 2) {
+    if (n == 1) return at::replication_pad1d(x, p);
+    if (n == 2) return at::replication_pad2d(x, p);
+    return at::replication_pad3d(x, p);
+  }
+  TORCH_CHECK(false, "pad: unknown mode ", mode);
+}
+
+// sdpa is F.scaled_dot_product_attention: q (..., L, E), k (..., S, E),
+// v (..., S, Ev). mask is boolean (true = attend) or additive. scale <= 0
+// means 1/sqrt(E). With math (or on libtorch 1.x) it runs the exact reference
+// order softmax(q·kᵀ·scale + mask)·v; otherwise libtorch's fused kernels.
+at::Tensor sdpa(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, const c10::optional<at::Tensor> &mask,
+                bool causal, double scale, bool math) {
+  TORCH_CHECK(q.dim() >= 2 && k.dim() == q.dim() && v.dim() == q.dim(),
+              "attention: q, k, v must have the same number of dims (>= 2), got ", q.sizes(), ", ", k.sizes(), ", ",
+              v.sizes());
+  TORCH_CHECK(q.size(-1) == k.size(-1), "attention: q and k head dims differ: ", q.sizes(), " vs ", k.sizes());
+  TORCH_CHECK(k.size(-2) == v.size(-2), "attention: k and v lengths differ: ", k.sizes(), " vs ", v.sizes());
+  double s = scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+#if TORCH_VERSION_MAJOR >= 2
+  if (!math) {
+#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 1
+    return at::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, s);
+#else
+    if (scale <= 0) return at::scaled_dot_product_attention(q, k, v, mask, 0.0, causal);
+#endif
+  }
+#endif
+  (void)math;
+  auto scores = at::matmul(q, k.transpose(-2, -1)) * s;
+  if (causal) {
+    auto L = q.size(-2), S = k.size(-2);
+    auto keep = at::ones({L, S}, q.options().dtype(at::kBool)).tril();
+    scores = scores.masked_fill(keep.logical_not(), -std::numeric_limits<double>::infinity());
+  }
+  if (mask.has_value() && mask->defined()) {
+    if (mask->scalar_type() == at::kBool) {
+      scores = scores.masked_fill(mask->logical_not(), -std::numeric_limits<double>::infinity());
+    } else {
+      scores = scores + *mask;
+    }
+  }
+  return at::matmul(at::softmax(scores, -1), v);
+}
+
+// clip_grad_norm is torch.nn.utils.clip_grad_norm_ (foreach=False): the total
+// norm of all gradients, and every gradient scaled by
+// clamp(max_norm / (total + 1e-6), max=1). Returns the total norm.
+at::Tensor clip_grad_norm(std::vector<at::Tensor> params, double max_norm, double norm_type) {
+  std::vector<at::Tensor> grads;
+  for (auto &p : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
+  if (grads.empty()) return at::zeros({}, at::kFloat);
+  at::NoGradGuard ng;
+  at::Tensor total;
+  if (std::isinf(norm_type)) {
+    std::vector<at::Tensor> norms;
+    for (auto &g : grads) norms.push_back(g.detach().abs().max().to(grads[0].device()));
+    total = norms.size() == 1 ? norms[0] : at::max(at::stack(norms));
+  } else {
+    std::vector<at::Tensor> norms;
+    for (auto &g : grads) norms.push_back(at::norm(g.detach(), norm_type).to(grads[0].device()));
+    total = at::norm(at::stack(norms), norm_type);
+  }
+  auto coef = max_norm / (total + 1e-6);
+  auto coef_clamped = at::clamp(coef, c10::nullopt, 1.0);
+  for (auto &g : grads) g.detach().mul_(coef_clamped.to(g.device()));
+  return total;
+}
+
+// adamw_step is one step of torch.optim.AdamW for one parameter, in the
+// order of PyTorch 1.13's _single_tensor_adamw (amsgrad off, maximize off).
+void adamw_step(const at::Tensor &param, const at::Tensor &grad, const at::Tensor &exp_avg, const at::Tensor &exp_avg_sq,
+                int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay) {
+  at::NoGradGuard ng;
+  at::Tensor p = param;
+  at::Tensor m = exp_avg;
+  at::Tensor v = exp_avg_sq;
+  p.mul_(1 - lr * weight_decay);
+  m.mul_(beta1).add_(grad, 1 - beta1);
+  v.mul_(beta2).addcmul_(grad, grad, 1 - beta2);
+  double bias_correction1 = 1 - std::pow(beta1, static_cast<double>(step));
+  double bias_correction2 = 1 - std::pow(beta2, static_cast<double>(step));
+  double step_size = lr / bias_correction1;
+  double bias_correction2_sqrt = std::sqrt(bias_correction2);
+  auto denom = (v.sqrt() / bias_correction2_sqrt).add_(eps);
+  p.addcdiv_(m, denom, -step_size);
+}
+
+}  // namespace dp2o

@@ -1,0 +1,105 @@
+// shim.h: helpers shared by the shim's C++ translation units.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "dp2o.h"
+
+namespace dp2o {
+
+extern std::atomic<int64_t> g_live_tensors;
+extern std::atomic<int64_t> g_live_bytes;
+
+// Owned is the heap object behind a dp2o_tensor: the tensor and the byte size
+// counted for it when it was created, so the live-byte counter stays exact
+// even if the tensor is later resized in place.
+struct Owned {
+  at::Tensor t;
+  int64_t bytes;
+};
+
+inline dp2o_tensor wrap(at::Tensor t) {
+  int64_t b = t.defined() ? static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size()) : 0;
+  g_live_tensors.fetch_add(1, std::memory_order_relaxed);
+  g_live_bytes.fetch_add(b, std::memory_order_relaxed);
+  return new Owned{std::move(t), b};
+}
+
+inline at::Tensor &T(dp2o_tensor h) { return static_cast<Owned *>(h)->t; }
+
+inline char *dup_err(const char *msg) {
+  size_t n = std::strlen(msg);
+  char *p = static_cast<char *>(std::malloc(n + 1));
+  if (p) std::memcpy(p, msg, n + 1);
+  return p;
+}
+
+// err_of converts an exception into the C error string; c10::Error's
+// what() carries a backtrace, so only its message is kept.
+inline char *err_of(const c10::Error &e) { return dup_err(e.what_without_backtrace()); }
+inline char *err_of(const std::exception &e) { return dup_err(e.what()); }
+
+inline std::vector<at::Tensor> tensors_of(dp2o_tensor *hs, int n) {
+  std::vector<at::Tensor> v;
+  v.reserve(n);
+  for (int i = 0; i < n; i++) v.push_back(T(hs[i]));
+  return v;
+}
+
+inline c10::optional<at::Tensor> opt_tensor(dp2o_tensor h) {
+  if (!h) return c10::nullopt;
+  return T(h);
+}
+
+// out_list returns a malloc'd array of handles for a vector of tensors.
+inline dp2o_tensor *out_list(std::vector<at::Tensor> v, int *n) {
+  *n = static_cast<int>(v.size());
+  auto *arr = static_cast<dp2o_tensor *>(std::malloc(sizeof(dp2o_tensor) * (v.size() ? v.size() : 1)));
+  for (size_t i = 0; i < v.size(); i++) arr[i] = wrap(std::move(v[i]));
+  return arr;
+}
+
+}  // namespace dp2o
+
+#define DP2O_TRY try {
+#define DP2O_CATCH                                   \
+  }                                                  \
+  catch (const c10::Error &e) {                      \
+    return dp2o::err_of(e);                          \
+  }                                                  \
+  catch (const std::exception &e) {                  \
+    return dp2o::err_of(e);                          \
+  }                                                  \
+  catch (...) {                                      \
+    return dp2o::dup_err("unknown C++ exception");   \
+  }                                                  \
+  return nullptr;
+
+namespace dp2o {
+
+inline at::Device dev(int64_t type, int64_t index) {
+  return at::Device(static_cast<at::DeviceType>(type), static_cast<at::DeviceIndex>(index));
+}
+
+inline at::TensorOptions opts(at::ScalarType dtype, int64_t type, int64_t index) {
+  return at::TensorOptions().dtype(dtype).device(dev(type, index));
+}
+
+// Hand-written kernels used by the op tables (extra.cpp).
+at::Tensor rms_norm(const at::Tensor &x, const c10::optional<at::Tensor> &weight, double eps);
+at::Tensor interpolate(const at::Tensor &x, at::IntArrayRef size, int64_t mode, bool align_corners, bool antialias);
+at::Tensor pad(const at::Tensor &x, at::IntArrayRef pad, int64_t mode, double value);
+at::Tensor sdpa(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, const c10::optional<at::Tensor> &mask,
+                bool causal, double scale, bool math);
+at::Tensor clip_grad_norm(std::vector<at::Tensor> params, double max_norm, double norm_type);
+void adamw_step(const at::Tensor &param, const at::Tensor &grad, const at::Tensor &exp_avg, const at::Tensor &exp_avg_sq,
+                int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay);
+
+}  // namespace dp2o

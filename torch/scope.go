@@ -1,0 +1,130 @@
+package torch
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/petermattis/goid"
+)
+
+// Scope collects the tensors that one goroutine creates between NewScope and
+// Close, and frees them at Close, except those moved out with Keep. Scopes
+// nest; a kept tensor moves to the enclosing scope (or to no scope, when
+// this is the outermost one). Tensors made by other goroutines are not
+// collected: each goroutine has its own stack of scopes.
+//
+//	s := torch.NewScope()
+//	defer s.Close()
+//	h := x.Matmul(w).Add(b).Relu()
+//	return s.Keep(h)
+type Scope struct {
+	tensors []*Tensor
+	parent  *Scope
+	gid     int64
+	closed  bool
+}
+
+var (
+	activeScopes atomic.Int64
+	scopeTops    sync.Map // goroutine id → *Scope (innermost)
+)
+
+func currentScope() *Scope {
+	if v, ok := scopeTops.Load(goid.Get()); ok {
+		return v.(*Scope)
+	}
+	return nil
+}
+
+// NewScope opens a scope on the calling goroutine.
+func NewScope() *Scope {
+	gid := goid.Get()
+	s := &Scope{gid: gid}
+	if v, ok := scopeTops.Load(gid); ok {
+		s.parent = v.(*Scope)
+	}
+	scopeTops.Store(gid, s)
+	activeScopes.Add(1)
+	return s
+}
+
+// Keep moves tensors out of the scope into the enclosing one, so Close
+// leaves them alive. It returns its first argument for chaining.
+func (s *Scope) Keep(ts ...*Tensor) *Tensor {
+	for _, t := range ts {
+		if t == nil || t.scope != s {
+			continue
+		}
+		t.scope = s.parent
+		if s.parent != nil {
+			s.parent.tensors = append(s.parent.tensors, t)
+		}
+	}
+	if len(ts) == 0 {
+		return nil
+	}
+	return ts[0]
+}
+
+// KeepAll is Keep for a slice.
+func (s *Scope) KeepAll(ts []*Tensor) []*Tensor {
+	s.Keep(ts...)
+	return ts
+}
+
+// Len is the number of tensors the scope still owns.
+func (s *Scope) Len() int {
+	n := 0
+	for _, t := range s.tensors {
+		if t.scope == s && !t.Closed() {
+			n++
+		}
+	}
+	return n
+}
+
+// Close frees every tensor the scope still owns and makes the enclosing
+// scope current again. It is idempotent.
+func (s *Scope) Close() {
+	if s == nil || s.closed {
+		return
+	}
+	s.closed = true
+	for _, t := range s.tensors {
+		if t.scope == s {
+			t.Close()
+		}
+	}
+	s.tensors = nil
+	if v, ok := scopeTops.Load(s.gid); ok && v.(*Scope) == s {
+		if s.parent != nil {
+			scopeTops.Store(s.gid, s.parent)
+		} else {
+			scopeTops.Delete(s.gid)
+		}
+	}
+	activeScopes.Add(-1)
+}
+
+// Scoped runs f in a new scope and keeps only the tensor it returns.
+func Scoped(f func() *Tensor) *Tensor {
+	s := NewScope()
+	defer s.Close()
+	return s.Keep(f())
+}
+
+// ScopedList runs f in a new scope and keeps only the tensors it returns.
+func ScopedList(f func() []*Tensor) []*Tensor {
+	s := NewScope()
+	defer s.Close()
+	return s.KeepAll(f())
+}
+
+// Unscope removes t from whatever scope owns it: the caller now closes it.
+// Long-lived tensors (parameters, optimizer state) are unscoped.
+func Unscope(t *Tensor) *Tensor {
+	if t != nil {
+		t.scope = nil
+	}
+	return t
+}

@@ -1,0 +1,211 @@
+package torch
+
+// #include <stdlib.h>
+// #include "csrc/dp2o.h"
+import "C"
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"unsafe"
+)
+
+// Tensor owns one libtorch tensor handle. Close frees it deterministically;
+// scopes (NewScope) close every tensor made inside them that was not kept.
+// A runtime cleanup frees handles that are never closed, as a safety net
+// only: GPU memory must not wait for the garbage collector.
+//
+// A Tensor may be read from several goroutines, but Close must not race
+// with its use.
+type Tensor struct {
+	h       C.dp2o_tensor
+	scope   *Scope
+	cleanup runtime.Cleanup
+}
+
+func freeHandle(h C.dp2o_tensor) { C.dp2o_tensor_free(h) }
+
+// newTensor wraps a handle returned by the shim and registers it with the
+// calling goroutine's innermost scope, if any.
+func newTensor(h C.dp2o_tensor) *Tensor {
+	if h == nil {
+		return nil
+	}
+	t := &Tensor{h: h}
+	t.cleanup = runtime.AddCleanup(t, freeHandle, h)
+	if activeScopes.Load() > 0 {
+		if s := currentScope(); s != nil {
+			t.scope = s
+			s.tensors = append(s.tensors, t)
+		}
+	}
+	return t
+}
+
+// ptr returns the handle, panicking with a *Error for a nil or closed tensor.
+func (t *Tensor) ptr() C.dp2o_tensor {
+	if t == nil {
+		panic(&Error{Op: "tensor", Msg: "nil tensor"})
+	}
+	if t.h == nil {
+		panic(&Error{Op: "tensor", Msg: "use of a closed tensor"})
+	}
+	return t.h
+}
+
+// Close frees the tensor's handle. It is idempotent and safe on nil.
+func (t *Tensor) Close() {
+	if t == nil || t.h == nil {
+		return
+	}
+	t.cleanup.Stop()
+	C.dp2o_tensor_free(t.h)
+	t.h = nil
+	t.scope = nil
+}
+
+// Closed reports whether the tensor has been closed.
+func (t *Tensor) Closed() bool { return t == nil || t.h == nil }
+
+// Alias returns a new handle to the same tensor (same storage, same autograd
+// identity), which has its own lifetime.
+func (t *Tensor) Alias() *Tensor {
+	var out C.dp2o_tensor
+	err := C.dp2o_tensor_shallow_clone(t.ptr(), &out)
+	runtime.KeepAlive(t)
+	must(err, "alias")
+	return newTensor(out)
+}
+
+// Dim is the number of dimensions.
+func (t *Tensor) Dim() int {
+	n := int(C.dp2o_tensor_ndim(t.ptr()))
+	runtime.KeepAlive(t)
+	return n
+}
+
+// Shape returns the sizes of every dimension.
+func (t *Tensor) Shape() []int64 {
+	h := t.ptr()
+	n := int(C.dp2o_tensor_ndim(h))
+	s := make([]int64, n)
+	if n > 0 {
+		C.dp2o_tensor_shape(h, (*C.int64_t)(unsafe.Pointer(&s[0])))
+	}
+	runtime.KeepAlive(t)
+	return s
+}
+
+// Size returns the size of dimension d (negative d counts from the end).
+func (t *Tensor) Size(d int) int64 {
+	s := t.Shape()
+	if d < 0 {
+		d += len(s)
+	}
+	if d < 0 || d >= len(s) {
+		Errorf("size", "dimension %d out of range for a %d-d tensor", d, len(s))
+	}
+	return s[d]
+}
+
+// Strides returns the strides of every dimension, in elements.
+func (t *Tensor) Strides() []int64 {
+	h := t.ptr()
+	n := int(C.dp2o_tensor_ndim(h))
+	s := make([]int64, n)
+	if n > 0 {
+		C.dp2o_tensor_strides(h, (*C.int64_t)(unsafe.Pointer(&s[0])))
+	}
+	runtime.KeepAlive(t)
+	return s
+}
+
+// Numel is the number of elements.
+func (t *Tensor) Numel() int64 {
+	n := int64(C.dp2o_tensor_numel(t.ptr()))
+	runtime.KeepAlive(t)
+	return n
+}
+
+// DType is the element type.
+func (t *Tensor) DType() DType {
+	d := DType(C.dp2o_tensor_dtype(t.ptr()))
+	runtime.KeepAlive(t)
+	return d
+}
+
+// Device is where the tensor lives.
+func (t *Tensor) Device() Device {
+	var typ, idx C.int
+	C.dp2o_tensor_device(t.ptr(), &typ, &idx)
+	runtime.KeepAlive(t)
+	return Device{DeviceType(typ), int(idx)}
+}
+
+// IsContiguous reports whether the tensor is laid out row-major without gaps.
+func (t *Tensor) IsContiguous() bool {
+	c := C.dp2o_tensor_is_contiguous(t.ptr()) != 0
+	runtime.KeepAlive(t)
+	return c
+}
+
+// StorageOffset is the offset of the first element in its storage.
+func (t *Tensor) StorageOffset() int64 {
+	o := int64(C.dp2o_tensor_storage_offset(t.ptr()))
+	runtime.KeepAlive(t)
+	return o
+}
+
+// To converts the tensor to dtype (a new tensor; the same data when the
+// dtype already matches).
+func (t *Tensor) To(dtype DType) *Tensor { return t.toDType(dtype) }
+
+// ToDevice moves the tensor to dev.
+func (t *Tensor) ToDevice(dev Device) *Tensor {
+	return t.toDevice(int64(dev.Type), int64(dev.Index), false)
+}
+
+// Item returns the value of a one-element tensor as float64.
+func (t *Tensor) Item() float64 {
+	var v C.double
+	err := C.dp2o_tensor_item(t.ptr(), &v)
+	runtime.KeepAlive(t)
+	must(err, "item")
+	return float64(v)
+}
+
+// ItemInt returns the value of a one-element tensor as int64.
+func (t *Tensor) ItemInt() int64 {
+	var v C.int64_t
+	err := C.dp2o_tensor_item_int(t.ptr(), &v)
+	runtime.KeepAlive(t)
+	must(err, "item")
+	return int64(v)
+}
+
+// String prints the tensor as libtorch does, with its shape and dtype.
+func (t *Tensor) String() string {
+	if t == nil {
+		return "Tensor(nil)"
+	}
+	if t.h == nil {
+		return "Tensor(closed)"
+	}
+	var s *C.char
+	err := C.dp2o_tensor_to_string(t.h, &s)
+	runtime.KeepAlive(t)
+	if e := errOf(err, "string"); e != nil {
+		return fmt.Sprintf("Tensor(%v)", e)
+	}
+	str := C.GoString(s)
+	C.free(unsafe.Pointer(s))
+	return fmt.Sprintf("Tensor(shape=%v, dtype=%v, device=%v)\n%s", t.Shape(), t.DType(), t.Device(), strings.TrimRight(str, "\n"))
+}
+
+// LiveTensors is the number of tensor handles not yet freed.
+func LiveTensors() int64 { return int64(C.dp2o_live_tensors()) }
+
+// LiveBytes is the number of element bytes held by live handles (a view
+// counts its own elements; shared storage is counted per handle).
+func LiveBytes() int64 { return int64(C.dp2o_live_bytes()) }
