@@ -40,7 +40,7 @@ CXXFLAGS ?= -O2
 CXXFLAGS += -std=c++17 -fPIC -Wall -Wno-unused-variable $(ABI_FLAG) $(TORCH_INC) $(CUDA_FLAGS)
 LDLIBS   := $(TORCH_LIB) $(CUDA_LIBS) -Wl,--no-as-needed -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
 
-.PHONY: all setup shim generate test bench run fmt clean gpu-check
+.PHONY: all setup shim generate test bench run fmt clean gpu-bins gpu-check
 
 all: shim
 
@@ -77,5 +77,18 @@ fmt:
 clean:
 	rm -rf $(BUILD)
 
+# Test binaries for the GPU check, built here (Go is not on the GPU machine):
+# one per package with tests, plus the gpucheck program, in .gpu/.
+GPU_PKGS ?= $(shell go list -f '{{if .TestGoFiles}}{{.ImportPath}}{{end}}' ./... 2>/dev/null)
+gpu-bins: $(SHIM)
+	@mkdir -p .gpu && rm -f .gpu/*.test .gpu/*.pkg
+	go build -o .gpu/gpucheck ./cmd/gpucheck
+	@for p in $(GPU_PKGS); do \
+	  d=$${p#github.com/dp2osr/dp2o/}; n=$$(echo $$d | tr / _); \
+	  go test -c -o .gpu/$$n.test $$p && echo $$d > .gpu/$$n.pkg || exit 1; \
+	done
+
+# Run on the GPU machine (no Go there): builds the shim against Python's
+# torch and runs the binaries of `make gpu-bins` with DP2O_DEVICE=cuda.
 gpu-check:
 	scripts/gpu-check.sh
