@@ -129,3 +129,8 @@ func NumThreads() int { return int(C.dp2o_get_num_threads()) }
 // HasNativeSDPA reports whether attention uses libtorch's own fused
 // scaled_dot_product_attention (libtorch 2.x) rather than the exact math path.
 func HasNativeSDPA() bool { return C.dp2o_has_native_sdpa() != 0 }
+
+// SetAllowTF32 chooses whether CUDA float32 convolutions (cuDNN) and matrix
+// products (cuBLAS) may use TF32 tensor cores. PyTorch's defaults are
+// cuDNN on, cuBLAS off; parity tests against float32 references turn both off.
+func SetAllowTF32(cudnn, cublas bool) { C.dp2o_set_allow_tf32(cbool(cudnn), cbool(cublas)) }

@@ -51,6 +51,11 @@ int dp2o_has_native_sdpa(void) {
 #endif
 }
 
+void dp2o_set_allow_tf32(int cudnn, int cublas) {
+  at::globalContext().setAllowTF32CuDNN(cudnn != 0);
+  at::globalContext().setAllowTF32CuBLAS(cublas != 0);
+}
+
 int64_t dp2o_live_tensors(void) { return dp2o::g_live_tensors.load(); }
 int64_t dp2o_live_bytes(void) { return dp2o::g_live_bytes.load(); }
 
@@ -180,7 +185,9 @@ dp2o_err dp2o_gen_new(int device_type, int device_index, uint64_t seed, dp2o_gen
     g = at::detail::createCPUGenerator(seed);
   } else if (device_type == static_cast<int>(c10::DeviceType::CUDA)) {
     TORCH_CHECK(at::detail::getCUDAHooks().hasCUDA(), "CUDA generator requested but CUDA is not available");
-    g = at::detail::getCUDAHooks().getDefaultCUDAGenerator(device_index).clone();
+    // Context::defaultGenerator exists in libtorch 1.13 and 2.x alike (the
+    // CUDA hooks renamed their accessor in 2.x).
+    g = at::globalContext().defaultGenerator(at::Device(at::kCUDA, static_cast<at::DeviceIndex>(device_index))).clone();
     g.set_current_seed(seed);
   } else {
     TORCH_CHECK(false, "generator: unsupported device type ", device_type);
@@ -231,7 +238,7 @@ dp2o_err dp2o_manual_seed(uint64_t seed) {
   if (at::detail::getCUDAHooks().hasCUDA()) {
     int n = at::detail::getCUDAHooks().getNumGPUs();
     for (int i = 0; i < n; i++) {
-      auto g = at::detail::getCUDAHooks().getDefaultCUDAGenerator(i);
+      auto g = at::globalContext().defaultGenerator(at::Device(at::kCUDA, static_cast<at::DeviceIndex>(i)));
       std::lock_guard<std::mutex> lock(g.mutex());
       g.set_current_seed(seed);
     }

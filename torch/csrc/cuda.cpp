@@ -28,8 +28,8 @@ dp2o_err dp2o_cuda_empty_cache(void) {
 dp2o_err dp2o_cuda_memory(int device, int64_t *allocated, int64_t *peak, int64_t *reserved) {
   DP2O_TRY
   auto st = c10::cuda::CUDACachingAllocator::getDeviceStats(device);
-  using c10::cuda::CUDACachingAllocator::StatType;
-  auto agg = static_cast<size_t>(StatType::AGGREGATE);
+  // Index 0 is StatType::AGGREGATE; the enum moved namespaces in libtorch 2.x.
+  const size_t agg = 0;
   *allocated = st.allocated_bytes[agg].current;
   *peak = st.allocated_bytes[agg].peak;
   *reserved = st.reserved_bytes[agg].current;

@@ -31,6 +31,7 @@ dp2o_err dp2o_cuda_device_name(int device, char *buf, int n);
 void dp2o_set_num_threads(int n);
 int dp2o_get_num_threads(void);
 int dp2o_has_native_sdpa(void);
+void dp2o_set_allow_tf32(int cudnn, int cublas);
 
 /* live counters */
 int64_t dp2o_live_tensors(void);
