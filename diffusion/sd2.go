@@ -1,0 +1,117 @@
+package diffusion
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/dp2osr/dp2o/diffusion/clip"
+	"github.com/dp2osr/dp2o/diffusion/scheduler"
+	"github.com/dp2osr/dp2o/diffusion/unet"
+	"github.com/dp2osr/dp2o/diffusion/vae"
+	"github.com/dp2osr/dp2o/torch"
+)
+
+// SD2 holds the components of the C-SD2 pipeline. The text encoder, UNet
+// and ControlNet run in DType (float16 on CUDA as the official
+// --mixed_precision fp16, float32 on the CPU); the VAE stays float32.
+type SD2 struct {
+	Tokenizer   *clip.Tokenizer
+	TextEncoder *clip.TextModel
+	UNet        *unet.UNet
+	ControlNet  *unet.ControlNet
+	VAE         *vae.Model
+	Scheduler   scheduler.Config
+
+	DType  torch.DType
+	Device torch.Device
+}
+
+// LoadOptions select where and in which precision the models run.
+type LoadOptions struct {
+	Device torch.Device
+	// DType of the text encoder, UNet and ControlNet. Zero value: float16 on
+	// CUDA, float32 on the CPU.
+	DType torch.DType
+}
+
+// LoadSD2 loads a stable-diffusion-2-base folder (diffusers layout:
+// tokenizer/, text_encoder/, unet/, vae/, scheduler/) and a C-SD2 or
+// DP²O-SD2 ControlNet checkpoint (the released flat model.safetensors). The
+// ControlNet is built from the UNet the way ControlNetModel.from_unet does,
+// with a config.json beside the checkpoint taking precedence when present,
+// then loaded strictly: keys or shapes of another model are an error.
+func LoadSD2(base, controlnetPath string, o LoadOptions) (p *SD2, err error) {
+	if o.DType == 0 {
+		o.DType = torch.Float32
+		if o.Device.IsCUDA() {
+			o.DType = torch.Float16
+		}
+	}
+	for _, sub := range []string{"tokenizer", "text_encoder", "unet", "vae", "scheduler"} {
+		if st, err := os.Stat(filepath.Join(base, sub)); err != nil || !st.IsDir() {
+			return nil, fmt.Errorf("sd2: %s is not a stable-diffusion-2-base folder: missing %s/", base, sub)
+		}
+	}
+	if _, err := os.Stat(controlnetPath); err != nil {
+		return nil, fmt.Errorf("sd2: controlnet checkpoint: %w", err)
+	}
+	p = &SD2{DType: o.DType, Device: o.Device}
+	defer func() {
+		if err != nil {
+			p.Close()
+			p = nil
+		}
+	}()
+	if p.Tokenizer, err = clip.LoadTokenizer(filepath.Join(base, "tokenizer")); err != nil {
+		return nil, fmt.Errorf("sd2: tokenizer: %w", err)
+	}
+	if p.TextEncoder, err = clip.LoadTextModel(filepath.Join(base, "text_encoder"), o.DType, o.Device); err != nil {
+		return nil, fmt.Errorf("sd2: text encoder: %w", err)
+	}
+	if p.UNet, err = unet.Load(filepath.Join(base, "unet"), o.DType, o.Device); err != nil {
+		return nil, fmt.Errorf("sd2: unet: %w", err)
+	}
+	cnConfig := filepath.Join(filepath.Dir(controlnetPath), "config.json")
+	var cfg unet.ControlNetConfig
+	if _, statErr := os.Stat(cnConfig); statErr == nil {
+		cfg, err = unet.LoadControlNetConfig(cnConfig)
+	} else if errors.Is(statErr, os.ErrNotExist) {
+		cfg = unet.ControlNetConfigFromUNet(p.UNet.Config, unet.ControlNetOptions{})
+	} else {
+		err = statErr
+	}
+	if err == nil {
+		p.ControlNet, err = unet.LoadControlNetFile(cfg, controlnetPath, o.DType, o.Device)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sd2: controlnet %s: %w", controlnetPath, err)
+	}
+	if p.VAE, err = vae.Load(filepath.Join(base, "vae"), torch.Float32, o.Device); err != nil {
+		return nil, fmt.Errorf("sd2: vae: %w", err)
+	}
+	if p.Scheduler, err = scheduler.LoadConfig(filepath.Join(base, "scheduler", "scheduler_config.json")); err != nil {
+		return nil, fmt.Errorf("sd2: scheduler: %w", err)
+	}
+	return p, nil
+}
+
+// Close frees every model's weights. It is safe on a partly loaded SD2.
+func (p *SD2) Close() {
+	if p == nil {
+		return
+	}
+	if p.TextEncoder != nil {
+		p.TextEncoder.Close()
+	}
+	if p.UNet != nil {
+		p.UNet.Close()
+	}
+	if p.ControlNet != nil {
+		p.ControlNet.Close()
+	}
+	if p.VAE != nil {
+		p.VAE.Close()
+	}
+}
