@@ -1,0 +1,150 @@
+package unet
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dp2osr/dp2o/internal/testutil"
+	"github.com/dp2osr/dp2o/torch"
+)
+
+func TestUNetFixtures(t *testing.T) {
+	for _, tc := range []struct {
+		name, file string
+		ctrl       bool
+	}{
+		{"main", "io_main.safetensors", false},
+		{"odd", "io_odd.safetensors", false},
+		{"controlnet", "io_controlnet.safetensors", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testutil.NoLeak(t)
+			dev := testutil.Device(t)
+			u, err := Load(testutil.Fixture(t, "sd2/unet"), torch.Float32, dev)
+			require.NoError(t, err)
+			defer u.Close()
+			io := testutil.Tensors(t, testutil.Fixture(t, "sd2/unet/"+tc.file))
+
+			var ctrl *Residuals
+			if tc.ctrl {
+				ctrl = &Residuals{
+					Down: indexed(t, io, "down_block_additional_residuals.", dev),
+					Mid:  onDev(t, io["mid_block_additional_residual"], dev),
+				}
+				require.Len(t, ctrl.Down, u.NumSkips())
+			}
+			rec := newTapRecorder(t)
+			u.Tap = rec.tap
+			var out *torch.Tensor
+			torch.NoGrad(func() {
+				out, err = u.TryForward(onDev(t, io["sample"], dev), onDev(t, io["timesteps"], dev),
+					onDev(t, io["encoder_hidden_states"], dev), ctrl)
+			})
+			require.NoError(t, err)
+			defer out.Close()
+
+			seen := rec.compare(t, io, "", interAtol)
+			testutil.AssertClose(t, "out_sample", out, io["out_sample"], outAtol, rtol)
+			seen["out_sample"] = true
+			requireCovered(t, io, seen, hasPrefix("sample", "timesteps", "encoder_hidden_states",
+				"down_block_additional_residuals.", "mid_block_additional_residual"))
+		})
+	}
+}
+
+// TestUNetTimestepForms checks that a 0-d, a (1) and a (B) timestep give
+// the same output, for integer and float timesteps.
+func TestUNetTimestepForms(t *testing.T) {
+	testutil.NoLeak(t)
+	dev := testutil.Device(t)
+	u, err := Load(testutil.Fixture(t, "sd2/unet"), torch.Float32, dev)
+	require.NoError(t, err)
+	defer u.Close()
+	io := testutil.Tensors(t, testutil.Fixture(t, "sd2/unet/io_main.safetensors"))
+	s := torch.NewScope()
+	defer s.Close()
+	// Both rows at timestep 981.
+	sample := onDev(t, io["sample"], dev)
+	text := onDev(t, io["encoder_hidden_states"], dev)
+	var outs []*torch.Tensor
+	torch.NoGrad(func() {
+		for _, ts := range []*torch.Tensor{
+			torch.ScalarOf(981, torch.Int64, torch.CPU),
+			torch.FromSlice([]int64{981}),
+			torch.FromSlice([]int64{981, 981}),
+			torch.FromSlice([]float32{981, 981}),
+		} {
+			outs = append(outs, u.Forward(sample, ts, text, nil))
+		}
+	})
+	for i := 1; i < len(outs); i++ {
+		testutil.AssertEqual(t, "timestep form", outs[i], outs[0])
+	}
+}
+
+func TestUNetBadInput(t *testing.T) {
+	testutil.NoLeak(t)
+	dev := testutil.Device(t)
+	u, err := Load(testutil.Fixture(t, "sd2/unet"), torch.Float32, dev)
+	require.NoError(t, err)
+	defer u.Close()
+	s := torch.NewScope()
+	defer s.Close()
+	sample := torch.Zeros([]int64{2, 4, 16, 16}, torch.Float32, dev)
+	text := torch.Zeros([]int64{2, 77, 32}, torch.Float32, dev)
+	ts := torch.FromSlice([]int64{1, 2})
+	okRes := &Residuals{}
+	for _, sh := range [][]int64{{2, 8, 16, 16}, {2, 8, 16, 16}, {2, 8, 16, 16}, {2, 8, 8, 8}, {2, 12, 8, 8}, {2, 12, 8, 8},
+		{2, 12, 4, 4}, {2, 16, 4, 4}, {2, 16, 4, 4}, {2, 16, 2, 2}, {2, 16, 2, 2}, {2, 16, 2, 2}} {
+		okRes.Down = append(okRes.Down, torch.Zeros(sh, torch.Float32, dev))
+	}
+	okRes.Mid = torch.Zeros([]int64{2, 16, 2, 2}, torch.Float32, dev)
+
+	for _, tc := range []struct {
+		name             string
+		sample, ts, text *torch.Tensor
+		ctrl             *Residuals
+		msg              string
+	}{
+		{"3 channels", torch.Zeros([]int64{2, 3, 16, 16}, torch.Float32, dev), ts, text, nil, "sample must be"},
+		{"3-d sample", torch.Zeros([]int64{4, 16, 16}, torch.Float32, dev), ts, text, nil, "sample must be"},
+		{"text dim", sample, ts, torch.Zeros([]int64{2, 77, 1024}, torch.Float32, dev), nil, "encoder_hidden_states has dim 1024"},
+		{"text batch", sample, ts, torch.Zeros([]int64{3, 77, 32}, torch.Float32, dev), nil, "encoder_hidden_states must be"},
+		{"timesteps", sample, torch.FromSlice([]int64{1, 2, 3}), text, nil, "3 timesteps for a batch of 2"},
+		{"timesteps 2-d", sample, torch.Zeros([]int64{2, 1}, torch.Int64, torch.CPU), text, nil, "timesteps must be"},
+		{"dtype", sample.To(torch.Float64), ts, text, nil, ""},
+		{"residual count", sample, ts, text, &Residuals{Down: okRes.Down[:11], Mid: okRes.Mid}, "11 ControlNet down residuals for 12"},
+		{"residual shape", sample, ts, text, &Residuals{Down: append(append([]*torch.Tensor{}, okRes.Down[:11]...), okRes.Mid.Narrow(2, 0, 1)), Mid: okRes.Mid}, "down residual 11 has shape"},
+		{"mid shape", sample, ts, text, &Residuals{Down: okRes.Down, Mid: okRes.Down[0]}, "mid residual"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := torch.LiveTensors()
+			out, err := u.TryForward(tc.sample, tc.ts, tc.text, tc.ctrl)
+			require.Error(t, err)
+			require.Nil(t, out)
+			require.Contains(t, err.Error(), tc.msg)
+			require.Equal(t, before, torch.LiveTensors(), "a failed forward left tensors behind")
+		})
+	}
+	// The well-formed call works.
+	out, err := u.TryForward(sample, ts, text, okRes)
+	require.NoError(t, err)
+	out.Close()
+}
+
+func TestUNetLoadErrors(t *testing.T) {
+	testutil.NoLeak(t)
+	_, err := Load(t.TempDir(), torch.Float32, torch.CPU)
+	require.ErrorContains(t, err, "config.json")
+
+	// The ControlNet's weights are not a UNet's: missing and unexpected keys.
+	cfg, err := LoadConfig(testutil.Fixture(t, "sd2/unet/config.json"))
+	require.NoError(t, err)
+	_, err = LoadFile(cfg, testutil.Fixture(t, "sd2/controlnet/model.safetensors"), torch.Float32, torch.CPU)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "missing keys")
+	require.Contains(t, err.Error(), "up_blocks.0.resnets.0.conv1.weight")
+	require.Contains(t, err.Error(), "unexpected keys")
+	require.Contains(t, err.Error(), "controlnet_cond_embedding.conv_in.weight")
+}
