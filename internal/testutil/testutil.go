@@ -46,6 +46,10 @@ func Device(tb testing.TB) torch.Device {
 	if d.IsCUDA() && !torch.CUDAAvailable() {
 		tb.Fatalf("DP2O_DEVICE=%s but libtorch sees no CUDA device", s)
 	}
+	if d.IsCUDA() {
+		// Parity with float32 references: no TF32 in convolutions or matmuls.
+		torch.SetAllowTF32(false, false)
+	}
 	return d
 }
 
