@@ -69,7 +69,7 @@ bench: $(SHIM)
 	go test -run '^$$' -bench . -benchtime 2s ./torch/
 
 run: $(SHIM)
-	go run ./examples/sr
+	go run ./examples/sr --process_size 256 --upscale 2
 
 fmt:
 	gofmt -l -w .

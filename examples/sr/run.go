@@ -1,0 +1,200 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/urfave/cli/v2"
+
+	"github.com/dp2osr/dp2o/diffusion"
+	"github.com/dp2osr/dp2o/diffusion/colorfix"
+	"github.com/dp2osr/dp2o/imageio"
+	"github.com/dp2osr/dp2o/torch"
+)
+
+// run is the CLI's action: validate every flag and input first, load the
+// models once, then process the images in sorted order with one generator.
+func run(c *cli.Context) error {
+	opts := diffusion.DefaultUpscaleOptions()
+	opts.Prompt = c.String("prompt")
+	opts.NegativePrompt = c.String("negative_prompt")
+	opts.Steps = c.Int("num_inference_steps")
+	opts.GuidanceScale = c.Float64("guidance_scale")
+	opts.ConditioningScale = c.Float64("control_scale")
+	opts.ProcessSize = c.Int("process_size")
+	opts.Upscale = c.Int("upscale")
+	method, err := colorfix.ParseMethod(c.String("align_method"))
+	if err != nil {
+		return err
+	}
+	opts.AlignMethod = method
+	samples := c.Int("sample_times")
+	switch {
+	case samples < 1:
+		return fmt.Errorf("--sample_times must be at least 1, got %d", samples)
+	case opts.Steps < 1:
+		return fmt.Errorf("--num_inference_steps must be at least 1, got %d", opts.Steps)
+	case opts.Upscale < 1:
+		return fmt.Errorf("--upscale must be at least 1, got %d", opts.Upscale)
+	case opts.ProcessSize < 8:
+		return fmt.Errorf("--process_size must be at least 8, got %d", opts.ProcessSize)
+	}
+
+	dev, dtype, err := deviceAndDType(c.String("device"), c.String("mixed_precision"))
+	if err != nil {
+		return err
+	}
+	if n := c.Int("threads"); n > 0 {
+		torch.SetNumThreads(n)
+	}
+
+	inputs, err := imageio.ListImages(c.String("image_path"))
+	if err != nil {
+		return err
+	}
+	if len(inputs) == 0 {
+		return fmt.Errorf("no images (*.png *.jpg *.jpeg *.bmp *.tiff *.webp) in %s", c.String("image_path"))
+	}
+	outDir := c.String("output_dir")
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return fmt.Errorf("output folder: %w", err)
+	}
+
+	base := c.String("pretrained_model_name_or_path")
+	if base == defaultBase && c.String("controlnet_model_name_or_path") == defaultControlNet {
+		fmt.Println("note: running the bundled tiny random-weight model: this shows that the pipeline works end to end, not its quality.")
+		fmt.Println("      for real results: --pretrained_model_name_or_path stable-diffusion-2-base --controlnet_model_name_or_path dp2o-sd2/model.safetensors")
+	}
+	start := time.Now()
+	pipe, err := diffusion.LoadSD2(base, c.String("controlnet_model_name_or_path"), diffusion.LoadOptions{Device: dev, DType: dtype})
+	if err != nil {
+		return err
+	}
+	defer pipe.Close()
+	fmt.Printf("loaded %s on %v (%v) in %.1fs\n", base, dev, dtype, time.Since(start).Seconds())
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	// One generator for all images and samples, as the official script.
+	gen, err := torch.NewGenerator(generatorDevice(dev), uint64(c.Int64("seed")))
+	if err != nil {
+		return err
+	}
+
+	var failed []string
+	for i, in := range inputs {
+		for k := 0; k < samples; k++ {
+			out := outputPath(outDir, in, k, samples)
+			label := fmt.Sprintf("[%d/%d] %s", i+1, len(inputs), filepath.Base(in))
+			if samples > 1 {
+				label += fmt.Sprintf(" sample %d/%d", k+1, samples)
+			}
+			if err := upscaleOne(ctx, pipe, in, out, label, opts, gen, c.Bool("quiet")); err != nil {
+				if errors.Is(err, context.Canceled) {
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "%s: %v\n", label, err)
+				failed = append(failed, in)
+				break
+			}
+		}
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d images failed", len(failed), len(inputs))
+	}
+	return nil
+}
+
+// upscaleOne loads, super-resolves and writes one image; the output file
+// appears only when complete.
+func upscaleOne(ctx context.Context, pipe *diffusion.SD2, in, out, label string, o diffusion.UpscaleOptions, gen *torch.Generator, quiet bool) error {
+	img, err := imageio.Load(in)
+	if err != nil {
+		return err
+	}
+	var bar *progressbar.ProgressBar
+	if !quiet {
+		bar = progressbar.NewOptions(o.Steps, progressbar.OptionSetDescription(label),
+			progressbar.OptionShowCount(), progressbar.OptionSetWriter(os.Stderr),
+			progressbar.OptionClearOnFinish())
+		o.Progress = func(step, total int) { _ = bar.Set(step) }
+	}
+	res, err := pipe.Upscale(ctx, img, o, gen)
+	if bar != nil {
+		_ = bar.Finish()
+	}
+	if err != nil {
+		return err
+	}
+	if err := imageio.SavePNG(out, res); err != nil {
+		return err
+	}
+	fmt.Printf("%s → %s (%d×%d)\n", label, out, res.W, res.H)
+	return nil
+}
+
+// outputPath is <output_dir>/<basename>.png, basename being the file name
+// up to its first '.', as the official script; with several samples each
+// gets its own file <basename>_<k>.png instead of overwriting one.
+func outputPath(dir, in string, k, samples int) string {
+	name := filepath.Base(in)
+	if i := strings.IndexByte(name, '.'); i > 0 {
+		name = name[:i]
+	}
+	if samples > 1 {
+		name = fmt.Sprintf("%s_%d", name, k)
+	}
+	return filepath.Join(dir, name+".png")
+}
+
+// deviceAndDType resolves --device and --mixed_precision: half precision
+// applies on CUDA only (the CPU runs float32, as the reference fixtures).
+func deviceAndDType(devFlag, mp string) (torch.Device, torch.DType, error) {
+	var dev torch.Device
+	if devFlag == "auto" {
+		dev = torch.CPU
+		if torch.CUDAAvailable() {
+			dev = torch.CUDA(0)
+		}
+	} else {
+		d, err := torch.ParseDevice(devFlag)
+		if err != nil {
+			return dev, 0, err
+		}
+		if d.IsCUDA() && !torch.CUDAAvailable() {
+			return dev, 0, fmt.Errorf("--device %s: libtorch sees no CUDA device", devFlag)
+		}
+		dev = d
+	}
+	dtype := torch.Float32
+	switch mp {
+	case "no":
+	case "fp16":
+		if dev.IsCUDA() {
+			dtype = torch.Float16
+		}
+	case "bf16":
+		if dev.IsCUDA() {
+			dtype = torch.BFloat16
+		}
+	default:
+		return dev, 0, fmt.Errorf("--mixed_precision must be no, fp16 or bf16, got %q", mp)
+	}
+	return dev, dtype, nil
+}
+
+// generatorDevice is where the official script's generator lives: the
+// accelerator when there is one.
+func generatorDevice(dev torch.Device) torch.Device {
+	if dev.IsCUDA() {
+		return dev
+	}
+	return torch.CPU
+}
