@@ -19,15 +19,18 @@ import (
 )
 
 func main() {
-	app := &cli.App{
+	if err := newApp().Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "sr:", err)
+		os.Exit(1)
+	}
+}
+
+func newApp() *cli.App {
+	return &cli.App{
 		Name:      "sr",
 		Usage:     "real-world image super-resolution with C-SD2 / DP²O-SD2 (SD2-base + ControlNet)",
 		UsageText: "sr [flags]   (defaults: the bundled tiny model on the bundled sample image)",
 		Flags:     flags(),
 		Action:    run,
-	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "sr:", err)
-		os.Exit(1)
 	}
 }

@@ -32,7 +32,7 @@ func run(c *cli.Context) error {
 	opts.Upscale = c.Int("upscale")
 	method, err := colorfix.ParseMethod(c.String("align_method"))
 	if err != nil {
-		return err
+		return fmt.Errorf("--align_method: %w", err)
 	}
 	opts.AlignMethod = method
 	samples := c.Int("sample_times")
@@ -88,7 +88,7 @@ func run(c *cli.Context) error {
 		return err
 	}
 
-	var failed []string
+	var failed []error
 	for i, in := range inputs {
 		for k := 0; k < samples; k++ {
 			out := outputPath(outDir, in, k, samples)
@@ -101,13 +101,13 @@ func run(c *cli.Context) error {
 					return err
 				}
 				fmt.Fprintf(os.Stderr, "%s: %v\n", label, err)
-				failed = append(failed, in)
+				failed = append(failed, err)
 				break
 			}
 		}
 	}
 	if len(failed) > 0 {
-		return fmt.Errorf("%d of %d images failed", len(failed), len(inputs))
+		return fmt.Errorf("%d of %d images failed: %w", len(failed), len(inputs), errors.Join(failed...))
 	}
 	return nil
 }

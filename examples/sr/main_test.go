@@ -1,0 +1,101 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dp2osr/dp2o/imageio"
+	"github.com/dp2osr/dp2o/internal/testutil"
+)
+
+// The bundled tiny model and sample, relative to this package.
+var (
+	tinyBase       = filepath.Join("..", "..", defaultBase)
+	tinyControlNet = filepath.Join("..", "..", defaultControlNet)
+	sampleDir      = filepath.Join("..", "..", defaultImages)
+)
+
+// sr runs the CLI in-process on the tiny model with small, fast settings.
+func sr(t *testing.T, args ...string) error {
+	t.Helper()
+	base := []string{"sr", "--quiet", "--device", "cpu",
+		"--pretrained_model_name_or_path", tinyBase, "--controlnet_model_name_or_path", tinyControlNet,
+		"--process_size", "64", "--num_inference_steps", "2"}
+	return newApp().Run(append(base, args...))
+}
+
+func listDir(t *testing.T, dir string) []string {
+	t.Helper()
+	es, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func TestSRSample(t *testing.T) {
+	testutil.NoLeak(t)
+	out := t.TempDir()
+	require.NoError(t, sr(t, "--image_path", sampleDir, "--output_dir", out, "--upscale", "2", "--prompt", "house, tree, sky"))
+	img, err := imageio.Load(filepath.Join(out, "lr_house.png"))
+	require.NoError(t, err)
+	require.Equal(t, [2]int{256, 256}, [2]int{img.W, img.H}, "output is the input size × upscale")
+}
+
+func TestSRSampleTimesWritesEachSample(t *testing.T) {
+	out := t.TempDir()
+	require.NoError(t, sr(t, "--image_path", filepath.Join(sampleDir, "lr_house.png"), "--output_dir", out, "--sample_times", "2"))
+	require.ElementsMatch(t, []string{"lr_house_0.png", "lr_house_1.png"}, listDir(t, out))
+}
+
+func TestSRBadInput(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, data, 0o644))
+		return p
+	}
+	zero := write("zero.png", nil)
+	corrupt := write("corrupt.png", []byte("\x89PNG\r\n\x1a\nnot really a png"))
+	badCN := write("other.safetensors", []byte("{}"))
+	tiny := filepath.Join(dir, "tiny.png")
+	require.NoError(t, imageio.SavePNG(tiny, imageio.NewRGB8(1, 1)))
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"zero-sized image", []string{"--image_path", zero}, "empty"},
+		{"corrupt image", []string{"--image_path", corrupt}, "decode"},
+		{"missing input", []string{"--image_path", filepath.Join(dir, "nope.png")}, "no such file"},
+		{"empty folder", []string{"--image_path", t.TempDir()}, "no images"},
+		{"bad align method", []string{"--image_path", sampleDir, "--align_method", "median"}, "align"},
+		{"zero upscale", []string{"--image_path", sampleDir, "--upscale", "0"}, "--upscale"},
+		{"cuda without a GPU", []string{"--image_path", sampleDir, "--device", "cuda:7"}, "CUDA"},
+		{"not a model folder", []string{"--image_path", sampleDir, "--pretrained_model_name_or_path", dir}, "missing tokenizer/"},
+		{"controlnet of another model", []string{"--image_path", sampleDir, "--controlnet_model_name_or_path",
+			filepath.Join(tinyBase, "unet", "diffusion_pytorch_model.safetensors")}, "keys"},
+		{"corrupt controlnet file", []string{"--image_path", sampleDir, "--controlnet_model_name_or_path", badCN}, "safetensors"},
+		{"image too large for the settings", []string{"--image_path", sampleDir, "--upscale", "64", "--process_size", "8192"}, "exceeds the limit"},
+		{"image too small for the settings", []string{"--image_path", tiny, "--upscale", "3", "--process_size", "8"}, "plan"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.name == "cuda without a GPU" && os.Getenv("DP2O_DEVICE") == "cuda" {
+				t.Skip("this machine has CUDA")
+			}
+			out := filepath.Join(t.TempDir(), "out")
+			err := sr(t, append([]string{"--output_dir", out}, c.args...)...)
+			require.Error(t, err)
+			require.Contains(t, err.Error(), c.want)
+			if _, statErr := os.Stat(out); statErr == nil {
+				require.Empty(t, listDir(t, out), "nothing may be written for a failed run")
+			}
+		})
+	}
+}
