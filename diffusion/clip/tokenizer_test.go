@@ -365,3 +365,12 @@ func BenchmarkEncode(b *testing.B) {
 		tok.Encode(texts[i%len(texts)])
 	}
 }
+
+// TestTokenizerNFC composes decomposed accents as ftfy's NFC step does.
+func TestTokenizerNFC(t *testing.T) {
+	tok, err := LoadTokenizer(tokenizerFixtureDir(t))
+	require.NoError(t, err)
+	composed, _ := tok.Encode("caf\u00e9 cr\u00e8me")
+	decomposed, _ := tok.Encode("cafe\u0301 cre\u0300me")
+	require.Equal(t, composed, decomposed)
+}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"golang.org/x/text/unicode/norm"
 )
 
 // pretokenRE is the CLIP pre-tokenization pattern of transformers'
@@ -28,18 +30,19 @@ func isPySpace(r rune) bool {
 //
 //	whitespace_clean(ftfy.fix_text(text)).lower()
 //
-// ftfy.fix_text is treated as the identity. ftfy is not a Go library, and the
-// reference fixtures were generated the same way (ftfy not installed) from
-// inputs chosen so that ftfy is a no-op (no mojibake, curly quotes, ligatures
-// or decomposed accents). In particular no NFC normalization is applied
-// (golang.org/x/text is not a dependency of this module), so decomposed
-// accents ("e" + U+0301) tokenize differently from transformers+ftfy, which
-// would compose them to "é". HTML entities are not unescaped, which matches
-// transformers (openai/CLIP's simple_tokenizer does unescape them).
+// Of ftfy.fix_text only its default NFC normalisation is applied, so
+// decomposed accents ("e" + U+0301) compose to "é" as with transformers+ftfy.
+// ftfy's other repairs (mojibake, curly quotes, ligatures) are not: ftfy is
+// not a Go library, and the reference fixtures were generated without ftfy
+// from inputs it leaves unchanged. HTML entities are not unescaped, which
+// matches transformers (openai/CLIP's simple_tokenizer does unescape them).
 //
 // Invalid UTF-8 bytes become U+FFFD, as a Python str decoded with
 // errors="replace" would hold them.
 func cleanText(s string) string {
+	// ftfy.fix_text's default normalisation is NFC; its other fixes
+	// (mojibake, HTML entities) are not reproduced (see the package doc).
+	s = norm.NFC.String(s)
 	// whitespace_clean: re.sub(r"\s+", " ", text).strip()
 	var b strings.Builder
 	b.Grow(len(s))
