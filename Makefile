@@ -82,10 +82,10 @@ clean:
 GPU_PKGS ?= $(shell go list -f '{{if .TestGoFiles}}{{.ImportPath}}{{end}}' ./... 2>/dev/null)
 gpu-bins: $(SHIM)
 	@mkdir -p .gpu && rm -f .gpu/*.test .gpu/*.pkg
-	go build -o .gpu/gpucheck ./cmd/gpucheck
+	go build -ldflags="-s -w" -o .gpu/gpucheck ./cmd/gpucheck
 	@for p in $(GPU_PKGS); do \
 	  d=$${p#github.com/dp2osr/dp2o/}; n=$$(echo $$d | tr / _); \
-	  go test -c -o .gpu/$$n.test $$p && echo $$d > .gpu/$$n.pkg || exit 1; \
+	  go test -c -ldflags="-s -w" -o .gpu/$$n.test $$p && echo $$d > .gpu/$$n.pkg || exit 1; \
 	done
 
 # Run on the GPU machine (no Go there): builds the shim against Python's

@@ -1,5 +1,8 @@
 package torch
 
+// #include "csrc/dp2o.h"
+import "C"
+
 import (
 	"sync"
 	"sync/atomic"
@@ -48,16 +51,29 @@ func NewScope() *Scope {
 	return s
 }
 
+// openParent is the nearest enclosing scope that is still open (scopes
+// closed out of order are skipped).
+func (s *Scope) openParent() *Scope {
+	p := s.parent
+	for p != nil && p.closed {
+		p = p.parent
+	}
+	return p
+}
+
 // Keep moves tensors out of the scope into the enclosing one, so Close
 // leaves them alive. It returns its first argument for chaining.
 func (s *Scope) Keep(ts ...*Tensor) *Tensor {
+	p := s.openParent()
 	for _, t := range ts {
 		if t == nil || t.scope != s {
 			continue
 		}
-		t.scope = s.parent
-		if s.parent != nil {
-			s.parent.tensors = append(s.parent.tensors, t)
+		t.scope = p
+		if p != nil {
+			p.tensors = append(p.tensors, t)
+		} else {
+			t.guard()
 		}
 	}
 	if len(ts) == 0 {
@@ -90,15 +106,26 @@ func (s *Scope) Close() {
 		return
 	}
 	s.closed = true
+	// One cgo call frees every handle the scope still owns.
+	hs := make([]C.uintptr_t, 0, len(s.tensors))
 	for _, t := range s.tensors {
-		if t.scope == s {
-			t.Close()
+		if t.scope == s && t.h != nil {
+			if t.guarded { // not expected for a scoped tensor; kept for safety
+				t.cleanup.Stop()
+				t.guarded = false
+			}
+			hs = append(hs, C.uintptr_t(uintptr(t.h)))
+			t.h = nil
+			t.scope = nil
 		}
+	}
+	if len(hs) > 0 {
+		C.dp2o_tensor_free_many(&hs[0], C.int64_t(len(hs)))
 	}
 	s.tensors = nil
 	if v, ok := scopeTops.Load(s.gid); ok && v.(*Scope) == s {
-		if s.parent != nil {
-			scopeTops.Store(s.gid, s.parent)
+		if p := s.openParent(); p != nil {
+			scopeTops.Store(s.gid, p)
 		} else {
 			scopeTops.Delete(s.gid)
 		}
@@ -125,6 +152,7 @@ func ScopedList(f func() []*Tensor) []*Tensor {
 func Unscope(t *Tensor) *Tensor {
 	if t != nil {
 		t.scope = nil
+		t.guard()
 	}
 	return t
 }

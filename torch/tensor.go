@@ -22,6 +22,7 @@ type Tensor struct {
 	h       C.dp2o_tensor
 	scope   *Scope
 	cleanup runtime.Cleanup
+	guarded bool // cleanup is registered
 }
 
 func freeHandle(h C.dp2o_tensor) { C.dp2o_tensor_free(h) }
@@ -33,14 +34,28 @@ func newTensor(h C.dp2o_tensor) *Tensor {
 		return nil
 	}
 	t := &Tensor{h: h}
-	t.cleanup = runtime.AddCleanup(t, freeHandle, h)
 	if activeScopes.Load() > 0 {
 		if s := currentScope(); s != nil {
 			t.scope = s
 			s.tensors = append(s.tensors, t)
+			return t
 		}
 	}
+	t.guard()
 	return t
+}
+
+// guard registers the garbage collector's safety net for a tensor that no
+// scope owns. A tensor in an open scope needs none (the scope references it
+// until Close frees it), and skipping runtime.AddCleanup there is what
+// keeps the per-op cost low; Keep and Unscope guard a tensor as it leaves
+// its last scope.
+func (t *Tensor) guard() {
+	if t.guarded || t.h == nil {
+		return
+	}
+	t.cleanup = runtime.AddCleanup(t, freeHandle, t.h)
+	t.guarded = true
 }
 
 // ptr returns the handle, panicking with a *Error for a nil or closed tensor.
@@ -59,7 +74,10 @@ func (t *Tensor) Close() {
 	if t == nil || t.h == nil {
 		return
 	}
-	t.cleanup.Stop()
+	if t.guarded {
+		t.cleanup.Stop()
+		t.guarded = false
+	}
 	C.dp2o_tensor_free(t.h)
 	t.h = nil
 	t.scope = nil

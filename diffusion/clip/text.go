@@ -183,13 +183,7 @@ func fileExists(p string) bool {
 // CLIPTextModel state dict; PositionIDsKey is ignored). Every other key of
 // src must be used. The returned model owns its weights (Close).
 func TextModelFromSource(src nn.Source, cfg TextConfig, dtype torch.DType, dev torch.Device) (*TextModel, error) {
-	b := nn.NewBuilder(WithoutPositionIDs(src), dtype, dev)
-	m, err := NewTextModel(b, cfg)
-	if err != nil {
-		b.Params().Close()
-		return nil, err
-	}
-	p, err := b.Finish()
+	m, p, err := nn.Build(WithoutPositionIDs(src), dtype, dev, func(b *nn.Builder) (*TextModel, error) { return NewTextModel(b, cfg) })
 	if err != nil {
 		return nil, err
 	}

@@ -10,20 +10,7 @@ import (
 // (nil gen: libtorch's default generator there). It panics with a
 // *torch.Error for a CUDA generator and a CPU tensor, as diffusers refuses.
 func DrawNoise(like *torch.Tensor, gen *torch.Generator) *torch.Tensor {
-	s := torch.NewScope()
-	defer s.Close()
-	dev := like.Device()
-	if gen != nil && gen.Device().Type != dev.Type {
-		if gen.Device().Type != torch.DeviceCPU {
-			torch.Errorf("randn", "cannot draw %v noise for a tensor on %v", gen.Device(), dev)
-		}
-		dev = torch.CPU
-	}
-	z := torch.Randn(like.Shape(), gen, like.DType(), dev)
-	if dev != like.Device() {
-		z = z.ToDevice(like.Device())
-	}
-	return s.Keep(z)
+	return torch.RandnFor(like.Shape(), gen, like.DType(), like.Device())
 }
 
 // coefficients returns √ᾱ_t and √(1−ᾱ_t) for the per-row timesteps t

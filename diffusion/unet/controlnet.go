@@ -144,13 +144,7 @@ func LoadControlNetFile(cfg ControlNetConfig, path string, dtype torch.DType, de
 // every key must be there with its shape and no other key may be. The
 // returned model owns its weights.
 func ControlNetFromSource(src nn.Source, cfg ControlNetConfig, dtype torch.DType, dev torch.Device) (*ControlNet, error) {
-	b := nn.NewBuilder(src, dtype, dev)
-	cn, err := NewControlNet(b, cfg)
-	if err != nil {
-		b.Params().Close()
-		return nil, err
-	}
-	p, err := b.Finish()
+	cn, p, err := nn.Build(src, dtype, dev, func(b *nn.Builder) (*ControlNet, error) { return NewControlNet(b, cfg) })
 	if err != nil {
 		return nil, err
 	}

@@ -147,13 +147,7 @@ func LoadFile(cfg Config, path string, dtype torch.DType, dev torch.Device) (*UN
 // diffusers' names). Every key of src must be used. The returned model owns
 // its weights.
 func FromSource(src nn.Source, cfg Config, dtype torch.DType, dev torch.Device) (*UNet, error) {
-	b := nn.NewBuilder(src, dtype, dev)
-	u, err := New(b, cfg)
-	if err != nil {
-		b.Params().Close()
-		return nil, err
-	}
-	p, err := b.Finish()
+	u, p, err := nn.Build(src, dtype, dev, func(b *nn.Builder) (*UNet, error) { return New(b, cfg) })
 	if err != nil {
 		return nil, err
 	}

@@ -57,18 +57,5 @@ func (p *Posterior) Close() {
 
 // drawLike is randn_tensor(like.shape, generator, like.device, like.dtype).
 func drawLike(like *torch.Tensor, gen *torch.Generator) *torch.Tensor {
-	s := torch.NewScope()
-	defer s.Close()
-	dev := like.Device()
-	if gen != nil && gen.Device().Type != dev.Type {
-		if gen.Device().Type != torch.DeviceCPU {
-			torch.Errorf("randn", "cannot draw %v noise for a tensor on %v", gen.Device(), dev)
-		}
-		dev = torch.CPU
-	}
-	z := torch.Randn(like.Shape(), gen, like.DType(), dev)
-	if dev != like.Device() {
-		z = z.ToDevice(like.Device())
-	}
-	return s.Keep(z)
+	return torch.RandnFor(like.Shape(), gen, like.DType(), like.Device())
 }

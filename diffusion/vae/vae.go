@@ -98,13 +98,7 @@ func Load(dir string, dtype torch.DType, dev torch.Device) (*Model, error) {
 // diffusers' names; wrap older checkpoints with LegacyAttentionKeys). Every
 // key of src must be used. The returned model owns its weights.
 func FromSource(src nn.Source, cfg Config, dtype torch.DType, dev torch.Device) (*Model, error) {
-	b := nn.NewBuilder(src, dtype, dev)
-	m, err := New(b, cfg)
-	if err != nil {
-		b.Params().Close()
-		return nil, err
-	}
-	p, err := b.Finish()
+	m, p, err := nn.Build(src, dtype, dev, func(b *nn.Builder) (*Model, error) { return New(b, cfg) })
 	if err != nil {
 		return nil, err
 	}

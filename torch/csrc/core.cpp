@@ -70,6 +70,10 @@ void dp2o_tensor_free(dp2o_tensor h) {
   delete o;
 }
 
+void dp2o_tensor_free_many(const uintptr_t *hs, int64_t n) {
+  for (int64_t i = 0; i < n; i++) dp2o_tensor_free(reinterpret_cast<dp2o_tensor>(hs[i]));
+}
+
 dp2o_err dp2o_tensor_from_data(const void *data, int64_t nbytes, const int64_t *shape, int ndim, int dtype,
                                dp2o_tensor *out) {
   DP2O_TRY

@@ -43,6 +43,7 @@ void dp2o_set_grad_enabled(int on);
 
 /* tensor lifetime and metadata */
 void dp2o_tensor_free(dp2o_tensor t);
+void dp2o_tensor_free_many(const uintptr_t *ts, int64_t n); /* frees n handles in one call */
 dp2o_err dp2o_tensor_from_data(const void *data, int64_t nbytes, const int64_t *shape, int ndim,
                                int dtype, dp2o_tensor *out);
 dp2o_err dp2o_tensor_copy_to(dp2o_tensor t, void *dst, int64_t nbytes);

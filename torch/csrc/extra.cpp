@@ -125,7 +125,10 @@ at::Tensor clip_grad_norm(std::vector<at::Tensor> params, double max_norm, doubl
     for (auto &g : grads) norms.push_back(at::norm(g.detach(), norm_type).to(grads[0].device()));
     total = at::norm(at::stack(norms), norm_type);
   }
-  auto coef = max_norm / (total + 1e-6);
+  // Python's `max_norm / tensor` is tensor.reciprocal() * max_norm
+  // (Tensor.__rtruediv__); C++'s operator/(double, Tensor) divides a filled
+  // tensor instead, which can differ in the last bit.
+  auto coef = (total + 1e-6).reciprocal() * max_norm;
   auto coef_clamped = at::clamp(coef, c10::nullopt, 1.0);
   for (auto &g : grads) g.detach().mul_(coef_clamped.to(g.device()));
   return total;

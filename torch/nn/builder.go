@@ -267,3 +267,22 @@ func list(ks []string) string {
 	}
 	return strings.Join(ks, ", ")
 }
+
+// Build runs build on a new Builder over src and checks the result with
+// Finish: the shared body of every model's FromSource. On success the
+// caller owns the returned Params; on error everything loaded is freed.
+func Build[M any](src Source, dtype torch.DType, dev torch.Device, build func(*Builder) (M, error), opts ...BuilderOption) (M, *Params, error) {
+	b := NewBuilder(src, dtype, dev, opts...)
+	m, err := build(b)
+	if err != nil {
+		b.Params().Close()
+		var zero M
+		return zero, nil, err
+	}
+	p, err := b.Finish()
+	if err != nil {
+		var zero M
+		return zero, nil, err
+	}
+	return m, p, nil
+}

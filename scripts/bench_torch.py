@@ -1,0 +1,53 @@
+#!/usr/bin/python3
+"""Per-call overhead of PyTorch on the libtorch the Go binding links.
+
+Run with Debian's python3-torch 1.13 (the same libtorch as the Go shim):
+
+    /usr/bin/python3 scripts/bench_torch.py [--threads 1,2] [--repeat R]
+
+It prints ns/op, the best of R repeats (timeit), for the cases of
+cmd/torchbench: a 1×1 float32 add and a 2048×2048 float32 matmul, with one
+intra-op thread and with the default thread count. Compare with
+`go run ./cmd/torchbench` on the same machine.
+"""
+import argparse
+import os
+import timeit
+
+import torch
+
+
+def best_ns(stmt, number, repeat):
+    return min(timeit.repeat(stmt, number=number, repeat=repeat)) / number * 1e9
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=7, help="timed runs of the small op (the best is reported)")
+    ap.add_argument("--large-repeat", type=int, default=3, help="timed runs of the matmul")
+    ap.add_argument("--small-n", type=int, default=200000, help="adds per run")
+    ap.add_argument("--large-n", type=int, default=1, help="matmuls per run")
+    ap.add_argument("--size", type=int, default=2048, help="matrix side of the large matmul")
+    ap.add_argument("--threads", default="", help="comma-separated thread counts (default: 1, torch's default, the CPU count)")
+    args = ap.parse_args()
+
+    default_threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, default threads {default_threads}")
+    x, y = torch.ones(1, 1), torch.ones(1, 1)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(args.size, args.size, generator=g)
+    b = torch.randn(args.size, args.size, generator=g)
+    if args.threads:
+        thread_list = [int(t) for t in args.threads.split(",") if t.strip()]
+    else:
+        thread_list = sorted({1, default_threads, os.cpu_count() or 1})
+    for threads in thread_list:
+        torch.set_num_threads(threads)
+        small = best_ns(lambda: x + y, args.small_n, args.repeat)
+        large = best_ns(lambda: torch.matmul(a, b), args.large_n, args.large_repeat)
+        print(f"python threads={threads} AddSmall      {small:12.1f} ns/op")
+        print(f"python threads={threads} MatmulLarge   {large:12.1f} ns/op")
+
+
+if __name__ == "__main__":
+    main()

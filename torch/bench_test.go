@@ -1,0 +1,52 @@
+package torch_test
+
+import (
+	"testing"
+
+	"github.com/dp2osr/dp2o/torch"
+)
+
+// BenchmarkAddSmall measures the per-op overhead of the binding: a 1×1
+// float32 add, results freed by a scope every 1000 ops.
+func BenchmarkAddSmall(b *testing.B) {
+	x := torch.Unscope(torch.Ones([]int64{1, 1}, torch.Float32, torch.CPU))
+	y := torch.Unscope(torch.Ones([]int64{1, 1}, torch.Float32, torch.CPU))
+	defer x.Close()
+	defer y.Close()
+	b.ReportAllocs()
+	s := torch.NewScope()
+	n := 0
+	for b.Loop() {
+		x.Add(y)
+		if n++; n == 1000 {
+			s.Close()
+			s = torch.NewScope()
+			n = 0
+		}
+	}
+	s.Close()
+}
+
+// BenchmarkAddSmallClose is BenchmarkAddSmall closing each result at once.
+func BenchmarkAddSmallClose(b *testing.B) {
+	x := torch.Unscope(torch.Ones([]int64{1, 1}, torch.Float32, torch.CPU))
+	y := torch.Unscope(torch.Ones([]int64{1, 1}, torch.Float32, torch.CPU))
+	defer x.Close()
+	defer y.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		x.Add(y).Close()
+	}
+}
+
+// BenchmarkMatmulLarge is a 2048×2048 float32 matrix product.
+func BenchmarkMatmulLarge(b *testing.B) {
+	gen := torch.MustGenerator(torch.CPU, 0)
+	x := torch.Unscope(torch.Randn([]int64{2048, 2048}, gen, torch.Float32, torch.CPU))
+	y := torch.Unscope(torch.Randn([]int64{2048, 2048}, gen, torch.Float32, torch.CPU))
+	defer x.Close()
+	defer y.Close()
+	for b.Loop() {
+		x.Matmul(y).Close()
+	}
+}
