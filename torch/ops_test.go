@@ -240,7 +240,7 @@ func runCase(t *testing.T, fx opsFixture, c opCase) {
 			testutil.AssertEqual(t, n, got[i], want)
 		} else {
 			require.Equal(t, want.Shape(), got[i].Shape(), n)
-			assertCloseInf(t, n, got[i], want, 1e-6)
+			assertCloseInf(t, n, got[i], want, opTolerance())
 		}
 	}
 }
@@ -283,4 +283,15 @@ func TestOpsMatchPyTorch(t *testing.T) {
 		"masked_fill", "clamp", "cumsum", "topk"} {
 		require.Positive(t, ops[op], "ops.safetensors has no %s case", op)
 	}
+}
+
+// opTolerance is 1e-6 against the goldens of libtorch 1.13, which the
+// default build links (most cases are bit-exact there); other libtorch
+// versions vectorise some CPU kernels (gelu, bicubic) differently, to a few
+// 1e-6.
+func opTolerance() float64 {
+	if strings.HasPrefix(torch.Version(), "1.13") {
+		return 1e-6
+	}
+	return 1e-5
 }
