@@ -47,6 +47,12 @@ func TestSRSample(t *testing.T) {
 	require.Equal(t, [2]int{256, 256}, [2]int{img.W, img.H}, "output is the input size × upscale")
 }
 
+func TestSRVAETiling(t *testing.T) {
+	out := t.TempDir()
+	require.NoError(t, sr(t, "--image_path", sampleDir, "--output_dir", out, "--vae_tiling", "--process_size", "128"))
+	require.Equal(t, []string{"lr_house.png"}, listDir(t, out))
+}
+
 func TestSRSampleTimesWritesEachSample(t *testing.T) {
 	out := t.TempDir()
 	require.NoError(t, sr(t, "--image_path", filepath.Join(sampleDir, "lr_house.png"), "--output_dir", out, "--sample_times", "2"))

@@ -78,6 +78,7 @@ func run(c *cli.Context) error {
 		return err
 	}
 	defer pipe.Close()
+	pipe.VAE.Tiling.Enabled = c.Bool("vae_tiling")
 	fmt.Printf("loaded %s on %v (%v) in %.1fs\n", base, dev, dtype, time.Since(start).Seconds())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
