@@ -53,7 +53,7 @@ shim: $(SHIM)
 $(SHIM): $(OBJ)
 	$(CXX) -shared -o $@ $(OBJ) $(LDLIBS)
 
-$(BUILD)/obj/%.o: torch/csrc/%.cpp torch/csrc/shim.h torch/csrc/dp2o.h torch/csrc/dp2o_ops.h
+$(BUILD)/obj/%.o: torch/csrc/%.cpp $(wildcard torch/csrc/*.h)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 

@@ -40,6 +40,12 @@ func newAttention(b *nn.Builder, dim, kvDim, heads, dimHead int64, o *attnOpts) 
 
 // forward attends x (B, L, dim) to ctx (B, S, kvDim); ctx nil is self-attention.
 func (a *attention) forward(x, ctx *torch.Tensor) *torch.Tensor {
+	dt := x.DType()
+	if a.opts.math && !(a.opts.upcast && (dt == torch.Float16 || dt == torch.BFloat16)) {
+		// The whole block in one call: the same math order, and on the
+		// CPU without autograd libtorch's XNNPACK kernels.
+		return torch.FusedAttention(x, ctx, a.toQ.Weight, a.toK.Weight, a.toV.Weight, a.toOut.Weight, a.toOut.Bias, a.heads)
+	}
 	s := torch.NewScope()
 	defer s.Close()
 	if ctx == nil {
@@ -58,7 +64,6 @@ func (a *attention) forward(x, ctx *torch.Tensor) *torch.Tensor {
 	q := split(a.toQ.Forward(x))
 	k := split(a.toK.Forward(ctx))
 	v := split(a.toV.Forward(ctx))
-	dt := q.DType()
 	if a.opts.upcast && (dt == torch.Float16 || dt == torch.BFloat16) {
 		q, k, v = q.To(torch.Float32), k.To(torch.Float32), v.To(torch.Float32)
 	}
@@ -88,6 +93,10 @@ func newFeedForward(b *nn.Builder, dim int64) *feedForward {
 }
 
 func (f *feedForward) forward(x *torch.Tensor) *torch.Tensor {
+	if f.proj.Bias != nil && f.out.Bias != nil {
+		// One call, the same math; XNNPACK on the CPU without autograd.
+		return torch.GEGLUFeedForward(x, f.proj.Weight, f.proj.Bias, f.out.Weight, f.out.Bias)
+	}
 	s := torch.NewScope()
 	defer s.Close()
 	p := f.proj.Forward(x)
@@ -188,7 +197,7 @@ func (t *transformer2D) forward(x, text *torch.Tensor) *torch.Tensor {
 		return h.Reshape([]int64{bsz, hgt, wid, -1}).Permute([]int64{0, 3, 1, 2}).Contiguous()
 	}
 	if t.useLinearProjIn {
-		h = t.projInL.Forward(tokens(h))
+		h = torch.FastLinear(tokens(h), t.projInL.Weight, t.projInL.Bias)
 	} else {
 		h = tokens(t.projInC.Forward(h))
 	}
@@ -196,7 +205,7 @@ func (t *transformer2D) forward(x, text *torch.Tensor) *torch.Tensor {
 		h = blk.forward(h, text)
 	}
 	if t.useLinearProjIn {
-		h = image(t.projOutL.Forward(h))
+		h = image(torch.FastLinear(h, t.projOutL.Weight, t.projOutL.Bias))
 	} else {
 		h = t.projOutC.Forward(image(h))
 	}

@@ -66,7 +66,7 @@ func (r *resnetBlock) forward(x, temb *torch.Tensor) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
 	h := r.conv1.Forward(r.act(r.norm1.Forward(x)))
-	t := r.timeProj.Forward(r.act(temb)).Unsqueeze(-1).Unsqueeze(-1)
+	t := torch.FastLinear(r.act(temb), r.timeProj.Weight, r.timeProj.Bias).Unsqueeze(-1).Unsqueeze(-1)
 	h = h.Add(t)
 	h = r.conv2.Forward(r.act(r.norm2.Forward(h)))
 	in := x

@@ -103,3 +103,8 @@ void adamw_step(const at::Tensor &param, const at::Tensor &grad, const at::Tenso
                 int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay);
 
 }  // namespace dp2o
+
+// Inference fast paths (perf.cpp), where that file is present.
+#if __has_include("perf.h")
+#include "perf.h"
+#endif
