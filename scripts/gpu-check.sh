@@ -31,11 +31,15 @@ for t in "$bins"/*.test; do
   name=$(basename "$t" .test)
   pkg=$(cat "$bins/$name.pkg")
   echo "== go test $pkg (DP2O_DEVICE=cuda)"
-  if (cd "$pkg" && "$OLDPWD/$t" -test.timeout 8m ${GPU_TEST_FLAGS:-} >"$OLDPWD/$bins/$name.log" 2>&1); then
-    pass=$((pass+1)); echo "ok   $pkg" | tee -a "$report"
+  if (cd "$pkg" && "$OLDPWD/$t" -test.v -test.timeout 8m ${GPU_TEST_FLAGS:-} >"$OLDPWD/$bins/$name.log" 2>&1); then
+    pass=$((pass+1)); status="ok  "
   else
-    fail=$((fail+1)); echo "FAIL $pkg" | tee -a "$report"; tail -30 "$bins/$name.log"
+    fail=$((fail+1)); status="FAIL"
   fi
+  printf '%s %s (%d tests passed, %d skipped, %d failed)\n' "$status" "$pkg" \
+    "$(grep -c -- '--- PASS' "$bins/$name.log")" "$(grep -c -- '--- SKIP' "$bins/$name.log")" \
+    "$(grep -c -- '--- FAIL' "$bins/$name.log")" | tee -a "$report"
+  [ "$status" = "FAIL" ] && grep -B2 -A12 -- '--- FAIL' "$bins/$name.log" | head -40
 done
 echo "tests: $pass packages passed, $fail failed" | tee -a "$report"
 
