@@ -4,7 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
+
+	"github.com/dp2osr/dp2o/internal/jsonconfig"
 )
 
 // TextConfig is transformers' CLIPTextConfig, read from the config.json of
@@ -89,15 +90,7 @@ func ParseTextConfig(data []byte) (TextConfig, error) {
 
 // LoadTextConfig reads a config.json file.
 func LoadTextConfig(path string) (TextConfig, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return TextConfig{}, fmt.Errorf("clip text config: %w", err)
-	}
-	c, err := ParseTextConfig(data)
-	if err != nil {
-		return TextConfig{}, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
+	return jsonconfig.Load(path, "clip text config", ParseTextConfig)
 }
 
 // Validate checks that the configuration describes a model this package

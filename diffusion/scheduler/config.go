@@ -3,7 +3,8 @@ package scheduler
 import (
 	"encoding/json"
 	"fmt"
-	"os"
+
+	"github.com/dp2osr/dp2o/internal/jsonconfig"
 )
 
 // Config is the union of diffusers' DDPMScheduler and DDIMScheduler
@@ -67,15 +68,7 @@ func ParseConfig(data []byte) (Config, error) {
 
 // LoadConfig reads a scheduler_config.json file.
 func LoadConfig(path string) (Config, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return Config{}, fmt.Errorf("scheduler config: %w", err)
-	}
-	c, err := ParseConfig(data)
-	if err != nil {
-		return Config{}, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
+	return jsonconfig.Load(path, "scheduler config", ParseConfig)
 }
 
 // Validate checks the settings shared by DDPM and DDIM.

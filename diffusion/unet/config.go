@@ -3,7 +3,8 @@ package unet
 import (
 	"encoding/json"
 	"fmt"
-	"os"
+
+	"github.com/dp2osr/dp2o/internal/jsonconfig"
 )
 
 // Config is diffusers' UNet2DConditionModel configuration, read from a model
@@ -163,15 +164,7 @@ func decodeOver(data []byte, target any, c *Config) error {
 
 // LoadConfig reads a UNet config.json file.
 func LoadConfig(path string) (Config, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return Config{}, fmt.Errorf("unet config: %w", err)
-	}
-	c, err := ParseConfig(data)
-	if err != nil {
-		return Config{}, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
+	return jsonconfig.Load(path, "unet config", ParseConfig)
 }
 
 // Validate checks that the configuration describes a model this package

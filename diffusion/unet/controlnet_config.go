@@ -2,9 +2,9 @@ package unet
 
 import (
 	"fmt"
-	"os"
 	"slices"
 
+	"github.com/dp2osr/dp2o/internal/jsonconfig"
 	"github.com/dp2osr/dp2o/torch"
 )
 
@@ -55,15 +55,7 @@ func ParseControlNetConfig(data []byte) (ControlNetConfig, error) {
 
 // LoadControlNetConfig reads a ControlNet config.json file.
 func LoadControlNetConfig(path string) (ControlNetConfig, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return ControlNetConfig{}, fmt.Errorf("controlnet config: %w", err)
-	}
-	c, err := ParseControlNetConfig(data)
-	if err != nil {
-		return ControlNetConfig{}, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
+	return jsonconfig.Load(path, "controlnet config", ParseControlNetConfig)
 }
 
 // Validate checks that the configuration describes a model this package

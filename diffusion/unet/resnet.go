@@ -13,15 +13,11 @@ type actFunc func(*torch.Tensor) *torch.Tensor
 // activation maps config.act_fn to the function diffusers' get_activation
 // returns.
 func activation(name string) (actFunc, error) {
-	switch name {
-	case "silu", "swish":
-		return (*torch.Tensor).Silu, nil
-	case "relu":
-		return (*torch.Tensor).Relu, nil
-	case "gelu":
-		return (*torch.Tensor).Gelu, nil
+	f, err := nn.ActivationByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("unet config: act_fn: %w", err)
 	}
-	return nil, fmt.Errorf("unet config: unsupported act_fn %q", name)
+	return actFunc(f), nil
 }
 
 // mustActivation is activation for a validated config.

@@ -14,15 +14,11 @@ const normEps = 1e-6
 // activation maps config.act_fn to the function diffusers' get_activation
 // returns.
 func activation(name string) (func(*torch.Tensor) *torch.Tensor, error) {
-	switch name {
-	case "silu", "swish":
-		return (*torch.Tensor).Silu, nil
-	case "relu":
-		return (*torch.Tensor).Relu, nil
-	case "gelu":
-		return (*torch.Tensor).Gelu, nil
+	f, err := nn.ActivationByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("vae config: act_fn: %w", err)
 	}
-	return nil, fmt.Errorf("vae config: unsupported act_fn %q", name)
+	return f, nil
 }
 
 // resnetBlock is diffusers' ResnetBlock2D without a time embedding:

@@ -4,7 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
+
+	"github.com/dp2osr/dp2o/internal/jsonconfig"
 )
 
 // Config is diffusers' AutoencoderKL configuration, read from a model
@@ -133,15 +134,7 @@ func ParseConfig(data []byte) (Config, error) {
 
 // LoadConfig reads a config.json file.
 func LoadConfig(path string) (Config, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return Config{}, fmt.Errorf("vae config: %w", err)
-	}
-	c, err := ParseConfig(data)
-	if err != nil {
-		return Config{}, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
+	return jsonconfig.Load(path, "vae config", ParseConfig)
 }
 
 // Validate checks that the configuration describes a model this package
