@@ -122,8 +122,9 @@ func (p *SD2) Sample(ctx context.Context, control *torch.Tensor, prompts, negati
 		}
 	}
 
-	// 5. Decode in float32: latents / scaling_factor, then [-1, 1] → [0, 1].
-	z := latents.To(torch.Float32).DivScalar(p.VAE.Config.ScalingFactor)
+	// 5. latents / scaling_factor in the latents' dtype (as diffusers), then
+	// decode with the float32 VAE and map [-1, 1] → [0, 1].
+	z := latents.DivScalar(p.VAE.Config.ScalingFactor).To(torch.Float32)
 	o.tap("decode_input", z)
 	dec, err := p.VAE.Decode(z)
 	if err != nil {
