@@ -44,7 +44,20 @@ func (o *SampleOptions) tap(name string, t *torch.Tensor) {
 // same seed gives the same output as the reference on the same device. It
 // returns the decoded images (B, 3, H, W) in [0, 1], float32 on the CPU.
 // Cancelling ctx stops between steps.
+//
+// With p.Autocast on a CUDA device the whole call runs under float16
+// autocast, as the official script's `with torch.autocast("cuda")`.
 func (p *SD2) Sample(ctx context.Context, control *torch.Tensor, prompts, negatives []string, o SampleOptions, gen *torch.Generator) (img *torch.Tensor, err error) {
+	if p.Autocast && p.Device.IsCUDA() {
+		torch.Autocast(torch.DeviceCUDA, torch.Float16, func() {
+			img, err = p.sample(ctx, control, prompts, negatives, o, gen)
+		})
+		return img, err
+	}
+	return p.sample(ctx, control, prompts, negatives, o, gen)
+}
+
+func (p *SD2) sample(ctx context.Context, control *torch.Tensor, prompts, negatives []string, o SampleOptions, gen *torch.Generator) (img *torch.Tensor, err error) {
 	defer torch.Recover(&err)
 	scope := torch.NewScope()
 	defer scope.Close()

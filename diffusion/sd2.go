@@ -26,6 +26,10 @@ type SD2 struct {
 
 	DType  torch.DType
 	Device torch.Device
+	// Autocast runs Sample under torch.autocast("cuda") (float16), as the
+	// official script wraps the pipeline call whatever --mixed_precision
+	// says. It applies on CUDA only.
+	Autocast bool
 }
 
 // LoadOptions select where and in which precision the models run.
@@ -34,6 +38,9 @@ type LoadOptions struct {
 	// DType of the text encoder, UNet and ControlNet. Zero value: float16 on
 	// CUDA, float32 on the CPU.
 	DType torch.DType
+	// NoAutocast turns off the float16 autocast region that the official
+	// script runs the pipeline in on CUDA.
+	NoAutocast bool
 }
 
 // LoadSD2 loads a stable-diffusion-2-base folder (diffusers layout:
@@ -57,7 +64,7 @@ func LoadSD2(base, controlnetPath string, o LoadOptions) (p *SD2, err error) {
 	if _, err := os.Stat(controlnetPath); err != nil {
 		return nil, fmt.Errorf("sd2: controlnet checkpoint: %w", err)
 	}
-	p = &SD2{DType: o.DType, Device: o.Device}
+	p = &SD2{DType: o.DType, Device: o.Device, Autocast: o.Device.IsCUDA() && !o.NoAutocast}
 	defer func() {
 		if err != nil {
 			p.Close()

@@ -86,3 +86,24 @@ func withGrad(on bool, f func()) {
 	defer C.dp2o_set_grad_enabled(prev)
 	f()
 }
+
+// Autocast runs f under automatic mixed precision for dev's device type, as
+// torch.autocast(device_type, dtype): on CUDA, matmuls and convolutions
+// run in dtype (float16 by default in PyTorch) and precision-sensitive ops
+// (norms, softmax, reductions) in float32, whatever the weights' dtype. Like
+// grad mode, the state is per OS thread, so the goroutine is locked to its
+// thread for the extent of f.
+func Autocast(dev DeviceType, dtype DType, f func()) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var prevOn, prevDType C.int
+	must(C.dp2o_autocast_enter(C.int(dev), C.int(dtype), &prevOn, &prevDType), "autocast")
+	defer func() {
+		must(C.dp2o_autocast_exit(C.int(dev), prevOn, prevDType), "autocast")
+	}()
+	f()
+}
+
+// AutocastEnabled reports whether autocast is on for the device type on the
+// calling goroutine's current OS thread.
+func AutocastEnabled(dev DeviceType) bool { return C.dp2o_autocast_enabled(C.int(dev)) != 0 }

@@ -32,6 +32,7 @@ func flags() []cli.Flag {
 		&cli.StringFlag{Name: "mixed_precision", Value: "fp16", Usage: "weights of text encoder, UNet and ControlNet on CUDA: no, fp16 or bf16 (the VAE stays float32; CPU always runs float32)"},
 		&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda, cuda:N or auto (cuda when available)"},
 		&cli.IntFlag{Name: "threads", Value: 0, Usage: "libtorch intra-op threads on the CPU (0: libtorch's default)"},
+		&cli.BoolFlag{Name: "no_autocast", Usage: "on CUDA, do not run the pipeline under float16 autocast (the official script does)"},
 		&cli.BoolFlag{Name: "vae_tiling", Usage: "decode with the VAE in overlapping tiles (diffusers' enable_tiling) for outputs too large for memory in one piece"},
 		&cli.BoolFlag{Name: "quiet", Usage: "no progress bar"},
 		// Accepted for compatibility with the official script; unused there too.

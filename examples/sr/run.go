@@ -73,7 +73,7 @@ func run(c *cli.Context) error {
 		fmt.Println("      for real results: --pretrained_model_name_or_path stable-diffusion-2-base --controlnet_model_name_or_path dp2o-sd2/model.safetensors")
 	}
 	start := time.Now()
-	pipe, err := diffusion.LoadSD2(base, c.String("controlnet_model_name_or_path"), diffusion.LoadOptions{Device: dev, DType: dtype})
+	pipe, err := diffusion.LoadSD2(base, c.String("controlnet_model_name_or_path"), diffusion.LoadOptions{Device: dev, DType: dtype, NoAutocast: c.Bool("no_autocast")})
 	if err != nil {
 		return err
 	}

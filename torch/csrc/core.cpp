@@ -3,6 +3,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 #include <torch/version.h>
 
@@ -55,6 +56,66 @@ void dp2o_set_allow_tf32(int cudnn, int cublas) {
   at::globalContext().setAllowTF32CuDNN(cudnn != 0);
   at::globalContext().setAllowTF32CuBLAS(cublas != 0);
 }
+
+// Autocast state is per thread in libtorch. libtorch 2.4 made the accessors
+// take a device type; before that CUDA and CPU had their own functions.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+#define DP2O_AUTOCAST_BY_DEVICE 1
+#endif
+
+static bool autocast_enabled(at::DeviceType d) {
+#ifdef DP2O_AUTOCAST_BY_DEVICE
+  return at::autocast::is_autocast_enabled(d);
+#else
+  return d == at::kCPU ? at::autocast::is_cpu_enabled() : at::autocast::is_enabled();
+#endif
+}
+
+static void set_autocast(at::DeviceType d, bool on, at::ScalarType dtype) {
+#ifdef DP2O_AUTOCAST_BY_DEVICE
+  at::autocast::set_autocast_enabled(d, on);
+  at::autocast::set_autocast_dtype(d, dtype);
+#else
+  if (d == at::kCPU) {
+    at::autocast::set_cpu_enabled(on);
+    at::autocast::set_autocast_cpu_dtype(dtype);
+  } else {
+    at::autocast::set_enabled(on);
+    at::autocast::set_autocast_gpu_dtype(dtype);
+  }
+#endif
+}
+
+static at::ScalarType autocast_dtype(at::DeviceType d) {
+#ifdef DP2O_AUTOCAST_BY_DEVICE
+  return at::autocast::get_autocast_dtype(d);
+#else
+  return d == at::kCPU ? at::autocast::get_autocast_cpu_dtype() : at::autocast::get_autocast_gpu_dtype();
+#endif
+}
+
+dp2o_err dp2o_autocast_enter(int device_type, int dtype, int *prev_enabled, int *prev_dtype) {
+  DP2O_TRY
+  auto d = static_cast<at::DeviceType>(device_type);
+  TORCH_CHECK(d == at::kCPU || d == at::kCUDA, "autocast: unsupported device type ", d);
+  *prev_enabled = autocast_enabled(d) ? 1 : 0;
+  *prev_dtype = static_cast<int>(autocast_dtype(d));
+  set_autocast(d, true, static_cast<at::ScalarType>(dtype));
+  at::autocast::increment_nesting();
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_autocast_exit(int device_type, int prev_enabled, int prev_dtype) {
+  DP2O_TRY
+  auto d = static_cast<at::DeviceType>(device_type);
+  // As torch.autocast.__exit__: drop the cast cache when leaving the
+  // outermost region, then restore the previous state.
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  set_autocast(d, prev_enabled != 0, static_cast<at::ScalarType>(prev_dtype));
+  DP2O_CATCH
+}
+
+int dp2o_autocast_enabled(int device_type) { return autocast_enabled(static_cast<at::DeviceType>(device_type)) ? 1 : 0; }
 
 int64_t dp2o_live_tensors(void) { return dp2o::g_live_tensors.load(); }
 int64_t dp2o_live_bytes(void) { return dp2o::g_live_bytes.load(); }

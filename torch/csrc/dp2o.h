@@ -41,6 +41,11 @@ int64_t dp2o_live_bytes(void);
 int dp2o_grad_enabled(void);
 void dp2o_set_grad_enabled(int on);
 
+/* autocast (thread-local in libtorch), as torch.autocast(device_type, dtype) */
+dp2o_err dp2o_autocast_enter(int device_type, int dtype, int *prev_enabled, int *prev_dtype);
+dp2o_err dp2o_autocast_exit(int device_type, int prev_enabled, int prev_dtype);
+int dp2o_autocast_enabled(int device_type);
+
 /* tensor lifetime and metadata */
 void dp2o_tensor_free(dp2o_tensor t);
 void dp2o_tensor_free_many(const uintptr_t *ts, int64_t n); /* frees n handles in one call */
