@@ -12,6 +12,14 @@
 namespace dp2o {
 std::atomic<int64_t> g_live_tensors{0};
 std::atomic<int64_t> g_live_bytes{0};
+std::atomic<int> g_threads_gen{0};
+std::atomic<int> g_threads{0};
+
+void apply_num_threads(int gen) {
+  (void)gen;
+  int n = g_threads.load();
+  if (n > 0 && at::get_num_threads() != n) at::set_num_threads(n);
+}
 }  // namespace dp2o
 
 using dp2o::T;
@@ -41,8 +49,16 @@ int dp2o_cuda_device_count(void) {
   }
 }
 
-void dp2o_set_num_threads(int n) { at::set_num_threads(n); }
-int dp2o_get_num_threads(void) { return at::get_num_threads(); }
+void dp2o_set_num_threads(int n) {
+  if (n < 1) return;
+  dp2o::g_threads.store(n);
+  at::set_num_threads(n);
+  dp2o::g_threads_gen.fetch_add(1);
+}
+int dp2o_get_num_threads(void) {
+  dp2o::sync_num_threads();
+  return at::get_num_threads();
+}
 
 int dp2o_has_native_sdpa(void) {
 #if TORCH_VERSION_MAJOR >= 2

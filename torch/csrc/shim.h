@@ -68,7 +68,30 @@ inline dp2o_tensor *out_list(std::vector<at::Tensor> v, int *n) {
 
 }  // namespace dp2o
 
-#define DP2O_TRY try {
+namespace dp2o {
+
+// The intra-op thread count is per OS thread in libtorch's OpenMP backend
+// (omp_set_num_threads), while Go runs a goroutine's calls on whichever
+// thread is free. SetNumThreads therefore bumps a generation number, and
+// every shim call applies the requested count on its thread when that
+// thread has not seen the latest generation (one relaxed load otherwise).
+extern std::atomic<int> g_threads_gen;
+extern std::atomic<int> g_threads;
+void apply_num_threads(int gen);
+inline void sync_num_threads() {
+  static thread_local int seen = 0;
+  int gen = g_threads_gen.load(std::memory_order_relaxed);
+  if (gen != seen) {
+    seen = gen;
+    apply_num_threads(gen);
+  }
+}
+
+}  // namespace dp2o
+
+#define DP2O_TRY \
+  try {          \
+    dp2o::sync_num_threads();
 #define DP2O_CATCH                                   \
   }                                                  \
   catch (const c10::Error &e) {                      \
