@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -53,6 +54,12 @@ func run(c *cli.Context) error {
 	}
 	if n := c.Int("threads"); n > 0 {
 		torch.SetNumThreads(n)
+	}
+	if !dev.IsCUDA() && torch.NumThreads() > 1 {
+		// One goroutine does all the work; with more Go Ps the scheduler's
+		// threads wake up around every cgo call and preempt libtorch's
+		// OpenMP workers (on a 2-core machine the step time doubled).
+		runtime.GOMAXPROCS(1)
 	}
 
 	inputs, err := imageio.ListImages(c.String("image_path"))
