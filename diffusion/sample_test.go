@@ -60,7 +60,8 @@ func loadFixturePipeline(t *testing.T, dev torch.Device) (*SD2, pipelineParams, 
 	require.NoError(t, err)
 	tcfg, err := clip.LoadTextConfig(rel(c.TextEncoderConfig))
 	require.NoError(t, err)
-	src, err := nn.OpenSafetensors(rel(c.TextEncoder))
+	// The text encoder may be stored row-sparse (testutil.Weights).
+	src, err := nn.OpenSafetensors(testutil.Weights(t, filepath.Join("sd2", "pipeline", c.TextEncoder)))
 	require.NoError(t, err)
 	defer src.Close()
 	p.TextEncoder, err = clip.TextModelFromSource(src, tcfg, torch.Float32, dev)

@@ -29,7 +29,7 @@ func loadTinyText(tb testing.TB, variant string, dev torch.Device) *TextModel {
 	tb.Helper()
 	cfg, err := LoadTextConfig(testutil.Fixture(tb, "sd2/clip_text/"+variant+"/config.json"))
 	require.NoError(tb, err)
-	src, err := nn.OpenSafetensors(testutil.Fixture(tb, "sd2/clip_text/model.safetensors"))
+	src, err := nn.OpenSafetensors(testutil.Weights(tb, "sd2/clip_text/model.safetensors"))
 	require.NoError(tb, err)
 	defer src.Close()
 	m, err := TextModelFromSource(src, cfg, torch.Float32, dev)
@@ -219,7 +219,7 @@ func TestTextModelPositionIDs(t *testing.T) {
 	testutil.NoLeak(t)
 	cfg, err := LoadTextConfig(testutil.Fixture(t, "sd2/clip_text/gelu/config.json"))
 	require.NoError(t, err)
-	st, err := nn.OpenSafetensors(testutil.Fixture(t, "sd2/clip_text/model.safetensors"))
+	st, err := nn.OpenSafetensors(testutil.Weights(t, "sd2/clip_text/model.safetensors"))
 	require.NoError(t, err)
 	defer st.Close()
 	src := nn.MapSource{}
@@ -265,7 +265,7 @@ func TestLoadTextModel(t *testing.T) {
 	_, err = LoadTextModel(dir, torch.Float32, torch.CPU)
 	require.ErrorContains(t, err, "only safetensors")
 
-	weights, err := filepath.Abs(testutil.Fixture(t, "sd2/clip_text/model.safetensors"))
+	weights, err := filepath.Abs(testutil.Weights(t, "sd2/clip_text/model.safetensors"))
 	require.NoError(t, err)
 	require.NoError(t, os.Symlink(weights, filepath.Join(dir, TextWeightsFile)))
 	m, err := LoadTextModel(dir, torch.Float32, torch.CPU)

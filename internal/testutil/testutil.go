@@ -21,11 +21,7 @@ import (
 // testdata/ with the same layout.
 func Fixture(tb testing.TB, rel string) string {
 	tb.Helper()
-	root := os.Getenv("DP2O_FIXTURES")
-	if root == "" {
-		root = "testdata"
-	}
-	p := filepath.Join(root, rel)
+	p := filepath.Join(fixtureRoot(), rel)
 	if _, err := os.Stat(p); err != nil {
 		tb.Fatalf("fixture %s: %v", rel, err)
 	}
