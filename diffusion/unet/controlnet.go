@@ -127,14 +127,9 @@ func LoadControlNet(dir string, dtype torch.DType, dev torch.Device) (*ControlNe
 // such as the flat model.safetensors of the released C-SD2 / DP²O-SD2
 // checkpoints (use ControlNetConfigFromUNet for their configuration).
 func LoadControlNetFile(cfg ControlNetConfig, path string, dtype torch.DType, dev torch.Device) (*ControlNet, error) {
-	src, err := nn.OpenSafetensors(path)
+	cn, err := nn.LoadFile(path, func(src nn.Source) (*ControlNet, error) { return ControlNetFromSource(src, cfg, dtype, dev) })
 	if err != nil {
 		return nil, fmt.Errorf("controlnet: %w", err)
-	}
-	defer src.Close()
-	cn, err := ControlNetFromSource(src, cfg, dtype, dev)
-	if err != nil {
-		return nil, fmt.Errorf("controlnet: %s: %w", path, err)
 	}
 	return cn, nil
 }

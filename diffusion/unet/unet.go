@@ -131,14 +131,9 @@ func Load(dir string, dtype torch.DType, dev torch.Device) (*UNet, error) {
 
 // LoadFile reads the UNet of cfg from a safetensors file (or sharded index).
 func LoadFile(cfg Config, path string, dtype torch.DType, dev torch.Device) (*UNet, error) {
-	src, err := nn.OpenSafetensors(path)
+	u, err := nn.LoadFile(path, func(src nn.Source) (*UNet, error) { return FromSource(src, cfg, dtype, dev) })
 	if err != nil {
 		return nil, fmt.Errorf("unet: %w", err)
-	}
-	defer src.Close()
-	u, err := FromSource(src, cfg, dtype, dev)
-	if err != nil {
-		return nil, fmt.Errorf("unet: %s: %w", path, err)
 	}
 	return u, nil
 }

@@ -147,3 +147,20 @@ func LoadPth(path string, opts ...pickle.Option) (MapSource, error) {
 	}
 	return m, nil
 }
+
+// LoadFile opens a safetensors checkpoint (or sharded .index.json), builds
+// a model from it with fromSource, and closes the file: the shared body of
+// the models' file loaders. Errors of fromSource are prefixed with path.
+func LoadFile[M any](path string, fromSource func(Source) (M, error)) (M, error) {
+	var zero M
+	src, err := OpenSafetensors(path)
+	if err != nil {
+		return zero, err
+	}
+	defer src.Close()
+	m, err := fromSource(src)
+	if err != nil {
+		return zero, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, nil
+}
