@@ -2,6 +2,42 @@
 
 package torch
 
+// #cgo noescape dp2o_zeros
+// #cgo nocallback dp2o_zeros
+// #cgo noescape dp2o_ones
+// #cgo nocallback dp2o_ones
+// #cgo noescape dp2o_empty
+// #cgo nocallback dp2o_empty
+// #cgo noescape dp2o_full
+// #cgo nocallback dp2o_full
+// #cgo noescape dp2o_arange
+// #cgo nocallback dp2o_arange
+// #cgo noescape dp2o_linspace
+// #cgo nocallback dp2o_linspace
+// #cgo noescape dp2o_eye
+// #cgo nocallback dp2o_eye
+// #cgo noescape dp2o_scalar_tensor
+// #cgo nocallback dp2o_scalar_tensor
+// #cgo noescape dp2o_randn
+// #cgo nocallback dp2o_randn
+// #cgo noescape dp2o_rand
+// #cgo nocallback dp2o_rand
+// #cgo noescape dp2o_randint
+// #cgo nocallback dp2o_randint
+// #cgo noescape dp2o_randperm
+// #cgo nocallback dp2o_randperm
+// #cgo noescape dp2o_zeros_like
+// #cgo nocallback dp2o_zeros_like
+// #cgo noescape dp2o_ones_like
+// #cgo nocallback dp2o_ones_like
+// #cgo noescape dp2o_full_like
+// #cgo nocallback dp2o_full_like
+// #cgo noescape dp2o_randn_like
+// #cgo nocallback dp2o_randn_like
+// #cgo noescape dp2o_normal_
+// #cgo nocallback dp2o_normal_
+// #cgo noescape dp2o_uniform_
+// #cgo nocallback dp2o_uniform_
 // #include "csrc/dp2o.h"
 import "C"
 

@@ -2,6 +2,48 @@
 
 package torch
 
+// #cgo noescape dp2o_matmul
+// #cgo nocallback dp2o_matmul
+// #cgo noescape dp2o_mm
+// #cgo nocallback dp2o_mm
+// #cgo noescape dp2o_bmm
+// #cgo nocallback dp2o_bmm
+// #cgo noescape dp2o_baddbmm
+// #cgo nocallback dp2o_baddbmm
+// #cgo noescape dp2o_linear
+// #cgo nocallback dp2o_linear
+// #cgo noescape dp2o_conv2d
+// #cgo nocallback dp2o_conv2d
+// #cgo noescape dp2o_conv_transpose2d
+// #cgo nocallback dp2o_conv_transpose2d
+// #cgo noescape dp2o_group_norm
+// #cgo nocallback dp2o_group_norm
+// #cgo noescape dp2o_layer_norm
+// #cgo nocallback dp2o_layer_norm
+// #cgo noescape dp2o_rms_norm
+// #cgo nocallback dp2o_rms_norm
+// #cgo noescape dp2o_embedding
+// #cgo nocallback dp2o_embedding
+// #cgo noescape dp2o_dropout
+// #cgo nocallback dp2o_dropout
+// #cgo noescape dp2o_interpolate
+// #cgo nocallback dp2o_interpolate
+// #cgo noescape dp2o_pad
+// #cgo nocallback dp2o_pad
+// #cgo noescape dp2o_sdpa
+// #cgo nocallback dp2o_sdpa
+// #cgo noescape dp2o_avg_pool2d
+// #cgo nocallback dp2o_avg_pool2d
+// #cgo noescape dp2o_max_pool2d
+// #cgo nocallback dp2o_max_pool2d
+// #cgo noescape dp2o_adaptive_avg_pool2d
+// #cgo nocallback dp2o_adaptive_avg_pool2d
+// #cgo noescape dp2o_mse_loss
+// #cgo nocallback dp2o_mse_loss
+// #cgo noescape dp2o_clip_grad_norm
+// #cgo nocallback dp2o_clip_grad_norm
+// #cgo noescape dp2o_adamw_step
+// #cgo nocallback dp2o_adamw_step
 // #include "csrc/dp2o.h"
 import "C"
 

@@ -2,6 +2,14 @@
 
 package torch
 
+// #cgo noescape dp2o_fast_linear
+// #cgo nocallback dp2o_fast_linear
+// #cgo noescape dp2o_fused_attention
+// #cgo nocallback dp2o_fused_attention
+// #cgo noescape dp2o_geglu_feed_forward
+// #cgo nocallback dp2o_geglu_feed_forward
+// #cgo noescape dp2o_fast_path_available
+// #cgo nocallback dp2o_fast_path_available
 // #include "csrc/dp2o.h"
 import "C"
 

@@ -2,6 +2,58 @@
 
 package torch
 
+// #cgo noescape dp2o_sum
+// #cgo nocallback dp2o_sum
+// #cgo noescape dp2o_sum_dims
+// #cgo nocallback dp2o_sum_dims
+// #cgo noescape dp2o_mean
+// #cgo nocallback dp2o_mean
+// #cgo noescape dp2o_mean_dims
+// #cgo nocallback dp2o_mean_dims
+// #cgo noescape dp2o_var_dims
+// #cgo nocallback dp2o_var_dims
+// #cgo noescape dp2o_std_dims
+// #cgo nocallback dp2o_std_dims
+// #cgo noescape dp2o_var_all
+// #cgo nocallback dp2o_var_all
+// #cgo noescape dp2o_std_all
+// #cgo nocallback dp2o_std_all
+// #cgo noescape dp2o_max_all
+// #cgo nocallback dp2o_max_all
+// #cgo noescape dp2o_min_all
+// #cgo nocallback dp2o_min_all
+// #cgo noescape dp2o_max_dim
+// #cgo nocallback dp2o_max_dim
+// #cgo noescape dp2o_min_dim
+// #cgo nocallback dp2o_min_dim
+// #cgo noescape dp2o_argmax
+// #cgo nocallback dp2o_argmax
+// #cgo noescape dp2o_argmin
+// #cgo nocallback dp2o_argmin
+// #cgo noescape dp2o_sort
+// #cgo nocallback dp2o_sort
+// #cgo noescape dp2o_argsort
+// #cgo nocallback dp2o_argsort
+// #cgo noescape dp2o_topk
+// #cgo nocallback dp2o_topk
+// #cgo noescape dp2o_norm
+// #cgo nocallback dp2o_norm
+// #cgo noescape dp2o_norm_dims
+// #cgo nocallback dp2o_norm_dims
+// #cgo noescape dp2o_cumsum
+// #cgo nocallback dp2o_cumsum
+// #cgo noescape dp2o_cumprod
+// #cgo nocallback dp2o_cumprod
+// #cgo noescape dp2o_logsumexp
+// #cgo nocallback dp2o_logsumexp
+// #cgo noescape dp2o_any
+// #cgo nocallback dp2o_any
+// #cgo noescape dp2o_all
+// #cgo nocallback dp2o_all
+// #cgo noescape dp2o_equal
+// #cgo nocallback dp2o_equal
+// #cgo noescape dp2o_allclose
+// #cgo nocallback dp2o_allclose
 // #include "csrc/dp2o.h"
 import "C"
 
