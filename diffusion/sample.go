@@ -37,6 +37,14 @@ func (o *SampleOptions) tap(name string, t *torch.Tensor) {
 	}
 }
 
+// tapStep is tap for a per-step name "step.<i>.<what>", formatted only
+// when someone listens.
+func (o *SampleOptions) tapStep(i int, what string, t *torch.Tensor) {
+	if o.Tap != nil {
+		o.Tap(fmt.Sprintf("step.%d.%s", i, what), t)
+	}
+}
+
 // Sample is StableDiffusionControlNetPipeline.__call__ on tensors: control
 // holds B control images (B, 3, H, W) in [0, 1] (H, W multiples of 8),
 // prompts and negatives one text each. It draws the initial latents and
@@ -161,7 +169,7 @@ func (p *SD2) step(sched *scheduler.DDPM, i int, t int64, latents, text, cond *t
 	torch.NoGrad(func() {
 		res = p.ControlNet.Forward(x, ts, text, cond, o.ConditioningScale)
 	})
-	o.tap(fmt.Sprintf("step.%d.controlnet_mid_block_res_sample", i), res.Mid)
+	o.tapStep(i, "controlnet_mid_block_res_sample", res.Mid)
 	var eps *torch.Tensor
 	torch.NoGrad(func() {
 		eps = p.UNet.Forward(x, ts, text, res)
@@ -169,13 +177,13 @@ func (p *SD2) step(sched *scheduler.DDPM, i int, t int64, latents, text, cond *t
 	if cfg {
 		parts := eps.Chunk(2, 0)
 		u, c := parts[0], parts[1]
-		o.tap(fmt.Sprintf("step.%d.noise_pred_uncond", i), u)
-		o.tap(fmt.Sprintf("step.%d.noise_pred_text", i), c)
+		o.tapStep(i, "noise_pred_uncond", u)
+		o.tapStep(i, "noise_pred_text", c)
 		eps = u.Add(c.Sub(u).MulScalar(o.GuidanceScale))
-		o.tap(fmt.Sprintf("step.%d.noise_pred_guided", i), eps)
+		o.tapStep(i, "noise_pred_guided", eps)
 	}
 	prev, _ := sched.Step(eps, t, latents, gen)
-	o.tap(fmt.Sprintf("step.%d.latents", i), prev)
+	o.tapStep(i, "latents", prev)
 	return s.Keep(prev)
 }
 
