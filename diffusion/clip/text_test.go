@@ -1,8 +1,6 @@
 package clip
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -281,41 +279,6 @@ func TestLoadTextModel(t *testing.T) {
 	testutil.AssertClose(t, "pooler_output", out.Pooled, io["pooler_output"], textAtol, textRtol)
 }
 
-// orderedTextKeys reads keys.json's "tensors" object in state-dict order.
-func orderedTextKeys(t *testing.T, path string) (names []string, shapes map[string][]int64) {
-	t.Helper()
-	var doc struct {
-		NumTensors int             `json:"num_tensors"`
-		NumParams  int64           `json:"num_params"`
-		Tensors    json.RawMessage `json:"tensors"`
-	}
-	data, err := os.ReadFile(path)
-	require.NoError(t, err)
-	require.NoError(t, json.Unmarshal(data, &doc))
-	require.NoError(t, json.Unmarshal(doc.Tensors, &shapes))
-	dec := json.NewDecoder(bytes.NewReader(doc.Tensors))
-	_, err = dec.Token()
-	require.NoError(t, err)
-	for dec.More() {
-		tok, err := dec.Token()
-		require.NoError(t, err)
-		names = append(names, tok.(string))
-		var skip []int64
-		require.NoError(t, dec.Decode(&skip))
-	}
-	require.Len(t, names, doc.NumTensors)
-	var n int64
-	for _, s := range shapes {
-		p := int64(1)
-		for _, d := range s {
-			p *= d
-		}
-		n += p
-	}
-	require.Equal(t, doc.NumParams, n)
-	return names, shapes
-}
-
 // TestTextModelFullSizeKeys builds SD2's full-size text encoder on the meta
 // device and checks that it requests exactly the checkpoint's keys and
 // shapes, in state-dict order.
@@ -324,19 +287,14 @@ func TestTextModelFullSizeKeys(t *testing.T) {
 	root := testutil.Fixture(t, "sd2/keys/text_encoder")
 	cfg, err := LoadTextConfig(filepath.Join(root, "config.json"))
 	require.NoError(t, err)
-	names, shapes := orderedTextKeys(t, filepath.Join(root, "keys.json"))
+	want := testutil.ReadKeys(t, filepath.Join(root, "keys.json"))
 	b := nn.NewBuilder(nil, torch.Float32, torch.Meta)
 	_, err = NewTextModel(b, cfg)
 	require.NoError(t, err)
 	p, err := b.Finish()
 	require.NoError(t, err)
 	defer p.Close()
-	require.Equal(t, names, p.Names, "requested keys in state-dict order")
-	req := b.Requested()
-	require.Len(t, req, len(shapes))
-	for k, s := range req {
-		require.Equal(t, shapes[k], s, k)
-	}
+	testutil.AssertKeys(t, want, p.Names, b.Requested())
 }
 
 func BenchmarkTextModel(b *testing.B) {

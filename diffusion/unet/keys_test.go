@@ -1,9 +1,6 @@
 package unet
 
 import (
-	"bytes"
-	"encoding/json"
-	"os"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -13,78 +10,23 @@ import (
 	"github.com/dp2osr/dp2o/torch/nn"
 )
 
-// keyList is a keys.json file: the state-dict keys of a full-size model in
-// state_dict() order, with their shapes.
-type keyList struct {
-	NumTensors int
-	NumParams  int64
-	Names      []string
-	Shapes     map[string][]int64
-}
-
-func readKeys(t *testing.T, rel string) keyList {
+func readKeys(t *testing.T, rel string) testutil.KeyManifest {
 	t.Helper()
-	data, err := os.ReadFile(testutil.Fixture(t, rel))
-	require.NoError(t, err)
-	var f struct {
-		NumTensors int                `json:"num_tensors"`
-		NumParams  int64              `json:"num_params"`
-		Tensors    map[string][]int64 `json:"tensors"`
-	}
-	require.NoError(t, json.Unmarshal(data, &f))
-	// The order of the keys, which a Go map loses.
-	var ordered struct {
-		Tensors orderedKeys `json:"tensors"`
-	}
-	require.NoError(t, json.Unmarshal(data, &ordered))
-	return keyList{NumTensors: f.NumTensors, NumParams: f.NumParams, Names: ordered.Tensors, Shapes: f.Tensors}
-}
-
-// orderedKeys decodes a JSON object's keys in file order.
-type orderedKeys []string
-
-func (o *orderedKeys) UnmarshalJSON(b []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if _, err := dec.Token(); err != nil { // {
-		return err
-	}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		*o = append(*o, tok.(string))
-		var skip json.RawMessage
-		if err := dec.Decode(&skip); err != nil {
-			return err
-		}
-	}
-	return nil
+	return testutil.ReadKeys(t, testutil.Fixture(t, rel))
 }
 
 // checkKeys compares what a model built on the meta device asked for with
 // a keys.json: every key, every shape, the state-dict order, the number of
 // parameters.
-func checkKeys(t *testing.T, b *nn.Builder, params []Param, want keyList) {
+func checkKeys(t *testing.T, b *nn.Builder, params []Param, want testutil.KeyManifest) {
 	t.Helper()
-	got := b.Requested()
-	require.Len(t, got, want.NumTensors)
-	for k, sh := range want.Shapes {
-		g, ok := got[k]
-		require.True(t, ok, "missing key %s", k)
-		require.Equal(t, sh, g, "shape of %s", k)
-	}
-	for k := range got {
-		_, ok := want.Shapes[k]
-		require.True(t, ok, "extra key %s", k)
-	}
 	var names []string
 	var n int64
 	for _, p := range params {
 		names = append(names, p.Name)
 		n += p.Tensor.Numel()
 	}
-	require.Equal(t, want.Names, names, "state-dict order")
+	testutil.AssertKeys(t, want, names, b.Requested())
 	require.Equal(t, want.NumParams, n)
 }
 
