@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/dp2osr/dp2o/diffusion/clip"
 	"github.com/dp2osr/dp2o/diffusion/scheduler"
-	"github.com/dp2osr/dp2o/diffusion/unet"
 	"github.com/dp2osr/dp2o/torch"
 )
 
@@ -56,13 +54,17 @@ func (o *SampleOptions) tapStep(i int, what string, t *torch.Tensor) {
 // With p.Autocast on a CUDA device the whole call runs under float16
 // autocast, as the official script's `with torch.autocast("cuda")`.
 func (p *SD2) Sample(ctx context.Context, control *torch.Tensor, prompts, negatives []string, o SampleOptions, gen *torch.Generator) (img *torch.Tensor, err error) {
-	if p.Autocast && p.Device.IsCUDA() {
-		torch.Autocast(torch.DeviceCUDA, torch.Float16, func() {
-			img, err = p.sample(ctx, control, prompts, negatives, o, gen)
-		})
-		return img, err
-	}
-	return p.sample(ctx, control, prompts, negatives, o, gen)
+	// Inference only, as diffusers' @torch.no_grad() on the pipeline call:
+	// one no-grad (and autocast) region around the whole loop.
+	run := func() { img, err = p.sample(ctx, control, prompts, negatives, o, gen) }
+	torch.NoGrad(func() {
+		if p.Autocast && p.Device.IsCUDA() {
+			torch.Autocast(torch.DeviceCUDA, torch.Float16, run)
+			return
+		}
+		run()
+	})
+	return img, err
 }
 
 func (p *SD2) sample(ctx context.Context, control *torch.Tensor, prompts, negatives []string, o SampleOptions, gen *torch.Generator) (img *torch.Tensor, err error) {
@@ -165,15 +167,9 @@ func (p *SD2) step(sched *scheduler.DDPM, i int, t int64, latents, text, cond *t
 	}
 	x = sched.ScaleModelInput(x, t)
 	ts := torch.ScalarOf(float64(t), torch.Int64, p.Device)
-	var res *unet.Residuals
-	torch.NoGrad(func() {
-		res = p.ControlNet.Forward(x, ts, text, cond, o.ConditioningScale)
-	})
+	res := p.ControlNet.Forward(x, ts, text, cond, o.ConditioningScale)
 	o.tapStep(i, "controlnet_mid_block_res_sample", res.Mid)
-	var eps *torch.Tensor
-	torch.NoGrad(func() {
-		eps = p.UNet.Forward(x, ts, text, res)
-	})
+	eps := p.UNet.Forward(x, ts, text, res)
 	if cfg {
 		parts := eps.Chunk(2, 0)
 		u, c := parts[0], parts[1]
@@ -196,9 +192,7 @@ func (p *SD2) encodePrompts(texts []string) (*torch.Tensor, error) {
 		flat = append(flat, row...)
 	}
 	t := torch.FromSlice(flat, int64(len(ids)), int64(p.Tokenizer.MaxLength()))
-	var enc *clip.TextOutput
-	var err error
-	torch.NoGrad(func() { enc, err = p.TextEncoder.Encode(t) })
+	enc, err := p.TextEncoder.Encode(t)
 	if err != nil {
 		return nil, fmt.Errorf("sd2: text encoder: %w", err)
 	}
