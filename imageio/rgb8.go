@@ -70,54 +70,41 @@ func FromImage(src image.Image) *RGB8 {
 	w, h := b.Dx(), b.Dy()
 	out := NewRGB8(w, h)
 	p := out.Pix
+	// rows calls f with each output row and the source row it comes from.
+	rows := func(pix []uint8, offset func(x, y int) int, f func(o, row []uint8)) {
+		for y := 0; y < h; y++ {
+			f(p[3*w*y:], pix[offset(b.Min.X, b.Min.Y+y):])
+		}
+	}
+	// packed keeps the first three channels of pixels of bpp bytes whose
+	// channels are ch bytes apart (the high byte first for 16 bits).
+	packed := func(bpp, ch int) func(o, row []uint8) {
+		return func(o, row []uint8) {
+			for x := 0; x < w; x++ {
+				o[3*x], o[3*x+1], o[3*x+2] = row[bpp*x], row[bpp*x+ch], row[bpp*x+2*ch]
+			}
+		}
+	}
 	switch s := src.(type) {
 	case *image.RGBA: // opaque or premultiplied; PIL "RGBA"/"RGBa" → raw bytes
-		for y := 0; y < h; y++ {
-			row := s.Pix[s.PixOffset(b.Min.X, b.Min.Y+y):]
-			o := p[3*w*y:]
-			for x := 0; x < w; x++ {
-				o[3*x], o[3*x+1], o[3*x+2] = row[4*x], row[4*x+1], row[4*x+2]
-			}
-		}
+		rows(s.Pix, s.PixOffset, packed(4, 1))
 	case *image.NRGBA:
-		for y := 0; y < h; y++ {
-			row := s.Pix[s.PixOffset(b.Min.X, b.Min.Y+y):]
-			o := p[3*w*y:]
-			for x := 0; x < w; x++ {
-				o[3*x], o[3*x+1], o[3*x+2] = row[4*x], row[4*x+1], row[4*x+2]
-			}
-		}
+		rows(s.Pix, s.PixOffset, packed(4, 1))
 	case *image.RGBA64:
-		for y := 0; y < h; y++ {
-			row := s.Pix[s.PixOffset(b.Min.X, b.Min.Y+y):]
-			o := p[3*w*y:]
-			for x := 0; x < w; x++ {
-				o[3*x], o[3*x+1], o[3*x+2] = row[8*x], row[8*x+2], row[8*x+4]
-			}
-		}
+		rows(s.Pix, s.PixOffset, packed(8, 2))
 	case *image.NRGBA64:
-		for y := 0; y < h; y++ {
-			row := s.Pix[s.PixOffset(b.Min.X, b.Min.Y+y):]
-			o := p[3*w*y:]
-			for x := 0; x < w; x++ {
-				o[3*x], o[3*x+1], o[3*x+2] = row[8*x], row[8*x+2], row[8*x+4]
-			}
-		}
+		rows(s.Pix, s.PixOffset, packed(8, 2))
 	case *image.Gray:
-		for y := 0; y < h; y++ {
-			row := s.Pix[s.PixOffset(b.Min.X, b.Min.Y+y):]
-			o := p[3*w*y:]
+		rows(s.Pix, s.PixOffset, func(o, row []uint8) {
 			for x := 0; x < w; x++ {
 				v := row[x]
 				o[3*x], o[3*x+1], o[3*x+2] = v, v, v
 			}
-		}
+		})
 	case *image.Gray16:
 		// PIL opens 16-bit grayscale as "I" / "I;16"; convert("RGB")
 		// clips the value to 0..255 (it does not scale).
-		for y := 0; y < h; y++ {
-			row := s.Pix[s.PixOffset(b.Min.X, b.Min.Y+y):]
-			o := p[3*w*y:]
+		rows(s.Pix, s.PixOffset, func(o, row []uint8) {
 			for x := 0; x < w; x++ {
 				v16 := uint16(row[2*x])<<8 | uint16(row[2*x+1])
 				v := uint8(255)
@@ -126,46 +113,28 @@ func FromImage(src image.Image) *RGB8 {
 				}
 				o[3*x], o[3*x+1], o[3*x+2] = v, v, v
 			}
-		}
+		})
 	case *image.Paletted:
 		var lut [256][3]uint8
 		for i, c := range s.Palette {
 			lut[i] = rgbOfColor(c)
 		}
-		for y := 0; y < h; y++ {
-			row := s.Pix[s.PixOffset(b.Min.X, b.Min.Y+y):]
-			o := p[3*w*y:]
+		rows(s.Pix, s.PixOffset, func(o, row []uint8) {
 			for x := 0; x < w; x++ {
 				c := lut[row[x]]
 				o[3*x], o[3*x+1], o[3*x+2] = c[0], c[1], c[2]
 			}
-		}
+		})
 	case *image.CMYK:
-		for y := 0; y < h; y++ {
-			row := s.Pix[s.PixOffset(b.Min.X, b.Min.Y+y):]
-			o := p[3*w*y:]
+		rows(s.Pix, s.PixOffset, func(o, row []uint8) {
 			for x := 0; x < w; x++ {
 				o[3*x], o[3*x+1], o[3*x+2] = cmykToRGB(row[4*x], row[4*x+1], row[4*x+2], row[4*x+3])
 			}
-		}
+		})
 	case *image.YCbCr:
-		for y := 0; y < h; y++ {
-			o := p[3*w*y:]
-			for x := 0; x < w; x++ {
-				yi := s.YOffset(b.Min.X+x, b.Min.Y+y)
-				ci := s.COffset(b.Min.X+x, b.Min.Y+y)
-				o[3*x], o[3*x+1], o[3*x+2] = jpegYCCToRGB(s.Y[yi], s.Cb[ci], s.Cr[ci])
-			}
-		}
+		ycbcrToRGB(p, s, b)
 	case *image.NYCbCrA:
-		for y := 0; y < h; y++ {
-			o := p[3*w*y:]
-			for x := 0; x < w; x++ {
-				yi := s.YOffset(b.Min.X+x, b.Min.Y+y)
-				ci := s.COffset(b.Min.X+x, b.Min.Y+y)
-				o[3*x], o[3*x+1], o[3*x+2] = jpegYCCToRGB(s.Y[yi], s.Cb[ci], s.Cr[ci])
-			}
-		}
+		ycbcrToRGB(p, &s.YCbCr, b)
 	default:
 		for y := 0; y < h; y++ {
 			o := p[3*w*y:]
@@ -176,6 +145,20 @@ func FromImage(src image.Image) *RGB8 {
 		}
 	}
 	return out
+}
+
+// ycbcrToRGB converts the b part of s with libjpeg's tables and
+// nearest-neighbour chroma into p (HWC, b's size).
+func ycbcrToRGB(p []uint8, s *image.YCbCr, b image.Rectangle) {
+	w := b.Dx()
+	for y := 0; y < b.Dy(); y++ {
+		o := p[3*w*y:]
+		for x := 0; x < w; x++ {
+			yi := s.YOffset(b.Min.X+x, b.Min.Y+y)
+			ci := s.COffset(b.Min.X+x, b.Min.Y+y)
+			o[3*x], o[3*x+1], o[3*x+2] = jpegYCCToRGB(s.Y[yi], s.Cb[ci], s.Cr[ci])
+		}
+	}
 }
 
 // rgbOfColor returns the stored (non-premultiplied where the colour type is)
