@@ -125,7 +125,7 @@ func (p *SD2) sample(ctx context.Context, control *torch.Tensor, prompts, negati
 
 	// 3. Initial latents, drawn like diffusers' randn_tensor.
 	lc := int64(p.UNet.Config.InChannels)
-	latents := scheduler.DrawNoise(torch.Empty([]int64{B, lc, H / f, W / f}, p.DType, p.Device), gen)
+	latents := torch.RandnFor([]int64{B, lc, H / f, W / f}, gen, p.DType, p.Device)
 	if s := sched.InitNoiseSigma(); s != 1 {
 		latents = latents.MulScalar(s)
 	}
