@@ -40,7 +40,7 @@ CXXFLAGS ?= -O2
 CXXFLAGS += -std=c++17 -fPIC -Wall -Wno-unused-variable $(ABI_FLAG) $(TORCH_INC) $(CUDA_FLAGS)
 LDLIBS   := $(TORCH_LIB) $(CUDA_LIBS) -Wl,--no-as-needed -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
 
-.PHONY: all setup shim generate test bench run fmt clean gpu-bins gpu-check
+.PHONY: all setup shim generate test test-refblas bench run fmt clean gpu-bins gpu-check
 
 all: shim
 
@@ -64,6 +64,15 @@ generate:
 test: $(SHIM)
 	go vet ./...
 	go test ./...
+
+# The same tests on the reference BLAS (Debian's libblas3), which libtorch
+# loads instead of OpenBLAS when its folder comes first on the library path:
+# the suite must pass with either (tolerances, not bit-equality, wherever a
+# matmul or a convolution is involved).
+REFBLAS_DIR ?= /usr/lib/$(shell gcc -print-multiarch 2>/dev/null)/blas
+test-refblas: $(SHIM)
+	@test -f $(REFBLAS_DIR)/libblas.so.3 || { echo "no reference BLAS in $(REFBLAS_DIR) (apt-get install libblas3)"; exit 1; }
+	LD_LIBRARY_PATH=$(REFBLAS_DIR)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} go test -count=1 ./...
 
 bench: $(SHIM)
 	go test -run '^$$' -bench . -benchtime 2s ./torch/

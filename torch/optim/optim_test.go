@@ -3,6 +3,7 @@ package optim_test
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -138,12 +139,22 @@ func newScheduler(t *testing.T, c optConfig, o optim.Optimizer, steps int) *opti
 	return s
 }
 
-// requireSame compares a parameter with its golden value: bit-identical is
-// expected (the same libtorch kernels in the same order); at most 1e-7 is
-// tolerated.
+// The loss is a matmul, whose float32 result depends on the BLAS build
+// (OpenBLAS and the reference BLAS differ by a few ulps); everything after it
+// inherits that difference. These tolerances bound a few ulps of drift over
+// the golden trajectories, far below any error of the update rules (a wrong
+// bias correction or weight decay moves the parameters by ~lr).
+const (
+	blasAtol = 1e-6
+	blasRtol = 1e-5
+)
+
+// requireSame compares a value with its golden one at the BLAS tolerance,
+// logging when it is not bit-identical (it is, with the BLAS the goldens
+// were made with).
 func requireSame(t *testing.T, name string, got, want *torch.Tensor) {
 	t.Helper()
-	maxAbs, worst, err := testutil.Diff(got, want, 1e-7, 0)
+	maxAbs, worst, err := testutil.Diff(got, want, blasAtol, blasRtol)
 	require.NoError(t, err, name)
 	require.LessOrEqual(t, worst, 0.0, "%s: max |diff| %.3g", name, maxAbs)
 	if maxAbs != 0 {
@@ -166,14 +177,15 @@ func replay(t *testing.T, g golden, c optConfig, restoreAfter int) {
 		s := torch.NewScope()
 		o.ZeroGrad()
 		loss := torch.MSELoss(X.Matmul(p.w).Add(p.b), Y)
-		testutil.AssertEqual(t, pre+"/loss", loss.Detach(), g.get(t, pre+"/loss"))
+		requireSame(t, pre+"/loss", loss.Detach(), g.get(t, pre+"/loss"))
 		loss.Backward(nil)
 		require.Nil(t, p.frozen.Grad())
 		require.Equal(t, g.get(t, pre+"/lr").Item(), o.LR(), pre+"/lr")
 		if c.Clip != nil {
 			norm, err := optim.ClipGradNorm(o.Params(), *c.Clip, normType(t, c.NormType))
 			require.NoError(t, err)
-			require.Equal(t, g.get(t, pre+"/grad_norm").Item(), norm, pre+"/grad_norm")
+			wantNorm := g.get(t, pre+"/grad_norm").Item()
+			require.InDelta(t, wantNorm, norm, blasAtol+blasRtol*math.Abs(wantNorm), pre+"/grad_norm")
 		}
 		require.NoError(t, o.Step())
 		sched.Step()
