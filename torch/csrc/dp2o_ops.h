@@ -24,6 +24,12 @@ dp2o_err dp2o_full_like(dp2o_tensor self_, double value_, dp2o_tensor *out);
 dp2o_err dp2o_randn_like(dp2o_tensor self_, dp2o_gen gen_, dp2o_tensor *out);
 dp2o_err dp2o_normal_(dp2o_tensor self_, double mean_, double std_, dp2o_gen gen_);
 dp2o_err dp2o_uniform_(dp2o_tensor self_, double from_, double to_, dp2o_gen gen_);
+/* degrade.def */
+dp2o_err dp2o_upsample_bilinear2d_scales(dp2o_tensor self_, const int64_t *size_p, int size_n, int alignCorners_, double scaleH_, double scaleW_, dp2o_tensor *out);
+dp2o_err dp2o_upsample_bicubic2d_scales(dp2o_tensor self_, const int64_t *size_p, int size_n, int alignCorners_, double scaleH_, double scaleW_, dp2o_tensor *out);
+dp2o_err dp2o_poisson(dp2o_tensor self_, dp2o_gen gen_, dp2o_tensor *out);
+dp2o_err dp2o_tensordot(dp2o_tensor self_, dp2o_tensor other_, const int64_t *dimsA_p, int dimsA_n, const int64_t *dimsB_p, int dimsB_n, dp2o_tensor *out);
+dp2o_err dp2o_unique_count(dp2o_tensor self_, int64_t *out);
 /* math.def */
 dp2o_err dp2o_add(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out);
 dp2o_err dp2o_add_alpha(dp2o_tensor self_, dp2o_tensor other_, double alpha_, dp2o_tensor *out);
