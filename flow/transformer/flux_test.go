@@ -1,0 +1,66 @@
+package transformer
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dp2osr/dp2o/internal/testutil"
+	"github.com/dp2osr/dp2o/torch"
+)
+
+func loadFixtureFlux(t testing.TB) *Flux {
+	t.Helper()
+	f, err := LoadFlux(testutil.Fixture(t, "flux/transformer"), torch.Float32, torch.CPU)
+	require.NoError(t, err)
+	t.Cleanup(f.Close)
+	return f
+}
+
+// TestTransformerFixture runs every case of flux/transformer/io.safetensors
+// (each prefix with an output) and compares every intermediate in forward
+// order, the ControlNet injection indices and the output.
+func TestTransformerFixture(t *testing.T) {
+	testutil.NoLeak(t)
+	f := loadFixtureFlux(t)
+	ref := testutil.Tensors(t, testutil.Fixture(t, "flux/transformer/io.safetensors"))
+	seen := map[string]bool{}
+	markInputs(seen)
+	cs := cases(ref, "output")
+	require.NotEmpty(t, cs)
+	for _, c := range cs {
+		t.Run(c, func(t *testing.T) {
+			rec := newTapRecorder(t)
+			f.Tap = rec.tap
+			defer func() { f.Tap = nil }()
+			in := input(ref)
+			in.ControlNetBlockSamples = indexed(t, ref, c+".controlnet_block_samples.", seen)
+			in.ControlNetSingleBlockSamples = indexed(t, ref, c+".controlnet_single_block_samples.", seen)
+			if want, ok := ref[c+".injection_index"]; ok {
+				seen[c+".injection_index"] = true
+				got := InjectionIndex(f.NumLayers(), len(in.ControlNetBlockSamples), false)
+				g := torch.FromSlice(toInt64(got), int64(len(got)))
+				defer g.Close()
+				testutil.AssertEqual(t, c+".injection_index", g, want)
+			}
+			var out *torch.Tensor
+			var err error
+			torch.NoGrad(func() { out, err = f.Forward(in) })
+			require.NoError(t, err)
+			defer out.Close()
+			for k, v := range rec.compare(t, ref, c+".", atolFor(transformerAtol)) {
+				seen[k] = v
+			}
+			testutil.AssertClose(t, c+".output (returned)", out, ref[c+".output"], transformerAtol, 0)
+		})
+	}
+	requireCovered(t, ref, "", seen)
+}
+
+func toInt64(xs []int) []int64 {
+	out := make([]int64, len(xs))
+	for i, x := range xs {
+		out[i] = int64(x)
+	}
+	return out
+}
