@@ -80,17 +80,21 @@ func LoadSD2(base, controlnetPath string, o LoadOptions) (p *SD2, err error) {
 	if p.UNet, err = unet.Load(filepath.Join(base, "unet"), o.DType, o.Device); err != nil {
 		return nil, fmt.Errorf("sd2: unet: %w", err)
 	}
+	// A config.json beside the file must agree with the file's own
+	// conditioning layout; without one (the released flat files), the
+	// layout is read off the file.
 	cnConfig := filepath.Join(filepath.Dir(controlnetPath), "config.json")
-	var cfg unet.ControlNetConfig
+	var cfg *unet.ControlNetConfig
 	if _, statErr := os.Stat(cnConfig); statErr == nil {
-		cfg, err = unet.LoadControlNetConfig(cnConfig)
-	} else if errors.Is(statErr, os.ErrNotExist) {
-		cfg = unet.ControlNetConfigFromUNet(p.UNet.Config, unet.ControlNetOptions{})
-	} else {
+		var c unet.ControlNetConfig
+		if c, err = unet.LoadControlNetConfig(cnConfig); err == nil {
+			cfg = &c
+		}
+	} else if !errors.Is(statErr, os.ErrNotExist) {
 		err = statErr
 	}
 	if err == nil {
-		p.ControlNet, err = unet.LoadControlNetFile(cfg, controlnetPath, o.DType, o.Device)
+		p.ControlNet, err = unet.LoadControlNetFileFromUNet(p.UNet.Config, cfg, controlnetPath, o.DType, o.Device)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("sd2: controlnet %s: %w", controlnetPath, err)

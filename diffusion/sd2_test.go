@@ -2,6 +2,7 @@ package diffusion
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
@@ -67,6 +68,27 @@ func TestLoadSD2AndUpscale(t *testing.T) {
 	require.Equal(t, a.Pix, c.Pix)
 }
 
+// TestLoadSD2FlatControlNet loads the ControlNet as DP²O-SR releases it, a
+// model.safetensors without a config.json: its conditioning layout comes
+// from the file and equals the one its config.json states.
+func TestLoadSD2FlatControlNet(t *testing.T) {
+	testutil.NoLeak(t)
+	withConfig, err := LoadSD2(tinyBase, tinyControlNet, LoadOptions{Device: torch.CPU})
+	require.NoError(t, err)
+	defer withConfig.Close()
+
+	dir := t.TempDir()
+	data, err := os.ReadFile(tinyControlNet)
+	require.NoError(t, err)
+	flat := filepath.Join(dir, "model.safetensors")
+	require.NoError(t, os.WriteFile(flat, data, 0o644))
+	p, err := LoadSD2(tinyBase, flat, LoadOptions{Device: torch.CPU})
+	require.NoError(t, err)
+	defer p.Close()
+	require.Equal(t, withConfig.ControlNet.Config.ConditioningEmbeddingOutChannels, p.ControlNet.Config.ConditioningEmbeddingOutChannels)
+	require.Equal(t, withConfig.ControlNet.Config.ConditioningChannels, p.ControlNet.Config.ConditioningChannels)
+}
+
 func TestLoadSD2Errors(t *testing.T) {
 	testutil.NoLeak(t)
 	cases := []struct {
@@ -95,7 +117,20 @@ func TestLoadSD2Errors(t *testing.T) {
 		}, "vae"},
 		{"controlnet of another model", func(d string) (string, string) {
 			return d, filepath.Join(d, "unet", "diffusion_pytorch_model.safetensors")
-		}, "missing keys"},
+		}, "not a ControlNet checkpoint"},
+		{"controlnet config disagreeing with its weights", func(d string) (string, string) {
+			p := filepath.Join(d, "controlnet", "config.json")
+			var cfg map[string]any
+			b, err := os.ReadFile(p)
+			require.NoError(t, err)
+			require.NoError(t, json.Unmarshal(b, &cfg))
+			w := cfg["conditioning_embedding_out_channels"].([]any)
+			w[0] = w[0].(float64) + 1
+			b, err = json.Marshal(cfg)
+			require.NoError(t, err)
+			require.NoError(t, os.WriteFile(p, b, 0o644))
+			return d, filepath.Join(d, "controlnet", "model.safetensors")
+		}, "config.json says"},
 		{"missing controlnet", func(d string) (string, string) {
 			return d, filepath.Join(d, "nope.safetensors")
 		}, "nope.safetensors"},

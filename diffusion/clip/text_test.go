@@ -139,10 +139,11 @@ func TestTextModelShortAndInt32(t *testing.T) {
 	short := ids.Narrow(1, 0, 10).To(torch.Int32)
 	out, err := m.Encode(short)
 	require.NoError(t, err)
-	require.Equal(t, []int64{3, 10, 32}, out.LastHidden.Shape())
+	batch, hidden := ids.Shape()[0], int64(m.Config.HiddenSize)
+	require.Equal(t, []int64{batch, 10, hidden}, out.LastHidden.Shape())
 	want := io["last_hidden_state"].Narrow(1, 0, 10)
 	testutil.AssertClose(t, "short last_hidden_state", out.LastHidden, want, textAtol, textRtol)
-	require.Equal(t, []int64{3, 32}, out.Pooled.Shape())
+	require.Equal(t, []int64{batch, hidden}, out.Pooled.Shape())
 }
 
 // TestTextModelPooling checks both of transformers' pooling rules.
@@ -151,16 +152,22 @@ func TestTextModelPooling(t *testing.T) {
 	m := loadTinyText(t, "quick_gelu", torch.CPU)
 	s := torch.NewScope()
 	defer s.Close()
+	// Ids relative to the model's own vocabulary: bos, eos = V−2, V−1 as in
+	// CLIP's; the last row has no eos and its largest id last.
+	v := int64(m.Config.VocabSize)
+	bos, eos := v-2, v-1
 	ids := torch.FromSlice([]int64{
-		49406, 5, 49407, 7, 49407, 9,
-		49406, 49407, 3, 4, 5, 6,
-		0, 1, 2, 3, 4, 49000,
+		bos, 5, eos, 7, eos, 9,
+		bos, eos, 3, 4, 5, 6,
+		0, 1, 2, 3, 4, v - 3,
 	}, 3, 6)
 	// Legacy eos_token_id 2: the largest id.
-	require.Equal(t, []int64{2, 1, 5}, m.EOSPositions(ids).Int64s())
+	legacy := *m
+	legacy.Config.EOSTokenID = LegacyEOSTokenID
+	require.Equal(t, []int64{2, 1, 5}, legacy.EOSPositions(ids).Int64s())
 	// Otherwise the first eos_token_id (0 when there is none).
 	m2 := *m
-	m2.Config.EOSTokenID = 49407
+	m2.Config.EOSTokenID = eos
 	require.Equal(t, []int64{2, 1, 0}, m2.EOSPositions(ids).Int64s())
 
 	out, err := m2.Encode(ids)
@@ -183,16 +190,18 @@ func TestTextModelBadInput(t *testing.T) {
 		}
 		return r
 	}
+	n, v := m.Config.MaxPositionEmbeddings, int64(m.Config.VocabSize)
+	n64 := int64(n)
 	cases := map[string]*torch.Tensor{
-		"id too large":  torch.FromSlice(append(row(76, 5), 49408), 1, 77),
-		"negative id":   torch.FromSlice([]int64{49406, -1, 49407}, 1, 3),
-		"too long":      torch.FromSlice(row(78, 5), 1, 78),
-		"1-d":           torch.FromSlice(row(77, 5)),
-		"3-d":           torch.FromSlice(row(77, 5), 1, 1, 77),
-		"empty":         torch.FromSlice([]int64{}, 0, 77),
+		"id too large":  torch.FromSlice(append(row(n-1, 5), v), 1, n64),
+		"negative id":   torch.FromSlice([]int64{v - 2, -1, v - 1}, 1, 3),
+		"too long":      torch.FromSlice(row(n+1, 5), 1, n64+1),
+		"1-d":           torch.FromSlice(row(n, 5)),
+		"3-d":           torch.FromSlice(row(n, 5), 1, 1, n64),
+		"empty":         torch.FromSlice([]int64{}, 0, n64),
 		"empty length":  torch.FromSlice([]int64{}, 1, 0),
-		"float ids":     torch.FromSlice(make([]float32, 77), 1, 77),
-		"closed tensor": torch.FromSlice(row(77, 5), 1, 77),
+		"float ids":     torch.FromSlice(make([]float32, n), 1, n64),
+		"closed tensor": torch.FromSlice(row(n, 5), 1, n64),
 		"nil":           nil,
 	}
 	cases["closed tensor"].Close()
@@ -206,7 +215,7 @@ func TestTextModelBadInput(t *testing.T) {
 		require.Error(t, err, name)
 	}
 	// The panicking Forward reports a *torch.Error for a long input.
-	err := torch.Try(func() { m.Forward(torch.FromSlice(row(78, 5), 1, 78)) })
+	err := torch.Try(func() { m.Forward(torch.FromSlice(row(n+1, 5), 1, n64+1)) })
 	require.Error(t, err)
 }
 
@@ -228,7 +237,8 @@ func TestTextModelPositionIDs(t *testing.T) {
 		src[n] = torch.Unscope(w)
 	}
 	src[PositionIDsKey] = torch.Scoped(func() *torch.Tensor {
-		return torch.Unscope(torch.Arange(0, 77, 1, torch.Int64, torch.CPU).View([]int64{1, 77}))
+		n := int64(cfg.MaxPositionEmbeddings)
+		return torch.Unscope(torch.Arange(0, float64(n), 1, torch.Int64, torch.CPU).View([]int64{1, n}))
 	})
 	m, err := TextModelFromSource(src, cfg, torch.Float32, torch.CPU)
 	require.NoError(t, err)

@@ -43,6 +43,29 @@ type tokenizerCases struct {
 	Cases     []tokenizerCase `json:"cases"`
 }
 
+// fixtureVocab reads the fixture folder's vocab.json: the expected ids of
+// the hand-written checks below are looked up there, never written down.
+func fixtureVocab(t testing.TB, dir string) map[string]int64 {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "vocab.json"))
+	require.NoError(t, err)
+	var v map[string]int64
+	require.NoError(t, json.Unmarshal(data, &v))
+	return v
+}
+
+// vocabIDs maps tokens to their ids in vocab, failing on an unknown one.
+func vocabIDs(t testing.TB, vocab map[string]int64, toks ...string) []int64 {
+	t.Helper()
+	ids := make([]int64, len(toks))
+	for i, tok := range toks {
+		id, ok := vocab[tok]
+		require.True(t, ok, "token %q not in vocab.json", tok)
+		ids[i] = id
+	}
+	return ids
+}
+
 func loadTokenizerCases(t testing.TB, dir string) tokenizerCases {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(dir, "cases.json"))
@@ -67,13 +90,17 @@ func copyTokenizerDir(t *testing.T, src string, files ...string) string {
 }
 
 func TestTokenizerLoadSD2(t *testing.T) {
-	tok, err := LoadTokenizer(tokenizerFixtureDir(t))
+	dir := tokenizerFixtureDir(t)
+	tok, err := LoadTokenizer(dir)
 	require.NoError(t, err)
-	require.Equal(t, int64(49406), tok.BOS())
-	require.Equal(t, int64(49407), tok.EOS())
-	require.Equal(t, int64(0), tok.PadID())
+	vocab, cases := fixtureVocab(t, dir), loadTokenizerCases(t, dir)
+	require.Equal(t, vocabIDs(t, vocab, DefaultBOS, DefaultEOS), []int64{tok.BOS(), tok.EOS()})
+	require.Equal(t, cases.BOSID, tok.BOS())
+	require.Equal(t, cases.EOSID, tok.EOS())
+	// SD2's tokenizer_config.json pads with "!".
 	require.Equal(t, "!", tok.PadToken())
-	require.Equal(t, 77, tok.MaxLength())
+	require.Equal(t, vocabIDs(t, vocab, "!")[0], tok.PadID())
+	require.Equal(t, cases.MaxLength, tok.MaxLength())
 }
 
 // TestTokenizerCases checks every case of cases.json in both conventions:
@@ -92,7 +119,7 @@ func TestTokenizerCases(t *testing.T) {
 
 	clipL, err := LoadTokenizer(dir, WithPadToken(DefaultEOS))
 	require.NoError(t, err)
-	require.Equal(t, int64(49407), clipL.PadID())
+	require.Equal(t, cases.EOSID, clipL.PadID())
 
 	// Same convention through the file override, as a CLIP-L folder has it.
 	mapDir := copyTokenizerDir(t, dir, "vocab.json", "merges.txt", "tokenizer_config.json")
@@ -100,7 +127,7 @@ func TestTokenizerCases(t *testing.T) {
 		[]byte(`{"bos_token": {"content": "<|startoftext|>"}, "eos_token": "<|endoftext|>", "pad_token": {"content": "<|endoftext|>", "lstrip": false}, "unk_token": "<|endoftext|>"}`), 0o644))
 	clipLFile, err := LoadTokenizer(mapDir)
 	require.NoError(t, err)
-	require.Equal(t, int64(49407), clipLFile.PadID())
+	require.Equal(t, cases.EOSID, clipLFile.PadID())
 
 	for _, c := range cases.Cases {
 		t.Run(c.Name, func(t *testing.T) {
@@ -183,60 +210,70 @@ func TestTokenizerConcurrent(t *testing.T) {
 	}
 }
 
-// TestTokenizerKnownAnswers checks the values quoted in the fixture README
-// and special-token handling in the text.
+// TestTokenizerKnownAnswers checks behaviours the fixture README describes
+// (SD2 splits every "!" off as its pad token; CLIP-L keeps "!!" whole;
+// special tokens in the text are kept verbatim), with the expected ids
+// looked up in the folder's own vocab.json.
 func TestTokenizerKnownAnswers(t *testing.T) {
 	dir := tokenizerFixtureDir(t)
+	vocab := fixtureVocab(t, dir)
 	sd2, err := LoadTokenizer(dir)
 	require.NoError(t, err)
 	clipL, err := LoadTokenizer(dir, WithPadToken(DefaultEOS))
 	require.NoError(t, err)
+	bos, eos, pad := sd2.BOS(), sd2.EOS(), sd2.PadID()
 
+	words := []string{"a</w>", "photo</w>", "of</w>", "an</w>", "astronaut</w>", "riding</w>", "a</w>", "horse</w>"}
 	ids, _ := clipL.Encode("a photo of an astronaut riding a horse")
-	require.Equal(t, []int64{49406, 320, 1125, 539, 550, 18376, 6765, 320, 4558, 49407}, ids[:10])
+	want := append(append([]int64{bos}, vocabIDs(t, vocab, words...)...), eos)
+	require.Equal(t, want, ids[:len(want)])
 
 	ids, mask := sd2.Encode("! !! !!!")
-	require.Equal(t, []int64{49406, 0, 0, 0, 0, 0, 0, 49407, 0}, ids[:9])
+	require.Equal(t, []int64{bos, pad, pad, pad, pad, pad, pad, eos, pad}, ids[:9])
 	require.Equal(t, []int64{1, 1, 1, 1, 1, 1, 1, 1, 0}, mask[:9])
 	ids, _ = clipL.Encode("! !! !!!")
-	require.Equal(t, []int64{49406, 256, 748, 995, 49407, 49407}, ids[:6])
+	want = append(append([]int64{bos}, vocabIDs(t, vocab, "!</w>", "!!</w>", "!!!</w>")...), eos, eos)
+	require.Equal(t, want, ids[:6])
 
 	// Special tokens in the text are split off verbatim.
 	require.Equal(t, []string{"a</w>", "<|endoftext|>", "b</w>"}, clipL.Tokens("a<|endoftext|>b"))
 	ids, _ = clipL.Encode("<|startoftext|>cat")
-	require.Equal(t, []int64{49406, 49406, 2368, 49407}, ids[:4])
+	require.Equal(t, []int64{bos, bos, vocabIDs(t, vocab, "cat</w>")[0], eos}, ids[:4])
 	// After lower-casing, the CLIP regex and the seeded BPE cache map them too.
 	require.Equal(t, []string{"<|endoftext|>"}, clipL.Tokens("<|EndOfText|>"))
 
 	// Empty text: bos, eos, padding.
 	ids, mask = sd2.Encode("")
-	require.Equal(t, int64(49406), ids[0])
-	require.Equal(t, int64(49407), ids[1])
-	require.Equal(t, int64(0), ids[2])
+	require.Equal(t, []int64{bos, eos, pad}, ids[:3])
 	require.Equal(t, []int64{1, 1, 0}, mask[:3])
 	require.Empty(t, sd2.Tokens(" \t\n "))
 }
 
 func TestTokenizerTruncation(t *testing.T) {
-	tok, err := LoadTokenizer(tokenizerFixtureDir(t), WithPadToken(DefaultEOS))
+	dir := tokenizerFixtureDir(t)
+	vocab := fixtureVocab(t, dir)
+	tok, err := LoadTokenizer(dir, WithPadToken(DefaultEOS))
 	require.NoError(t, err)
-	text := strings.Repeat("cat ", 100)
-	require.Len(t, tok.Tokens(text), 100)
+	n := tok.MaxLength()
+	text := strings.Repeat("cat ", n+20)
+	require.Len(t, tok.Tokens(text), n+20)
 	ids, mask := tok.Encode(text)
-	require.Len(t, ids, 77)
-	require.Equal(t, int64(49406), ids[0])
-	require.Equal(t, int64(49407), ids[76])
-	for i := 1; i < 76; i++ {
-		require.Equal(t, int64(2368), ids[i])
+	require.Len(t, ids, n)
+	require.Equal(t, tok.BOS(), ids[0])
+	require.Equal(t, tok.EOS(), ids[n-1])
+	cat := vocabIDs(t, vocab, "cat</w>")[0]
+	for i := 1; i < n-1; i++ {
+		require.Equal(t, cat, ids[i])
 	}
 	for _, m := range mask {
 		require.Equal(t, int64(1), m)
 	}
 
-	short, err := LoadTokenizer(tokenizerFixtureDir(t), WithMaxLength(5))
+	short, err := LoadTokenizer(dir, WithMaxLength(5))
 	require.NoError(t, err)
 	ids, mask = short.Encode("bird, branch, tree")
-	require.Equal(t, []int64{49406, 3329, 267, 7998, 49407}, ids)
+	want := append(append([]int64{tok.BOS()}, vocabIDs(t, vocab, "bird</w>", ",</w>", "branch</w>")...), tok.EOS())
+	require.Equal(t, want, ids)
 	require.Equal(t, []int64{1, 1, 1, 1, 1}, mask)
 }
 
@@ -270,10 +307,10 @@ func TestTokenizerDefaultsWithoutConfig(t *testing.T) {
 	dir := copyTokenizerDir(t, tokenizerFixtureDir(t), "vocab.json", "merges.txt")
 	tok, err := LoadTokenizer(dir)
 	require.NoError(t, err)
-	require.Equal(t, int64(49406), tok.BOS())
-	require.Equal(t, int64(49407), tok.EOS())
-	require.Equal(t, int64(49407), tok.PadID())
-	require.Equal(t, 77, tok.MaxLength())
+	vocab := fixtureVocab(t, dir)
+	// CLIPTokenizer's defaults: its special tokens, pad = eos, 77 positions.
+	require.Equal(t, vocabIDs(t, vocab, DefaultBOS, DefaultEOS, DefaultEOS), []int64{tok.BOS(), tok.EOS(), tok.PadID()})
+	require.Equal(t, DefaultMaxLength, tok.MaxLength())
 	require.Equal(t, []string{"wow</w>", "!</w>"}, tok.Tokens("wow!"))
 }
 
@@ -284,7 +321,7 @@ func TestTokenizerConfigOnly(t *testing.T) {
 	dir := copyTokenizerDir(t, src, "vocab.json", "merges.txt", "tokenizer_config.json")
 	tok, err := LoadTokenizer(dir)
 	require.NoError(t, err)
-	require.Equal(t, int64(0), tok.PadID())
+	require.Equal(t, vocabIDs(t, fixtureVocab(t, dir), "!")[0], tok.PadID())
 	require.Equal(t, []string{"wow</w>", "!"}, tok.Tokens("wow!"))
 }
 

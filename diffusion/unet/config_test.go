@@ -2,6 +2,7 @@ package unet
 
 import (
 	"encoding/json"
+	"os"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -10,13 +11,27 @@ import (
 )
 
 func TestLoadConfig(t *testing.T) {
-	c, err := LoadConfig(testutil.Fixture(t, "sd2/unet/config.json"))
+	path := testutil.Fixture(t, "sd2/unet/config.json")
+	c, err := LoadConfig(path)
 	require.NoError(t, err)
-	require.Equal(t, []int{8, 12, 16, 16}, c.BlockOutChannels)
-	require.Equal(t, IntList{2, 3, 4, 2}, c.AttentionHeadDim)
-	require.Equal(t, IntList{32}, c.CrossAttentionDim)
-	require.True(t, c.UseLinearProjection)
-	require.Equal(t, 4, c.NormNumGroups)
+	// The fields as the file spells them, decoded independently of LoadConfig
+	// (a number and a one-entry list are the same IntList).
+	var raw struct {
+		BlockOutChannels    []int   `json:"block_out_channels"`
+		AttentionHeadDim    IntList `json:"attention_head_dim"`
+		CrossAttentionDim   IntList `json:"cross_attention_dim"`
+		UseLinearProjection bool    `json:"use_linear_projection"`
+		NormNumGroups       int     `json:"norm_num_groups"`
+	}
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(data, &raw))
+	require.NotEmpty(t, raw.BlockOutChannels)
+	require.Equal(t, raw.BlockOutChannels, c.BlockOutChannels)
+	require.Equal(t, raw.AttentionHeadDim, c.AttentionHeadDim)
+	require.Equal(t, raw.CrossAttentionDim, c.CrossAttentionDim)
+	require.Equal(t, raw.UseLinearProjection, c.UseLinearProjection)
+	require.Equal(t, raw.NormNumGroups, c.NormNumGroups)
 
 	full, err := LoadConfig(testutil.Fixture(t, "sd2/keys/unet/config.json"))
 	require.NoError(t, err)

@@ -3,6 +3,7 @@ package unet
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -12,10 +13,6 @@ import (
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/nn"
 )
-
-// fixtureCondChannels is the conditioning_embedding_out_channels of the
-// fixture ControlNet.
-var fixtureCondChannels = []int{8, 16, 24, 32}
 
 // loadFixtureControlNet loads the fixture ControlNet from its diffusers
 // folder, or from the flat model.safetensors with the configuration
@@ -28,10 +25,10 @@ func loadFixtureControlNet(t testing.TB, how string, dev torch.Device) *ControlN
 	case "diffusers":
 		cn, err = LoadControlNet(testutil.Fixture(t, "sd2/controlnet/diffusers"), torch.Float32, dev)
 	case "flat":
+		// No config: the conditioning layout comes from the file.
 		ucfg, err2 := LoadConfig(testutil.Fixture(t, "sd2/unet/config.json"))
 		require.NoError(t, err2)
-		cfg := ControlNetConfigFromUNet(ucfg, ControlNetOptions{ConditioningEmbeddingOutChannels: fixtureCondChannels})
-		cn, err = LoadControlNetFile(cfg, testutil.Fixture(t, "sd2/controlnet/model.safetensors"), torch.Float32, dev)
+		cn, err = LoadControlNetFileFromUNet(ucfg, nil, testutil.Fixture(t, "sd2/controlnet/model.safetensors"), torch.Float32, dev)
 	}
 	require.NoError(t, err)
 	return cn
@@ -115,23 +112,29 @@ func TestControlNetBadInput(t *testing.T) {
 	dev := testutil.Device(t)
 	cn := loadFixtureControlNet(t, "diffusers", dev)
 	defer cn.Close()
+	io := testutil.Tensors(t, testutil.Fixture(t, "sd2/controlnet/io.safetensors"))
 	s := torch.NewScope()
 	defer s.Close()
-	sample := torch.Zeros([]int64{2, 4, 16, 16}, torch.Float32, dev)
-	text := torch.Zeros([]int64{2, 77, 32}, torch.Float32, dev)
-	ts := torch.FromSlice([]int64{1, 2})
+	// The fixture's own inputs, then each made wrong in one way.
+	sample := onDev(t, io["sample"], dev)
+	text := onDev(t, io["encoder_hidden_states"], dev)
+	ts := io["timesteps"]
+	cs := io["controlnet_cond_u8"].Shape() // (B, C, H, W)
+	b, c, h, w := cs[0], cs[1], cs[2], cs[3]
 	for _, tc := range []struct {
-		name string
-		cond *torch.Tensor
-		msg  string
+		name  string
+		shape []int64
+		msg   string
 	}{
-		{"cond size", torch.Zeros([]int64{2, 3, 64, 64}, torch.Float32, dev), "does not match the latents"},
-		{"cond channels", torch.Zeros([]int64{2, 1, 128, 128}, torch.Float32, dev), "controlnet_cond must be"},
-		{"cond batch", torch.Zeros([]int64{1, 3, 128, 128}, torch.Float32, dev), "controlnet_cond must be"},
+		{"cond size", []int64{b, c, h / 2, w / 2}, "does not match the latents"},
+		{"cond channels", []int64{b, c + 1, h, w}, "controlnet_cond must be"},
+		{"cond batch", []int64{b + 1, c, h, w}, "controlnet_cond must be"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			cond := torch.Zeros(tc.shape, torch.Float32, dev)
+			defer cond.Close()
 			before := torch.LiveTensors()
-			r, err := cn.TryForward(sample, ts, text, tc.cond, 1)
+			r, err := cn.TryForward(sample, ts, text, cond, 1)
 			require.ErrorContains(t, err, tc.msg)
 			require.Nil(t, r)
 			require.Equal(t, before, torch.LiveTensors())
@@ -143,7 +146,17 @@ func TestControlNetLoadErrors(t *testing.T) {
 	testutil.NoLeak(t)
 	ucfg, err := LoadConfig(testutil.Fixture(t, "sd2/unet/config.json"))
 	require.NoError(t, err)
-	cfg := ControlNetConfigFromUNet(ucfg, ControlNetOptions{ConditioningEmbeddingOutChannels: fixtureCondChannels})
+	cfg, err := LoadControlNetConfig(testutil.Fixture(t, "sd2/controlnet/diffusers/config.json"))
+	require.NoError(t, err)
+	flat := testutil.Fixture(t, "sd2/controlnet/model.safetensors")
+	shapes := func(key string) []int64 {
+		src, err := nn.OpenSafetensors(flat)
+		require.NoError(t, err)
+		defer src.Close()
+		s, _, ok := src.Meta(key)
+		require.True(t, ok, key)
+		return s
+	}
 
 	t.Run("unet weights", func(t *testing.T) {
 		_, err := LoadControlNetFile(cfg, testutil.Fixture(t, "sd2/unet/diffusion_pytorch_model.safetensors"), torch.Float32, torch.CPU)
@@ -153,33 +166,57 @@ func TestControlNetLoadErrors(t *testing.T) {
 			"unexpected keys", "up_blocks.0.resnets.0.conv1.weight", "conv_out.weight"} {
 			require.Contains(t, err.Error(), want)
 		}
+		// Inferring the layout from a UNet file names what is missing.
+		_, err = LoadControlNetFileFromUNet(ucfg, nil, testutil.Fixture(t, "sd2/unet/diffusion_pytorch_model.safetensors"), torch.Float32, torch.CPU)
+		require.ErrorContains(t, err, "not a ControlNet checkpoint")
 	})
 	t.Run("wrong shapes", func(t *testing.T) {
-		// The default (SD2) conditioning widths do not fit the fixture's.
-		bad := ControlNetConfigFromUNet(ucfg, ControlNetOptions{})
-		_, err := LoadControlNetFile(bad, testutil.Fixture(t, "sd2/controlnet/model.safetensors"), torch.Float32, torch.CPU)
+		// Conditioning widths twice the file's do not fit it.
+		in := shapes("controlnet_cond_embedding.conv_in.weight")
+		wider := slices.Clone(cfg.ConditioningEmbeddingOutChannels)
+		for i := range wider {
+			wider[i] *= 2
+		}
+		bad := ControlNetConfigFromUNet(ucfg, ControlNetOptions{ConditioningEmbeddingOutChannels: wider, ConditioningChannels: cfg.ConditioningChannels})
+		_, err := LoadControlNetFile(bad, flat, torch.Float32, torch.CPU)
 		require.Error(t, err)
 		require.Contains(t, err.Error(), "shape mismatches")
-		require.Contains(t, err.Error(), "controlnet_cond_embedding.conv_in.weight: checkpoint [8 3 3 3], model [16 3 3 3]")
+		model := slices.Clone(in)
+		model[0] *= 2
+		require.Contains(t, err.Error(), fmt.Sprintf("controlnet_cond_embedding.conv_in.weight: checkpoint %v, model %v", in, model))
+	})
+	t.Run("config disagrees with the file", func(t *testing.T) {
+		bad := cfg
+		bad.ConditioningEmbeddingOutChannels = slices.Clone(cfg.ConditioningEmbeddingOutChannels)
+		bad.ConditioningEmbeddingOutChannels[0]++
+		_, err := LoadControlNetFileFromUNet(ucfg, &bad, flat, torch.Float32, torch.CPU)
+		require.ErrorContains(t, err, "config.json says")
+		require.ErrorContains(t, err, fmt.Sprint(cfg.ConditioningEmbeddingOutChannels))
+		// The matching config loads.
+		cn, err := LoadControlNetFileFromUNet(ucfg, &cfg, flat, torch.Float32, torch.CPU)
+		require.NoError(t, err)
+		cn.Close()
 	})
 	t.Run("one tensor reshaped", func(t *testing.T) {
-		src, err := nn.OpenSafetensors(testutil.Fixture(t, "sd2/controlnet/model.safetensors"))
+		src, err := nn.OpenSafetensors(flat)
 		require.NoError(t, err)
 		defer src.Close()
 		m := nn.MapSource{}
 		defer m.Close()
+		const key = "controlnet_mid_block.weight"
+		orig := shapes(key) // (out, in, 1, 1)
 		for _, k := range src.Names() {
 			x, err := src.Load(k)
 			require.NoError(t, err)
-			if k == "controlnet_mid_block.weight" {
-				y := x.Reshape([]int64{16, 16})
+			if k == key {
+				y := x.Reshape(orig[:2])
 				x.Close()
 				x = y
 			}
 			m[k] = torch.Unscope(x)
 		}
 		_, err = ControlNetFromSource(m, cfg, torch.Float32, torch.CPU)
-		require.ErrorContains(t, err, "controlnet_mid_block.weight: checkpoint [16 16], model [16 16 1 1]")
+		require.ErrorContains(t, err, fmt.Sprintf("%s: checkpoint %v, model %v", key, orig[:2], orig))
 	})
 	t.Run("bad config", func(t *testing.T) {
 		_, err := ParseControlNetConfig([]byte(`{"controlnet_conditioning_channel_order": "rbg"}`))
@@ -200,9 +237,15 @@ func TestFromUNet(t *testing.T) {
 	u, err := Load(testutil.Fixture(t, "sd2/unet"), torch.Float32, dev)
 	require.NoError(t, err)
 	defer u.Close()
+	// The fixture ControlNet's conditioning layout, read off its file.
+	flat, err := nn.OpenSafetensors(testutil.Fixture(t, "sd2/controlnet/model.safetensors"))
+	require.NoError(t, err)
+	layout, err := ConditioningLayoutFromSource(flat)
+	flat.Close()
+	require.NoError(t, err)
 	b := nn.NewBuilder(nil, torch.Float32, dev)
-	cn, err := FromUNet(u, b, ControlNetOptions{ConditioningEmbeddingOutChannels: fixtureCondChannels,
-		Generator: torch.MustGenerator(torch.CPU, 0)})
+	cn, err := FromUNet(u, b, ControlNetOptions{ConditioningEmbeddingOutChannels: layout.Widths,
+		ConditioningChannels: layout.Channels, Generator: torch.MustGenerator(torch.CPU, 0)})
 	require.NoError(t, err)
 	cn.Params, err = b.Finish()
 	require.NoError(t, err)
