@@ -25,6 +25,8 @@
 //   - </s> is appended; Encode truncates to maxLen (keeping </s> last) and
 //     pads with <pad>, as padding="max_length", truncation=True does.
 //
+// For example:
+//
 //	tok, err := t5.LoadTokenizer("FLUX.1-dev/tokenizer_2")
 //	ids, err := tok.Encode([]string{"bird, branch, tree"}, t5.DefaultMaxLength) // [][]int64, each 512 long
 //	t, err := tok.EncodeTensor(prompts, 512)                                    // int64 (B, 512) on the CPU
