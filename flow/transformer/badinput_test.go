@@ -157,17 +157,25 @@ func TestForwardBadInput(t *testing.T) {
 	d := f.Config.InnerDim()
 	bsz, l := x.Size(0), x.Size(1)
 	mod := map[string]func(in *Input){
-		"no guidance":          func(in *Input) { in.Guidance = nil },
-		"no hidden states":     func(in *Input) { in.HiddenStates = nil },
-		"channels":             func(in *Input) { in.HiddenStates = x.Narrow(2, 0, x.Size(2)-1) },
-		"unpacked latents":     func(in *Input) { in.HiddenStates = x.Unsqueeze(0) },
-		"img_ids length":       func(in *Input) { in.ImgIDs = in.ImgIDs.Narrow(0, 1, l-1) },
-		"txt_ids length":       func(in *Input) { in.TxtIDs = in.TxtIDs.Narrow(0, 1, in.TxtIDs.Size(0)-1) },
-		"text width":           func(in *Input) { in.EncoderHiddenStates = in.EncoderHiddenStates.Narrow(2, 1, in.EncoderHiddenStates.Size(2)-1) },
-		"pooled width":         func(in *Input) { in.PooledProjections = in.PooledProjections.Narrow(1, 1, in.PooledProjections.Size(1)-1) },
-		"timestep batch":       func(in *Input) { in.Timestep = torch.Zeros([]int64{bsz + 1}, torch.Float32, torch.CPU) },
-		"controlnet sample":    func(in *Input) { in.ControlNetBlockSamples = []*torch.Tensor{torch.Zeros([]int64{bsz, l + 1, d}, torch.Float32, torch.CPU)} },
-		"single sample":        func(in *Input) { in.ControlNetSingleBlockSamples = []*torch.Tensor{torch.Zeros([]int64{bsz, l, d + 1}, torch.Float32, torch.CPU)} },
+		"no guidance":      func(in *Input) { in.Guidance = nil },
+		"no hidden states": func(in *Input) { in.HiddenStates = nil },
+		"channels":         func(in *Input) { in.HiddenStates = x.Narrow(2, 0, x.Size(2)-1) },
+		"unpacked latents": func(in *Input) { in.HiddenStates = x.Unsqueeze(0) },
+		"img_ids length":   func(in *Input) { in.ImgIDs = in.ImgIDs.Narrow(0, 1, l-1) },
+		"txt_ids length":   func(in *Input) { in.TxtIDs = in.TxtIDs.Narrow(0, 1, in.TxtIDs.Size(0)-1) },
+		"text width": func(in *Input) {
+			in.EncoderHiddenStates = in.EncoderHiddenStates.Narrow(2, 1, in.EncoderHiddenStates.Size(2)-1)
+		},
+		"pooled width": func(in *Input) {
+			in.PooledProjections = in.PooledProjections.Narrow(1, 1, in.PooledProjections.Size(1)-1)
+		},
+		"timestep batch": func(in *Input) { in.Timestep = torch.Zeros([]int64{bsz + 1}, torch.Float32, torch.CPU) },
+		"controlnet sample": func(in *Input) {
+			in.ControlNetBlockSamples = []*torch.Tensor{torch.Zeros([]int64{bsz, l + 1, d}, torch.Float32, torch.CPU)}
+		},
+		"single sample": func(in *Input) {
+			in.ControlNetSingleBlockSamples = []*torch.Tensor{torch.Zeros([]int64{bsz, l, d + 1}, torch.Float32, torch.CPU)}
+		},
 		"nil controlnet input": func(in *Input) { in.ControlNetBlockSamples = []*torch.Tensor{nil} },
 	}
 	for name, m := range mod {
