@@ -1,0 +1,222 @@
+// Package lpips is pyiqa's LPIPS (v0.1; Zhang et al. 2018) over torchvision's
+// AlexNet ("lpips") or VGG16 ("lpips-vgg"), and their semantic-weighted
+// variants ("lpips+", "lpips-vgg+"): the distance of two images as the sum
+// over five backbone layers of the spatial mean of a learned 1×1 head on the
+// squared difference of channel-normalised features. Lower is more similar.
+//
+// Importing the package registers the four metrics with reward.Open.
+package lpips
+
+import (
+	"fmt"
+
+	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/nn"
+	"github.com/dp2osr/dp2o/vision/alexnet"
+	"github.com/dp2osr/dp2o/vision/vgg"
+)
+
+// Net is the backbone: "alex" or "vgg".
+type Net string
+
+// The backbones pyiqa's LPIPS offers that this package ports.
+const (
+	Alex Net = "alex"
+	VGG  Net = "vgg"
+)
+
+// normEps is normalize_tensor's eps, added to the channel norm.
+const normEps = 1e-10
+
+// ScalingLayer's buffers (pyiqa's ScalingLayer: float32 constants, not in
+// any published file).
+var (
+	scalingShift = []float32{-0.030, -0.088, -0.188}
+	scalingScale = []float32{0.458, 0.448, 0.450}
+)
+
+// backbone is a feature extractor returning its tapped layers.
+type backbone interface {
+	Forward(x *torch.Tensor, taps ...int) []*torch.Tensor
+}
+
+// netSpec describes a backbone: its tapped layers (the last index of each
+// of pyiqa's five slices), their names and channels.
+type netSpec struct {
+	taps     []int
+	names    []string
+	channels []int64
+	convs    []int // Sequential indices holding weights
+	build    func(b *nn.Builder) backbone
+}
+
+func specOf(n Net) (netSpec, error) {
+	switch n {
+	case Alex:
+		return netSpec{
+			taps:     alexnet.ReLUTaps,
+			names:    []string{"relu1", "relu2", "relu3", "relu4", "relu5"},
+			channels: []int64{64, 192, 384, 256, 256},
+			convs:    alexnet.ConvIndices(),
+			build:    func(b *nn.Builder) backbone { return alexnet.New(b) },
+		}, nil
+	case VGG:
+		names := []string{"relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"}
+		s := netSpec{names: names, channels: []int64{64, 128, 256, 512, 512}, convs: vgg.ConvIndices(vgg.VGG16)}
+		for _, n := range names {
+			i, err := vgg.Index(vgg.VGG16, n)
+			if err != nil {
+				return netSpec{}, err
+			}
+			s.taps = append(s.taps, i)
+		}
+		s.build = func(b *nn.Builder) backbone { return vgg.New(b, vgg.VGG16) }
+		return s, nil
+	}
+	return netSpec{}, fmt.Errorf("lpips: unknown net %q (want alex or vgg)", n)
+}
+
+// sliceOf returns the number (1-based) of pyiqa's slice that holds the
+// Sequential index i: slice k spans (taps[k-2], taps[k-1]].
+func (s netSpec) sliceOf(i int) int {
+	for k, t := range s.taps {
+		if i <= t {
+			return k + 1
+		}
+	}
+	return 0
+}
+
+// TapFunc receives the intermediates of a forward pass under the names of
+// the fixtures: "scaled_ref", "scaled_dist", "feat_ref.<layer>",
+// "feat_dist.<layer>", "diff<k>", "lin<k>", "res<k>", "score".
+type TapFunc func(name string, t *torch.Tensor)
+
+// Model is pyiqa's LPIPS module in eval mode.
+type Model struct {
+	Net   Net
+	Layer []string // names of the five tapped layers
+	// Shift and Scale are the ScalingLayer buffers (1,3,1,1).
+	Shift, Scale *torch.Tensor
+	// Lins are the five 1×1 heads (1,C,1,1), without bias.
+	Lins []*torch.Tensor
+	// SemanticWeightLayer ≥ 0 weights each layer's head output by the
+	// bilinearly resized reference features of that layer ("lpips+");
+	// -1 takes the plain spatial mean.
+	SemanticWeightLayer int
+	// Tap, when set, receives the intermediates.
+	Tap TapFunc
+	// Params owns the weights.
+	Params *nn.Params
+
+	spec     netSpec
+	backbone backbone
+}
+
+// New requests the weights from b in the canonical layout: the backbone
+// under "features.<index>" (torchvision's keys), the heads under
+// "lin<k>.model.1.weight", the ScalingLayer under "scaling_layer.shift"
+// and "scaling_layer.scale" (optional: pyiqa's constants when absent).
+func New(b *nn.Builder, net Net) (m *Model, err error) {
+	spec, err := specOf(net)
+	if err != nil {
+		return nil, err
+	}
+	defer torch.Recover(&err)
+	m = &Model{Net: net, Layer: spec.names, spec: spec, SemanticWeightLayer: -1}
+	m.backbone = spec.build(b.Sub("features"))
+	for k, c := range spec.channels {
+		m.Lins = append(m.Lins, b.Get(fmt.Sprintf("lin%d.model.1.weight", k), 1, c, 1, 1))
+	}
+	m.Shift = b.GetOptional("scaling_layer.shift", 1, 3, 1, 1)
+	m.Scale = b.GetOptional("scaling_layer.scale", 1, 3, 1, 1)
+	if m.Shift == nil {
+		m.Shift = constant(b, scalingShift)
+	}
+	if m.Scale == nil {
+		m.Scale = constant(b, scalingScale)
+	}
+	return m, nil
+}
+
+// constant makes a (1,3,1,1) float32 constant in the builder's dtype and
+// device, owned by the builder's params.
+func constant(b *nn.Builder, v []float32) *torch.Tensor {
+	t := torch.Scoped(func() *torch.Tensor {
+		return torch.FromSlice(v, 1, 3, 1, 1).To(b.DType()).ToDevice(b.Device())
+	})
+	p := b.Params()
+	name := fmt.Sprintf("const.%d", len(p.Names))
+	p.Names = append(p.Names, name)
+	p.Tensors[name] = torch.Unscope(t)
+	return t
+}
+
+// Close frees the weights. It is idempotent.
+func (m *Model) Close() {
+	if m == nil || m.Params == nil {
+		return
+	}
+	m.Params.Close()
+	m.Params = nil
+}
+
+func (m *Model) tap(name string, t *torch.Tensor) {
+	if m.Tap != nil {
+		m.Tap(name, t)
+	}
+}
+
+// Forward is LPIPS.forward(in1=dist, in0=ref, normalize=True) of pyiqa:
+// dist and ref (N,3,H,W) in [0,1], in the model's dtype and device; it
+// returns (N,1). A ref with a batch stride of 0 (one reference expanded to
+// N, the candidates of one group) goes through the backbone once. The
+// result belongs to the caller's scope; errors panic with a *torch.Error.
+func (m *Model) Forward(dist, ref *torch.Tensor) *torch.Tensor {
+	s := torch.NewScope()
+	defer s.Close()
+	if ref.Size(0) > 1 && ref.Strides()[0] == 0 {
+		ref = ref.Narrow(0, 0, 1)
+	}
+	in0 := ref.MulScalar(2).SubScalar(1)
+	in1 := dist.MulScalar(2).SubScalar(1)
+	x0 := in0.Sub(m.Shift).Div(m.Scale)
+	x1 := in1.Sub(m.Shift).Div(m.Scale)
+	m.tap("scaled_ref", x0)
+	m.tap("scaled_dist", x1)
+	outs0 := m.backbone.Forward(x0, m.spec.taps...)
+	outs1 := m.backbone.Forward(x1, m.spec.taps...)
+	var val *torch.Tensor
+	for k := range m.spec.taps {
+		m.tap("feat_ref."+m.Layer[k], outs0[k])
+		m.tap("feat_dist."+m.Layer[k], outs1[k])
+		diff := normalize(outs0[k]).Sub(normalize(outs1[k])).Pow(2)
+		m.tap(fmt.Sprintf("diff%d", k), diff)
+		lin := torch.Conv2d(diff, m.Lins[k], nil, []int64{1, 1}, []int64{0, 0}, []int64{1, 1}, 1)
+		m.tap(fmt.Sprintf("lin%d", k), lin)
+		var res *torch.Tensor
+		if m.SemanticWeightLayer >= 0 {
+			// A broadcast reference (batch 1) broadcasts here too.
+			sem := outs0[m.SemanticWeightLayer].Interpolate(lin.Shape()[2:], torch.Bilinear, false, false)
+			dims := []int64{1, 2, 3}
+			res = lin.Mul(sem).SumDims(dims, true).Div(sem.SumDims(dims, true))
+		} else {
+			res = lin.MeanDims([]int64{2, 3}, true)
+		}
+		m.tap(fmt.Sprintf("res%d", k), res)
+		if val == nil {
+			val = res
+		} else {
+			val = val.Add(res)
+		}
+	}
+	out := val.SqueezeDim(-1).SqueezeDim(-1)
+	m.tap("score", out)
+	return s.Keep(out)
+}
+
+// normalize is pyiqa's normalize_tensor: f / (sqrt(Σ_c f²) + eps).
+func normalize(f *torch.Tensor) *torch.Tensor {
+	n := f.Pow(2).SumDims([]int64{1}, true).Sqrt()
+	return f.Div(n.AddScalar(normEps))
+}
