@@ -1,6 +1,7 @@
 package unet
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -64,16 +65,17 @@ func TestUNetTimestepForms(t *testing.T) {
 	io := testutil.Tensors(t, testutil.Fixture(t, "sd2/unet/io_main.safetensors"))
 	s := torch.NewScope()
 	defer s.Close()
-	// Both rows at timestep 981.
+	// Both rows at the fixture's first timestep.
 	sample := onDev(t, io["sample"], dev)
 	text := onDev(t, io["encoder_hidden_states"], dev)
+	v := io["timesteps"].Int64s()[0]
 	var outs []*torch.Tensor
 	torch.NoGrad(func() {
 		for _, ts := range []*torch.Tensor{
-			torch.ScalarOf(981, torch.Int64, torch.CPU),
-			torch.FromSlice([]int64{981}),
-			torch.FromSlice([]int64{981, 981}),
-			torch.FromSlice([]float32{981, 981}),
+			torch.ScalarOf(float64(v), torch.Int64, torch.CPU),
+			torch.FromSlice([]int64{v}),
+			torch.FromSlice([]int64{v, v}),
+			torch.FromSlice([]float32{float32(v), float32(v)}),
 		} {
 			outs = append(outs, u.Forward(sample, ts, text, nil))
 		}
@@ -81,6 +83,13 @@ func TestUNetTimestepForms(t *testing.T) {
 	for i := 1; i < len(outs); i++ {
 		testutil.AssertEqual(t, "timestep form", outs[i], outs[0])
 	}
+}
+
+// badShape is a zero tensor one row taller than x.
+func badShape(x *torch.Tensor, dev torch.Device) *torch.Tensor {
+	sh := x.Shape()
+	sh[2]++
+	return torch.Zeros(sh, torch.Float32, dev)
 }
 
 func TestUNetBadInput(t *testing.T) {
@@ -91,15 +100,26 @@ func TestUNetBadInput(t *testing.T) {
 	defer u.Close()
 	s := torch.NewScope()
 	defer s.Close()
-	sample := torch.Zeros([]int64{2, 4, 16, 16}, torch.Float32, dev)
-	text := torch.Zeros([]int64{2, 77, 32}, torch.Float32, dev)
-	ts := torch.FromSlice([]int64{1, 2})
+	// Well-formed inputs of the fixture's shapes (residual shapes from the
+	// ControlNet case), then each made wrong in one way.
+	io := testutil.Tensors(t, testutil.Fixture(t, "sd2/unet/io_controlnet.safetensors"))
+	ss, es := io["sample"].Shape(), io["encoder_hidden_states"].Shape()
+	b, c, h, w := ss[0], ss[1], ss[2], ss[3]
+	sample := torch.Zeros(ss, torch.Float32, dev)
+	text := torch.Zeros(es, torch.Float32, dev)
+	ts := torch.Zeros([]int64{b}, torch.Int64, torch.CPU)
 	okRes := &Residuals{}
-	for _, sh := range [][]int64{{2, 8, 16, 16}, {2, 8, 16, 16}, {2, 8, 16, 16}, {2, 8, 8, 8}, {2, 12, 8, 8}, {2, 12, 8, 8},
-		{2, 12, 4, 4}, {2, 16, 4, 4}, {2, 16, 4, 4}, {2, 16, 2, 2}, {2, 16, 2, 2}, {2, 16, 2, 2}} {
-		okRes.Down = append(okRes.Down, torch.Zeros(sh, torch.Float32, dev))
+	for i := 0; ; i++ {
+		r, ok := io[fmt.Sprintf("down_block_additional_residuals.%d", i)]
+		if !ok {
+			break
+		}
+		okRes.Down = append(okRes.Down, torch.Zeros(r.Shape(), torch.Float32, dev))
 	}
-	okRes.Mid = torch.Zeros([]int64{2, 16, 2, 2}, torch.Float32, dev)
+	n := len(okRes.Down)
+	require.Positive(t, n)
+	okRes.Mid = torch.Zeros(io["mid_block_additional_residual"].Shape(), torch.Float32, dev)
+	wrongDim := es[2] + 1
 
 	for _, tc := range []struct {
 		name             string
@@ -107,15 +127,15 @@ func TestUNetBadInput(t *testing.T) {
 		ctrl             *Residuals
 		msg              string
 	}{
-		{"3 channels", torch.Zeros([]int64{2, 3, 16, 16}, torch.Float32, dev), ts, text, nil, "sample must be"},
-		{"3-d sample", torch.Zeros([]int64{4, 16, 16}, torch.Float32, dev), ts, text, nil, "sample must be"},
-		{"text dim", sample, ts, torch.Zeros([]int64{2, 77, 1024}, torch.Float32, dev), nil, "encoder_hidden_states has dim 1024"},
-		{"text batch", sample, ts, torch.Zeros([]int64{3, 77, 32}, torch.Float32, dev), nil, "encoder_hidden_states must be"},
-		{"timesteps", sample, torch.FromSlice([]int64{1, 2, 3}), text, nil, "3 timesteps for a batch of 2"},
-		{"timesteps 2-d", sample, torch.Zeros([]int64{2, 1}, torch.Int64, torch.CPU), text, nil, "timesteps must be"},
+		{"wrong channels", torch.Zeros([]int64{b, c + 1, h, w}, torch.Float32, dev), ts, text, nil, "sample must be"},
+		{"3-d sample", torch.Zeros([]int64{b * c, h, w}, torch.Float32, dev), ts, text, nil, "sample must be"},
+		{"text dim", sample, ts, torch.Zeros([]int64{es[0], es[1], wrongDim}, torch.Float32, dev), nil, fmt.Sprintf("encoder_hidden_states has dim %d", wrongDim)},
+		{"text batch", sample, ts, torch.Zeros([]int64{es[0] + 1, es[1], es[2]}, torch.Float32, dev), nil, "encoder_hidden_states must be"},
+		{"timesteps", sample, torch.Zeros([]int64{b + 1}, torch.Int64, torch.CPU), text, nil, fmt.Sprintf("%d timesteps for a batch of %d", b+1, b)},
+		{"timesteps 2-d", sample, torch.Zeros([]int64{b, 1}, torch.Int64, torch.CPU), text, nil, "timesteps must be"},
 		{"dtype", sample.To(torch.Float64), ts, text, nil, ""},
-		{"residual count", sample, ts, text, &Residuals{Down: okRes.Down[:11], Mid: okRes.Mid}, "11 ControlNet down residuals for 12"},
-		{"residual shape", sample, ts, text, &Residuals{Down: append(append([]*torch.Tensor{}, okRes.Down[:11]...), okRes.Mid.Narrow(2, 0, 1)), Mid: okRes.Mid}, "down residual 11 has shape"},
+		{"residual count", sample, ts, text, &Residuals{Down: okRes.Down[:n-1], Mid: okRes.Mid}, fmt.Sprintf("%d ControlNet down residuals for %d", n-1, n)},
+		{"residual shape", sample, ts, text, &Residuals{Down: append(append([]*torch.Tensor{}, okRes.Down[:n-1]...), badShape(okRes.Down[n-1], dev)), Mid: okRes.Mid}, fmt.Sprintf("down residual %d has shape", n-1)},
 		{"mid shape", sample, ts, text, &Residuals{Down: okRes.Down, Mid: okRes.Down[0]}, "mid residual"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
