@@ -1,0 +1,253 @@
+// Package topiq is pyiqa's TOPIQ (CFANet) with its ResNet-50 backbone:
+// "topiq_nr" (no-reference, KonIQ weights) and "topiq_fr" (full-reference,
+// KADID weights), both higher-is-better. Importing the package registers
+// both metrics with reward.Open.
+//
+// The images are normalised with the ImageNet mean and std and scored at
+// their own size (no resize, no crop), as pyiqa's default configurations
+// do.
+package topiq
+
+import (
+	"fmt"
+
+	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/nn"
+	"github.com/dp2osr/dp2o/vision/resnet"
+)
+
+// Config is a CFANet configuration (pyiqa's constructor arguments that
+// shape the network).
+type Config struct {
+	UseRef         bool  // full-reference (topiq_fr) or no-reference (topiq_nr)
+	InterDim       int64 // token width
+	NumHeads       int64
+	NumAttnLayers  int64
+	DimFeedforward int64 // min(4·InterDim, 2048)
+	NumClass       int64 // 1 (pyiqa's dist_to_mos is then the identity)
+	Mean, Std      [3]float64
+	Backbone       resnet.Config
+}
+
+// imageNetMean and imageNetStd are timm's IMAGENET_DEFAULT_MEAN/STD.
+var (
+	imageNetMean = [3]float64{0.485, 0.456, 0.406}
+	imageNetStd  = [3]float64{0.229, 0.224, 0.225}
+)
+
+// NRConfig is pyiqa's "topiq_nr" (CFANet, resnet50, use_ref=False).
+var NRConfig = Config{UseRef: false, InterDim: 256, NumHeads: 4, NumAttnLayers: 1, DimFeedforward: 1024,
+	NumClass: 1, Mean: imageNetMean, Std: imageNetStd, Backbone: resnet.ResNet50}
+
+// FRConfig is pyiqa's "topiq_fr" (CFANet, resnet50, use_ref=True).
+var FRConfig = Config{UseRef: true, InterDim: 256, NumHeads: 4, NumAttnLayers: 1, DimFeedforward: 1024,
+	NumClass: 1, Mean: imageNetMean, Std: imageNetStd, Backbone: resnet.ResNet50}
+
+// conv3 is a 3×3 convolution with padding 1.
+func conv(b *nn.Builder, in, out, k int64) *nn.Conv2d {
+	return nn.NewConv2d(b, in, out, k, nn.Conv2dConfig{Padding: k / 2})
+}
+
+// weightBlock is conv1×1(C→64), GELU, conv3×3(64→64), GELU,
+// conv3×3(64→1), sigmoid: the per-pixel weight map of both variants
+// (GatedConv.weight_blk, or weight_pool[i] of the FR model).
+type weightBlock struct{ c0, c2, c4 *nn.Conv2d }
+
+func newWeightBlock(b *nn.Builder, in int64) weightBlock {
+	return weightBlock{conv(b.Sub("0"), in, 64, 1), conv(b.Sub("2"), 64, 64, 3), conv(b.Sub("4"), 64, 1, 3)}
+}
+
+func (w weightBlock) forward(x *torch.Tensor) *torch.Tensor {
+	return w.c4.Forward(w.c2.Forward(w.c0.Forward(x).Gelu()).Gelu()).Sigmoid()
+}
+
+// gatedConv is pyiqa's GatedConv (the NR model's weight_pool[i]).
+type gatedConv struct {
+	split *nn.Conv2d
+	wblk  weightBlock
+}
+
+func (g *gatedConv) forward(x *torch.Tensor) *torch.Tensor {
+	xs := g.split.Forward(x).Chunk(2, 1)
+	w := g.wblk.forward(xs[1])
+	return xs[0].Gelu().Mul(w)
+}
+
+// Model is CFANet in eval mode.
+type Model struct {
+	cfg       Config
+	backbone  *resnet.ResNet
+	gated     []*gatedConv  // NR
+	weightFR  []weightBlock // FR
+	dimReduce []*nn.Conv2d
+	sa        [][]*encoderLayer
+	ca        [][]*decoderLayer
+	attnPool  *encoderLayer
+	head      []any // score_linear: *nn.LayerNorm, *nn.Linear, or gelu (nil)
+	hEmb      *torch.Tensor
+	wEmb      *torch.Tensor
+	mean, std *torch.Tensor
+}
+
+// Tap receives named intermediate tensors during Forward (the names of the
+// fixtures' io.json without the case prefix: "normalized_input",
+// "backbone.dist.0", "gated4", "weight4", "pooled4", "pos_emb", "sa_in4",
+// "sa_out4", "ca_out0", "attn_pool", "final_feature"). The tensor is valid
+// only during the call.
+type Tap func(name string, t *torch.Tensor)
+
+// New builds CFANet from b with pyiqa's state-dict keys.
+func New(b *nn.Builder, cfg Config) (m *Model, err error) {
+	defer torch.Recover(&err)
+	if cfg.NumClass != 1 || cfg.InterDim%2 != 0 || cfg.NumHeads <= 0 || cfg.InterDim%cfg.NumHeads != 0 {
+		return nil, fmt.Errorf("topiq: unsupported config (num_class %d, inter_dim %d, heads %d): one score, an even inter_dim divisible by the heads",
+			cfg.NumClass, cfg.InterDim, cfg.NumHeads)
+	}
+	m = &Model{cfg: cfg}
+	m.backbone, err = resnet.New(b.Sub("semantic_model"), cfg.Backbone)
+	if err != nil {
+		return nil, err
+	}
+	chans := cfg.Backbone.Channels()
+	mul := int64(1)
+	if cfg.UseRef {
+		mul = 3
+	}
+	d := cfg.InterDim
+	for i, c := range chans {
+		wp := b.Sub("weight_pool").SubI(i)
+		if cfg.UseRef {
+			m.weightFR = append(m.weightFR, newWeightBlock(wp, c))
+		} else {
+			m.gated = append(m.gated, &gatedConv{split: conv(wp.Sub("splitconv"), c, 2*c, 1), wblk: newWeightBlock(wp.Sub("weight_blk"), c)})
+		}
+		m.dimReduce = append(m.dimReduce, conv(b.Sub("dim_reduce").SubI(i).Sub("0"), c*mul, d, 1))
+		var layers []*encoderLayer
+		for l := int64(0); l < cfg.NumAttnLayers; l++ {
+			layers = append(layers, newEncoderLayer(b.Sub("sa_attn_blks").SubI(i).Sub("layers").SubI(int(l)), d, cfg.NumHeads, cfg.DimFeedforward))
+		}
+		m.sa = append(m.sa, layers)
+	}
+	for i := 0; i < len(chans)-1; i++ {
+		var layers []*decoderLayer
+		for l := int64(0); l < cfg.NumAttnLayers; l++ {
+			layers = append(layers, newDecoderLayer(b.Sub("attn_blks").SubI(i).Sub("layers").SubI(int(l)), d, cfg.NumHeads, cfg.DimFeedforward))
+		}
+		m.ca = append(m.ca, layers)
+	}
+	m.attnPool = newEncoderLayer(b.Sub("attn_pool"), d, cfg.NumHeads, cfg.DimFeedforward)
+	sl := b.Sub("score_linear")
+	m.head = []any{
+		nn.NewLayerNorm(sl.Sub("0"), d, 1e-5, true), nn.NewLinear(sl.Sub("1"), d, d, true), nil,
+		nn.NewLayerNorm(sl.Sub("3"), d, 1e-5, true), nn.NewLinear(sl.Sub("4"), d, d, true), nil,
+		nn.NewLinear(sl.Sub("6"), d, cfg.NumClass, true),
+	}
+	m.hEmb = b.Get("h_emb", 1, d/2, 32, 1)
+	m.wEmb = b.Get("w_emb", 1, d/2, 1, 32)
+	dev := b.Device()
+	if dev.Type == torch.DeviceMeta {
+		dev = torch.CPU
+	}
+	vec := func(v [3]float64) *torch.Tensor {
+		return torch.Unscope(torch.Scoped(func() *torch.Tensor {
+			return torch.FromSlice([]float32{float32(v[0]), float32(v[1]), float32(v[2])}, 1, 3, 1, 1).ToDevice(dev)
+		}))
+	}
+	m.mean, m.std = vec(cfg.Mean), vec(cfg.Std)
+	return m, nil
+}
+
+// Close frees what the model owns beyond the builder's parameters.
+func (m *Model) Close() {
+	m.backbone.Close()
+	m.mean.Close()
+	m.std.Close()
+}
+
+// Forward scores a batch: x (and y, the reference, for the FR model) are
+// (N,3,H,W) in [0,1]. It returns the (N, NumClass) scores in the caller's
+// scope; tap (may be nil) sees the intermediates.
+func (m *Model) Forward(x, y *torch.Tensor, tap Tap) *torch.Tensor {
+	if tap == nil {
+		tap = func(string, *torch.Tensor) {}
+	}
+	s := torch.NewScope()
+	defer s.Close()
+	dt := m.hEmb.DType()
+	x = x.To(dt).Sub(m.mean.To(dt)).Div(m.std.To(dt))
+	tap("normalized_input", x)
+	dist := m.backbone.Features(x)
+	var ref []*torch.Tensor
+	if m.cfg.UseRef {
+		if y == nil {
+			torch.Errorf("topiq", "the full-reference model needs a reference image")
+		}
+		y = y.To(dt).Sub(m.mean.To(dt)).Div(m.std.To(dt))
+		ref = m.backbone.Features(y)
+	}
+	for i := range dist {
+		tap(fmt.Sprintf("backbone.dist.%d", i), dist[i])
+		if ref != nil {
+			tap(fmt.Sprintf("backbone.ref.%d", i), ref[i])
+		}
+	}
+	last := len(dist) - 1
+	th, tw := dist[last].Size(2), dist[last].Size(3)
+	posEmb := torch.Cat([]*torch.Tensor{
+		m.hEmb.Repeat([]int64{1, 1, 1, m.wEmb.Size(3)}),
+		m.wEmb.Repeat([]int64{1, 1, m.hEmb.Size(2), 1}),
+	}, 1)
+	tokens := make([]*torch.Tensor, 0, len(dist))
+	for i := last; i >= 0; i-- {
+		var feat *torch.Tensor
+		if m.cfg.UseRef {
+			d, r := dist[i], ref[i]
+			diff := d.Sub(r).Pow(2).AddScalar(1e-12).Sqrt()
+			feat = torch.Cat([]*torch.Tensor{d, r, diff}, 1)
+			w := m.weightFR[i].forward(diff)
+			tap(fmt.Sprintf("weight%d", i), w)
+			feat = feat.Mul(w)
+		} else {
+			feat = m.gated[i].forward(dist[i])
+			tap(fmt.Sprintf("gated%d", i), feat)
+		}
+		if feat.Size(2) > th && feat.Size(3) > tw {
+			feat = torch.AdaptiveAvgPool2d(feat, []int64{th, tw})
+		}
+		tap(fmt.Sprintf("pooled%d", i), feat)
+		pos := posEmb.Interpolate([]int64{feat.Size(2), feat.Size(3)}, torch.Bicubic, false, false)
+		if i == last {
+			tap("pos_emb", pos)
+		}
+		pos = pos.Flatten(2, -1).Permute([]int64{2, 0, 1})
+		t := m.dimReduce[i].Forward(feat).Gelu().Flatten(2, -1).Permute([]int64{2, 0, 1}).Add(pos)
+		tap(fmt.Sprintf("sa_in%d", i), t)
+		for _, l := range m.sa[i] {
+			t = l.forward(t)
+		}
+		tap(fmt.Sprintf("sa_out%d", i), t)
+		tokens = append(tokens, t)
+	}
+	q := tokens[0]
+	for i := 0; i < len(tokens)-1; i++ {
+		for _, l := range m.ca[i] {
+			q = l.forward(q, tokens[i+1])
+		}
+		tap(fmt.Sprintf("ca_out%d", i), q)
+	}
+	f := m.attnPool.forward(q)
+	tap("attn_pool", f)
+	h := f.MeanDims([]int64{0}, false)
+	tap("final_feature", h)
+	for _, l := range m.head {
+		switch l := l.(type) {
+		case *nn.LayerNorm:
+			h = l.Forward(h)
+		case *nn.Linear:
+			h = l.Forward(h)
+		default:
+			h = h.Gelu()
+		}
+	}
+	return s.Keep(h)
+}

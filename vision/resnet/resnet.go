@@ -1,0 +1,171 @@
+// Package resnet is the ResNet backbone of timm's resnet50 (torchvision-style
+// ResNet v1.5: the stride on the 3×3 convolution of each bottleneck) as the
+// IQA models use it: features_only, returning the stem activation and the
+// four stage outputs.
+//
+// Inference only: every BatchNorm (eval mode, running statistics) is folded
+// into the convolution before it when the model is built, so a block is
+// three convolutions with bias.
+package resnet
+
+import (
+	"fmt"
+
+	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/nn"
+)
+
+// Config describes a bottleneck ResNet.
+type Config struct {
+	Layers [4]int // bottleneck blocks per stage
+	BNEps  float64
+}
+
+// ResNet50 is timm's resnet50.
+var ResNet50 = Config{Layers: [4]int{3, 4, 6, 3}, BNEps: 1e-5}
+
+// Channels are the channel counts of the five feature maps (stem, stages
+// 1–4) of a bottleneck ResNet (timm's feature_info.channels()).
+func (c Config) Channels() []int64 { return []int64{64, 256, 512, 1024, 2048} }
+
+// convBN is a convolution with its BatchNorm folded in.
+type convBN struct {
+	w, b            *torch.Tensor
+	stride, padding []int64
+}
+
+func (c *convBN) forward(x *torch.Tensor) *torch.Tensor {
+	return torch.Conv2d(x, c.w, c.b, c.stride, c.padding, []int64{1, 1}, 1)
+}
+
+// newConvBN reads conv.weight (no bias) and the BatchNorm bn (weight, bias,
+// running_mean, running_var, num_batches_tracked) and folds them:
+// w' = w·γ/√(var+eps), b' = β − mean·γ/√(var+eps), computed in float32.
+func newConvBN(conv, bn *nn.Builder, in, out, k, stride int64, eps float64) *convBN {
+	w := conv.Get("weight", out, in, k, k)
+	gamma, beta := bn.Get("weight", out), bn.Get("bias", out)
+	mean, vr := bn.Get("running_mean", out), bn.Get("running_var", out)
+	bn.Get("num_batches_tracked") // loaded for a strict key check, unused
+	c := &convBN{stride: []int64{stride, stride}, padding: []int64{k / 2, k / 2}}
+	for _, t := range []*torch.Tensor{w, gamma, beta, mean, vr} {
+		if t.Device().Type == torch.DeviceMeta {
+			// A missing or mis-shaped key (reported by Finish) or a
+			// data-less build: keep placeholders of the right shapes.
+			c.w, c.b = torch.Unscope(w.Alias()), torch.Unscope(beta.Alias())
+			return c
+		}
+	}
+	s := torch.NewScope()
+	defer s.Close()
+	f32 := func(t *torch.Tensor) *torch.Tensor { return t.To(torch.Float32) }
+	alpha := f32(gamma).Div(f32(vr).AddScalar(eps).Sqrt())
+	c.w = torch.Unscope(f32(w).Mul(alpha.View([]int64{out, 1, 1, 1})).To(w.DType()))
+	c.b = torch.Unscope(f32(beta).Sub(f32(mean).Mul(alpha)).To(w.DType()))
+	// The unfolded tensors are no longer needed: free them now rather
+	// than with the builder's Params (Close is idempotent).
+	for _, t := range []*torch.Tensor{w, gamma, beta, mean, vr} {
+		t.Close()
+	}
+	return c
+}
+
+func (c *convBN) close() {
+	c.w.Close()
+	c.b.Close()
+}
+
+// bottleneck is timm's Bottleneck (expansion 4).
+type bottleneck struct {
+	conv1, conv2, conv3 *convBN
+	down                *convBN // nil without a downsample branch
+}
+
+func (b *bottleneck) forward(x *torch.Tensor) *torch.Tensor {
+	s := torch.NewScope()
+	defer s.Close()
+	h := b.conv1.forward(x).Relu()
+	h = b.conv2.forward(h).Relu()
+	h = b.conv3.forward(h)
+	sc := x
+	if b.down != nil {
+		sc = b.down.forward(x)
+	}
+	return s.Keep(h.Add(sc).Relu())
+}
+
+// ResNet is a features-only bottleneck ResNet.
+type ResNet struct {
+	cfg    Config
+	stem   *convBN
+	stages [4][]*bottleneck
+}
+
+// New builds the backbone from b with timm's keys: conv1, bn1,
+// layer{1..4}.{i}.{conv,bn}{1,2,3}, layer{1..4}.0.downsample.{0,1}. The
+// classifier (fc) of a full checkpoint is not read.
+func New(b *nn.Builder, cfg Config) (*ResNet, error) {
+	if cfg.BNEps == 0 {
+		return nil, fmt.Errorf("resnet: config without a BatchNorm eps")
+	}
+	r := &ResNet{cfg: cfg}
+	r.stem = newConvBN(b.Sub("conv1"), b.Sub("bn1"), 3, 64, 7, 2, cfg.BNEps)
+	r.stem.padding = []int64{3, 3}
+	in := int64(64)
+	for st, n := range cfg.Layers {
+		width := int64(64) << st
+		out := width * 4
+		lb := b.Sub(fmt.Sprintf("layer%d", st+1))
+		for i := 0; i < n; i++ {
+			bb := lb.SubI(i)
+			stride := int64(1)
+			if i == 0 && st > 0 {
+				stride = 2
+			}
+			blk := &bottleneck{
+				conv1: newConvBN(bb.Sub("conv1"), bb.Sub("bn1"), in, width, 1, 1, cfg.BNEps),
+				conv2: newConvBN(bb.Sub("conv2"), bb.Sub("bn2"), width, width, 3, stride, cfg.BNEps),
+				conv3: newConvBN(bb.Sub("conv3"), bb.Sub("bn3"), width, out, 1, 1, cfg.BNEps),
+			}
+			if i == 0 {
+				blk.down = newConvBN(bb.Sub("downsample.0"), bb.Sub("downsample.1"), in, out, 1, stride, cfg.BNEps)
+			}
+			r.stages[st] = append(r.stages[st], blk)
+			in = out
+		}
+	}
+	return r, nil
+}
+
+// Features runs the backbone on a normalised (N,3,H,W) batch and returns
+// the five feature maps of timm's features_only: act1 (stride 2), layer1
+// (4), layer2 (8), layer3 (16), layer4 (32). The tensors belong to the
+// caller's scope.
+func (r *ResNet) Features(x *torch.Tensor) []*torch.Tensor {
+	feats := make([]*torch.Tensor, 0, 5)
+	h := r.stem.forward(x).Relu()
+	feats = append(feats, h)
+	h = torch.MaxPool2d(h, []int64{3, 3}, []int64{2, 2}, []int64{1, 1})
+	for _, st := range r.stages {
+		for _, blk := range st {
+			h = blk.forward(h)
+		}
+		feats = append(feats, h)
+	}
+	return feats
+}
+
+// Close frees the folded weights (the builder's own parameters are freed
+// with its Params).
+func (r *ResNet) Close() {
+	r.stem.close()
+	for _, st := range r.stages {
+		for _, blk := range st {
+			blk.conv1.close()
+			blk.conv2.close()
+			blk.conv3.close()
+			if blk.down != nil {
+				blk.down.close()
+			}
+		}
+	}
+}
