@@ -109,6 +109,7 @@ type options struct {
 	key         string
 	keySet      bool
 	stripPrefix string
+	keep        func(name string) bool
 }
 
 // WithKey makes Load take the state dict from the given top-level key of the
@@ -386,6 +387,16 @@ func decode(pkl []byte, src storageSource, o *options) (*StateDict, error) {
 		}
 	}
 
+	if o.keep != nil {
+		var kept []entry
+		var keptNames []string
+		for i, e := range entries {
+			if o.keep(names[i]) {
+				kept, keptNames = append(kept, e), append(keptNames, names[i])
+			}
+		}
+		entries, names = kept, keptNames
+	}
 	sd.Tensors = make([]Tensor, len(entries))
 	sd.index = make(map[string]int, len(entries))
 	handedOut := map[string]bool{} // storages given to a tensor without a copy
