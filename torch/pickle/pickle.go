@@ -152,43 +152,53 @@ func Load(path string, opts ...Option) (*StateDict, error) {
 	return sd, nil
 }
 
-func load(path string, o *options) (*StateDict, error) {
+func load(path string, o *options) (sd *StateDict, err error) {
+	err = withArchive(path, func(pkl []byte, a *archive) error {
+		sd, err = decode(pkl, a, o)
+		return err
+	})
+	return sd, err
+}
+
+// withArchive opens the zip checkpoint at path, reads its data.pkl and
+// calls fn while the file is open (storages are read from it).
+func withArchive(path string, fn func(pkl []byte, a *archive) error) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if !st.Mode().IsRegular() {
-		return nil, errors.New("not a regular file")
+		return errors.New("not a regular file")
 	}
 	var magic [4]byte
 	n, _ := f.ReadAt(magic[:], 0)
 	switch {
 	case n == 4 && string(magic[:]) == "PK\x03\x04":
 	case n >= 1 && magic[0] == 0x80:
-		return nil, ErrLegacyFormat
+		return ErrLegacyFormat
 	case isTar(f):
-		return nil, ErrLegacyFormat
+		return ErrLegacyFormat
 	default:
-		return nil, errors.New("not a PyTorch zip checkpoint")
+		return errors.New("not a PyTorch zip checkpoint")
 	}
 	zr, err := zip.NewReader(f, st.Size())
 	if err != nil {
-		return nil, fmt.Errorf("not a valid zip archive (truncated or corrupt?): %w", err)
+		return fmt.Errorf("not a valid zip archive (truncated or corrupt?): %w", err)
 	}
 	a, err := newArchive(zr, st.Size())
 	if err != nil {
-		return nil, err
+		return err
 	}
 	pkl, err := a.readEntry(a.prefix+"data.pkl", -1)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return decode(pkl, a, o)
+	return fn(pkl, a)
 }
 
 // isTar reports whether f looks like a tar archive (the oldest torch.save

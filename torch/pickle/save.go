@@ -28,7 +28,7 @@ var elemSizes = map[string]int64{
 // {topKey: state_dict} (the layout of checkpoints saved as
 // {'params': model.state_dict()}). Tests use it to write checkpoints in a
 // published layout from generated weights.
-func Save(path, topKey string, tensors []Tensor) (err error) {
+func Save(path, topKey string, tensors []Tensor) error {
 	var pk pickler
 	pk.op(0x80, 2) // PROTO 2
 	if topKey != "" {
@@ -40,42 +40,10 @@ func Save(path, topKey string, tensors []Tensor) (err error) {
 		pk.op('(') // MARK
 	}
 	for i, t := range tensors {
-		st, ok := storageTypes[t.DType]
-		if !ok {
-			return fmt.Errorf("pickle: save %s: tensor %q: unsupported dtype %q", path, t.Name, t.DType)
-		}
-		numel := int64(1)
-		for _, d := range t.Shape {
-			if d < 0 {
-				return fmt.Errorf("pickle: save %s: tensor %q: negative dimension in %v", path, t.Name, t.Shape)
-			}
-			numel *= d
-		}
-		if int64(len(t.Data)) != numel*elemSizes[t.DType] {
-			return fmt.Errorf("pickle: save %s: tensor %q: %d bytes for shape %v of %s", path, t.Name, len(t.Data), t.Shape, t.DType)
-		}
 		pk.str(t.Name)
-		pk.global("torch._utils", "_rebuild_tensor_v2")
-		pk.op('(') // args
-		pk.op('(') // persistent id
-		pk.str("storage")
-		pk.global("torch", st)
-		pk.str(strconv.Itoa(i))
-		pk.str("cpu")
-		pk.int(numel)
-		pk.op('t', 'Q') // TUPLE, BINPERSID
-		pk.int(0)       // storage offset
-		pk.ints(t.Shape)
-		stride := make([]int64, len(t.Shape))
-		s := int64(1)
-		for d := len(t.Shape) - 1; d >= 0; d-- {
-			stride[d] = s
-			s *= t.Shape[d]
+		if err := pk.tensor(i, t); err != nil {
+			return fmt.Errorf("pickle: save %s: %w", path, err)
 		}
-		pk.ints(stride)
-		pk.op(0x89) // NEWFALSE: requires_grad
-		pk.orderedDict()
-		pk.op('t', 'R') // TUPLE, REDUCE
 	}
 	if len(tensors) > 0 {
 		pk.op('u') // SETITEMS
@@ -85,39 +53,7 @@ func Save(path, topKey string, tensors []Tensor) (err error) {
 	}
 	pk.op('.') // STOP
 
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("pickle: save: %w", err)
-	}
-	defer func() {
-		if cerr := f.Close(); err == nil && cerr != nil {
-			err = fmt.Errorf("pickle: save: %w", cerr)
-		}
-	}()
-	zw := zip.NewWriter(f)
-	write := func(name string, b []byte) error {
-		w, err := zw.CreateHeader(&zip.FileHeader{Name: "archive/" + name, Method: zip.Store})
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(b)
-		return err
-	}
-	if err := write("data.pkl", pk.buf.Bytes()); err != nil {
-		return fmt.Errorf("pickle: save %s: %w", path, err)
-	}
-	for i, t := range tensors {
-		if err := write("data/"+strconv.Itoa(i), t.Data); err != nil {
-			return fmt.Errorf("pickle: save %s: %w", path, err)
-		}
-	}
-	if err := write("version", []byte("3\n")); err != nil {
-		return fmt.Errorf("pickle: save %s: %w", path, err)
-	}
-	if err := zw.Close(); err != nil {
-		return fmt.Errorf("pickle: save %s: %w", path, err)
-	}
-	return nil
+	return writeArchive(path, pk.buf.Bytes(), tensors)
 }
 
 // pickler emits the few protocol-2 opcodes a state dict needs.
@@ -171,4 +107,95 @@ func (p *pickler) global(module, name string) {
 func (p *pickler) orderedDict() {
 	p.global("collections", "OrderedDict")
 	p.op(')', 'R')
+}
+
+// SaveTensor writes one bare tensor as torch.save(tensor, path) does
+// (LoadTensor reads it back).
+func SaveTensor(path string, t Tensor) error {
+	var pk pickler
+	pk.op(0x80, 2)
+	if err := pk.tensor(0, t); err != nil {
+		return fmt.Errorf("pickle: save %s: %w", path, err)
+	}
+	pk.op('.')
+	return writeArchive(path, pk.buf.Bytes(), []Tensor{t})
+}
+
+// tensor writes _rebuild_tensor_v2 of a contiguous tensor whose storage is
+// archive entry data/<i>.
+func (p *pickler) tensor(i int, t Tensor) error {
+	st, ok := storageTypes[t.DType]
+	if !ok {
+		return fmt.Errorf("tensor %q: unsupported dtype %q", t.Name, t.DType)
+	}
+	numel := int64(1)
+	for _, d := range t.Shape {
+		if d < 0 {
+			return fmt.Errorf("tensor %q: negative dimension in %v", t.Name, t.Shape)
+		}
+		numel *= d
+	}
+	if int64(len(t.Data)) != numel*elemSizes[t.DType] {
+		return fmt.Errorf("tensor %q: %d bytes for shape %v of %s", t.Name, len(t.Data), t.Shape, t.DType)
+	}
+	p.global("torch._utils", "_rebuild_tensor_v2")
+	p.op('(') // args
+	p.op('(') // persistent id
+	p.str("storage")
+	p.global("torch", st)
+	p.str(strconv.Itoa(i))
+	p.str("cpu")
+	p.int(numel)
+	p.op('t', 'Q') // TUPLE, BINPERSID
+	p.int(0)       // storage offset
+	p.ints(t.Shape)
+	stride := make([]int64, len(t.Shape))
+	s := int64(1)
+	for d := len(t.Shape) - 1; d >= 0; d-- {
+		stride[d] = s
+		s *= t.Shape[d]
+	}
+	p.ints(stride)
+	p.op(0x89) // NEWFALSE: requires_grad
+	p.orderedDict()
+	p.op('t', 'R') // TUPLE, REDUCE
+	return nil
+}
+
+// writeArchive writes the zip: archive/data.pkl, archive/data/<i> for each
+// tensor's storage, archive/version.
+func writeArchive(path string, pkl []byte, tensors []Tensor) (err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("pickle: save: %w", err)
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("pickle: save: %w", cerr)
+		}
+	}()
+	zw := zip.NewWriter(f)
+	write := func(name string, b []byte) error {
+		w, err := zw.CreateHeader(&zip.FileHeader{Name: "archive/" + name, Method: zip.Store})
+		if err != nil {
+			return err
+		}
+		_, err = w.Write(b)
+		return err
+	}
+	if err := write("data.pkl", pkl); err != nil {
+		return fmt.Errorf("pickle: save %s: %w", path, err)
+	}
+	for i, t := range tensors {
+		if err := write("data/"+strconv.Itoa(i), t.Data); err != nil {
+			return fmt.Errorf("pickle: save %s: %w", path, err)
+		}
+	}
+	if err := write("version", []byte("3\n")); err != nil {
+		return fmt.Errorf("pickle: save %s: %w", path, err)
+	}
+	if err := zw.Close(); err != nil {
+		return fmt.Errorf("pickle: save %s: %w", path, err)
+	}
+	return nil
 }

@@ -29,3 +29,18 @@ func TestSaveRejects(t *testing.T) {
 	require.ErrorContains(t, Save(path, "", []Tensor{{Name: "x", DType: "F32", Shape: []int64{2}, Data: make([]byte, 4)}}), "4 bytes for shape [2]")
 	require.ErrorContains(t, Save(path, "", []Tensor{{Name: "x", DType: "C64", Shape: []int64{}, Data: nil}}), "unsupported dtype")
 }
+
+func TestSaveTensorRoundTrip(t *testing.T) {
+	sd, err := Load(fixture(t, "plain_state_dict.pth"))
+	require.NoError(t, err)
+	for _, tt := range sd.Tensors {
+		path := filepath.Join(t.TempDir(), "t.pth")
+		tt.Name = ""
+		require.NoError(t, SaveTensor(path, tt))
+		back, err := LoadTensor(path)
+		require.NoError(t, err)
+		require.Equal(t, tt, back)
+	}
+	_, err = LoadTensor(fixture(t, "plain_state_dict.pth"))
+	require.ErrorContains(t, err, "not a tensor")
+}
