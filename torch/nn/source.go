@@ -148,12 +148,13 @@ func LoadPth(path string, opts ...pickle.Option) (MapSource, error) {
 	return m, nil
 }
 
-// LoadFile opens a safetensors checkpoint (or sharded .index.json), builds
-// a model from it with fromSource, and closes the file: the shared body of
-// the models' file loaders. Errors of fromSource are prefixed with path.
+// LoadFile opens a checkpoint (safetensors, a sharded .json index, or a
+// .bin/.pth pickle: see OpenWeights), builds a model from it with
+// fromSource, and closes the file: the shared body of the models' file
+// loaders. Errors of fromSource are prefixed with path.
 func LoadFile[M any](path string, fromSource func(Source) (M, error)) (M, error) {
 	var zero M
-	src, err := OpenSafetensors(path)
+	src, err := OpenWeights(path)
 	if err != nil {
 		return zero, err
 	}
