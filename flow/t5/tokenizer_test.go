@@ -1,0 +1,190 @@
+package t5
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dp2osr/dp2o/internal/testutil"
+)
+
+const tokenizerDir = "flux/t5_tokenizer"
+
+// tokenizerCases is cases.json of the t5_tokenizer fixture.
+type tokenizerCases struct {
+	PadID         int64   `json:"pad_id"`
+	EOSID         int64   `json:"eos_id"`
+	UnkID         int64   `json:"unk_id"`
+	MaxLengths    []int   `json:"max_lengths"`
+	UnkScore      float64 `json:"unk_score"`
+	MinPieceScore float64 `json:"min_piece_score"`
+	Cases         []struct {
+		Name       string   `json:"name"`
+		Text       string   `json:"text"`
+		NumTokens  int      `json:"num_tokens"`
+		Tokens     []string `json:"tokens"`
+		IDs        []int64  `json:"ids"`
+		Normalized string   `json:"normalized"`
+		Pretokens  []string `json:"pretokens"`
+		// ids_<L> for every L of MaxLengths, read separately.
+		Raw map[string]json.RawMessage `json:"-"`
+	} `json:"cases"`
+}
+
+func readTokenizerCases(tb testing.TB) tokenizerCases {
+	tb.Helper()
+	data, err := os.ReadFile(testutil.Fixture(tb, tokenizerDir+"/cases.json"))
+	require.NoError(tb, err)
+	var c tokenizerCases
+	require.NoError(tb, json.Unmarshal(data, &c))
+	var raw struct {
+		Cases []map[string]json.RawMessage `json:"cases"`
+	}
+	require.NoError(tb, json.Unmarshal(data, &raw))
+	require.Len(tb, raw.Cases, len(c.Cases))
+	for i := range c.Cases {
+		c.Cases[i].Raw = raw.Cases[i]
+	}
+	require.NotEmpty(tb, c.Cases)
+	require.NotEmpty(tb, c.MaxLengths)
+	return c
+}
+
+// paddedIDs is the case's ids_<L>.
+func paddedIDs(tb testing.TB, raw map[string]json.RawMessage, l int) []int64 {
+	tb.Helper()
+	msg, ok := raw[fmt.Sprintf("ids_%d", l)]
+	require.True(tb, ok, "no ids_%d", l)
+	var ids []int64
+	require.NoError(tb, json.Unmarshal(msg, &ids))
+	return ids
+}
+
+var (
+	tokOnce   sync.Once
+	tokLoaded map[string]*Tokenizer
+	tokErr    error
+)
+
+// tokenizers loads the fixture tokenizer once from each published form:
+// tokenizer.json, spiece.model (with tokenizer_config.json beside it) and
+// the folder.
+func tokenizers(tb testing.TB) map[string]*Tokenizer {
+	tb.Helper()
+	tokOnce.Do(func() {
+		dir := testutil.Fixture(tb, tokenizerDir)
+		tokLoaded = map[string]*Tokenizer{}
+		for _, name := range []string{TokenizerJSONFile, SpieceFile, ""} {
+			t, err := LoadTokenizer(filepath.Join(dir, name))
+			if err != nil {
+				tokErr = err
+				return
+			}
+			key := name
+			if key == "" {
+				key = "folder"
+			}
+			tokLoaded[key] = t
+		}
+	})
+	require.NoError(tb, tokErr)
+	return tokLoaded
+}
+
+// TestTokenizerCases checks every case of cases.json with every loader:
+// the normalised text and the words of the pre-tokenizer where the text
+// holds no added token, the tokens, the untruncated ids, and the ids FLUX
+// feeds the encoder for each max length (one prompt and the whole batch).
+func TestTokenizerCases(t *testing.T) {
+	c := readTokenizerCases(t)
+	for name, tok := range tokenizers(t) {
+		t.Run(name, func(t *testing.T) {
+			require.Equal(t, c.PadID, tok.PadID())
+			require.Equal(t, c.EOSID, tok.EOSID())
+			require.Equal(t, c.UnkID, tok.model.unkID)
+			require.Equal(t, c.MinPieceScore, tok.model.minScore)
+			require.Equal(t, c.UnkScore, tok.model.minScore-unkPenalty)
+			var texts []string
+			for _, tc := range c.Cases {
+				texts = append(texts, tc.Text)
+				if !tok.hasAddedToken(tc.Text) {
+					require.Equal(t, tc.Normalized, tok.normalize(tc.Text), "%s: normalized", tc.Name)
+					got := tok.preTokenize(tc.Normalized, true)
+					require.True(t, slices.Equal(tc.Pretokens, got), "%s: pretokens %q, want %q", tc.Name, got, tc.Pretokens)
+				}
+				e, err := tok.encode(tc.Text, true)
+				require.NoError(t, err, tc.Name)
+				require.Equal(t, tc.Tokens, e.tokens, "%s: tokens", tc.Name)
+				require.Equal(t, tc.IDs, e.ids, "%s: ids", tc.Name)
+				require.Len(t, tc.IDs, tc.NumTokens, tc.Name)
+				ids, err := tok.Tokenize(tc.Text)
+				require.NoError(t, err)
+				require.Equal(t, tc.IDs, ids, "%s: Tokenize", tc.Name)
+				for _, l := range c.MaxLengths {
+					got, err := tok.Encode([]string{tc.Text}, l)
+					require.NoError(t, err)
+					require.Equal(t, paddedIDs(t, tc.Raw, l), got[0], "%s: ids_%d", tc.Name, l)
+				}
+			}
+			for _, l := range c.MaxLengths {
+				rows, err := tok.Encode(texts, l)
+				require.NoError(t, err)
+				ts, err := tok.EncodeTensor(texts, l)
+				require.NoError(t, err)
+				require.Equal(t, []int64{int64(len(texts)), int64(l)}, ts.Shape())
+				flat := ts.Int64s()
+				ts.Close()
+				for i, tc := range c.Cases {
+					want := paddedIDs(t, tc.Raw, l)
+					require.Equal(t, want, rows[i], "%s: batch ids_%d", tc.Name, l)
+					require.Equal(t, want, flat[i*l:(i+1)*l], "%s: tensor ids_%d", tc.Name, l)
+				}
+			}
+		})
+	}
+}
+
+// TestTokenizerFuzz checks the seeded random strings of fuzz_cases.json.
+func TestTokenizerFuzz(t *testing.T) {
+	data, err := os.ReadFile(testutil.Fixture(t, tokenizerDir+"/fuzz_cases.json"))
+	require.NoError(t, err)
+	var f struct {
+		Cases []struct {
+			Text string  `json:"text"`
+			IDs  []int64 `json:"ids"`
+		} `json:"cases"`
+	}
+	require.NoError(t, json.Unmarshal(data, &f))
+	require.NotEmpty(t, f.Cases)
+	for name, tok := range tokenizers(t) {
+		bad := 0
+		for i, tc := range f.Cases {
+			got, err := tok.Tokenize(tc.Text)
+			require.NoError(t, err)
+			if !slices.Equal(tc.IDs, got) {
+				e, _ := tok.encode(tc.Text, true)
+				t.Errorf("%s: fuzz case %d %q (%+q): ids %v, want %v (tokens %q)", name, i, tc.Text, tc.Text, got, tc.IDs, e.tokens)
+				if bad++; bad > 5 {
+					t.FailNow()
+				}
+			}
+		}
+	}
+}
+
+// hasAddedToken reports whether text contains an added token's string.
+func (t *Tokenizer) hasAddedToken(text string) bool {
+	for _, a := range t.added {
+		if strings.Contains(text, a.content) {
+			return true
+		}
+	}
+	return false
+}
