@@ -3,7 +3,6 @@ package clip
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 
@@ -141,27 +140,27 @@ func NewTextModel(b *nn.Builder, cfg TextConfig) (*TextModel, error) {
 	return m, nil
 }
 
-// LoadTextModel loads a CLIPTextModel folder: config.json and
-// model.safetensors (or a sharded model.safetensors.index.json). Weights
-// are converted to dtype (floating-point ones) and placed on dev. Only
-// safetensors checkpoints are read; convert a pytorch_model.bin first.
+// LoadTextModel loads a CLIPTextModel folder: config.json and the weights
+// transformers would load (model.safetensors, a sharded
+// model.safetensors.index.json, pytorch_model.bin through the weights-only
+// unpickler, or its sharded index: see nn.TransformersWeights). Weights
+// are converted to dtype (floating-point ones) and placed on dev.
 func LoadTextModel(dir string, dtype torch.DType, dev torch.Device) (*TextModel, error) {
+	return LoadTextModelVariant(dir, "", dtype, dev)
+}
+
+// LoadTextModelVariant is LoadTextModel for a weights variant such as
+// "fp16" (model.fp16.safetensors, ...); "" is LoadTextModel.
+func LoadTextModelVariant(dir, variant string, dtype torch.DType, dev torch.Device) (*TextModel, error) {
 	cfg, err := LoadTextConfig(filepath.Join(dir, "config.json"))
 	if err != nil {
 		return nil, fmt.Errorf("clip text model: %w", err)
 	}
-	path := filepath.Join(dir, TextWeightsFile)
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		switch {
-		case fileExists(path + ".index.json"):
-			path += ".index.json"
-		case fileExists(filepath.Join(dir, "pytorch_model.bin")):
-			return nil, fmt.Errorf("clip text model: %s has pytorch_model.bin but no %s: only safetensors checkpoints are supported (convert it, e.g. with safetensors' convert script)", dir, TextWeightsFile)
-		default:
-			return nil, fmt.Errorf("clip text model: %s: no %s", dir, TextWeightsFile)
-		}
+	path, err := nn.FindWeights(dir, nn.TransformersWeights, variant)
+	if err != nil {
+		return nil, fmt.Errorf("clip text model: %w", err)
 	}
-	st, err := nn.OpenSafetensors(path)
+	st, err := nn.OpenWeights(path)
 	if err != nil {
 		return nil, fmt.Errorf("clip text model: %w", err)
 	}
@@ -172,11 +171,6 @@ func LoadTextModel(dir string, dtype torch.DType, dev torch.Device) (*TextModel,
 		return nil, fmt.Errorf("clip text model: %s: %w", path, err)
 	}
 	return m, nil
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }
 
 // TextModelFromSource builds the model from the weights of src (a

@@ -258,7 +258,7 @@ func TestTextModelPositionIDs(t *testing.T) {
 }
 
 // TestLoadTextModel loads a model folder and checks the errors of folders
-// without safetensors weights.
+// without usable weights.
 func TestLoadTextModel(t *testing.T) {
 	testutil.NoLeak(t)
 	dir := t.TempDir()
@@ -266,12 +266,17 @@ func TestLoadTextModel(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "config.json"), cfgData, 0o644))
 
-	// No weights at all, then only a pytorch_model.bin.
+	// No weights at all: the error names the folder and every file looked
+	// for; then a pytorch_model.bin that is not a checkpoint.
 	_, err = LoadTextModel(dir, torch.Float32, torch.CPU)
-	require.ErrorContains(t, err, "no model.safetensors")
+	require.ErrorContains(t, err, dir)
+	for _, c := range nn.TransformersWeights.Candidates("") {
+		require.ErrorContains(t, err, c)
+	}
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "pytorch_model.bin"), []byte("x"), 0o644))
 	_, err = LoadTextModel(dir, torch.Float32, torch.CPU)
-	require.ErrorContains(t, err, "only safetensors")
+	require.ErrorContains(t, err, "pytorch_model.bin")
+	require.ErrorContains(t, err, "not a PyTorch zip checkpoint")
 
 	weights, err := filepath.Abs(testutil.Weights(t, "sd2/clip_text/model.safetensors"))
 	require.NoError(t, err)

@@ -114,13 +114,24 @@ func NewControlNet(b *nn.Builder, cfg ControlNetConfig) (cn *ControlNet, err err
 }
 
 // LoadControlNet reads a diffusers ControlNet folder (config.json and
-// diffusion_pytorch_model.safetensors, or its sharded .index.json).
+// diffusion_pytorch_model.safetensors, or its sharded .index.json, or
+// diffusion_pytorch_model.bin: see nn.DiffusersWeights).
 func LoadControlNet(dir string, dtype torch.DType, dev torch.Device) (*ControlNet, error) {
+	return LoadControlNetVariant(dir, "", dtype, dev)
+}
+
+// LoadControlNetVariant is LoadControlNet for a weights variant such as
+// "fp16"; "" is LoadControlNet.
+func LoadControlNetVariant(dir, variant string, dtype torch.DType, dev torch.Device) (*ControlNet, error) {
 	cfg, err := LoadControlNetConfig(filepath.Join(dir, "config.json"))
 	if err != nil {
 		return nil, err
 	}
-	return LoadControlNetFile(cfg, weightsPath(dir), dtype, dev)
+	path, err := nn.FindWeights(dir, nn.DiffusersWeights, variant)
+	if err != nil {
+		return nil, fmt.Errorf("controlnet: %w", err)
+	}
+	return LoadControlNetFile(cfg, path, dtype, dev)
 }
 
 // LoadControlNetFile reads the ControlNet of cfg from one safetensors file,

@@ -1,9 +1,6 @@
 package unet
 
 import (
-	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/dp2osr/dp2o/torch"
@@ -48,18 +45,6 @@ func (r paramRecorder) done() []Param {
 		out = append(out, Param{Name: strings.TrimPrefix(n, prefix), Tensor: p.Tensors[n]})
 	}
 	return out
-}
-
-// weightsPath returns dir/WeightsFile, or its sharded .index.json when only
-// that exists.
-func weightsPath(dir string) string {
-	path := filepath.Join(dir, WeightsFile)
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		if _, err2 := os.Stat(path + ".index.json"); err2 == nil {
-			return path + ".index.json"
-		}
-	}
-	return path
 }
 
 // Residuals are the ControlNet outputs a UNet adds to its skip connections

@@ -119,17 +119,29 @@ func newUpBlocks(b *nn.Builder, cfg Config, l *blockLayout, o *attnOpts) []*upBl
 }
 
 // Load reads a diffusers UNet folder (config.json and
-// diffusion_pytorch_model.safetensors, or its sharded .index.json) with
+// diffusion_pytorch_model.safetensors, or its sharded .index.json, or
+// diffusion_pytorch_model.bin: see nn.DiffusersWeights) with
 // floating-point weights converted to dtype on dev.
 func Load(dir string, dtype torch.DType, dev torch.Device) (*UNet, error) {
+	return LoadVariant(dir, "", dtype, dev)
+}
+
+// LoadVariant is Load for a weights variant such as "fp16"
+// (diffusion_pytorch_model.fp16.safetensors, ...); "" is Load.
+func LoadVariant(dir, variant string, dtype torch.DType, dev torch.Device) (*UNet, error) {
 	cfg, err := LoadConfig(filepath.Join(dir, "config.json"))
 	if err != nil {
 		return nil, err
 	}
-	return LoadFile(cfg, weightsPath(dir), dtype, dev)
+	path, err := nn.FindWeights(dir, nn.DiffusersWeights, variant)
+	if err != nil {
+		return nil, fmt.Errorf("unet: %w", err)
+	}
+	return LoadFile(cfg, path, dtype, dev)
 }
 
-// LoadFile reads the UNet of cfg from a safetensors file (or sharded index).
+// LoadFile reads the UNet of cfg from a checkpoint file: safetensors, a
+// sharded index, or a .bin pickle (nn.OpenWeights).
 func LoadFile(cfg Config, path string, dtype torch.DType, dev torch.Device) (*UNet, error) {
 	u, err := nn.LoadFile(path, func(src nn.Source) (*UNet, error) { return FromSource(src, cfg, dtype, dev) })
 	if err != nil {

@@ -10,9 +10,7 @@
 package vae
 
 import (
-	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"github.com/dp2osr/dp2o/torch"
@@ -67,21 +65,26 @@ func New(b *nn.Builder, cfg Config) (m *Model, err error) {
 const WeightsFile = "diffusion_pytorch_model.safetensors"
 
 // Load reads a diffusers VAE folder (config.json and
-// diffusion_pytorch_model.safetensors, or its sharded .index.json), with
+// diffusion_pytorch_model.safetensors, or its sharded .index.json, or
+// diffusion_pytorch_model.bin: see nn.DiffusersWeights), with
 // floating-point weights converted to dtype on dev. Checkpoints that still
 // name the mid-block attention query/key/value/proj_attn load too.
 func Load(dir string, dtype torch.DType, dev torch.Device) (*Model, error) {
+	return LoadVariant(dir, "", dtype, dev)
+}
+
+// LoadVariant is Load for a weights variant such as "fp16"
+// (diffusion_pytorch_model.fp16.safetensors, ...); "" is Load.
+func LoadVariant(dir, variant string, dtype torch.DType, dev torch.Device) (*Model, error) {
 	cfg, err := LoadConfig(filepath.Join(dir, "config.json"))
 	if err != nil {
 		return nil, err
 	}
-	path := filepath.Join(dir, WeightsFile)
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		if _, err2 := os.Stat(path + ".index.json"); err2 == nil {
-			path += ".index.json"
-		}
+	path, err := nn.FindWeights(dir, nn.DiffusersWeights, variant)
+	if err != nil {
+		return nil, fmt.Errorf("vae: %w", err)
 	}
-	st, err := nn.OpenSafetensors(path)
+	st, err := nn.OpenWeights(path)
 	if err != nil {
 		return nil, fmt.Errorf("vae: %w", err)
 	}
