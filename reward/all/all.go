@@ -1,0 +1,11 @@
+// Package all registers every IQA metric of the module with reward.Open:
+// import it blank to open any metric by its pyiqa name.
+//
+//	import _ "github.com/dp2osr/dp2o/reward/all"
+package all
+
+import (
+	// Each metric package registers its metrics in init.
+	_ "github.com/dp2osr/dp2o/reward/lpips"
+	_ "github.com/dp2osr/dp2o/reward/topiq"
+)
