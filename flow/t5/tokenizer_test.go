@@ -188,3 +188,95 @@ func (t *Tokenizer) hasAddedToken(text string) bool {
 	}
 	return false
 }
+
+// TestTokenizerBadInput checks that bad text, lengths and files are errors.
+func TestTokenizerBadInput(t *testing.T) {
+	tok := tokenizers(t)["folder"]
+	_, err := tok.Tokenize("ok \xff bad")
+	require.ErrorContains(t, err, "UTF-8")
+	_, err = tok.Encode([]string{"fine", "\xc3"}, DefaultMaxLength)
+	require.ErrorContains(t, err, "prompt 1")
+	_, err = tok.Encode([]string{"fine"}, 0)
+	require.ErrorContains(t, err, "max length")
+	_, err = tok.EncodeTensor(nil, DefaultMaxLength)
+	require.Error(t, err)
+	// The shortest length keeps only </s>.
+	rows, err := tok.Encode([]string{"a long prompt"}, 1)
+	require.NoError(t, err)
+	require.Equal(t, [][]int64{{tok.EOSID()}}, rows)
+	// No prompts: no rows.
+	rows, err = tok.Encode(nil, DefaultMaxLength)
+	require.NoError(t, err)
+	require.Empty(t, rows)
+
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(body), 0o644))
+		return p
+	}
+	for _, tc := range []struct{ name, path, want string }{
+		{"missing", filepath.Join(dir, "nope.json"), "no such file"},
+		{"empty folder", dir, "neither"},
+		{"not JSON", write("a.json", "{"), "not a tokenizer.json"},
+		{"BPE model", write("b.json", `{"model": {"type": "BPE"}}`), "Unigram"},
+		{"no unk", write("c.json", `{"model": {"type": "Unigram", "vocab": [["a", -1]]}}`), "unk_id"},
+		{"bad unk", write("d.json", `{"model": {"type": "Unigram", "unk_id": 3, "vocab": [["a", -1]]}}`), "unk_id 3"},
+		{"bad vocab", write("e.json", `{"model": {"type": "Unigram", "unk_id": 0, "vocab": [[1, -1]]}}`), "vocab[0]"},
+		{"bad normalizer", write("f.json", `{"normalizer": {"type": "NFKC"}, "model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0]]}}`), "normalizer NFKC"},
+		{"bad charsmap", write("g.json", `{"normalizer": {"type": "Precompiled", "precompiled_charsmap": "AAAAAQ=="}, "model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0]]}}`), "charsmap"},
+		{"bad pre-tokenizer", write("h.json", `{"pre_tokenizer": {"type": "Whitespace"}, "model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0]]}}`), "pre_tokenizer"},
+		{"lstrip added token", write("i.json", `{"added_tokens": [{"id": 0, "content": "<unk>", "lstrip": true}], "model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0]]}}`), "lstrip"},
+		{"no pad", write("j.json", `{"model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0], ["</s>", 0]]}}`), "pad"},
+		{"not a protobuf", write("k.model", "\xff\xff\xff"), "SentencePiece"},
+		{"empty spiece", write("l.model", ""), "no pieces"},
+	} {
+		_, err := LoadTokenizer(tc.path)
+		require.Error(t, err, tc.name)
+		require.Contains(t, err.Error(), tc.want, tc.name)
+		require.Contains(t, err.Error(), "t5 tokenizer", tc.name)
+		t.Logf("%s: %v", tc.name, err)
+	}
+
+	// A truncated spiece.model is an error, not a crash.
+	data, err := os.ReadFile(testutil.Fixture(t, tokenizerDir+"/"+SpieceFile))
+	require.NoError(t, err)
+	_, err = LoadTokenizer(write("cut.model", string(data[:len(data)/2])))
+	require.ErrorContains(t, err, "SentencePiece")
+	t.Log(err)
+}
+
+// TestTokenizerEncoderInputs checks that every row of input ids the
+// encoder fixture uses is what the tokenizer gives for one of the
+// tokenizer fixture's prompts at that length.
+func TestTokenizerEncoderInputs(t *testing.T) {
+	testutil.NoLeak(t)
+	c := readTokenizerCases(t)
+	tok := tokenizers(t)["folder"]
+	io := testutil.Tensors(t, testutil.Fixture(t, encoderDir+"/io.safetensors"))
+	found := 0
+	for name, x := range io {
+		if !strings.HasSuffix(name, "input_ids") {
+			continue
+		}
+		sh := x.Shape()
+		require.Len(t, sh, 2, name)
+		l := int(sh[1])
+		flat := x.Int64s()
+		for r := 0; r < int(sh[0]); r++ {
+			row := flat[r*l : (r+1)*l]
+			ok := false
+			for _, tc := range c.Cases {
+				ids, err := tok.Encode([]string{tc.Text}, l)
+				require.NoError(t, err)
+				if slices.Equal(ids[0], row) {
+					ok = true
+					break
+				}
+			}
+			require.True(t, ok, "%s row %d is no tokenizer case's ids at length %d", name, r, l)
+			found++
+		}
+	}
+	require.NotZero(t, found)
+}
