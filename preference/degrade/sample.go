@@ -15,6 +15,10 @@ import (
 // instead of returning NaNs; draw again with another seed.
 var ErrDegenerateJPEG = errors.New("degrade: JPEG quality 100 (factor 0) gives the reference's all-NaN image")
 
+// pi is a float64 variable so that π/3 and π/5 round like numpy's np.pi/3
+// (a Go constant expression would be computed exactly, then rounded).
+var pi = math.Pi
+
 // drawer draws the sampler's decisions from one generator: every uniform
 // number is one float64 torch.rand draw.
 type drawer struct{ gen *torch.Generator }
@@ -62,18 +66,18 @@ func kernelSizes(upTo int) []int {
 func (d drawer) kernel(sizes []int, sincProb float64, list []string, prob []float64, sigma, betag, betap [2]float64) KernelSpec {
 	size := sizes[d.choice(len(sizes))]
 	if d.u() < sincProb {
-		lo := math.Pi / 3
+		lo := pi / 3
 		if size >= 13 {
-			lo = math.Pi / 5
+			lo = pi / 5
 		}
-		return KernelSpec{Type: KernelSinc, Size: size, OmegaC: d.uniform(lo, math.Pi)}
+		return KernelSpec{Type: KernelSinc, Size: size, OmegaC: d.uniform(lo, pi)}
 	}
 	k := KernelSpec{Type: list[d.choices(prob)], Size: size}
 	k.SigmaX = d.uniform(sigma[0], sigma[1])
 	switch k.Type {
 	case KernelAniso, KernelGeneralizedAniso, KernelPlateauAniso:
 		k.SigmaY = d.uniform(sigma[0], sigma[1])
-		k.Theta = d.uniform(-math.Pi, math.Pi)
+		k.Theta = d.uniform(-pi, pi)
 	}
 	var br [2]float64
 	switch k.Type {
@@ -111,7 +115,7 @@ func (c Config) Sample(gen *torch.Generator) (rec Record, err error) {
 	if d.u() < c.FinalSincProb {
 		sizes := kernelSizes(c.BlurKernelSize2)
 		size := sizes[d.choice(len(sizes))]
-		rec.SincKernel = KernelSpec{Type: KernelSinc, Size: size, OmegaC: d.uniform(math.Pi/3, math.Pi), PadTo: c.BlurKernelSize2}
+		rec.SincKernel = KernelSpec{Type: KernelSinc, Size: size, OmegaC: d.uniform(pi/3, pi), PadTo: c.BlurKernelSize2}
 	} else {
 		rec.SincKernel = KernelSpec{Type: KernelPulse, Size: c.BlurKernelSize2}
 	}
