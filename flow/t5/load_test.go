@@ -1,6 +1,7 @@
 package t5
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/detinit"
 	"github.com/dp2osr/dp2o/torch/nn"
 )
 
@@ -133,4 +135,94 @@ func TestLoadEncoderBadFiles(t *testing.T) {
 		_, err = LoadEncoder(dir, torch.Float32, torch.CPU)
 		require.ErrorContains(t, err, "num_heads")
 	})
+}
+
+// liveBytesSource records, each time a weight is requested, how many bytes
+// of tensors are alive.
+type liveBytesSource struct {
+	nn.Source
+	atLoad []int64
+}
+
+func (s *liveBytesSource) Load(key string) (*torch.Tensor, error) {
+	s.atLoad = append(s.atLoad, torch.LiveBytes())
+	return s.Source.Load(key)
+}
+
+// TestLoadOneWeightAtATime checks that loading (with a dtype conversion)
+// holds one copy of the weights: whenever the next weight is read, the
+// live tensors are exactly the weights built so far, in the model's dtype.
+func TestLoadOneWeightAtATime(t *testing.T) {
+	testutil.NoLeak(t)
+	cfg, err := LoadConfig(testutil.Fixture(t, encoderDir+"/config.json"))
+	require.NoError(t, err)
+	st, err := nn.OpenSafetensors(tinyWeights(t))
+	require.NoError(t, err)
+	defer st.Close()
+	for _, dtype := range []torch.DType{torch.Float32, torch.BFloat16} {
+		src := &liveBytesSource{Source: st}
+		base := torch.LiveBytes()
+		e, p, err := nn.Build(TiedEmbeddings(src), dtype, torch.CPU, func(b *nn.Builder) (*Encoder, error) { return NewEncoder(b, cfg) })
+		require.NoError(t, err)
+		require.Len(t, src.atLoad, len(p.Names))
+		var built int64
+		for i, name := range p.Names {
+			require.Equal(t, base+built, src.atLoad[i], "%v: live bytes when %s was read", dtype, name)
+			w := p.Get(name)
+			built += w.Numel() * int64(w.DType().Size())
+		}
+		require.Equal(t, base+built, torch.LiveBytes())
+		require.Equal(t, dtype, e.DType())
+		p.Close()
+	}
+}
+
+// TestDetinitWeights rebuilds the fixture encoder's weights from the
+// deterministic-weights rule (the seed of report.json over the keys the
+// model asks for) and checks the outputs: the checkpoint is what the rule
+// gives, and an encoder built from an in-memory state dict runs.
+func TestDetinitWeights(t *testing.T) {
+	testutil.NoLeak(t)
+	cfg, err := LoadConfig(testutil.Fixture(t, encoderDir+"/config.json"))
+	require.NoError(t, err)
+	var report struct {
+		Seed   *uint64 `json:"seed"`
+		Params int64   `json:"params"`
+	}
+	data, err := os.ReadFile(testutil.Fixture(t, encoderDir+"/report.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(data, &report))
+	require.NotNil(t, report.Seed)
+
+	b := nn.NewBuilder(nil, torch.Float32, torch.Meta)
+	_, err = NewEncoder(b, cfg)
+	require.NoError(t, err)
+	meta, err := b.Finish()
+	require.NoError(t, err)
+	defer meta.Close()
+	require.Equal(t, report.Params, meta.NumElements())
+	manifest := map[string]detinit.Spec{}
+	for k, sh := range b.Requested() {
+		manifest[k] = detinit.Spec{Shape: sh, DType: torch.Float32}
+	}
+	src, err := detinit.Build(manifest, *report.Seed, torch.CPU)
+	require.NoError(t, err)
+	defer src.Close()
+	e, err := EncoderFromSource(src, cfg, torch.Float32, torch.CPU)
+	require.NoError(t, err)
+	defer e.Close()
+
+	io := testutil.Tensors(t, testutil.Fixture(t, encoderDir+"/io.safetensors"))
+	checked := 0
+	for name, c := range encoderCases(io) {
+		if c["input_ids"] == nil || c["last_hidden_state"] == nil {
+			continue
+		}
+		got, err := e.Forward(c["input_ids"])
+		require.NoError(t, err)
+		testutil.AssertClose(t, name+".last_hidden_state", got, c["last_hidden_state"], encAtol, encRtol)
+		got.Close()
+		checked++
+	}
+	require.NotZero(t, checked)
 }
