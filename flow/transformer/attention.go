@@ -1,6 +1,8 @@
 package transformer
 
 import (
+	"math"
+
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/nn"
 )
@@ -30,14 +32,25 @@ func newQKV(b *nn.Builder, q, k, v, nq, nk string, dim, inner, headDim int64) *q
 
 // forward returns q, k, v as (B, H, S, d), q and k RMS-normed.
 func (p *qkv) forward(x *torch.Tensor, heads, headDim int64) (q, k, v *torch.Tensor) {
-	bsz := x.Size(0)
-	split := func(t *torch.Tensor) *torch.Tensor {
-		return t.View([]int64{bsz, -1, heads, headDim}).Transpose(1, 2)
-	}
-	q = p.normQ.Forward(split(linear(p.q, x)))
-	k = p.normK.Forward(split(linear(p.k, x)))
-	v = split(linear(p.v, x))
+	q = p.forwardQ(x, heads, headDim)
+	k, v = p.forwardKV(x, heads, headDim)
 	return q, k, v
+}
+
+func splitHeads(t *torch.Tensor, heads, headDim int64) *torch.Tensor {
+	return t.View([]int64{t.Size(0), -1, heads, headDim}).Transpose(1, 2)
+}
+
+// forwardQ is the query part of forward.
+func (p *qkv) forwardQ(x *torch.Tensor, heads, headDim int64) *torch.Tensor {
+	return p.normQ.Forward(splitHeads(linear(p.q, x), heads, headDim))
+}
+
+// forwardKV is the key and value part of forward.
+func (p *qkv) forwardKV(x *torch.Tensor, heads, headDim int64) (k, v *torch.Tensor) {
+	k = p.normK.Forward(splitHeads(linear(p.k, x), heads, headDim))
+	v = splitHeads(linear(p.v, x), heads, headDim)
+	return k, v
 }
 
 // attention is diffusers' Attention with FluxAttnProcessor2_0: the image
@@ -53,9 +66,9 @@ type attention struct {
 	math           bool
 }
 
-func newAttention(b *nn.Builder, dim, heads, headDim int64, joint bool, math bool) *attention {
+func newAttention(b *nn.Builder, dim, heads, headDim int64, joint bool, mathOrder bool) *attention {
 	inner := heads * headDim
-	a := &attention{heads: heads, headDim: headDim, math: math}
+	a := &attention{heads: heads, headDim: headDim, math: mathOrder}
 	a.x = newQKV(b, "to_q", "to_k", "to_v", "norm_q", "norm_k", dim, inner, headDim)
 	if joint {
 		a.ctx = newQKV(b, "add_q_proj", "add_k_proj", "add_v_proj", "norm_added_q", "norm_added_k", dim, inner, headDim)
@@ -66,29 +79,75 @@ func newAttention(b *nn.Builder, dim, heads, headDim int64, joint bool, math boo
 }
 
 // forward attends x (B, L, D) jointly with ctx (B, T, D) (nil in the single
-// blocks, where x is already the joint sequence) and returns the image and
-// text outputs (text nil without ctx).
-func (a *attention) forward(x, ctx *torch.Tensor, r rope) (img, txt *torch.Tensor) {
+// blocks, where x is already the joint sequence [text, image]) and returns
+// the image and text outputs (text nil without ctx). With imgOnly the text
+// rows of the output are not computed (their queries are skipped): the
+// caller needs only the image part; in the single blocks txtLen is then the
+// number of text tokens at the front of x.
+func (a *attention) forward(x, ctx *torch.Tensor, r rope, imgOnly bool, txtLen int64) (img, txt *torch.Tensor) {
 	s := torch.NewScope()
 	defer s.Close()
 	bsz := x.Size(0)
-	q, k, v := a.x.forward(x, a.heads, a.headDim)
-	if ctx != nil {
+	var q, k, v *torch.Tensor
+	cos, sin := r.cos, r.sin
+	switch {
+	case ctx != nil && imgOnly:
+		txtLen = ctx.Size(1)
+		q, k, v = a.x.forward(x, a.heads, a.headDim)
+		ck, cv := a.ctx.forwardKV(ctx, a.heads, a.headDim)
+		k = torch.Cat([]*torch.Tensor{ck, k}, 2)
+		v = torch.Cat([]*torch.Tensor{cv, v}, 2)
+	case ctx != nil:
+		q, k, v = a.x.forward(x, a.heads, a.headDim)
 		cq, ck, cv := a.ctx.forward(ctx, a.heads, a.headDim)
 		q = torch.Cat([]*torch.Tensor{cq, q}, 2)
 		k = torch.Cat([]*torch.Tensor{ck, k}, 2)
 		v = torch.Cat([]*torch.Tensor{cv, v}, 2)
+	case imgOnly:
+		q = a.x.forwardQ(x.Narrow(1, txtLen, x.Size(1)-txtLen), a.heads, a.headDim)
+		k, v = a.x.forwardKV(x, a.heads, a.headDim)
+	default:
+		q, k, v = a.x.forward(x, a.heads, a.headDim)
 	}
-	q = applyRotary(q, r.cos, r.sin)
-	k = applyRotary(k, r.cos, r.sin)
-	o := torch.ScaledDotProductAttention(q, k, v, torch.AttentionOpts{Math: a.math})
+	if imgOnly {
+		n := cos.Size(0) - txtLen
+		q = applyRotary(q, cos.Narrow(0, txtLen, n), sin.Narrow(0, txtLen, n))
+	} else {
+		q = applyRotary(q, cos, sin)
+	}
+	k = applyRotary(k, cos, sin)
+	o := a.attend(q, k, v)
 	o = o.Transpose(1, 2).Reshape([]int64{bsz, -1, a.heads * a.headDim}).To(q.DType())
-	if ctx == nil {
+	switch {
+	case ctx == nil:
 		return s.Keep(o), nil
+	case imgOnly:
+		return s.Keep(linear(a.toOut, o)), nil
 	}
 	t := ctx.Size(1)
 	txt = linear(a.toAdd, o.Narrow(1, 0, t))
 	img = linear(a.toOut, o.Narrow(1, t, o.Size(1)-t))
 	s.Keep(img, txt)
 	return img, txt
+}
+
+// attend is F.scaled_dot_product_attention for q (B, H, L, d), k and v
+// (B, H, S, d). On the CPU it is the math order softmax(q·kᵀ·d^−½)·v with
+// the scale applied by the product itself (one pass less over the L×S
+// scores); elsewhere libtorch's fused kernels where it has them.
+func (a *attention) attend(q, k, v *torch.Tensor) *torch.Tensor {
+	if !a.math {
+		return torch.ScaledDotProductAttention(q, k, v, torch.AttentionOpts{})
+	}
+	s := torch.NewScope()
+	defer s.Close()
+	b, h, l, d := q.Size(0), q.Size(1), q.Size(2), q.Size(3)
+	sl := k.Size(2)
+	q3 := q.Reshape([]int64{b * h, l, d})
+	k3 := k.Reshape([]int64{b * h, sl, d}).Transpose(1, 2)
+	v3 := v.Reshape([]int64{b * h, sl, d})
+	scores := torch.Empty([]int64{b * h, l, sl}, q.DType(), q.Device()).Baddbmm(q3, k3, 0, 1/math.Sqrt(float64(d)))
+	p := scores.Softmax(-1)
+	scores.Close()
+	return s.Keep(p.Bmm(v3).View([]int64{b, h, l, d}))
 }

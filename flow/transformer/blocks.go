@@ -55,8 +55,9 @@ func newDoubleBlock(b *nn.Builder, c Config, math bool) *doubleBlock {
 }
 
 // forward takes silu(temb) (B, D) and returns the new image and text
-// streams.
-func (blk *doubleBlock) forward(x, ctx, siluTemb *torch.Tensor, r rope) (xOut, ctxOut *torch.Tensor) {
+// streams. With imgOnly (the caller does not use the text stream's output)
+// the text stream only provides keys and values, and ctxOut is nil.
+func (blk *doubleBlock) forward(x, ctx, siluTemb *torch.Tensor, r rope, imgOnly bool) (xOut, ctxOut *torch.Tensor) {
 	s := torch.NewScope()
 	defer s.Close()
 	// shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
@@ -64,11 +65,16 @@ func (blk *doubleBlock) forward(x, ctx, siluTemb *torch.Tensor, r rope) (xOut, c
 	ce := linear(blk.norm1Ctx, siluTemb).Chunk(6, 1)
 	nx := modulate(x, e[1], e[0])
 	nc := modulate(ctx, ce[1], ce[0])
-	ax, ac := blk.attn.forward(nx, nc, r)
+	ax, ac := blk.attn.forward(nx, nc, r, imgOnly, 0)
+	nx.Close()
+	nc.Close()
 
 	x = x.Add(e[2].Unsqueeze(1).Mul(ax))
 	ff := blk.ff.forward(modulate(x, e[4], e[3]))
 	x = x.Add(e[5].Unsqueeze(1).Mul(ff))
+	if imgOnly {
+		return s.Keep(x), nil
+	}
 
 	ctx = ctx.Add(ce[2].Unsqueeze(1).Mul(ac))
 	ffc := blk.ffCtx.forward(modulate(ctx, ce[4], ce[3]))
@@ -98,14 +104,28 @@ func newSingleBlock(b *nn.Builder, c Config, math bool) *singleBlock {
 	}
 }
 
-func (blk *singleBlock) forward(h, siluTemb *torch.Tensor, r rope) *torch.Tensor {
+// forward returns the new joint sequence, or with imgOnly only its image
+// tokens (those after the first txtLen), computing nothing the text rows
+// alone need.
+func (blk *singleBlock) forward(h, siluTemb *torch.Tensor, r rope, imgOnly bool, txtLen int64) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
 	e := linear(blk.norm, siluTemb).Chunk(3, 1) // shift, scale, gate
 	n := modulate(h, e[1], e[0])
-	mlp := linear(blk.projMLP, n).GeluTanh()
-	a, _ := blk.attn.forward(n, nil, r)
-	out := linear(blk.projOut, torch.Cat([]*torch.Tensor{a, mlp}, 2))
+	nq := n
+	if imgOnly {
+		h = h.Narrow(1, txtLen, h.Size(1)-txtLen)
+		nq = n.Narrow(1, txtLen, n.Size(1)-txtLen)
+	}
+	mlp := linear(blk.projMLP, nq)
+	g := mlp.GeluTanh()
+	mlp.Close()
+	a, _ := blk.attn.forward(n, nil, r, imgOnly, txtLen)
+	cat := torch.Cat([]*torch.Tensor{a, g}, 2)
+	a.Close()
+	g.Close()
+	out := linear(blk.projOut, cat)
+	cat.Close()
 	h = h.Add(e[2].Unsqueeze(1).Mul(out))
 	if h.DType() == torch.Float16 {
 		h = h.Clamp(-65504, 65504)

@@ -218,9 +218,13 @@ func (cn *ControlNet) forward(in Input, cond *torch.Tensor, scale float64) (bloc
 		return c
 	})
 	x, ctx := p.x, p.ctx
+	// Without taps, outputs nobody reads are not computed: the text stream
+	// of the last double block when no single block follows, the text
+	// tokens of the last single block.
+	prune := cn.Tap == nil
 	var feats []*torch.Tensor
 	for i, blk := range cn.blocks {
-		x, ctx = blk.forward(x, ctx, p.siluTemb, p.rope)
+		x, ctx = blk.forward(x, ctx, p.siluTemb, p.rope, prune && i == len(cn.blocks)-1 && len(cn.singles) == 0)
 		cn.tap(fmt.Sprintf("transformer_blocks.%d.encoder_hidden_states", i), ctx)
 		cn.tap(fmt.Sprintf("transformer_blocks.%d.hidden_states", i), x)
 		feats = append(feats, x)
@@ -230,9 +234,14 @@ func (cn *ControlNet) forward(in Input, cond *torch.Tensor, scale float64) (bloc
 		t, l := ctx.Size(1), x.Size(1)
 		h := torch.Cat([]*torch.Tensor{ctx, x}, 1)
 		for i, blk := range cn.singles {
-			h = blk.forward(h, p.siluTemb, p.rope)
+			last := prune && i == len(cn.singles)-1
+			h = blk.forward(h, p.siluTemb, p.rope, last, t)
 			cn.tap(fmt.Sprintf("single_transformer_blocks.%d", i), h)
-			sfeats = append(sfeats, h.Narrow(1, t, l))
+			if last {
+				sfeats = append(sfeats, h)
+			} else {
+				sfeats = append(sfeats, h.Narrow(1, t, l))
+			}
 		}
 	}
 	for i, ft := range feats {

@@ -83,16 +83,23 @@ func TestControlNetFixture(t *testing.T) {
 
 	seen := map[string]bool{"conditioning_scales": true, "controlnet_cond": true}
 	markInputs(seen)
+	// With a tap: every intermediate (and the full computation).
 	rec := newTapRecorder(t)
 	folder.Tap = rec.tap
-	fb, fs := runControlNet(t, folder, ref, scales[:1])
+	tb, ts := runControlNet(t, folder, ref, scales[:1])
 	folder.Tap = nil
 	for k := range rec.compare(t, ref, "inter.", atolFor(controlnetAtol)) {
 		seen[k] = true
 	}
-	fb2, fs2 := runControlNet(t, folder, ref, scales[1:])
-	fb, fs = append(fb, fb2...), append(fs, fs2...)
+	// Without: the path that skips what only the taps read.
+	fb, fs := runControlNet(t, folder, ref, scales)
 	lb, ls := runControlNet(t, flat, ref, scales)
+	for j := range tb[0] {
+		testutil.AssertClose(t, fmt.Sprintf("tapped run, controlnet_block_samples.%d", j), tb[0][j], fb[0][j], controlnetAtol, 0)
+	}
+	for j := range ts[0] {
+		testutil.AssertClose(t, fmt.Sprintf("tapped run, controlnet_single_block_samples.%d", j), ts[0][j], fs[0][j], controlnetAtol, 0)
+	}
 	for i := range scales {
 		prefix := fmt.Sprintf("scale_%d.", i)
 		want := indexed(t, ref, prefix+"controlnet_block_samples.", seen)

@@ -75,9 +75,3 @@ func (e *timeTextEmbed) forward(t, g, pooled *torch.Tensor, tap func(string, *to
 	tap("text_embedder", txt)
 	return s.Keep(temb.Add(txt))
 }
-
-// linear is nn.Linear through libtorch's fast CPU path where it applies
-// (the same product; the plain op elsewhere).
-func linear(l *nn.Linear, x *torch.Tensor) *torch.Tensor {
-	return torch.FastLinear(x, l.Weight, l.Bias)
-}

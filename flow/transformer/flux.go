@@ -290,10 +290,17 @@ func (f *Flux) forward(in Input) *torch.Tensor {
 	checkSamples("controlnet_block_samples", in.ControlNetBlockSamples, bsz, l, f.Config.InnerDim())
 	checkSamples("controlnet_single_block_samples", in.ControlNetSingleBlockSamples, bsz, l, f.Config.InnerDim())
 	idx := InjectionIndex(len(f.blocks), len(in.ControlNetBlockSamples), in.ControlNetBlocksRepeat)
+	// Without taps, outputs nobody reads are not computed: the text stream
+	// of the last double block when no single block follows, the text
+	// tokens of the last single block.
+	prune := f.Tap == nil
 	for i, blk := range f.blocks {
-		nx, nc := blk.forward(x, ctx, p.siluTemb, p.rope)
+		last := prune && i == len(f.blocks)-1 && len(f.singles) == 0
+		nx, nc := blk.forward(x, ctx, p.siluTemb, p.rope, last)
 		x.Close()
-		ctx.Close()
+		if nc != nil {
+			ctx.Close()
+		}
 		x, ctx = nx, nc
 		f.tap(fmt.Sprintf("transformer_blocks.%d.encoder_hidden_states", i), ctx)
 		f.tap(fmt.Sprintf("transformer_blocks.%d.hidden_states", i), x)
@@ -303,24 +310,34 @@ func (f *Flux) forward(in Input) *torch.Tensor {
 			x = nx
 		}
 	}
-	t := ctx.Size(1)
-	h := torch.Cat([]*torch.Tensor{ctx, x}, 1)
-	x.Close()
-	ctx.Close()
-	sidx := InjectionIndex(len(f.singles), len(in.ControlNetSingleBlockSamples), false)
-	for i, blk := range f.singles {
-		nh := blk.forward(h, p.siluTemb, p.rope)
-		h.Close()
-		h = nh
-		f.tap(fmt.Sprintf("single_transformer_blocks.%d", i), h)
-		if sidx != nil {
-			img := h.Narrow(1, t, l).Add(in.ControlNetSingleBlockSamples[sidx[i]])
-			nh := torch.Cat([]*torch.Tensor{h.Narrow(1, 0, t), img}, 1)
+	h := x
+	if len(f.singles) > 0 {
+		t := ctx.Size(1)
+		h = torch.Cat([]*torch.Tensor{ctx, x}, 1)
+		x.Close()
+		ctx.Close()
+		sidx := InjectionIndex(len(f.singles), len(in.ControlNetSingleBlockSamples), false)
+		for i, blk := range f.singles {
+			last := prune && i == len(f.singles)-1
+			nh := blk.forward(h, p.siluTemb, p.rope, last, t)
 			h.Close()
 			h = nh
+			f.tap(fmt.Sprintf("single_transformer_blocks.%d", i), h)
+			if sidx != nil {
+				res := in.ControlNetSingleBlockSamples[sidx[i]]
+				if last {
+					nh = h.Add(res)
+				} else {
+					nh = torch.Cat([]*torch.Tensor{h.Narrow(1, 0, t), h.Narrow(1, t, l).Add(res)}, 1)
+				}
+				h.Close()
+				h = nh
+			}
+		}
+		if !prunedSingles(prune, len(f.singles)) {
+			h = h.Narrow(1, t, l)
 		}
 	}
-	h = h.Narrow(1, t, l)
 	e := linear(f.normOut, p.siluTemb).Chunk(2, 1) // scale, shift
 	h = modulate(h, e[0], e[1])
 	f.tap("norm_out", h)
@@ -328,6 +345,9 @@ func (f *Flux) forward(in Input) *torch.Tensor {
 	f.tap("output", out)
 	return s.Keep(out)
 }
+
+// prunedSingles reports whether the last single block returned only image tokens.
+func prunedSingles(prune bool, singles int) bool { return prune && singles > 0 }
 
 // checkSamples checks ControlNet residuals are (B, L, D).
 func checkSamples(name string, samples []*torch.Tensor, bsz, l, d int64) {

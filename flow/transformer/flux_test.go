@@ -52,6 +52,15 @@ func TestTransformerFixture(t *testing.T) {
 				seen[k] = v
 			}
 			testutil.AssertClose(t, c+".output (returned)", out, ref[c+".output"], transformerAtol, 0)
+
+			// Without a tap the model skips what only the taps read (the
+			// last single block's text tokens): the same output.
+			f.Tap = nil
+			var fast *torch.Tensor
+			torch.NoGrad(func() { fast, err = f.Forward(in) })
+			require.NoError(t, err)
+			defer fast.Close()
+			testutil.AssertClose(t, c+".output (no tap)", fast, ref[c+".output"], transformerAtol, 0)
 		})
 	}
 	requireCovered(t, ref, "", seen)

@@ -1,0 +1,126 @@
+package transformer
+
+import (
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dp2osr/dp2o/internal/testutil"
+	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/detinit"
+	"github.com/dp2osr/dp2o/torch/nn"
+)
+
+// The benchmark's model and inputs; scripts/bench_flux.py builds the same
+// in diffusers (same weights and inputs: both draw from libtorch's CPU
+// generator in the same order).
+const (
+	benchDouble, benchSingle = 2, 2 // transformer blocks kept
+	benchControlLayers       = 2    // ControlNet double blocks (no single blocks, as C-FLUX)
+	benchImage               = 512  // image side in pixels
+	benchTextTokens          = 512  // T5 max_sequence_length
+	benchWeightSeed          = 1234 // detinit seed of the transformer weights
+	benchInputSeed           = 5678 // generator seed of the inputs
+	benchSigma, benchGuide   = 1.0, 2.5
+)
+
+// benchModels builds the full-width FLUX.1-dev transformer (config of
+// flux/keys/flux_transformer) truncated to benchDouble + benchSingle
+// blocks with deterministic weights, and a ControlNet from it as
+// from_transformer does.
+func benchModels(b *testing.B) (*Flux, *ControlNet) {
+	cfg, err := LoadConfig(testutil.Fixture(b, "flux/keys/flux_transformer/config.json"))
+	require.NoError(b, err)
+	cfg.NumLayers, cfg.NumSingleLayers = benchDouble, benchSingle
+	meta := nn.NewBuilder(nil, torch.Float32, torch.Meta)
+	_, err = New(meta, cfg)
+	require.NoError(b, err)
+	manifest := map[string]detinit.Spec{}
+	for k, sh := range meta.Requested() {
+		manifest[k] = detinit.Spec{Shape: sh, DType: torch.Float32}
+	}
+	meta.Params().Close()
+	src, err := detinit.Build(manifest, benchWeightSeed, torch.CPU)
+	require.NoError(b, err)
+	defer src.Close() // the model holds its own handles
+	f, err := FromSource(src, cfg, torch.Float32, torch.CPU)
+	require.NoError(b, err)
+	cn, err := ControlNetFromTransformer(f, ControlNetOptions{NumLayers: benchControlLayers})
+	require.NoError(b, err)
+	return f, cn
+}
+
+// benchInputs draws the inputs in scripts/bench_flux.py's order.
+func benchInputs(b *testing.B, c Config) (Input, *torch.Tensor) {
+	gen, err := torch.NewGenerator(torch.CPU, benchInputSeed)
+	require.NoError(b, err)
+	grid := int64(benchImage / 16)
+	l := grid * grid
+	x := torch.Randn([]int64{1, l, int64(c.InChannels)}, gen, torch.Float32, torch.CPU)
+	cond := torch.Randn([]int64{1, l, int64(c.InChannels)}, gen, torch.Float32, torch.CPU)
+	text := torch.Randn([]int64{1, benchTextTokens, int64(c.JointAttentionDim)}, gen, torch.Float32, torch.CPU)
+	pooled := torch.Randn([]int64{1, int64(c.PooledProjectionDim)}, gen, torch.Float32, torch.CPU)
+	img, err := ImageIDs(grid, grid, torch.Float32, torch.CPU)
+	require.NoError(b, err)
+	txt, err := TextIDs(benchTextTokens, torch.Float32, torch.CPU)
+	require.NoError(b, err)
+	return Input{
+		HiddenStates: x, EncoderHiddenStates: text, PooledProjections: pooled,
+		Timestep: torch.FromSlice([]float32{benchSigma}, 1), Guidance: torch.FromSlice([]float32{benchGuide}, 1),
+		ImgIDs: img, TxtIDs: txt,
+	}, cond
+}
+
+// BenchmarkFluxControlNetStep times one sampling step at 512² — ControlNet
+// forward, then the transformer with its residuals — of a full-width FLUX.1
+// transformer truncated to 2 double + 2 single blocks with a 2-block
+// ControlNet, float32 on the CPU, one libtorch thread, no autograd.
+// Building the weights takes a while; run it once:
+//
+//	go test ./flow/transformer -run '^$' -bench FluxControlNetStep -benchtime 1x
+//
+// and scripts/bench_flux.py for diffusers on the same libtorch. It logs the
+// output's mean |v| and a checksum, which the script prints too.
+func BenchmarkFluxControlNetStep(b *testing.B) {
+	threads := 1
+	if s := os.Getenv("DP2O_BENCH_THREADS"); s != "" {
+		n, err := strconv.Atoi(s)
+		require.NoError(b, err)
+		threads = n
+	}
+	defer torch.SetNumThreads(torch.NumThreads())
+	torch.SetNumThreads(threads)
+	f, cn := benchModels(b)
+	defer f.Close()
+	defer cn.Close()
+	s := torch.NewScope()
+	defer s.Close()
+	in, cond := benchInputs(b, f.Config)
+	var out *torch.Tensor
+	torch.NoGrad(func() {
+		step := func() {
+			if out != nil {
+				out.Close()
+			}
+			blocks, _, err := cn.Forward(in, cond, 1)
+			require.NoError(b, err)
+			in.ControlNetBlockSamples = blocks
+			out, err = f.Forward(in)
+			require.NoError(b, err)
+			for _, t := range blocks {
+				t.Close()
+			}
+		}
+		b.ResetTimer()
+		start := time.Now()
+		for range b.N {
+			step()
+		}
+		b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/step")
+	})
+	b.StopTimer()
+	b.Logf("threads=%d output %v mean|v| %.6f sum %.6f", threads, out.Shape(), out.Abs().Mean().Item(), out.Sum().Item())
+}
