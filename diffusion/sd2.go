@@ -1,6 +1,7 @@
 package diffusion
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"github.com/dp2osr/dp2o/diffusion/scheduler"
 	"github.com/dp2osr/dp2o/diffusion/unet"
 	"github.com/dp2osr/dp2o/diffusion/vae"
+	"github.com/dp2osr/dp2o/hub"
 	"github.com/dp2osr/dp2o/torch"
 )
 
@@ -41,6 +43,18 @@ type LoadOptions struct {
 	// NoAutocast turns off the float16 autocast region that the official
 	// script runs the pipeline in on CUDA.
 	NoAutocast bool
+	// Variant picks published weight variants ("fp16":
+	// diffusion_pytorch_model.fp16.safetensors, model.fp16.safetensors,
+	// ...) for the model folders that have them, as diffusers' pipelines;
+	// "" loads the regular files.
+	Variant string
+	// Revision of a base model id: branch, tag or commit ("" for main).
+	Revision string
+	// ControlNetRevision is the revision of a ControlNet model id.
+	ControlNetRevision string
+	// Hub resolves model ids and downloads what is missing (nil:
+	// hub.FromEnv() without progress bars).
+	Hub *hub.Client
 }
 
 // LoadSD2 loads a stable-diffusion-2-base folder (diffusers layout:
@@ -49,7 +63,28 @@ type LoadOptions struct {
 // ControlNet is built from the UNet the way ControlNetModel.from_unet does,
 // with a config.json beside the checkpoint taking precedence when present,
 // then loaded strictly: keys or shapes of another model are an error.
+//
+// base may also be a model id ("stabilityai/stable-diffusion-2-base") and
+// controlnetPath a model id or a file in a repository
+// ("org/name/dp2o-sd2/model.safetensors"): see FetchSD2 and
+// FetchControlNet, and LoadSD2Context to cancel downloads.
 func LoadSD2(base, controlnetPath string, o LoadOptions) (p *SD2, err error) {
+	return LoadSD2Context(context.Background(), base, controlnetPath, o)
+}
+
+// LoadSD2Context is LoadSD2 with a context for the downloads.
+func LoadSD2Context(ctx context.Context, base, controlnetPath string, o LoadOptions) (p *SD2, err error) {
+	c := o.Hub
+	if c == nil {
+		c = hub.FromEnv()
+		c.Progress = nil
+	}
+	if base, err = FetchSD2(ctx, c, base, o.Revision, o.Variant); err != nil {
+		return nil, fmt.Errorf("sd2: %w", err)
+	}
+	if controlnetPath, err = FetchControlNet(ctx, c, controlnetPath, o.ControlNetRevision, o.Variant); err != nil {
+		return nil, fmt.Errorf("sd2: controlnet checkpoint: %w", err)
+	}
 	if o.DType == 0 {
 		o.DType = torch.Float32
 		if o.Device.IsCUDA() {
@@ -65,19 +100,20 @@ func LoadSD2(base, controlnetPath string, o LoadOptions) (p *SD2, err error) {
 		return nil, fmt.Errorf("sd2: controlnet checkpoint: %w", err)
 	}
 	p = &SD2{DType: o.DType, Device: o.Device, Autocast: o.Device.IsCUDA() && !o.NoAutocast}
+	loaded := p // p is nil once an error is returned
 	defer func() {
 		if err != nil {
-			p.Close()
+			loaded.Close()
 			p = nil
 		}
 	}()
 	if p.Tokenizer, err = clip.LoadTokenizer(filepath.Join(base, "tokenizer")); err != nil {
 		return nil, fmt.Errorf("sd2: tokenizer: %w", err)
 	}
-	if p.TextEncoder, err = clip.LoadTextModel(filepath.Join(base, "text_encoder"), o.DType, o.Device); err != nil {
+	if p.TextEncoder, err = clip.LoadTextModelVariant(filepath.Join(base, "text_encoder"), componentVariant(filepath.Join(base, "text_encoder"), o.Variant), o.DType, o.Device); err != nil {
 		return nil, fmt.Errorf("sd2: text encoder: %w", err)
 	}
-	if p.UNet, err = unet.Load(filepath.Join(base, "unet"), o.DType, o.Device); err != nil {
+	if p.UNet, err = unet.LoadVariant(filepath.Join(base, "unet"), componentVariant(filepath.Join(base, "unet"), o.Variant), o.DType, o.Device); err != nil {
 		return nil, fmt.Errorf("sd2: unet: %w", err)
 	}
 	// A config.json beside the file must agree with the file's own
@@ -99,7 +135,7 @@ func LoadSD2(base, controlnetPath string, o LoadOptions) (p *SD2, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("sd2: controlnet %s: %w", controlnetPath, err)
 	}
-	if p.VAE, err = vae.Load(filepath.Join(base, "vae"), torch.Float32, o.Device); err != nil {
+	if p.VAE, err = vae.LoadVariant(filepath.Join(base, "vae"), componentVariant(filepath.Join(base, "vae"), o.Variant), torch.Float32, o.Device); err != nil {
 		return nil, fmt.Errorf("sd2: vae: %w", err)
 	}
 	if p.Scheduler, err = scheduler.LoadConfig(filepath.Join(base, "scheduler", "scheduler_config.json")); err != nil {
