@@ -60,13 +60,19 @@ func linear(l *nn.Linear, x *torch.Tensor) *torch.Tensor {
 
 // PositionBias is T5Attention.compute_bias for a block with
 // RelativeBias: (1, heads, n, n) in the bias table's dtype, entry
-// [0, h, i, j] = table[bucket(j − i), h] with bidirectional buckets.
+// [0, h, i, j] = table[bucket(j − i), h] with bidirectional buckets. The
+// buckets are computed once per distinct distance (2n−1 of them) and then
+// spread over the n×n pairs, which gives PyTorch's entries exactly.
 func (blk *Block) PositionBias(n int64, numBuckets, maxDistance int64) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
 	w := blk.RelativeBias.Weight
-	buckets := RelativePositionBucket(relativePositions(n, w.Device()), true, numBuckets, maxDistance)
-	values := torch.Embedding(w, buckets) // (n, n, heads)
+	dev := w.Device()
+	dist := torch.Arange(float64(1-n), float64(n), 1, torch.Int64, dev) // −(n−1) … n−1
+	buckets := RelativePositionBucket(dist, true, numBuckets, maxDistance)
+	// relativePositions + n − 1 indexes dist.
+	idx := buckets.IndexSelect(0, relativePositions(n, dev).AddScalar(float64(n-1)).To(torch.Int64).Flatten(0, 1))
+	values := torch.Embedding(w, idx.View([]int64{n, n})) // (n, n, heads)
 	return s.Keep(values.Permute([]int64{2, 0, 1}).Unsqueeze(0))
 }
 

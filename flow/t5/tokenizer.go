@@ -48,6 +48,7 @@ type Tokenizer struct {
 	split         bool   // Metaspace split before every ▁
 	added         []addedToken
 	addedByLen    []addedToken // longest first, for leftmost-longest matching
+	addedFirst    [256]bool    // first bytes of the added tokens
 	prefix        []int64      // template ids before $A
 	suffix        []int64      // template ids after $A (</s>)
 	padID         int64
@@ -106,6 +107,7 @@ func (t *Tokenizer) finish(pad, eos string) error {
 		if a.content == "" {
 			return errors.New("empty added token")
 		}
+		t.addedFirst[a.content[0]] = true
 	}
 	id, ok := t.tokenID(pad)
 	if !ok {
@@ -176,6 +178,9 @@ func (t *Tokenizer) appendText(e *encoding, text string) {
 }
 
 func (t *Tokenizer) addedAt(s string) (addedToken, bool) {
+	if !t.addedFirst[s[0]] {
+		return addedToken{}, false
+	}
 	for _, a := range t.addedByLen {
 		if strings.HasPrefix(s, a.content) {
 			return a, true
