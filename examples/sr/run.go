@@ -80,7 +80,8 @@ func run(c *cli.Context) error {
 		fmt.Println("      for real results: --pretrained_model_name_or_path stable-diffusion-2-base --controlnet_model_name_or_path dp2o-sd2/model.safetensors")
 	}
 	start := time.Now()
-	pipe, err := diffusion.LoadSD2(base, c.String("controlnet_model_name_or_path"), diffusion.LoadOptions{Device: dev, DType: dtype, NoAutocast: c.Bool("no_autocast")})
+	pipe, err := diffusion.LoadSD2(base, c.String("controlnet_model_name_or_path"), diffusion.LoadOptions{Device: dev, DType: dtype,
+		NoAutocast: c.Bool("no_autocast"), Revision: c.String("revision"), Variant: c.String("variant"), Hub: hubClient(c)})
 	if err != nil {
 		return err
 	}
