@@ -1,5 +1,7 @@
-// Command sr is the C-SD2 / DP²O-SD2 super-resolution CLI: the official
-// test_sd2b_controlnet.py in Go, with its flags and defaults.
+// Command sr is the DP²O-SR super-resolution CLI: the official
+// test_sd2b_controlnet.py (C-SD2 / DP²O-SD2, the default) and, with
+// --model flux, test_flux_controlnet.py (C-FLUX / DP²O-FLUX) in Go, with
+// their flags and defaults.
 //
 //	go run ./examples/sr \
 //	  --image_path photos/ --output_dir out/ \
@@ -28,9 +30,20 @@ func main() {
 func newApp() *cli.App {
 	return &cli.App{
 		Name:      "sr",
-		Usage:     "real-world image super-resolution with C-SD2 / DP²O-SD2 (SD2-base + ControlNet)",
+		Usage:     "real-world image super-resolution with C-SD2 / DP²O-SD2 (SD2-base + ControlNet) or, with --model flux, C-FLUX / DP²O-FLUX (FLUX.1-dev + ControlNet)",
 		UsageText: "sr [flags]   (defaults: the bundled tiny model on the bundled sample image)",
-		Flags:     flags(),
-		Action:    run,
+		Flags:     append(flags(), fluxFlags()...),
+		Action:    dispatch,
 	}
+}
+
+// dispatch runs the pipeline --model names.
+func dispatch(c *cli.Context) error {
+	switch c.String("model") {
+	case "sd2":
+		return run(c)
+	case "flux":
+		return runFlux(c)
+	}
+	return fmt.Errorf("--model must be sd2 or flux, got %q", c.String("model"))
 }

@@ -1,0 +1,99 @@
+package flow
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dp2osr/dp2o/flow/transformer"
+	"github.com/dp2osr/dp2o/internal/testutil"
+	"github.com/dp2osr/dp2o/torch"
+)
+
+// Tolerances of the t5_encoder (last_hidden_state) and clip_l
+// (pooler_output) READMEs.
+const (
+	t5Tol   = 1e-4
+	clipTol = 2e-5
+)
+
+func link(t testing.TB, src, dst string) {
+	t.Helper()
+	abs, err := filepath.Abs(src)
+	require.NoError(t, err)
+	require.NoError(t, os.Symlink(abs, dst))
+}
+
+// fullFluxFolder is fluxFolder with the text side too: FLUX's tokenizer/
+// (its configs with the CLIP BPE files, which the clip_l README states equal
+// the SD2 tokenizer fixture's), text_encoder/ (flux/clip_l), tokenizer_2/
+// (flux/t5_tokenizer) and text_encoder_2/ (flux/t5_encoder).
+func fullFluxFolder(t testing.TB) (base, controlnet string) {
+	t.Helper()
+	base, controlnet = fluxFolder(t)
+	tok := filepath.Join(base, "tokenizer")
+	require.NoError(t, os.Mkdir(tok, 0o755))
+	link(t, testutil.Fixture(t, "sd2/clip_tokenizer/vocab.json"), filepath.Join(tok, "vocab.json"))
+	link(t, testutil.Fixture(t, "sd2/clip_tokenizer/merges.txt"), filepath.Join(tok, "merges.txt"))
+	for _, f := range []string{"tokenizer_config.json", "special_tokens_map.json"} {
+		link(t, testutil.Fixture(t, "flux/clip_l/tokenizer/"+f), filepath.Join(tok, f))
+	}
+	for sub, rel := range map[string]string{"text_encoder": "flux/clip_l", "text_encoder_2": "flux/t5_encoder"} {
+		d := filepath.Join(base, sub)
+		require.NoError(t, os.Mkdir(d, 0o755))
+		link(t, testutil.Fixture(t, rel+"/config.json"), filepath.Join(d, "config.json"))
+		link(t, testutil.Weights(t, rel+"/model.safetensors"), filepath.Join(d, "model.safetensors"))
+	}
+	link(t, testutil.Fixture(t, "flux/t5_tokenizer"), filepath.Join(base, "tokenizer_2"))
+	return base, controlnet
+}
+
+// TestTextToImage runs the pipeline from the prompt text: both tokenizers
+// give the reference ids, EncodePrompt the reference embeddings, and
+// Sample the reference image.
+func TestTextToImage(t *testing.T) {
+	testutil.NoLeak(t)
+	r := readReport(t)
+	dev := testutil.Device(t)
+	ref := testutil.Tensors(t, testutil.Fixture(t, "flux/pipeline/io.safetensors"))
+	base, cn := fullFluxFolder(t)
+	cc, err := transformer.LoadConfig(testutil.Fixture(t, "flux/controlnet/config.json"))
+	require.NoError(t, err)
+	o := LoadOptions{Device: dev, DType: torch.Float32, NumDoubleLayers: cc.NumLayers, NumSingleLayers: cc.NumSingleLayers}
+	p, err := LoadCFLUX(base, cn, o)
+	require.NoError(t, err)
+	defer p.Close()
+
+	rows, _ := p.Tokenizer.EncodeBatch(r.Prompts)
+	var flat []int64
+	for _, row := range rows {
+		flat = append(flat, row...)
+	}
+	clipIDs := torch.FromSlice(flat, int64(len(rows)), int64(p.Tokenizer.MaxLength()))
+	defer clipIDs.Close()
+	testutil.AssertEqual(t, "clip_input_ids", clipIDs, ref["clip_input_ids"])
+	t5IDs, err := p.Tokenizer2.EncodeTensor(r.Prompts, int(ref["t5_input_ids"].Size(1)))
+	require.NoError(t, err)
+	defer t5IDs.Close()
+	testutil.AssertEqual(t, "t5_input_ids", t5IDs, ref["t5_input_ids"])
+
+	p.MaxSequenceLength = int(ref["t5_input_ids"].Size(1))
+	var emb *PromptEmbeds
+	torch.NoGrad(func() { emb, err = p.EncodePrompt(r.Prompts) })
+	require.NoError(t, err)
+	defer emb.Close()
+	testutil.AssertClose(t, "pooled_prompt_embeds", emb.Pooled, ref["pooled_prompt_embeds"], clipTol, 0)
+	testutil.AssertClose(t, "prompt_embeds", emb.Prompt, ref["prompt_embeds"], t5Tol, 0)
+	testutil.AssertEqual(t, "text_ids", emb.TextIDs, ref["text_ids"])
+
+	control, _ := controlImages(t, r)
+	so := DefaultSampleOptions()
+	so.Steps, so.GuidanceScale, so.ConditioningScale = r.Steps, r.GuidanceScale, r.ConditioningScale
+	img, err := p.Sample(context.Background(), control, r.Prompts, so, torch.MustGenerator(torch.CPU, r.Seed))
+	require.NoError(t, err)
+	defer img.Close()
+	testutil.AssertClose(t, "image_float", img, ref["image_float"], pipelineTol, 0)
+}
