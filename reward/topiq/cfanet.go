@@ -98,14 +98,19 @@ type Tap func(name string, t *torch.Tensor)
 
 // New builds CFANet from b with pyiqa's state-dict keys.
 func New(b *nn.Builder, cfg Config) (m *Model, err error) {
+	defer func() {
+		if err != nil && m != nil {
+			m.Close()
+			m = nil
+		}
+	}()
 	defer torch.Recover(&err)
 	if cfg.NumClass != 1 || cfg.InterDim%2 != 0 || cfg.NumHeads <= 0 || cfg.InterDim%cfg.NumHeads != 0 {
 		return nil, fmt.Errorf("topiq: unsupported config (num_class %d, inter_dim %d, heads %d): one score, an even inter_dim divisible by the heads",
 			cfg.NumClass, cfg.InterDim, cfg.NumHeads)
 	}
 	m = &Model{cfg: cfg}
-	m.backbone, err = resnet.New(b.Sub("semantic_model"), cfg.Backbone)
-	if err != nil {
+	if m.backbone, err = resnet.New(b.Sub("semantic_model"), cfg.Backbone); err != nil {
 		return nil, err
 	}
 	chans := cfg.Backbone.Channels()
@@ -159,7 +164,9 @@ func New(b *nn.Builder, cfg Config) (m *Model, err error) {
 
 // Close frees what the model owns beyond the builder's parameters.
 func (m *Model) Close() {
-	m.backbone.Close()
+	if m.backbone != nil {
+		m.backbone.Close()
+	}
 	m.mean.Close()
 	m.std.Close()
 }

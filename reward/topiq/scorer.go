@@ -65,8 +65,15 @@ func Open(name string, o reward.OpenOptions) (*Scorer, error) {
 		defer ms.Close()
 		src = ms
 	}
-	m, p, err := nn.Build(src, o.ComputeDType(), o.Device, func(b *nn.Builder) (*Model, error) { return New(b, cfg) })
+	b := nn.NewBuilder(src, o.ComputeDType(), o.Device)
+	m, err := New(b, cfg)
 	if err != nil {
+		b.Params().Close()
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	p, err := b.Finish()
+	if err != nil {
+		m.Close() // the folded backbone convolutions are the model's own
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return &Scorer{name: name, model: m, params: p, dev: o.Device}, nil

@@ -28,25 +28,28 @@ var ResNet50 = Config{Layers: [4]int{3, 4, 6, 3}, BNEps: 1e-5}
 // 1–4) of a bottleneck ResNet (timm's feature_info.channels()).
 func (c Config) Channels() []int64 { return []int64{64, 256, 512, 1024, 2048} }
 
-// convBN is a convolution with its BatchNorm folded in.
-type convBN struct {
+// ConvBN is a bias-free convolution with the eval-mode BatchNorm after it
+// folded in.
+type ConvBN struct {
 	w, b            *torch.Tensor
 	stride, padding []int64
 }
 
-func (c *convBN) forward(x *torch.Tensor) *torch.Tensor {
+// Forward convolves x with the folded weights.
+func (c *ConvBN) Forward(x *torch.Tensor) *torch.Tensor {
 	return torch.Conv2d(x, c.w, c.b, c.stride, c.padding, []int64{1, 1}, 1)
 }
 
-// newConvBN reads conv.weight (no bias) and the BatchNorm bn (weight, bias,
-// running_mean, running_var, num_batches_tracked) and folds them:
-// w' = w·γ/√(var+eps), b' = β − mean·γ/√(var+eps), computed in float32.
-func newConvBN(conv, bn *nn.Builder, in, out, k, stride int64, eps float64) *convBN {
+// NewConvBN reads conv.weight (out, in, k, k; no bias) and the BatchNorm bn
+// (weight, bias, running_mean, running_var, num_batches_tracked) and folds
+// them: w' = w·γ/√(var+eps), b' = β − mean·γ/√(var+eps), computed in
+// float32. The convolution pads k/2 on each side.
+func NewConvBN(conv, bn *nn.Builder, in, out, k, stride int64, eps float64) *ConvBN {
 	w := conv.Get("weight", out, in, k, k)
 	gamma, beta := bn.Get("weight", out), bn.Get("bias", out)
 	mean, vr := bn.Get("running_mean", out), bn.Get("running_var", out)
 	bn.Get("num_batches_tracked") // loaded for a strict key check, unused
-	c := &convBN{stride: []int64{stride, stride}, padding: []int64{k / 2, k / 2}}
+	c := &ConvBN{stride: []int64{stride, stride}, padding: []int64{k / 2, k / 2}}
 	for _, t := range []*torch.Tensor{w, gamma, beta, mean, vr} {
 		if t.Device().Type == torch.DeviceMeta {
 			// A missing or mis-shaped key (reported by Finish) or a
@@ -69,26 +72,27 @@ func newConvBN(conv, bn *nn.Builder, in, out, k, stride int64, eps float64) *con
 	return c
 }
 
-func (c *convBN) close() {
+// Close frees the folded weights.
+func (c *ConvBN) Close() {
 	c.w.Close()
 	c.b.Close()
 }
 
 // bottleneck is timm's Bottleneck (expansion 4).
 type bottleneck struct {
-	conv1, conv2, conv3 *convBN
-	down                *convBN // nil without a downsample branch
+	conv1, conv2, conv3 *ConvBN
+	down                *ConvBN // nil without a downsample branch
 }
 
 func (b *bottleneck) forward(x *torch.Tensor) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
-	h := b.conv1.forward(x).Relu()
-	h = b.conv2.forward(h).Relu()
-	h = b.conv3.forward(h)
+	h := b.conv1.Forward(x).Relu()
+	h = b.conv2.Forward(h).Relu()
+	h = b.conv3.Forward(h)
 	sc := x
 	if b.down != nil {
-		sc = b.down.forward(x)
+		sc = b.down.Forward(x)
 	}
 	return s.Keep(h.Add(sc).Relu())
 }
@@ -96,7 +100,7 @@ func (b *bottleneck) forward(x *torch.Tensor) *torch.Tensor {
 // ResNet is a features-only bottleneck ResNet.
 type ResNet struct {
 	cfg    Config
-	stem   *convBN
+	stem   *ConvBN
 	stages [4][]*bottleneck
 }
 
@@ -108,7 +112,7 @@ func New(b *nn.Builder, cfg Config) (*ResNet, error) {
 		return nil, fmt.Errorf("resnet: config without a BatchNorm eps")
 	}
 	r := &ResNet{cfg: cfg}
-	r.stem = newConvBN(b.Sub("conv1"), b.Sub("bn1"), 3, 64, 7, 2, cfg.BNEps)
+	r.stem = NewConvBN(b.Sub("conv1"), b.Sub("bn1"), 3, 64, 7, 2, cfg.BNEps)
 	r.stem.padding = []int64{3, 3}
 	in := int64(64)
 	for st, n := range cfg.Layers {
@@ -122,12 +126,12 @@ func New(b *nn.Builder, cfg Config) (*ResNet, error) {
 				stride = 2
 			}
 			blk := &bottleneck{
-				conv1: newConvBN(bb.Sub("conv1"), bb.Sub("bn1"), in, width, 1, 1, cfg.BNEps),
-				conv2: newConvBN(bb.Sub("conv2"), bb.Sub("bn2"), width, width, 3, stride, cfg.BNEps),
-				conv3: newConvBN(bb.Sub("conv3"), bb.Sub("bn3"), width, out, 1, 1, cfg.BNEps),
+				conv1: NewConvBN(bb.Sub("conv1"), bb.Sub("bn1"), in, width, 1, 1, cfg.BNEps),
+				conv2: NewConvBN(bb.Sub("conv2"), bb.Sub("bn2"), width, width, 3, stride, cfg.BNEps),
+				conv3: NewConvBN(bb.Sub("conv3"), bb.Sub("bn3"), width, out, 1, 1, cfg.BNEps),
 			}
 			if i == 0 {
-				blk.down = newConvBN(bb.Sub("downsample.0"), bb.Sub("downsample.1"), in, out, 1, stride, cfg.BNEps)
+				blk.down = NewConvBN(bb.Sub("downsample.0"), bb.Sub("downsample.1"), in, out, 1, stride, cfg.BNEps)
 			}
 			r.stages[st] = append(r.stages[st], blk)
 			in = out
@@ -142,7 +146,7 @@ func New(b *nn.Builder, cfg Config) (*ResNet, error) {
 // caller's scope.
 func (r *ResNet) Features(x *torch.Tensor) []*torch.Tensor {
 	feats := make([]*torch.Tensor, 0, 5)
-	h := r.stem.forward(x).Relu()
+	h := r.stem.Forward(x).Relu()
 	feats = append(feats, h)
 	h = torch.MaxPool2d(h, []int64{3, 3}, []int64{2, 2}, []int64{1, 1})
 	for _, st := range r.stages {
@@ -157,14 +161,14 @@ func (r *ResNet) Features(x *torch.Tensor) []*torch.Tensor {
 // Close frees the folded weights (the builder's own parameters are freed
 // with its Params).
 func (r *ResNet) Close() {
-	r.stem.close()
+	r.stem.Close()
 	for _, st := range r.stages {
 		for _, blk := range st {
-			blk.conv1.close()
-			blk.conv2.close()
-			blk.conv3.close()
+			blk.conv1.Close()
+			blk.conv2.Close()
+			blk.conv3.Close()
 			if blk.down != nil {
-				blk.down.close()
+				blk.down.Close()
 			}
 		}
 	}

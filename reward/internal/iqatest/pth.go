@@ -1,6 +1,7 @@
 package iqatest
 
 import (
+	"github.com/dp2osr/dp2o/torch"
 	"testing"
 
 	"github.com/dp2osr/dp2o/torch/nn"
@@ -26,6 +27,17 @@ func WritePth(tb testing.TB, path, topKey string, src nn.MapSource, rename func(
 		}
 	}
 	if err := pickle.Save(path, topKey, ts); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// WriteTensorPth writes one bare tensor as torch.save(tensor, path) (the
+// layout of published learned-prompt files).
+func WriteTensorPth(tb testing.TB, path string, t *torch.Tensor) {
+	tb.Helper()
+	c := t.Contiguous()
+	defer c.Close()
+	if err := pickle.SaveTensor(path, pickle.Tensor{DType: c.DType().SafetensorsCode(), Shape: c.Shape(), Data: c.Bytes()}); err != nil {
 		tb.Fatal(err)
 	}
 }
