@@ -125,16 +125,20 @@ func (blk *Block) feedForward(x *torch.Tensor) *torch.Tensor {
 const float16Max = 65504
 
 // clampFloat16 is T5Block's guard for float16 activations: clamp to
-// ±(max − 1000) when any entry is infinite, else to ±max.
+// ±(max − 1000) when any entry is infinite, else to ±max. It is computed
+// in float32 (libtorch's CPU clamp has no float16 kernel), which gives the
+// float16 clamp's values exactly: every float16 is a float32, and the bound
+// is rounded to float16 either way.
 func clampFloat16(h *torch.Tensor) *torch.Tensor {
 	if h.DType() != torch.Float16 {
 		return h
 	}
 	s := torch.NewScope()
 	defer s.Close()
+	f := h.To(torch.Float32)
 	v := float64(float16Max)
-	if h.Isfinite().LogicalNot().LogicalAnd(h.Isnan().LogicalNot()).Any() {
+	if f.Isfinite().LogicalNot().LogicalAnd(f.Isnan().LogicalNot()).Any() {
 		v -= 1000
 	}
-	return s.Keep(h.Clamp(-v, v))
+	return s.Keep(f.Clamp(-v, v).To(torch.Float16))
 }
