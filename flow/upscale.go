@@ -77,7 +77,7 @@ func (p *CFLUX) Upscale(ctx context.Context, img *imageio.RGB8, o UpscaleOptions
 	if err != nil {
 		return nil, err
 	}
-	defer control.Close()
+	defer func() { control.Close() }() // control is replaced when padded
 	if pw != proc.W || ph != proc.H {
 		padded := torch.Scoped(func() *torch.Tensor {
 			return control.Pad([]int64{0, int64(pw - proc.W), 0, int64(ph - proc.H)}, torch.PadReplicate, 0)
