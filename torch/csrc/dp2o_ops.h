@@ -198,6 +198,9 @@ dp2o_err dp2o_nonzero(dp2o_tensor self_, dp2o_tensor *out);
 dp2o_err dp2o_to_dtype(dp2o_tensor self_, int dtype_, dp2o_tensor *out);
 dp2o_err dp2o_to_device(dp2o_tensor self_, int64_t devType, int64_t devIndex, int nonBlocking_, dp2o_tensor *out);
 dp2o_err dp2o_to_float(dp2o_tensor self_, dp2o_tensor *out);
+/* vision.def */
+dp2o_err dp2o_contiguous_channels_last(dp2o_tensor self_, dp2o_tensor *out);
+dp2o_err dp2o_is_channels_last(dp2o_tensor self_, int *out);
 
 #ifdef __cplusplus
 }
