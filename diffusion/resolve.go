@@ -64,6 +64,9 @@ func FetchSD2(ctx context.Context, c *hub.Client, nameOrPath, revision, variant 
 	for _, comp := range sd2Components {
 		w, err := pickWeights(files, comp.name, comp.weights, variant)
 		if err != nil {
+			if c.Offline {
+				err = fmt.Errorf("%w: %w", hub.ErrOffline, err)
+			}
 			return "", fmt.Errorf("%s@%s: %w", nameOrPath, revision, err)
 		}
 		need = append(need, w)

@@ -283,6 +283,13 @@ func TestLoadSD2FromModelIDs(t *testing.T) {
 	_, err = LoadSD2("org/tiny-sd2", "org/dp2o-sr/c-sd2.safetensors", LoadOptions{Device: torch.CPU, Hub: &off})
 	require.ErrorIs(t, err, hub.ErrOffline)
 	require.ErrorContains(t, err, "c-sd2.safetensors")
+	p, err = LoadSD2("org/tiny-sd2", "org/dp2o-sr/dp2o-sd2/model.safetensors", LoadOptions{Device: torch.CPU, Hub: &off, Revision: baseCommit})
+	require.NoError(t, err, "a commit hash resolves offline too")
+	p.Close()
+	require.NoError(t, os.RemoveAll(filepath.Join(off.SnapshotDir("org/tiny-sd2", baseCommit), "vae")))
+	_, err = LoadSD2("org/tiny-sd2", "org/dp2o-sr/dp2o-sd2/model.safetensors", LoadOptions{Device: torch.CPU, Hub: &off})
+	require.ErrorIs(t, err, hub.ErrOffline)
+	require.ErrorContains(t, err, "vae/")
 	require.Empty(t, srv.Requests())
 
 	// Unknown ids and missing files say so.
