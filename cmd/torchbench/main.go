@@ -1,22 +1,28 @@
-// Command torchbench measures the per-call overhead of the Go binding next
-// to scripts/bench_torch.py, which measures PyTorch on the same libtorch:
+// Command torchbench measures the per-call overhead of the Go binding in one
+// run against its two references on the same libtorch: a bare C++ loop of
+// the same ATen call (in the shim, no C ABI crossing) and PyTorch
+// (scripts/bench_torch.py, run as a subprocess with -python). The cases are
 // a 1×1 float32 add (results freed by a scope every 1000 ops, or closed one
 // by one) and a 2048×2048 float32 matmul, with one intra-op thread and with
 // libtorch's default thread count. Each figure is the best of -repeat runs,
-// as Python's timeit reports.
+// as Python's timeit reports, in process CPU time (not wall time: other load
+// on the machine stays out of it). The summary gives each binding's overhead, its
+// time above the bare C++ loop, and the Go/Python ratio of overheads.
 //
-//	go run ./cmd/torchbench
-//	/usr/bin/python3 scripts/bench_torch.py
+//	go run ./cmd/torchbench -threads 1
 package main
 
 import (
 	"flag"
 	"fmt"
+	"math"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/dp2osr/dp2o/torch"
@@ -29,6 +35,8 @@ func main() {
 	largeN := flag.Int("large-n", 1, "matmuls per run")
 	size := flag.Int64("size", 2048, "matrix side of the large matmul")
 	threadList := flag.String("threads", "", "comma-separated intra-op thread counts (default: 1, libtorch's default and the number of CPUs)")
+	python := flag.String("python", "/usr/bin/python3", "Python with torch for scripts/bench_torch.py (empty: skip PyTorch)")
+	script := flag.String("script", "scripts/bench_torch.py", "the PyTorch side of the benchmark")
 	flag.Parse()
 	var threads []int
 	for _, f := range strings.Split(*threadList, ",") {
@@ -42,24 +50,49 @@ func main() {
 		}
 		threads = append(threads, n)
 	}
-	if err := run(threads, *repeat, *largeRepeat, *smallN, *largeN, *size); err != nil {
+	if err := run(threads, *repeat, *largeRepeat, *smallN, *largeN, *size, *python, *script); err != nil {
 		fmt.Fprintln(os.Stderr, "torchbench:", err)
 		os.Exit(1)
 	}
 }
 
-// best returns the smallest time per op over repeat runs of f(n).
+// cpuNow is the process's CPU time (user + system). All three sides of the
+// benchmark count CPU time rather than wall time, so that other load on the
+// machine does not enter the figures; Go's is the whole process's, garbage
+// collector included.
+func cpuNow() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		panic(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// best returns the smallest CPU time per op over repeat runs of f(n).
 func best(repeat, n int, f func(n int)) float64 {
 	b := time.Duration(1<<63 - 1)
 	for range repeat {
-		start := time.Now()
+		start := cpuNow()
 		f(n)
-		b = min(b, time.Since(start))
+		b = min(b, cpuNow()-start)
 	}
 	return float64(b.Nanoseconds()) / float64(n)
 }
 
-func run(threads []int, repeat, largeRepeat, smallN, largeN int, size int64) (err error) {
+// bestBare is best for the shim's C++ loop, which times itself.
+func bestBare(repeat, n int, loop torch.BareLoop) float64 {
+	b := math.Inf(1)
+	for range repeat {
+		ns, err := torch.BareAddNs(n, loop)
+		if err != nil {
+			panic(err)
+		}
+		b = min(b, ns)
+	}
+	return b
+}
+
+func run(threads []int, repeat, largeRepeat, smallN, largeN int, size int64, python, script string) (err error) {
 	defer torch.Recover(&err)
 	defaultThreads := torch.NumThreads()
 	fmt.Printf("libtorch %s, default threads %d\n", torch.Version(), defaultThreads)
@@ -102,11 +135,59 @@ func run(threads []int, repeat, largeRepeat, smallN, largeN int, size int64) (er
 		threads = slices.Compact(threads)
 	}
 	for _, th := range threads {
+		var py map[string]float64
+		if python != "" {
+			// PyTorch first, in its own process, so that it does not
+			// compete with the Go loops.
+			if py, err = runPython(python, script, th, repeat, largeRepeat, smallN, largeN, size); err != nil {
+				fmt.Fprintf(os.Stderr, "torchbench: PyTorch side skipped: %v\n", err)
+			}
+		}
 		torch.SetNumThreads(th)
-		fmt.Printf("go threads=%d AddSmall      %12.1f ns/op\n", th, best(repeat, smallN, addScoped))
-		fmt.Printf("go threads=%d AddSmallClose %12.1f ns/op\n", th, best(repeat, smallN, addClose))
-		fmt.Printf("go threads=%d MatmulLarge   %12.1f ns/op\n", th, best(largeRepeat, largeN, matmul))
+		bare := bestBare(repeat, smallN, torch.BareATen)
+		bareHandles := bestBare(repeat, smallN, torch.BareHandles)
+		bareScoped := bestBare(repeat, smallN, torch.BareScoped)
+		goAdd := best(repeat, smallN, addScoped)
+		fmt.Printf("c++ threads=%d AddSmall      %12.1f ns/op  (bare at::add loop)\n", th, bare)
+		fmt.Printf("c++ threads=%d AddSmallShim  %12.1f ns/op  (+ shim handle wrap/free)\n", th, bareHandles)
+		fmt.Printf("c++ threads=%d AddSmallBatch %12.1f ns/op  (+ handles freed 1000 at a time, as a scope)\n", th, bareScoped)
+		fmt.Printf("go  threads=%d AddSmall      %12.1f ns/op\n", th, goAdd)
+		fmt.Printf("go  threads=%d AddSmallClose %12.1f ns/op\n", th, best(repeat, smallN, addClose))
+		fmt.Printf("go  threads=%d MatmulLarge   %12.1f ns/op\n", th, best(largeRepeat, largeN, matmul))
+		if pyAdd, ok := py["AddSmall"]; ok {
+			fmt.Printf("py  threads=%d AddSmall      %12.1f ns/op\n", th, pyAdd)
+			fmt.Printf("py  threads=%d MatmulLarge   %12.1f ns/op\n", th, py["MatmulLarge"])
+			goOver, pyOver := goAdd-bare, pyAdd-bare
+			fmt.Printf("overhead above bare C++ (threads=%d): Go %.1f ns, Python %.1f ns, Go/Python %.2f\n", th, goOver, pyOver, goOver/pyOver)
+		}
 	}
 	torch.SetNumThreads(defaultThreads)
 	return nil
+}
+
+// runPython runs the PyTorch side for one thread count and returns its
+// figures by case name (AddSmall, MatmulLarge), in ns/op.
+func runPython(python, script string, threads, repeat, largeRepeat, smallN, largeN int, size int64) (map[string]float64, error) {
+	cmd := exec.Command(python, script, "--threads", strconv.Itoa(threads), "--repeat", strconv.Itoa(repeat),
+		"--large-repeat", strconv.Itoa(largeRepeat), "--small-n", strconv.Itoa(smallN), "--large-n", strconv.Itoa(largeN),
+		"--size", strconv.FormatInt(size, 10))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", python, script, err)
+	}
+	res := map[string]float64{}
+	for _, line := range strings.Split(string(out), "\n") {
+		// python threads=1 AddSmall   123.4 ns/op
+		f := strings.Fields(line)
+		if len(f) == 5 && f[0] == "python" && f[4] == "ns/op" {
+			if v, err := strconv.ParseFloat(f[3], 64); err == nil {
+				res[f[2]] = v
+			}
+		}
+	}
+	if len(res) == 0 {
+		return nil, fmt.Errorf("%s printed no figures", script)
+	}
+	return res, nil
 }

@@ -82,6 +82,8 @@ dp2o_err dp2o_gen_seed(dp2o_gen g, uint64_t *out);
 dp2o_err dp2o_gen_get_state(dp2o_gen g, dp2o_tensor *out);
 dp2o_err dp2o_gen_set_state(dp2o_gen g, dp2o_tensor state);
 dp2o_err dp2o_manual_seed(uint64_t seed);
+/* benchmark reference loops (bench.cpp) */
+dp2o_err dp2o_bench_aten_add(int64_t n, int mode, double *ns);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,31 @@
+package torch
+
+// #include "csrc/dp2o.h"
+import "C"
+
+// BareLoop selects what the C++ reference loop of BareAddNs does with each
+// result.
+type BareLoop int
+
+const (
+	// BareATen destroys each at::add result at once: ATen alone.
+	BareATen BareLoop = iota
+	// BareHandles wraps each result in a shim handle and frees it at once,
+	// as a Go op followed by Close does, without the cgo crossings.
+	BareHandles
+	// BareScoped wraps each result in a handle and frees the handles 1000
+	// at a time, as a Go scope closing every 1000 ops does.
+	BareScoped
+)
+
+// BareAddNs is the per-op benchmark's reference (cmd/torchbench): the mean
+// process CPU nanoseconds of n calls of at::add on two 1×1 float32 tensors,
+// looped in C++ inside the shim without crossing into Go. The binding's
+// overhead is a Go op's time above it.
+func BareAddNs(n int, loop BareLoop) (float64, error) {
+	var ns C.double
+	if err := C.dp2o_bench_aten_add(C.int64_t(n), C.int(loop), &ns); err != nil {
+		return 0, errOf(err, "bench_aten_add")
+	}
+	return float64(ns), nil
+}
