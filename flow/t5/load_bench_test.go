@@ -1,0 +1,141 @@
+package t5
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dp2osr/dp2o/internal/testutil"
+	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/nn"
+)
+
+// procStatus reads the kB fields of /proc/self/status.
+func procStatus(tb testing.TB) map[string]int64 {
+	tb.Helper()
+	f, err := os.Open("/proc/self/status")
+	require.NoError(tb, err)
+	defer f.Close()
+	out := map[string]int64{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		fs := strings.Fields(v)
+		if !ok || len(fs) != 2 || fs[1] != "kB" {
+			continue
+		}
+		n, err := strconv.ParseInt(fs[0], 10, 64)
+		if err == nil {
+			out[k] = n << 10
+		}
+	}
+	return out
+}
+
+// BenchmarkLoadSharded writes a sharded bfloat16 checkpoint of FLUX's
+// T5-XXL truncated to DP2O_BENCH_LOAD_LAYERS blocks (default 2; 24 is the
+// whole 9.5 GB model) with random weights, one shard per block as
+// published, then loads it with LoadEncoder into bfloat16 on the CPU and
+// reports the checkpoint size, the growth of anonymous memory (the one copy
+// of the weights libtorch holds), the peak resident set during the load
+// (which also counts the mapped file pages read, page cache that is not
+// copied) and what the Go heap allocated during the load. It runs
+// only with DP2O_BENCH_LOAD=1 (it writes the checkpoint to a temporary
+// folder).
+func BenchmarkLoadSharded(b *testing.B) {
+	if os.Getenv("DP2O_BENCH_LOAD") != "1" {
+		b.Skip("set DP2O_BENCH_LOAD=1 to write and load a large sharded checkpoint")
+	}
+	layers := 2
+	if s := os.Getenv("DP2O_BENCH_LOAD_LAYERS"); s != "" {
+		var err error
+		layers, err = strconv.Atoi(s)
+		require.NoError(b, err)
+	}
+	root := testutil.Fixture(b, "flux/keys/t5_xxl_encoder")
+	cfg, err := LoadConfig(filepath.Join(root, "config.json"))
+	require.NoError(b, err)
+	cfg.NumLayers = layers
+	dir := b.TempDir()
+	cfgData, err := json.Marshal(cfg)
+	require.NoError(b, err)
+	require.NoError(b, os.WriteFile(filepath.Join(dir, "config.json"), cfgData, 0o644))
+
+	// Shapes from a meta-device build; one shard per block, the rest in the last.
+	mb := nn.NewBuilder(nil, torch.BFloat16, torch.Meta)
+	_, err = NewEncoder(mb, cfg)
+	require.NoError(b, err)
+	meta, err := mb.Finish()
+	require.NoError(b, err)
+	shapes := mb.Requested()
+	meta.Close()
+	groups := map[string][]string{}
+	for k := range shapes {
+		g := "rest"
+		if rest, ok := strings.CutPrefix(k, "encoder.block."); ok {
+			g, _, _ = strings.Cut(rest, ".")
+		}
+		groups[g] = append(groups[g], k)
+	}
+	var order []string
+	for g := range groups {
+		order = append(order, g)
+	}
+	sort.Strings(order)
+	weightMap := map[string]string{}
+	var size int64
+	gen := torch.MustGenerator(torch.CPU, 0)
+	for i, g := range order {
+		file := fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, len(order))
+		var list []safetensorsTensor
+		for _, k := range groups[g] {
+			t := torch.Unscope(torch.Empty(shapes[k], torch.BFloat16, torch.CPU))
+			t.Uniform_(-0.05, 0.05, gen)
+			list = append(list, safetensorsTensor{k, t})
+			weightMap[k] = file
+			size += t.Numel() * 2
+		}
+		require.NoError(b, saveTensors(filepath.Join(dir, file), list))
+		for _, x := range list {
+			x.t.Close()
+		}
+	}
+	data, err := json.Marshal(map[string]any{"metadata": map[string]any{"total_size": size}, "weight_map": weightMap})
+	require.NoError(b, err)
+	require.NoError(b, os.WriteFile(filepath.Join(dir, IndexFile), data, 0o644))
+	runtime.GC()
+	debug.FreeOSMemory()
+
+	b.ResetTimer()
+	for range b.N {
+		// Reset the peak resident set (Linux: clear_refs 5).
+		require.NoError(b, os.WriteFile("/proc/self/clear_refs", []byte("5"), 0))
+		before := procStatus(b)
+		var ms0, ms1 runtime.MemStats
+		runtime.ReadMemStats(&ms0)
+		start := time.Now()
+		e, err := LoadEncoder(dir, torch.BFloat16, torch.CPU)
+		require.NoError(b, err)
+		elapsed := time.Since(start)
+		after := procStatus(b)
+		runtime.ReadMemStats(&ms1)
+		mib := func(n int64) float64 { return float64(n) / (1 << 20) }
+		b.ReportMetric(mib(size), "ckpt-MiB")
+		b.ReportMetric(mib(after["RssAnon"]-before["RssAnon"]), "anon-growth-MiB")
+		b.ReportMetric(mib(after["VmHWM"]-before["VmRSS"]), "peak-rss-growth-MiB")
+		b.ReportMetric(mib(int64(ms1.TotalAlloc-ms0.TotalAlloc)), "go-alloc-MiB")
+		b.ReportMetric(float64(elapsed.Milliseconds()), "load-ms")
+		e.Close()
+	}
+}
