@@ -9,7 +9,8 @@ FluxTransformer2DModel (flux/transformer) and the ControlNet built with
 FluxControlNetModel.from_transformer(num_layers, num_single_layers of
 flux/controlnet/config.json) and loaded from flux/controlnet/model.safetensors,
 as the fixture pipeline did; inputs: step 0 of flux/pipeline/io.safetensors.
-Before timing it checks the step's noise_pred and latents_out against the fixture.
+It prints wall-clock and process CPU time per step (the latter is the
+steadier number on a shared machine). Before timing it checks the step's noise_pred and latents_out against the fixture.
 
     PYTHONPATH=/work/refenv-py HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/bench_flux_pipeline_step.py
     go test ./flow -run '^$' -bench PipelineStep
@@ -92,11 +93,12 @@ def main():
         for n in sorted({1, default}):
             torch.set_num_threads(n)
             step()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for _ in range(args.iters):
                 step()
             ms = (time.perf_counter() - t0) * 1000 / args.iters
-            print(f"threads={n}: {ms:.3f} ms/step ({args.iters} iterations)")
+            cpu = (time.process_time() - c0) * 1000 / args.iters
+            print(f"threads={n}: {ms:.3f} ms/step, {cpu:.3f} cpu-ms/step ({args.iters} iterations)")
 
 
 if __name__ == "__main__":
