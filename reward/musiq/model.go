@@ -1,0 +1,245 @@
+// Package musiq is pyiqa's MUSIQ (multi-scale image quality transformer)
+// with the KonIQ-10k head: no-reference, higher-is-better. Importing the
+// package registers "musiq" with reward.Open.
+//
+// Preprocessing happens inside the network as in pyiqa: the image is mapped
+// to [-1, 1], resized (bicubic, no antialias, aspect ratio kept, sizes
+// rounded half to even) so that its longer side is 224 and 384, and cut with
+// the original resolution into 32×32 patches (TensorFlow SAME padding) with
+// hashed spatial positions, scale ids and a padding mask.
+package musiq
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/nn"
+)
+
+// Config is a MUSIQ configuration (pyiqa's constructor arguments).
+type Config struct {
+	PatchSize, PatchStride   int64
+	HashGridSize             int64
+	LongerSideLengths        []int64
+	UseOriginalRes           bool  // max_seq_len_from_original_res is not None
+	MaxSeqLenFromOriginalRes int64 // -1: every patch of the original resolution
+	Hidden, MLPDim           int64
+	Heads, Layers            int64
+	NumScales                int64
+	NumClass                 int64 // 1 (KonIQ, SPAQ, PaQ-2-PiQ heads; dist_to_mos is the identity)
+}
+
+// KonIQ is pyiqa's "musiq" (musiq_koniq_ckpt).
+var KonIQ = Config{
+	PatchSize: 32, PatchStride: 32, HashGridSize: 10, LongerSideLengths: []int64{224, 384},
+	UseOriginalRes: true, MaxSeqLenFromOriginalRes: -1,
+	Hidden: 384, MLPDim: 1152, Heads: 6, Layers: 14, NumScales: 3, NumClass: 1,
+}
+
+const resnetTokenDim = 64
+
+// stdConv is pyiqa's StdConv (weight standardisation, TF SAME padding, no
+// bias). The standardised weight is computed once: the same ops pyiqa
+// repeats at every call, so the same values.
+type stdConv struct {
+	w         *torch.Tensor
+	k, stride int64
+}
+
+func newStdConv(b *nn.Builder, in, out, k, stride int64) *stdConv {
+	w := b.Get("weight", out, in, k, k)
+	c := &stdConv{k: k, stride: stride}
+	if w.Device().Type == torch.DeviceMeta {
+		c.w = torch.Unscope(w.Alias())
+		return c
+	}
+	c.w = torch.Unscope(torch.Scoped(func() *torch.Tensor {
+		dims := []int64{1, 2, 3}
+		ws := w.Sub(w.MeanDims(dims, true))
+		return ws.Div(ws.Std(dims, true, true).AddScalar(1e-5))
+	}))
+	return c
+}
+
+func (c *stdConv) forward(x *torch.Tensor) *torch.Tensor {
+	t, b := samePad(x.Size(2), c.k, c.stride)
+	l, r := samePad(x.Size(3), c.k, c.stride)
+	if t+b+l+r > 0 {
+		x = x.Pad([]int64{l, r, t, b}, torch.PadConstant, 0)
+	}
+	return torch.Conv2d(x, c.w, nil, []int64{c.stride, c.stride}, []int64{0, 0}, []int64{1, 1}, 1)
+}
+
+// bottleneck is pyiqa's MUSIQ Bottleneck (GroupNorm 32, eps 1e-4).
+type bottleneck struct {
+	conv1, conv2, conv3, proj *stdConv
+	gn1, gn2, gn3, gnProj     *nn.GroupNorm
+}
+
+func newBottleneck(b *nn.Builder, in, out int64) *bottleneck {
+	w := in
+	bb := &bottleneck{
+		conv1: newStdConv(b.Sub("conv1"), in, w, 1, 1), gn1: nn.NewGroupNorm(b.Sub("gn1"), 32, w, 1e-4),
+		conv2: newStdConv(b.Sub("conv2"), w, w, 3, 1), gn2: nn.NewGroupNorm(b.Sub("gn2"), 32, w, 1e-4),
+		conv3: newStdConv(b.Sub("conv3"), w, out, 1, 1), gn3: nn.NewGroupNorm(b.Sub("gn3"), 32, out, 1e-4),
+	}
+	if in != out {
+		bb.proj = newStdConv(b.Sub("conv_proj"), in, out, 1, 1)
+		bb.gnProj = nn.NewGroupNorm(b.Sub("gn_proj"), 32, out, 1e-4)
+	}
+	return bb
+}
+
+func (b *bottleneck) forward(x *torch.Tensor) *torch.Tensor {
+	id := x
+	if b.proj != nil {
+		id = b.gnProj.Forward(b.proj.forward(x))
+	}
+	h := b.gn1.Forward(b.conv1.forward(x)).Relu()
+	h = b.gn2.Forward(b.conv2.forward(h)).Relu()
+	h = b.gn3.Forward(b.conv3.forward(h))
+	return h.Add(id).Relu()
+}
+
+// block is a pre-LN transformer block with MUSIQ's masked attention.
+type block struct {
+	norm1, norm2 *nn.LayerNorm
+	q, k, v, out *nn.Linear
+	fc1, fc2     *nn.Linear
+	heads        int64
+}
+
+// Model is MUSIQ in eval mode.
+type Model struct {
+	cfg         Config
+	convRoot    *stdConv
+	gnRoot      *nn.GroupNorm
+	block1      *bottleneck
+	embedding   *nn.Linear
+	posEmb      *torch.Tensor // (1, G², Hidden)
+	scaleEmb    *torch.Tensor // (NumScales, Hidden)
+	cls         *torch.Tensor // (1, 1, Hidden)
+	blocks      []*block
+	encoderNorm *nn.LayerNorm
+	head        *nn.Linear
+}
+
+// Tap receives named intermediates (the fixture's io.json names without
+// the case prefix); t is valid only during the call.
+type Tap func(name string, t *torch.Tensor)
+
+// New builds MUSIQ from b with pyiqa's state-dict keys.
+func New(b *nn.Builder, cfg Config) (*Model, error) {
+	if cfg.NumClass != 1 || cfg.Heads <= 0 || cfg.Hidden%cfg.Heads != 0 || cfg.PatchSize%4 != 0 {
+		return nil, fmt.Errorf("musiq: unsupported config %+v", cfg)
+	}
+	tp := cfg.PatchSize / 4
+	m := &Model{
+		cfg:       cfg,
+		convRoot:  newStdConv(b.Sub("conv_root"), 3, resnetTokenDim, 7, 2),
+		gnRoot:    nn.NewGroupNorm(b.Sub("gn_root"), 32, resnetTokenDim, 1e-6),
+		block1:    newBottleneck(b.Sub("block1"), resnetTokenDim, 4*resnetTokenDim),
+		embedding: nn.NewLinear(b.Sub("embedding"), 4*resnetTokenDim*tp*tp, cfg.Hidden, true),
+		head:      nn.NewLinear(b.Sub("head"), cfg.Hidden, cfg.NumClass, true),
+	}
+	te := b.Sub("transformer_encoder")
+	m.posEmb = te.Get("posembed_input.position_emb", 1, cfg.HashGridSize*cfg.HashGridSize, cfg.Hidden)
+	m.scaleEmb = te.Get("scaleembed_input.scale_emb", cfg.NumScales, cfg.Hidden)
+	m.cls = te.Get("cls", 1, 1, cfg.Hidden)
+	m.encoderNorm = nn.NewLayerNorm(te.Sub("encoder_norm"), cfg.Hidden, 1e-6, true)
+	for i := int64(0); i < cfg.Layers; i++ {
+		bb := te.Sub(fmt.Sprintf("transformer.encoderblock_%d", i))
+		at := bb.Sub("attention")
+		d := cfg.Hidden
+		m.blocks = append(m.blocks, &block{
+			norm1: nn.NewLayerNorm(bb.Sub("norm1"), d, 1e-6, true), norm2: nn.NewLayerNorm(bb.Sub("norm2"), d, 1e-6, true),
+			q: nn.NewLinear(at.Sub("query"), d, d, true), k: nn.NewLinear(at.Sub("key"), d, d, true),
+			v: nn.NewLinear(at.Sub("value"), d, d, true), out: nn.NewLinear(at.Sub("out"), d, d, true),
+			fc1: nn.NewLinear(bb.Sub("mlp.fc1"), d, cfg.MLPDim, true), fc2: nn.NewLinear(bb.Sub("mlp.fc2"), cfg.MLPDim, d, true),
+			heads: cfg.Heads,
+		})
+	}
+	return m, nil
+}
+
+// Close frees the standardised convolution weights (the rest belongs to
+// the builder's Params).
+func (m *Model) Close() {
+	for _, c := range []*stdConv{m.convRoot, m.block1.conv1, m.block1.conv2, m.block1.conv3, m.block1.proj} {
+		if c != nil {
+			c.w.Close()
+		}
+	}
+}
+
+// attention is pyiqa's MUSIQ MultiHeadAttention: (q·kᵀ)·d^-½, −1000 where
+// either token is padding, softmax, ·v.
+func (b *block) attention(x, mask2d *torch.Tensor) *torch.Tensor {
+	n, l, c := x.Size(0), x.Size(1), x.Size(2)
+	hd := c / b.heads
+	split := func(t *torch.Tensor) *torch.Tensor {
+		return t.Reshape([]int64{n, l, b.heads, hd}).Permute([]int64{0, 2, 1, 3})
+	}
+	q, k, v := split(b.q.Forward(x)), split(b.k.Forward(x)), split(b.v.Forward(x))
+	a := q.Matmul(k.Transpose(-2, -1)).MulScalar(math.Pow(float64(hd), -0.5))
+	a = a.MaskedFill(mask2d, -1e3).Softmax(-1)
+	o := a.Matmul(v).Transpose(1, 2).Reshape([]int64{n, l, c})
+	return b.out.Forward(o)
+}
+
+func (b *block) forward(x, mask2d *torch.Tensor) *torch.Tensor {
+	x = x.Add(b.attention(b.norm1.Forward(x), mask2d))
+	return x.Add(b.fc2.Forward(b.fc1.Forward(b.norm2.Forward(x)).Gelu()))
+}
+
+// Forward scores a (N,3,H,W) batch in [0,1]: (N,1) in the caller's scope.
+func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
+	if tap == nil {
+		tap = func(string, *torch.Tensor) {}
+	}
+	s := torch.NewScope()
+	defer s.Close()
+	cfg := m.cfg
+	dt := m.cls.DType()
+	x = x.To(dt).SubScalar(0.5).MulScalar(2)
+	seq := cfg.Patches(x)
+	n, l, dim := seq.Size(0), seq.Size(1), seq.Size(2)
+	tap("tokens_meta", seq.Select(0, 0).Narrow(1, dim-3, 3))
+	pos := seq.Select(2, dim-3).To(torch.Int64)
+	scale := seq.Select(2, dim-2).To(torch.Int64)
+	mask := seq.Select(2, dim-1).To(torch.Bool)
+	pix := seq.Narrow(2, 0, dim-3)
+	tap("patch_pixels", pix)
+	h := pix.Reshape([]int64{-1, 3, cfg.PatchSize, cfg.PatchSize})
+	h = m.convRoot.forward(h)
+	tap("conv_root", h)
+	h = m.gnRoot.Forward(h)
+	tap("gn_root", h)
+	h = h.Relu()
+	t, b := samePad(h.Size(2), 3, 2)
+	lp, rp := samePad(h.Size(3), 3, 2)
+	h = torch.MaxPool2d(h.Pad([]int64{lp, rp, t, b}, torch.PadConstant, 0), []int64{3, 3}, []int64{2, 2}, []int64{0, 0})
+	tap("root_pool", h)
+	h = m.block1.forward(h)
+	tap("block1", h)
+	h = m.embedding.Forward(h.Permute([]int64{0, 2, 3, 1}).Reshape([]int64{n, l, -1}))
+	tap("embedding", h)
+	table := m.posEmb.SqueezeDim(0)
+	h = h.Add(table.IndexSelect(0, pos.Reshape([]int64{-1})).Reshape([]int64{n, l, -1}))
+	h = h.Add(m.scaleEmb.IndexSelect(0, scale.Reshape([]int64{-1})).Reshape([]int64{n, l, -1}))
+	h = torch.Cat([]*torch.Tensor{m.cls.Repeat([]int64{n, 1, 1}), h}, 1)
+	full := torch.Cat([]*torch.Tensor{torch.Ones([]int64{n, 1}, torch.Bool, mask.Device()), mask}, 1)
+	// mask_h * mask_w == 0: either token is padding.
+	keep := full.View([]int64{n, 1, l + 1, 1}).LogicalAnd(full.View([]int64{n, 1, 1, l + 1}))
+	drop := keep.LogicalNot()
+	tap("encoder_input", h)
+	for i, blk := range m.blocks {
+		h = blk.forward(h, drop)
+		tap(fmt.Sprintf("encoderblock_%d", i), h)
+	}
+	h = m.encoderNorm.Forward(h)
+	c := h.Select(1, 0)
+	tap("cls_feature", c)
+	return s.Keep(m.head.Forward(c))
+}
