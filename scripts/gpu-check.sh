@@ -47,4 +47,8 @@ if [ -e "$bins/diffusion_unet.test" ]; then
   echo "== full-size SD2-base UNet + ControlNet step, 512x512, batch 2, float16" | tee -a "$report"
   (cd diffusion/unet && DP2O_BENCH_FULL=1 "$OLDPWD/$bins/diffusion_unet.test" -test.run '^$' -test.bench 'FullSize' -test.benchtime 20x 2>&1) | grep -E 'Benchmark|ms/step|MiB' | tee -a "$report"
 fi
+if [ -e "$bins/flow_t5.test" ]; then
+  echo "== full-size T5-XXL encoder (FLUX text_encoder_2), 1x512 tokens, bfloat16" | tee -a "$report"
+  (cd flow/t5 && DP2O_BENCH_FULL=1 "$OLDPWD/$bins/flow_t5.test" -test.run '^$' -test.bench 'EncoderFullSize' -test.benchtime 10x 2>&1) | grep -E 'Benchmark|ms/op' | tee -a "$report"
+fi
 [ "$fail" -eq 0 ]
