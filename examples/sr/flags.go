@@ -17,7 +17,7 @@ func flags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "image_path", Value: defaultImages, Usage: "input image or folder (*.png *.jpg *.jpeg *.bmp *.tiff *.webp and upper-case variants, as the official glob; sorted)"},
 		&cli.StringFlag{Name: "output_dir", Value: defaultOutput, Usage: "output folder (created if missing)"},
-		&cli.StringFlag{Name: "prompt", Value: "", Usage: "text prompt (the official script computes RAM/DAPE tags; until the tagger lands, give the tags here)"},
+		&cli.StringFlag{Name: "prompt", Value: "", Usage: "text prompt for every image (default: each image's RAM/DAPE tags, with --ram_path and --dape_path, as the official script)"},
 		&cli.StringFlag{Name: "negative_prompt", Value: "dotted, noise, blur, lowres, smooth", Usage: "negative prompt for classifier-free guidance"},
 		&cli.IntFlag{Name: "sample_times", Value: 1, Usage: "samples per image; with more than one, each is written to <name>_<k>.png"},
 		&cli.IntFlag{Name: "num_inference_steps", Value: 50, Usage: "DDPM steps"},
@@ -40,8 +40,8 @@ func flags() []cli.Flag {
 		// Accepted for compatibility with the official script; unused there too.
 		&cli.BoolFlag{Name: "save_prompts", Usage: "unused (as in the official script)"},
 		&cli.StringFlag{Name: "suffix", Usage: "unused (as in the official script)"},
-		&cli.StringFlag{Name: "ram_path", Usage: "RAM checkpoint (the tagger is not ported yet: use --prompt)"},
-		&cli.StringFlag{Name: "dape_path", Usage: "DAPE checkpoint (the tagger is not ported yet: use --prompt)"},
+		&cli.StringFlag{Name: "ram_path", Usage: "RAM checkpoint (ram_swin_large_14m.pth) that tags each image for its prompt when --prompt is not given (the official default is preset/models/ram_swin_large_14m.pth)"},
+		&cli.StringFlag{Name: "dape_path", Usage: "DAPE LoRA checkpoint (DAPE.pth) merged into RAM (the official default is preset/models/DAPE.pth)"},
 		&cli.BoolFlag{Name: "enable_xformers_memory_efficient_attention", Usage: "unused: libtorch's fused attention is used on CUDA"},
 	}
 }

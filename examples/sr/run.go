@@ -89,6 +89,12 @@ func run(c *cli.Context) error {
 	pipe.VAE.Tiling.Enabled = c.Bool("vae_tiling")
 	fmt.Printf("loaded %s on %v (%v) in %.1fs\n", base, dev, dtype, time.Since(start).Seconds())
 
+	prompts, err := newPrompter(c, dev)
+	if err != nil {
+		return err
+	}
+	defer prompts.Close()
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	// One generator for all images and samples, as the official script.
@@ -105,7 +111,7 @@ func run(c *cli.Context) error {
 			if samples > 1 {
 				label += fmt.Sprintf(" sample %d/%d", k+1, samples)
 			}
-			if err := upscaleOne(ctx, pipe, in, out, label, opts, gen, c.Bool("quiet")); err != nil {
+			if err := upscaleOne(ctx, pipe, prompts, in, out, label, opts, gen, c.Bool("quiet")); err != nil {
 				if errors.Is(err, context.Canceled) {
 					return err
 				}
@@ -123,9 +129,12 @@ func run(c *cli.Context) error {
 
 // upscaleOne loads, super-resolves and writes one image; the output file
 // appears only when complete.
-func upscaleOne(ctx context.Context, pipe *diffusion.SD2, in, out, label string, o diffusion.UpscaleOptions, gen *torch.Generator, quiet bool) error {
+func upscaleOne(ctx context.Context, pipe *diffusion.SD2, prompts *prompter, in, out, label string, o diffusion.UpscaleOptions, gen *torch.Generator, quiet bool) error {
 	img, err := imageio.Load(in)
 	if err != nil {
+		return err
+	}
+	if o.Prompt, err = prompts.prompt(img); err != nil {
 		return err
 	}
 	var bar *progressbar.ProgressBar
