@@ -71,7 +71,10 @@ func (s *Schedule) ScaleNoise(x0 *torch.Tensor, timesteps []float32, noise *torc
 
 // Density selects the training timestep density of diffusers'
 // compute_density_for_timestep_sampling, as train_controlnet_flux.py uses
-// it (its defaults: logit_normal, mean 0, std 1, mode scale 1.29).
+// it (its defaults: logit_normal, mean 0, std 1, mode scale 1.29), with the
+// optional rejection sampling of the copy in DP²O-SR's
+// utils_self/wavelet_color_fix.py (values kept only in [MinVal, MaxVal],
+// which hints at the unreleased trainer's truncated density).
 type Density struct {
 	// Scheme is "logit_normal", "mode", or anything else for uniform
 	// (the recipe's "none", "sigma_sqrt", "cosmap").
@@ -79,37 +82,69 @@ type Density struct {
 	LogitMean float64
 	LogitStd  float64
 	ModeScale float64
+	// RejectionSampling draws 2·batch values at a time and keeps those in
+	// [MinVal, MaxVal] until batch are collected.
+	RejectionSampling bool
+	MinVal, MaxVal    float64
 }
 
 // DefaultDensity is the FLUX ControlNet training recipe's default density.
 func DefaultDensity() Density {
-	return Density{Scheme: "logit_normal", LogitMean: 0, LogitStd: 1, ModeScale: 1.29}
+	return Density{Scheme: "logit_normal", LogitMean: 0, LogitStd: 1, ModeScale: 1.29, MinVal: 0, MaxVal: 1}
 }
 
-// SampleU draws batch values u ∈ [0, 1) from the density with gen (a CPU
-// generator, as the reference draws on the CPU): logit_normal is
-// sigmoid(normal(mean, std)); mode is 1 − u − scale·(cos²(πu/2) − 1 + u)
-// of a uniform u; otherwise uniform.
-func (d Density) SampleU(batch int, gen *torch.Generator) (u []float32, err error) {
-	if batch < 1 {
-		return nil, fmt.Errorf("flow-match scheduler: batch must be positive, got %d", batch)
-	}
-	defer torch.Recover(&err)
+// sampleOnce is the reference's sample_once(n).
+func (d Density) sampleOnce(n int64, gen *torch.Generator) *torch.Tensor {
 	sc := torch.NewScope()
 	defer sc.Close()
-	shape := []int64{int64(batch)}
+	shape := []int64{n}
 	var t *torch.Tensor
 	switch d.Scheme {
 	case "logit_normal":
 		t = torch.Normal(shape, d.LogitMean, d.LogitStd, gen, torch.Float32, torch.CPU).Sigmoid()
 	case "mode":
+		// 1 − u − scale·(cos(π·u/2)² − 1 + u), in the reference's order.
 		r := torch.Rand(shape, gen, torch.Float32, torch.CPU)
-		c := r.MulScalar(math.Pi / 2).Cos()
+		c := r.MulScalar(math.Pi).DivScalar(2).Cos()
 		t = r.RSub(1).Sub(c.Mul(c).SubScalar(1).Add(r).MulScalar(d.ModeScale))
 	default:
 		t = torch.Rand(shape, gen, torch.Float32, torch.CPU)
 	}
-	return t.Float32s(), nil
+	return sc.Keep(t)
+}
+
+// SampleU draws batch values from the density with gen (a CPU generator,
+// as the reference draws on the CPU): logit_normal is
+// sigmoid(normal(mean, std)); mode is 1 − u − scale·(cos²(πu/2) − 1 + u)
+// of a uniform u; otherwise uniform; with RejectionSampling only values in
+// [MinVal, MaxVal] are kept.
+func (d Density) SampleU(batch int, gen *torch.Generator) (u []float32, err error) {
+	if batch < 1 {
+		return nil, fmt.Errorf("flow-match scheduler: batch must be positive, got %d", batch)
+	}
+	if d.RejectionSampling && !(d.MinVal <= d.MaxVal) {
+		return nil, fmt.Errorf("flow-match scheduler: rejection interval [%v, %v] is empty", d.MinVal, d.MaxVal)
+	}
+	defer torch.Recover(&err)
+	if !d.RejectionSampling {
+		t := d.sampleOnce(int64(batch), gen)
+		defer t.Close()
+		return t.Float32s(), nil
+	}
+	const maxRounds = 10000
+	for round := 0; len(u) < batch; round++ {
+		if round == maxRounds {
+			return nil, fmt.Errorf("flow-match scheduler: rejection sampling kept %d of %d values in [%v, %v] after %d rounds", len(u), batch, d.MinVal, d.MaxVal, maxRounds)
+		}
+		t := d.sampleOnce(int64(2*batch), gen)
+		for _, v := range t.Float32s() {
+			if v >= float32(d.MinVal) && v <= float32(d.MaxVal) { // compared in float32, as torch does
+				u = append(u, v)
+			}
+		}
+		t.Close()
+	}
+	return u[:batch], nil
 }
 
 // TrainingDraw is one batch of training noise levels.

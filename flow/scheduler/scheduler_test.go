@@ -215,6 +215,29 @@ func TestTrainingDensity(t *testing.T) {
 			}
 		})
 	}
+	// Rejection sampling keeps, in draw order, the values of 2·batch-sized
+	// draws that fall in [MinVal, MaxVal].
+	rd := DefaultDensity()
+	rd.RejectionSampling, rd.MinVal, rd.MaxVal = true, 0.25, 0.75
+	got, err := rd.SampleU(batch, torch.MustGenerator(torch.CPU, 3))
+	require.NoError(t, err)
+	require.Len(t, got, batch)
+	var want []float32
+	g3 := torch.MustGenerator(torch.CPU, 3)
+	for len(want) < batch {
+		all, err := DefaultDensity().SampleU(2*batch, g3)
+		require.NoError(t, err)
+		for _, v := range all {
+			if v >= float32(rd.MinVal) && v <= float32(rd.MaxVal) {
+				want = append(want, v)
+			}
+		}
+	}
+	require.Equal(t, want[:batch], got)
+	rd.MinVal, rd.MaxVal = 0.9, 0.1
+	_, err = rd.SampleU(batch, g3)
+	require.ErrorContains(t, err, "empty")
+
 	// logit-normal: u = sigmoid(randn) for mean 0, std 1.
 	g := torch.MustGenerator(torch.CPU, 11)
 	u, err := DefaultDensity().SampleU(batch, g)
