@@ -234,3 +234,28 @@ func WriteFileAtomic(path string, data []byte) (err error) {
 	}
 	return nil
 }
+
+// PairImages is what training loads for one pair: the two candidate
+// images, the group's LR (control) image, HR image and prompt, and the
+// pair's HPO weight.
+type PairImages struct {
+	Winner, Loser  string
+	LR, HR, Prompt string
+	Weight         float64
+}
+
+// Images returns pair i's files and weight, as stored in the file.
+func (pf *PairFile) Images(i int) (PairImages, error) {
+	if i < 0 || i >= len(pf.Pairs) {
+		return PairImages{}, fmt.Errorf("preference: pair %d of %d", i, len(pf.Pairs))
+	}
+	p := pf.Pairs[i]
+	if p.Group < 0 || p.Group >= len(pf.Groups) {
+		return PairImages{}, fmt.Errorf("preference: pair %d: group %d out of range", i, p.Group)
+	}
+	g := pf.Groups[p.Group]
+	if p.Winner < 0 || p.Loser < 0 || p.Winner >= len(g.Candidates) || p.Loser >= len(g.Candidates) {
+		return PairImages{}, fmt.Errorf("preference: pair %d: group %d (%s) lists %d candidate files", i, p.Group, g.ID, len(g.Candidates))
+	}
+	return PairImages{Winner: g.Candidates[p.Winner], Loser: g.Candidates[p.Loser], LR: g.LR, HR: g.HR, Prompt: g.Prompt, Weight: p.Weight}, nil
+}

@@ -142,8 +142,18 @@ func TestRewardPairsFixture(t *testing.T) {
 			t.Fatalf("metric %d reloaded as %+v, want %+v", k, m, metrics[k])
 		}
 	}
-	if back.Groups[0].Candidates[back.Pairs[0].Winner] != groups[0].Candidates[back.Pairs[0].Winner] {
-		t.Fatal("candidate paths not kept")
+	for i, p := range back.Pairs {
+		im, err := back.Images(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := groups[p.Group]
+		if im.Winner != g.Candidates[p.Winner] || im.Loser != g.Candidates[p.Loser] || im.LR != g.LR || im.Prompt != g.Prompt || im.Weight != p.Weight {
+			t.Fatalf("pair %d images %+v", i, im)
+		}
+	}
+	if _, err := back.Images(len(back.Pairs)); err == nil {
+		t.Fatal("Images out of range: no error")
 	}
 
 	// Rewards given directly (the labelling step's output) give the same file.
