@@ -11,6 +11,7 @@ import (
 
 	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/nn"
 )
 
 // fluxCLIPTolerance is the flux/clip_l README's bound for a float32 port.
@@ -80,4 +81,22 @@ func TestFluxCLIPL(t *testing.T) {
 	}
 	testutil.AssertClose(t, "last_hidden_state", out.LastHidden, io["last_hidden_state"], fluxCLIPTolerance, 0)
 	testutil.AssertClose(t, "pooler_output", out.Pooled, io["pooler_output"], fluxCLIPTolerance, 0)
+}
+
+// TestFluxCLIPLFullSizeKeys builds FLUX.1-dev's CLIP-L text encoder from
+// its published config on the meta device and checks that it requests
+// exactly the published checkpoint's keys and shapes.
+func TestFluxCLIPLFullSizeKeys(t *testing.T) {
+	testutil.NoLeak(t)
+	root := testutil.Fixture(t, "flux/keys/clip_l_text_encoder")
+	cfg, err := LoadTextConfig(filepath.Join(root, "config.json"))
+	require.NoError(t, err)
+	want := testutil.ReadKeys(t, filepath.Join(root, "keys.json"))
+	b := nn.NewBuilder(nil, torch.Float32, torch.Meta)
+	_, err = NewTextModel(b, cfg)
+	require.NoError(t, err)
+	p, err := b.Finish()
+	require.NoError(t, err)
+	defer p.Close()
+	testutil.AssertKeys(t, want, p.Names, b.Requested())
 }
