@@ -59,13 +59,16 @@ func (p *CFLUX) Sample(ctx context.Context, control *torch.Tensor, prompts []str
 // official script's float16 autocast on CUDA when p.Autocast.
 func (p *CFLUX) region(f func()) {
 	torch.NoGrad(func() {
-		if p.Autocast && p.Device.IsCUDA() {
+		if p.autocasting() {
 			torch.Autocast(torch.DeviceCUDA, torch.Float16, f)
 			return
 		}
 		f()
 	})
 }
+
+// autocasting reports whether calls run under the float16 autocast region.
+func (p *CFLUX) autocasting() bool { return p.Autocast && p.Device.IsCUDA() }
 
 // SampleEmbeds is FluxControlNetPipeline.__call__ with precomputed prompt
 // embeddings, as the official script calls it: control holds B control
@@ -149,6 +152,13 @@ func (p *CFLUX) sample(ctx context.Context, control *torch.Tensor, emb *PromptEm
 	cond, err := transformer.PackLatents(p.VAE.ScaleLatents(z))
 	if err != nil {
 		return nil, err
+	}
+	if !p.autocasting() && cond.DType() != p.DType {
+		// Without autocast (the CPU, --no_autocast) the ControlNet's
+		// input embedding needs its weights' dtype; under autocast the
+		// latents stay in the VAE's dtype and autocast casts them, as in
+		// the official run.
+		cond = cond.To(p.DType)
 	}
 	o.tap("control_latents_packed", cond)
 

@@ -97,3 +97,46 @@ func TestTextToImage(t *testing.T) {
 	defer img.Close()
 	testutil.AssertClose(t, "image_float", img, ref["image_float"], pipelineTol, 0)
 }
+
+// TestHalfPrecisionRuns runs the whole pipeline from text with bfloat16
+// text encoders, transformer and ControlNet on the CPU (without autocast),
+// the dtype plumbing of the official --mixed_precision runs: latents and
+// timesteps in the weights' dtype, guidance float32, the VAE float32, a
+// float32 image in [0, 1], the same image for the same seed. (Values are
+// not compared with the float32 reference: bfloat16 draws its noise
+// differently.)
+func TestHalfPrecisionRuns(t *testing.T) {
+	testutil.NoLeak(t)
+	r := readReport(t)
+	cc, err := transformer.LoadConfig(testutil.Fixture(t, "flux/controlnet/config.json"))
+	require.NoError(t, err)
+	base, cn := fullFluxFolder(t)
+	p, err := LoadCFLUX(base, cn, LoadOptions{Device: torch.CPU, DType: torch.BFloat16, NumDoubleLayers: cc.NumLayers, NumSingleLayers: cc.NumSingleLayers})
+	require.NoError(t, err)
+	defer p.Close()
+	control, _ := controlImages(t, r)
+	o := DefaultSampleOptions()
+	o.Steps = r.Steps
+	dtypes := map[string]torch.DType{}
+	o.Tap = func(name string, x *torch.Tensor) { dtypes[name] = x.DType() }
+	run := func() *torch.Tensor {
+		img, err := p.Sample(context.Background(), control, r.Prompts, o, torch.MustGenerator(torch.CPU, r.Seed))
+		require.NoError(t, err)
+		t.Cleanup(img.Close)
+		return img
+	}
+	a, b := run(), run()
+	require.Equal(t, torch.Float32, a.DType())
+	require.Equal(t, control.Shape(), a.Shape())
+	testutil.AssertEqual(t, "same seed in bfloat16", a, b)
+	lo, hi := torch.Scoped(func() *torch.Tensor { return a.Min() }), torch.Scoped(func() *torch.Tensor { return a.Max() })
+	defer lo.Close()
+	defer hi.Close()
+	require.True(t, lo.Item() >= 0 && hi.Item() <= 1, "image in [0, 1]")
+	require.Equal(t, torch.BFloat16, dtypes["prompt_embeds"])
+	require.Equal(t, torch.BFloat16, dtypes["rng_draw_1_initial_noise"])
+	require.Equal(t, torch.BFloat16, dtypes["step.0.timestep_input"])
+	require.Equal(t, torch.Float32, dtypes["step.0.guidance_input"])
+	require.Equal(t, torch.Float32, dtypes["rng_draw_0_posterior_noise"], "the VAE (and its posterior) stays float32")
+	require.Equal(t, torch.BFloat16, dtypes["step.0.latents_out"])
+}
