@@ -107,11 +107,15 @@ def main():
 
     for _ in range(args.warmup):
         step()
-    start = time.time()
+    start, cpu0, t0 = time.time(), time.process_time(), os.times()
     for _ in range(args.steps):
         out = step()
+    t1 = os.times()
+    print(f"per step: user {(t1.user - t0.user) / args.steps:.2f} s, system {(t1.system - t0.system) / args.steps:.2f} s")
     ms = (time.time() - start) * 1000 / args.steps
-    print(f"python threads={args.threads} FluxControlNetStep {ms:.0f} ms/step")
+    cpu_ms = (time.process_time() - cpu0) * 1000 / args.steps
+    # CPU time of the process: on a shared machine the wall time includes waiting for a core.
+    print(f"python threads={args.threads} FluxControlNetStep {ms:.0f} ms/step {cpu_ms:.0f} cpu-ms/step")
     print(f"output {list(out.shape)} mean|v| {out.abs().mean().item():.6f} sum {out.sum().item():.6f}")
 
 

@@ -133,8 +133,9 @@ func (a *attention) forward(x, ctx *torch.Tensor, r rope, imgOnly bool, txtLen i
 
 // attend is F.scaled_dot_product_attention for q (B, H, L, d), k and v
 // (B, H, S, d). On the CPU it is the math order softmax(q·kᵀ·d^−½)·v with
-// the scale applied by the product itself (one pass less over the L×S
-// scores); elsewhere libtorch's fused kernels where it has them.
+// the scale applied by the product itself (one pass less over the scores),
+// computed for as many heads and query rows at a time as keep the scores
+// within chunkBytes; elsewhere libtorch's fused kernels where it has them.
 func (a *attention) attend(q, k, v *torch.Tensor) *torch.Tensor {
 	if !a.math {
 		return torch.ScaledDotProductAttention(q, k, v, torch.AttentionOpts{})
@@ -143,11 +144,41 @@ func (a *attention) attend(q, k, v *torch.Tensor) *torch.Tensor {
 	defer s.Close()
 	b, h, l, d := q.Size(0), q.Size(1), q.Size(2), q.Size(3)
 	sl := k.Size(2)
-	q3 := q.Reshape([]int64{b * h, l, d})
-	k3 := k.Reshape([]int64{b * h, sl, d}).Transpose(1, 2)
-	v3 := v.Reshape([]int64{b * h, sl, d})
-	scores := torch.Empty([]int64{b * h, l, sl}, q.DType(), q.Device()).Baddbmm(q3, k3, 0, 1/math.Sqrt(float64(d)))
-	p := scores.Softmax(-1)
-	scores.Close()
-	return s.Keep(p.Bmm(v3).View([]int64{b, h, l, d}))
+	scale := 1 / math.Sqrt(float64(d))
+	elem := int64(q.DType().Size())
+	rowBytes := b * sl * elem
+	hs := chunkLen(h, l*rowBytes) // heads per piece
+	ls := l                       // query rows per piece
+	if hs == 1 {
+		ls = chunkLen(l, rowBytes)
+	}
+	if !chunked(q) {
+		hs, ls = h, l
+	}
+	var heads []*torch.Tensor
+	for h0 := int64(0); h0 < h; h0 += hs {
+		nh := min(hs, h-h0)
+		k3 := k.Narrow(1, h0, nh).Reshape([]int64{b * nh, sl, d}).Transpose(1, 2)
+		v3 := v.Narrow(1, h0, nh).Reshape([]int64{b * nh, sl, d})
+		var rows []*torch.Tensor
+		for l0 := int64(0); l0 < l; l0 += ls {
+			nl := min(ls, l-l0)
+			rows = append(rows, torch.Scoped(func() *torch.Tensor {
+				q3 := q.Narrow(1, h0, nh).Narrow(2, l0, nl).Reshape([]int64{b * nh, nl, d})
+				scores := torch.Empty([]int64{b * nh, nl, sl}, q.DType(), q.Device()).Baddbmm(q3, k3, 0, scale)
+				p := scores.Softmax(-1)
+				scores.Close()
+				return p.Bmm(v3).View([]int64{b, nh, nl, d})
+			}))
+		}
+		if len(rows) == 1 {
+			heads = append(heads, rows[0])
+		} else {
+			heads = append(heads, torch.Cat(rows, 2))
+		}
+	}
+	if len(heads) == 1 {
+		return s.Keep(heads[0])
+	}
+	return s.Keep(torch.Cat(heads, 1))
 }

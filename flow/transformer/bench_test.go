@@ -3,6 +3,7 @@ package transformer
 import (
 	"os"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -51,6 +52,21 @@ func benchModels(b *testing.B) (*Flux, *ControlNet) {
 	cn, err := ControlNetFromTransformer(f, ControlNetOptions{NumLayers: benchControlLayers})
 	require.NoError(b, err)
 	return f, cn
+}
+
+// cpuTime is the user + system CPU time of the process so far.
+func cpuTime() time.Duration {
+	u, s := cpuTimes()
+	return u + s
+}
+
+// cpuTimes is the user and system CPU time of the process so far.
+func cpuTimes() (user, sys time.Duration) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, 0
+	}
+	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
 }
 
 // benchInputs draws the inputs in scripts/bench_flux.py's order.
@@ -115,11 +131,17 @@ func BenchmarkFluxControlNetStep(b *testing.B) {
 			}
 		}
 		b.ResetTimer()
-		start := time.Now()
+		start, cpu0 := time.Now(), cpuTime()
+		u0, s0 := cpuTimes()
 		for range b.N {
 			step()
 		}
+		u1, s1 := cpuTimes()
+		b.Logf("per step: user %v, system %v", (u1-u0)/time.Duration(b.N), (s1-s0)/time.Duration(b.N))
 		b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/step")
+		// CPU time of the process: on a shared machine the wall time
+		// includes waiting for a core.
+		b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/1000/float64(b.N), "cpu-ms/step")
 	})
 	b.StopTimer()
 	b.Logf("threads=%d output %v mean|v| %.6f sum %.6f", threads, out.Shape(), out.Abs().Mean().Item(), out.Sum().Item())

@@ -61,9 +61,26 @@ func TestTransformerFixture(t *testing.T) {
 			require.NoError(t, err)
 			defer fast.Close()
 			testutil.AssertClose(t, c+".output (no tap)", fast, ref[c+".output"], transformerAtol, 0)
+
+			// The same with every large temporary computed in small pieces
+			// (attention heads and rows, MLP tokens), as at full size.
+			withTinyChunks(t)
+			var pieces *torch.Tensor
+			torch.NoGrad(func() { pieces, err = f.Forward(in) })
+			require.NoError(t, err)
+			defer pieces.Close()
+			testutil.AssertClose(t, c+".output (small pieces)", pieces, ref[c+".output"], transformerAtol, 0)
 		})
 	}
 	requireCovered(t, ref, "", seen)
+}
+
+// withTinyChunks makes the CPU pieces (chunkBytes) a few rows wide for the
+// rest of the test, so that the tiny models take the chunked paths.
+func withTinyChunks(t testing.TB) {
+	old := chunkBytes
+	chunkBytes = 200
+	t.Cleanup(func() { chunkBytes = old })
 }
 
 func toInt64(xs []int) []int64 {

@@ -28,10 +28,17 @@ func TestPrunedPaths(t *testing.T) {
 		pruned := torch.ScopedList(run)
 		require.Len(t, pruned, len(full))
 		require.NotEmpty(t, full)
+		old := chunkBytes
+		chunkBytes = 200
+		pieces := torch.ScopedList(run)
+		chunkBytes = old
+		require.Len(t, pieces, len(full))
 		for i := range full {
 			testutil.AssertClose(t, fmt.Sprintf("output %d", i), pruned[i], full[i], transformerAtol, 0)
+			testutil.AssertClose(t, fmt.Sprintf("output %d in small pieces", i), pieces[i], full[i], transformerAtol, 0)
 			full[i].Close()
 			pruned[i].Close()
+			pieces[i].Close()
 		}
 	}
 
