@@ -110,8 +110,8 @@ func (d distConfig) config(t *testing.T, name string) Config {
 	if r.ScaleUp[0] != 1 || r.ScaleDown[1] != 1 || fmt.Sprint(r.Mode) != fmt.Sprint(ResizeModes) || fmt.Sprint(d.Final.Mode) != fmt.Sprint(ResizeModes) {
 		t.Fatalf("%s: resize %+v / final modes %v are not what the sampler draws", name, r, d.Final.Mode)
 	}
-	if d.Final.ResizeSincFirstIf != 0.5 {
-		t.Fatalf("%s: final order gate %v (the sampler uses 0.5, as upstream)", name, d.Final.ResizeSincFirstIf)
+	if d.Final.ResizeSincFirstIf != ResizeSincFirstProb {
+		t.Fatalf("%s: final order gate %v (the sampler uses %v, as upstream)", name, d.Final.ResizeSincFirstIf, ResizeSincFirstProb)
 	}
 	if d.Stage1.Gaussian.GrayProb != d.Stage1.Poisson.GrayProb {
 		t.Fatalf("%s: gaussian and poisson gray probabilities differ", name)
@@ -300,11 +300,11 @@ func TestSamplerDistributions(t *testing.T) {
 				freq(t, "resize "+ud, counts[ud], records, cfg.ResizeProb[i]/psum)
 			}
 			for _, m := range ResizeModes {
-				freq(t, "stage-1 mode "+m, counts["m1"+m], records, 1/3.)
-				freq(t, "final mode "+m, counts["m2"+m], records, 1/3.)
+				freq(t, "stage-1 mode "+m, counts["m1"+m], records, 1/float64(len(ResizeModes)))
+				freq(t, "final mode "+m, counts["m2"+m], records, 1/float64(len(ResizeModes)))
 			}
 			freq(t, "gaussian noise", counts[NoiseGaussian], records, cfg.GaussianNoiseProb)
-			freq(t, "resize+sinc first", counts[OrderResizeSincJPEG], records, 0.5)
+			freq(t, "resize+sinc first", counts[OrderResizeSincJPEG], records, ResizeSincFirstProb)
 			freq(t, "gray noise", grayChains, done, cfg.GrayNoiseProb)
 		})
 	}

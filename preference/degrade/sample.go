@@ -15,6 +15,10 @@ import (
 // instead of returning NaNs; draw again with another seed.
 var ErrDegenerateJPEG = errors.New("degrade: JPEG quality 100 (factor 0) gives the reference's all-NaN image")
 
+// ResizeSincFirstProb is the probability of the final stage's "resize +
+// sinc, then JPEG" order (fixed at ½ in the reference's code).
+const ResizeSincFirstProb = 0.5
+
 // pi is a float64 variable so that π/3 and π/5 round like numpy's np.pi/3
 // (a Go constant expression would be computed exactly, then rounded).
 var pi = math.Pi
@@ -142,7 +146,7 @@ func (c Config) Sample(gen *torch.Generator) (rec Record, err error) {
 	rec.Stage1.JPEGRange = c.JPEGRange
 	rec.SecondOrder = SecondOrder{Prob: c.SecondOrderProb, U: d.u()}
 	rec.Final.UOrder = d.u()
-	if rec.Final.UOrder < 0.5 {
+	if rec.Final.UOrder < ResizeSincFirstProb {
 		rec.Final.Order = OrderResizeSincJPEG
 	} else {
 		rec.Final.Order = OrderJPEGResizeSinc
