@@ -10,6 +10,8 @@ package torch
 // #cgo nocallback dp2o_geglu_feed_forward
 // #cgo noescape dp2o_fast_path_available
 // #cgo nocallback dp2o_fast_path_available
+// #cgo noescape dp2o_optimized_blas
+// #cgo nocallback dp2o_optimized_blas
 // #include "csrc/dp2o.h"
 import "C"
 
@@ -61,5 +63,13 @@ func FastPathAvailable() bool {
 	var out C.int
 	err := C.dp2o_fast_path_available(&out)
 	must(err, "fast_path_available")
+	return out != 0
+}
+
+// OptimizedBLAS reports whether libtorch's sgemm_ comes from an optimised BLAS (OpenBLAS, MKL, BLIS, or one built into libtorch); the XNNPACK fast paths are off then, since they pay only against the reference BLAS (DP2O_FAST_PATHS=1 forces them on, =0 off).
+func OptimizedBLAS() bool {
+	var out C.int
+	err := C.dp2o_optimized_blas(&out)
+	must(err, "optimized_blas")
 	return out != 0
 }

@@ -50,7 +50,7 @@ func BenchmarkUNetControlNetStep(b *testing.B) {
 				}
 				step() // warm-up
 				b.ResetTimer()
-				start := time.Now()
+				start, cpu := time.Now(), testutil.CPUTime()
 				for range b.N {
 					step()
 				}
@@ -58,6 +58,7 @@ func BenchmarkUNetControlNetStep(b *testing.B) {
 					require.NoError(b, torch.CUDASynchronize(dev.Index))
 				}
 				b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/step")
+				b.ReportMetric(float64((testutil.CPUTime()-cpu).Microseconds())/1000/float64(b.N), "cpu-ms/step")
 			})
 		})
 	}

@@ -4,9 +4,12 @@
 // above them in the same process, on the same libtorch.
 #include <time.h>
 
+#include <cstdio>
+
 #include <vector>
 
 #include "shim.h"
+#include "perf.h"
 
 extern "C" {
 
@@ -47,5 +50,15 @@ dp2o_err dp2o_bench_aten_add(int64_t n, int mode, double *ns) {
   }
   *ns = (cpu_ns() - start) / static_cast<double>(n);
   DP2O_CATCH
+}
+}
+
+extern "C" {
+
+// dp2o_blas_library copies the path of the BLAS libtorch calls into buf
+// (n bytes, NUL-terminated, truncated if longer).
+void dp2o_blas_library(char *buf, int n) {
+  if (n <= 0) return;
+  std::snprintf(buf, static_cast<size_t>(n), "%s", dp2o::blas_library().c_str());
 }
 }

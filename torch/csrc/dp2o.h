@@ -84,6 +84,7 @@ dp2o_err dp2o_gen_set_state(dp2o_gen g, dp2o_tensor state);
 dp2o_err dp2o_manual_seed(uint64_t seed);
 /* benchmark reference loops (bench.cpp) */
 dp2o_err dp2o_bench_aten_add(int64_t n, int mode, double *ns);
+void dp2o_blas_library(char *buf, int n);
 
 #ifdef __cplusplus
 }

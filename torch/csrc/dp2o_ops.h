@@ -132,6 +132,7 @@ dp2o_err dp2o_fast_linear(dp2o_tensor input_, dp2o_tensor weight_, dp2o_tensor b
 dp2o_err dp2o_fused_attention(dp2o_tensor x_, dp2o_tensor ctx_, dp2o_tensor wq_, dp2o_tensor wk_, dp2o_tensor wv_, dp2o_tensor wo_, dp2o_tensor bo_, int64_t heads, dp2o_tensor *out);
 dp2o_err dp2o_geglu_feed_forward(dp2o_tensor x_, dp2o_tensor w1_, dp2o_tensor b1_, dp2o_tensor w2_, dp2o_tensor b2_, dp2o_tensor *out);
 dp2o_err dp2o_fast_path_available(int *out);
+dp2o_err dp2o_optimized_blas(int *out);
 /* reduce.def */
 dp2o_err dp2o_sum(dp2o_tensor self_, dp2o_tensor *out);
 dp2o_err dp2o_sum_dims(dp2o_tensor self_, const int64_t *dims_p, int dims_n, int keepdim_, dp2o_tensor *out);

@@ -42,4 +42,10 @@ dp2o_err dp2o_fast_path_available(int *out) {
   DP2O_CATCH
 }
 
+dp2o_err dp2o_optimized_blas(int *out) {
+  DP2O_TRY
+  *out = (dp2o::optimized_blas()) ? 1 : 0;
+  DP2O_CATCH
+}
+
 }  // extern "C"

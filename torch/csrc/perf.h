@@ -4,6 +4,10 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
+
+#include <string>
+
 namespace dp2o {
 
 // fast_linear is F.linear. Where autograd records nothing and the tensors
@@ -28,5 +32,11 @@ at::Tensor geglu_ff(const at::Tensor &x, const at::Tensor &w1, const c10::option
 
 // fast_path reports whether fast_linear's XNNPACK path is available.
 bool fast_path_available();
+
+// blas_library is the real path of the library whose sgemm_ libtorch calls
+// ("" when none is visible); optimized_blas reports whether it is an
+// optimised BLAS (then the XNNPACK paths are off: they do not pay).
+const std::string &blas_library();
+bool optimized_blas();
 
 }  // namespace dp2o

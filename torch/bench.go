@@ -3,6 +3,8 @@ package torch
 // #include "csrc/dp2o.h"
 import "C"
 
+import "unsafe"
+
 // BareLoop selects what the C++ reference loop of BareAddNs does with each
 // result.
 type BareLoop int
@@ -28,4 +30,14 @@ func BareAddNs(n int, loop BareLoop) (float64, error) {
 		return 0, errOf(err, "bench_aten_add")
 	}
 	return float64(ns), nil
+}
+
+// BLASLibrary is the real path of the BLAS library whose sgemm_ libtorch
+// calls, as the dynamic linker resolved it ("" when none is visible). On
+// Debian it is the libblas.so.3 alternative: OpenBLAS's after `make setup`,
+// the reference BLAS with `make test-refblas`.
+func BLASLibrary() string {
+	buf := make([]byte, 4096)
+	C.dp2o_blas_library((*C.char)(unsafe.Pointer(&buf[0])), C.int(len(buf)))
+	return C.GoString((*C.char)(unsafe.Pointer(&buf[0])))
 }
