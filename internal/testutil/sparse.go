@@ -28,7 +28,7 @@ const SparseSuffix = ".sparse"
 // rebuilt in a temporary folder first.
 func Weights(tb testing.TB, rel string) string {
 	tb.Helper()
-	p := filepath.Join(fixtureRoot(), rel)
+	p := fixturePath(rel)
 	if _, err := os.Stat(p); err == nil {
 		return p
 	} else if !errors.Is(err, fs.ErrNotExist) {
@@ -42,11 +42,44 @@ func Weights(tb testing.TB, rel string) string {
 	return out
 }
 
-func fixtureRoot() string {
+// fixturePath is where the fixture file or folder rel is looked up:
+// $DP2O_FIXTURES/rel when that is set; otherwise the package's
+// testdata/rel, or, when the package has no copy, testdata/rel at the
+// module root, where fixtures that several packages read are kept once.
+func fixturePath(rel string) string {
 	if root := os.Getenv("DP2O_FIXTURES"); root != "" {
-		return root
+		return filepath.Join(root, rel)
 	}
-	return "testdata"
+	local := filepath.Join("testdata", rel)
+	if _, err := os.Stat(local); err == nil {
+		return local
+	}
+	if mod := moduleRoot(); mod != "" {
+		shared := filepath.Join(mod, "testdata", rel)
+		if _, err := os.Stat(shared); err == nil {
+			return shared
+		}
+	}
+	return local
+}
+
+// moduleRoot is the nearest folder at or above the working directory (a
+// test's package folder) that holds go.mod, or "".
+func moduleRoot() string {
+	dir, err := os.Getwd()
+	if err != nil {
+		return ""
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return ""
+		}
+		dir = parent
+	}
 }
 
 // expandSparse writes the full safetensors file of a row-sparse copy.

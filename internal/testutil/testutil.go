@@ -18,10 +18,11 @@ import (
 // Fixture returns the path of a fixture file or folder. rel is relative to
 // the fixture root (e.g. "sd2/unet/io_main.safetensors"). With
 // $DP2O_FIXTURES set it is looked up there; otherwise under the package's
-// testdata/ with the same layout.
+// testdata/ with the same layout, then under the module root's testdata/
+// (fixtures that several packages share, kept once).
 func Fixture(tb testing.TB, rel string) string {
 	tb.Helper()
-	p := filepath.Join(fixtureRoot(), rel)
+	p := fixturePath(rel)
 	if _, err := os.Stat(p); err != nil {
 		tb.Fatalf("fixture %s: %v", rel, err)
 	}
