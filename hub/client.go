@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -66,12 +67,27 @@ func FromEnv() *Client {
 	if !isTrue(os.Getenv("HF_HUB_DISABLE_PROGRESS_BARS")) {
 		c.Progress = os.Stderr
 	}
-	if t := envInt("HF_HUB_DOWNLOAD_TIMEOUT", 10); t > 0 {
-		tr := http.DefaultTransport.(*http.Transport).Clone()
-		tr.ResponseHeaderTimeout = time.Duration(t) * time.Second
-		c.HTTP = &http.Client{Transport: tr}
-	}
+	c.HTTP = &http.Client{Transport: transport(time.Duration(envInt("HF_HUB_DOWNLOAD_TIMEOUT", 10)) * time.Second)}
 	return c
+}
+
+var (
+	transportsMu sync.Mutex
+	transports   = map[time.Duration]*http.Transport{}
+)
+
+// transport is a shared transport (its idle connections reused by every
+// client of FromEnv) whose servers must answer within timeout.
+func transport(timeout time.Duration) *http.Transport {
+	transportsMu.Lock()
+	defer transportsMu.Unlock()
+	tr := transports[timeout]
+	if tr == nil {
+		tr = http.DefaultTransport.(*http.Transport).Clone()
+		tr.ResponseHeaderTimeout = timeout
+		transports[timeout] = tr
+	}
+	return tr
 }
 
 // Home is huggingface_hub's HF_HOME: $HF_HOME, else

@@ -77,7 +77,7 @@ func run(c *cli.Context) error {
 	base := c.String("pretrained_model_name_or_path")
 	if base == defaultBase && c.String("controlnet_model_name_or_path") == defaultControlNet {
 		fmt.Println("note: running the bundled tiny random-weight model: this shows that the pipeline works end to end, not its quality.")
-		fmt.Println("      for real results: --pretrained_model_name_or_path stable-diffusion-2-base --controlnet_model_name_or_path dp2o-sd2/model.safetensors")
+		fmt.Println("      for real results: --pretrained_model_name_or_path stabilityai/stable-diffusion-2-base --controlnet_model_name_or_path dp2o-sd2/model.safetensors")
 	}
 	start := time.Now()
 	pipe, err := diffusion.LoadSD2(base, c.String("controlnet_model_name_or_path"), diffusion.LoadOptions{Device: dev, DType: dtype,
