@@ -466,3 +466,28 @@ func TestCancelledContext(t *testing.T) {
 	_, err := c.Download(ctx, repoID, "", "unet/config.json")
 	require.True(t, errors.Is(err, context.Canceled), "%v", err)
 }
+
+func TestConcurrentDownloadsOfOneBlob(t *testing.T) {
+	srv, c := newHub(t)
+	const f = "unet/diffusion_pytorch_model.safetensors"
+	paths := make([]string, 4)
+	errs := make([]error, len(paths))
+	done := make(chan int)
+	for i := range paths {
+		go func() {
+			paths[i], errs[i] = c.Download(context.Background(), repoID, "", f)
+			done <- i
+		}()
+	}
+	for range paths {
+		<-done
+	}
+	for i := range paths {
+		require.NoError(t, errs[i])
+		require.Equal(t, paths[0], paths[i])
+	}
+	got, err := os.ReadFile(paths[0])
+	require.NoError(t, err)
+	require.Equal(t, repoFiles()[f], got)
+	require.Equal(t, 1, count(srv.Requests(), "cdn", "GET"), "the blob lock lets one download through")
+}
