@@ -491,3 +491,22 @@ func TestConcurrentDownloadsOfOneBlob(t *testing.T) {
 	require.Equal(t, repoFiles()[f], got)
 	require.Equal(t, 1, count(srv.Requests(), "cdn", "GET"), "the blob lock lets one download through")
 }
+
+func TestResolvePassesLocalFoldersThrough(t *testing.T) {
+	srv, c := newHub(t)
+	local := t.TempDir()
+	got, err := c.Resolve(context.Background(), local, "")
+	require.NoError(t, err)
+	require.Equal(t, local, got)
+	require.Empty(t, srv.Requests())
+
+	got, err = c.Resolve(context.Background(), repoID, "v1")
+	require.NoError(t, err)
+	require.Equal(t, c.SnapshotDir(repoID, commitB), got)
+	files, err := listSnapshot(got)
+	require.NoError(t, err)
+	require.Equal(t, []string{"unet/config.json"}, files)
+
+	_, err = c.Resolve(context.Background(), filepath.Join(local, "a", "b"), "")
+	require.ErrorContains(t, err, "neither a local path nor a model id")
+}

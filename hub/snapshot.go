@@ -253,3 +253,16 @@ func IsLocal(nameOrPath string) bool {
 	_, err := os.Stat(nameOrPath)
 	return err == nil
 }
+
+// Resolve returns a local folder for nameOrPath: an existing local path
+// as it is, otherwise a model id whose files matching patterns are
+// fetched with Snapshot (all files when no pattern is given).
+func (c *Client) Resolve(ctx context.Context, nameOrPath, revision string, patterns ...string) (string, error) {
+	if IsLocal(nameOrPath) {
+		return nameOrPath, nil
+	}
+	if err := ValidateRepoID(nameOrPath); err != nil {
+		return "", fmt.Errorf("%s is neither a local path nor a model id: %w", nameOrPath, err)
+	}
+	return c.Snapshot(ctx, nameOrPath, revision, patterns...)
+}
