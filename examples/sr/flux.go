@@ -74,9 +74,6 @@ func runFlux(c *cli.Context) error {
 	case c.Int("num_double_layers") < 1 || c.Int("num_single_layers") < 0:
 		return fmt.Errorf("--num_double_layers must be at least 1 and --num_single_layers at least 0")
 	}
-	if c.Bool("vae_tiling") {
-		return fmt.Errorf("--vae_tiling is not supported with --model flux")
-	}
 
 	dev, dtype, err := deviceAndDType(c.String("device"), c.String("mixed_precision"))
 	if err != nil {
@@ -123,6 +120,7 @@ func runFlux(c *cli.Context) error {
 		return err
 	}
 	defer pipe.Close()
+	pipe.VAE.Tiling.Enabled = c.Bool("vae_tiling")
 	fmt.Printf("loaded %s on %v (%v) in %.1fs\n", base, dev, dtype, time.Since(start).Seconds())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)

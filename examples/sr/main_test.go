@@ -141,6 +141,12 @@ func TestSRFlux(t *testing.T) {
 	require.Equal(t, img.Pix, again.Pix)
 }
 
+func TestSRFluxVAETiling(t *testing.T) {
+	out := t.TempDir()
+	require.NoError(t, srFlux(t, "--image_path", sampleDir, "--output_dir", out, "--vae_tiling", "--process_size", "128"))
+	require.Equal(t, []string{"lr_house.png"}, listDir(t, out))
+}
+
 func TestSRFluxBadInput(t *testing.T) {
 	out := t.TempDir()
 	// The sample enlarged to a 200-pixel short side: a multiple of 8 but
