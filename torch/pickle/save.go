@@ -29,31 +29,65 @@ var elemSizes = map[string]int64{
 // {'params': model.state_dict()}). Tests use it to write checkpoints in a
 // published layout from generated weights.
 func Save(path, topKey string, tensors []Tensor) error {
-	var pk pickler
-	pk.op(0x80, 2) // PROTO 2
-	if topKey != "" {
-		pk.op('}') // EMPTY_DICT
-		pk.str(topKey)
-	}
-	pk.orderedDict()
-	if len(tensors) > 0 {
-		pk.op('(') // MARK
-	}
-	for i, t := range tensors {
-		pk.str(t.Name)
-		if err := pk.tensor(i, t); err != nil {
+	if topKey == "" {
+		var pk pickler
+		pk.op(0x80, 2) // PROTO 2
+		if err := pk.stateDict(0, tensors); err != nil {
 			return fmt.Errorf("pickle: save %s: %w", path, err)
 		}
+		pk.op('.') // STOP
+		return writeArchive(path, pk.buf.Bytes(), tensors)
 	}
-	if len(tensors) > 0 {
+	return SaveSections(path, []Section{{Key: topKey, Tensors: tensors}})
+}
+
+// Section is one state dict of a checkpoint that holds several.
+type Section struct {
+	Key     string
+	Tensors []Tensor
+}
+
+// SaveSections writes a checkpoint that is a dict of state dicts,
+// {key: state_dict, …} in the given order (as A-FINE's afine.pth holds
+// one state dict per sub-network).
+func SaveSections(path string, sections []Section) error {
+	var pk pickler
+	pk.op(0x80, 2) // PROTO 2
+	pk.op('}')     // EMPTY_DICT
+	var all []Tensor
+	if len(sections) > 0 {
+		pk.op('(') // MARK
+	}
+	for _, sec := range sections {
+		pk.str(sec.Key)
+		if err := pk.stateDict(len(all), sec.Tensors); err != nil {
+			return fmt.Errorf("pickle: save %s: section %q: %w", path, sec.Key, err)
+		}
+		all = append(all, sec.Tensors...)
+	}
+	if len(sections) > 0 {
 		pk.op('u') // SETITEMS
 	}
-	if topKey != "" {
-		pk.op('s') // SETITEM
-	}
 	pk.op('.') // STOP
+	return writeArchive(path, pk.buf.Bytes(), all)
+}
 
-	return writeArchive(path, pk.buf.Bytes(), tensors)
+// stateDict writes an OrderedDict of tensors whose storages are archive
+// entries data/<first>, data/<first+1>, ….
+func (p *pickler) stateDict(first int, tensors []Tensor) error {
+	p.orderedDict()
+	if len(tensors) == 0 {
+		return nil
+	}
+	p.op('(') // MARK
+	for i, t := range tensors {
+		p.str(t.Name)
+		if err := p.tensor(first+i, t); err != nil {
+			return err
+		}
+	}
+	p.op('u') // SETITEMS
+	return nil
 }
 
 // pickler emits the few protocol-2 opcodes a state dict needs.

@@ -44,3 +44,17 @@ func TestSaveTensorRoundTrip(t *testing.T) {
 	_, err = LoadTensor(fixture(t, "plain_state_dict.pth"))
 	require.ErrorContains(t, err, "not a tensor")
 }
+
+func TestSaveSections(t *testing.T) {
+	sd, err := Load(fixture(t, "plain_state_dict.pth"))
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), "multi.pth")
+	half := len(sd.Tensors) / 2
+	require.NoError(t, SaveSections(path, []Section{{Key: "a", Tensors: sd.Tensors[:half]}, {Key: "b", Tensors: sd.Tensors[half:]}}))
+	a, err := Load(path, WithKey("a"))
+	require.NoError(t, err)
+	require.Equal(t, sd.Tensors[:half], a.Tensors)
+	b, err := Load(path, WithKey("b"))
+	require.NoError(t, err)
+	require.Equal(t, sd.Tensors[half:], b.Tensors)
+}

@@ -53,16 +53,46 @@ func NewText(b *nn.Builder, cfg TextConfig) (*Text, error) {
 		Projection:          b.Get("text_projection", cfg.Width, cfg.EmbedDim),
 	}
 	for i := 0; i < cfg.Layers; i++ {
-		rb := b.Sub("transformer.resblocks").SubI(i)
-		t.blocks = append(t.blocks, &resBlock{
-			attn: nn.NewMultiheadAttention(rb.Sub("attn"), cfg.Width, cfg.Heads),
-			ln1:  nn.NewLayerNorm(rb.Sub("ln_1"), cfg.Width, 1e-5, true),
-			ln2:  nn.NewLayerNorm(rb.Sub("ln_2"), cfg.Width, 1e-5, true),
-			fc:   nn.NewLinear(rb.Sub("mlp.c_fc"), cfg.Width, 4*cfg.Width, true),
-			proj: nn.NewLinear(rb.Sub("mlp.c_proj"), 4*cfg.Width, cfg.Width, true),
-		})
+		t.blocks = append(t.blocks, newResBlock(b.Sub("transformer.resblocks").SubI(i), cfg.Width, cfg.Heads))
 	}
 	return t, nil
+}
+
+func newResBlock(rb *nn.Builder, width, heads int64) *resBlock {
+	return &resBlock{
+		attn: nn.NewMultiheadAttention(rb.Sub("attn"), width, heads),
+		ln1:  nn.NewLayerNorm(rb.Sub("ln_1"), width, 1e-5, true),
+		ln2:  nn.NewLayerNorm(rb.Sub("ln_2"), width, 1e-5, true),
+		fc:   nn.NewLinear(rb.Sub("mlp.c_fc"), width, 4*width, true),
+		proj: nn.NewLinear(rb.Sub("mlp.c_proj"), 4*width, width, true),
+	}
+}
+
+// forward is x + attn(ln_1(x)) then x + mlp(ln_2(x)) on LND tokens; mask
+// may be nil.
+func (b *resBlock) forward(x, mask *torch.Tensor) *torch.Tensor {
+	h := b.ln1.Forward(x)
+	x = x.Add(b.attn.Forward(h, h, h, mask))
+	return x.Add(b.proj.Forward(quickGELU(b.fc.Forward(b.ln2.Forward(x)))))
+}
+
+// params lists the block's weights.
+func (b *resBlock) params() []*torch.Tensor {
+	return []*torch.Tensor{b.attn.InProjWeight, b.attn.InProjBias, b.attn.OutProj.Weight, b.attn.OutProj.Bias,
+		b.ln1.Weight, b.ln1.Bias, b.ln2.Weight, b.ln2.Bias, b.fc.Weight, b.fc.Bias, b.proj.Weight, b.proj.Bias}
+}
+
+// Free closes the text tower's weights, for models whose checkpoint holds
+// the tower but never run it (the builder's Params then hold closed
+// tensors, which Close skips).
+func (t *Text) Free() {
+	ts := []*torch.Tensor{t.TokenEmbedding.Weight, t.PositionalEmbedding, t.lnFinal.Weight, t.lnFinal.Bias, t.Projection}
+	for _, b := range t.blocks {
+		ts = append(ts, b.params()...)
+	}
+	for _, x := range ts {
+		x.Close()
+	}
 }
 
 // quickGELU is x·sigmoid(1.702·x).
@@ -82,9 +112,7 @@ func (t *Text) Encode(emb, eot *torch.Tensor) *torch.Tensor {
 	x := emb.Add(t.PositionalEmbedding).Permute([]int64{1, 0, 2}) // LND
 	mask := causalMask(x.Size(0), x.DType(), x.Device())
 	for _, b := range t.blocks {
-		h := b.ln1.Forward(x)
-		x = x.Add(b.attn.Forward(h, h, h, mask))
-		x = x.Add(b.proj.Forward(quickGELU(b.fc.Forward(b.ln2.Forward(x)))))
+		x = b.forward(x, mask)
 	}
 	x = t.lnFinal.Forward(x.Permute([]int64{1, 0, 2}))
 	n := x.Size(0)

@@ -1,9 +1,10 @@
 package iqatest
 
 import (
-	"github.com/dp2osr/dp2o/torch"
+	"sort"
 	"testing"
 
+	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/nn"
 	"github.com/dp2osr/dp2o/torch/pickle"
 )
@@ -38,6 +39,31 @@ func WriteTensorPth(tb testing.TB, path string, t *torch.Tensor) {
 	c := t.Contiguous()
 	defer c.Close()
 	if err := pickle.SaveTensor(path, pickle.Tensor{DType: c.DType().SafetensorsCode(), Shape: c.Shape(), Data: c.Bytes()}); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// WritePthSections writes a checkpoint holding several state dicts, one
+// under each key of sections ({'finetuned_clip': {...}, 'natural': {...}}),
+// in sorted key order.
+func WritePthSections(tb testing.TB, path string, sections map[string]nn.MapSource) {
+	tb.Helper()
+	var secs []pickle.Section
+	keys := make([]string, 0, len(sections))
+	for k := range sections {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		var ts []pickle.Tensor
+		for _, n := range sections[k].Names() {
+			c := sections[k][n].Contiguous()
+			ts = append(ts, pickle.Tensor{Name: n, DType: c.DType().SafetensorsCode(), Shape: c.Shape(), Data: c.Bytes()})
+			c.Close()
+		}
+		secs = append(secs, pickle.Section{Key: k, Tensors: ts})
+	}
+	if err := pickle.SaveSections(path, secs); err != nil {
 		tb.Fatal(err)
 	}
 }
