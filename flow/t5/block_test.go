@@ -50,7 +50,9 @@ func TestGeluNew(t *testing.T) {
 
 // TestReluFeedForward builds an original-T5 block (feed_forward_proj
 // "relu": wi and wo, no gate) and checks its feed-forward and the whole
-// block against the same computation written with plain ops.
+// block against the same computation written with plain ops (the block's
+// linears may take libtorch's XNNPACK path, the plain ones the BLAS: hence
+// a tolerance).
 func TestReluFeedForward(t *testing.T) {
 	testutil.NoLeak(t)
 	cfg, err := ParseConfig([]byte(`{"d_model": 16, "d_kv": 4, "num_heads": 2, "d_ff": 24, "num_layers": 2, "vocab_size": 50}`))
@@ -93,7 +95,7 @@ func TestReluFeedForward(t *testing.T) {
 		h = h.Add(torch.Linear(a, blk.O.Weight, nil))
 		x = torch.RMSNorm(h, blk.FFNorm.Weight, cfg.LayerNormEps)
 		h = h.Add(torch.Linear(torch.Linear(x, blk.Wi.Weight, nil).Relu(), blk.Wo.Weight, nil))
-		testutil.AssertClose(t, "block output", out.Hidden[i+1], h, 1e-6, 1e-6)
+		testutil.AssertClose(t, "block output", out.Hidden[i+1], h, 1e-5, 1e-5)
 	}
-	testutil.AssertClose(t, "last_hidden_state", out.LastHidden, torch.RMSNorm(h, e.FinalNorm.Weight, cfg.LayerNormEps), 1e-6, 1e-6)
+	testutil.AssertClose(t, "last_hidden_state", out.LastHidden, torch.RMSNorm(h, e.FinalNorm.Weight, cfg.LayerNormEps), 1e-5, 1e-5)
 }
