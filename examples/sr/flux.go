@@ -123,6 +123,12 @@ func runFlux(c *cli.Context) error {
 	pipe.VAE.Tiling.Enabled = c.Bool("vae_tiling")
 	fmt.Printf("loaded %s on %v (%v) in %.1fs\n", base, dev, dtype, time.Since(start).Seconds())
 
+	prompts, err := newPrompter(c, dev)
+	if err != nil {
+		return err
+	}
+	defer prompts.Close()
+
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	gen, err := torch.NewGenerator(generatorDevice(dev), uint64(c.Int64("seed")))
@@ -137,7 +143,7 @@ func runFlux(c *cli.Context) error {
 			if samples > 1 {
 				label += fmt.Sprintf(" sample %d/%d", k+1, samples)
 			}
-			if err := upscaleOneFlux(ctx, pipe, in, out, label, opts, gen, c.Bool("quiet")); err != nil {
+			if err := upscaleOneFlux(ctx, pipe, prompts, in, out, label, opts, gen, c.Bool("quiet")); err != nil {
 				if errors.Is(err, context.Canceled) {
 					return err
 				}
@@ -153,10 +159,14 @@ func runFlux(c *cli.Context) error {
 	return nil
 }
 
-// upscaleOneFlux loads, super-resolves and writes one image.
-func upscaleOneFlux(ctx context.Context, pipe *flow.CFLUX, in, out, label string, o flow.UpscaleOptions, gen *torch.Generator, quiet bool) error {
+// upscaleOneFlux loads, prompts, super-resolves and writes one image.
+func upscaleOneFlux(ctx context.Context, pipe *flow.CFLUX, prompts *prompter, in, out, label string, o flow.UpscaleOptions, gen *torch.Generator, quiet bool) error {
 	img, err := imageio.Load(in)
 	if err != nil {
+		return err
+	}
+	// The prompt: --prompt, or the RAM/DAPE tags of the image as loaded.
+	if o.Prompt, err = prompts.prompt(img); err != nil {
 		return err
 	}
 	var bar *progressbar.ProgressBar

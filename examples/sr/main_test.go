@@ -147,6 +147,21 @@ func TestSRFluxVAETiling(t *testing.T) {
 	require.Equal(t, []string{"lr_house.png"}, listDir(t, out))
 }
 
+// TestSRFluxTaggerFlags: --model flux prompts as the SD2 path does: the
+// tagger is loaded when there is no --prompt (a bad checkpoint is a clear
+// error before any output), and not at all with --prompt.
+func TestSRFluxTaggerFlags(t *testing.T) {
+	testutil.NoLeak(t)
+	out := t.TempDir()
+	bad := filepath.Join(t.TempDir(), "ram.pth")
+	require.NoError(t, os.WriteFile(bad, []byte("not a checkpoint"), 0o644))
+	err := srFlux(t, "--image_path", sampleDir, "--output_dir", out, "--ram_path", bad, "--dape_path", bad)
+	require.ErrorContains(t, err, "tagger: ram checkpoint")
+	require.Empty(t, listDir(t, out))
+	require.NoError(t, srFlux(t, "--image_path", sampleDir, "--output_dir", out, "--prompt", "house", "--ram_path", bad))
+	require.Equal(t, []string{"lr_house.png"}, listDir(t, out))
+}
+
 func TestSRFluxBadInput(t *testing.T) {
 	out := t.TempDir()
 	// The sample enlarged to a 200-pixel short side: a multiple of 8 but
