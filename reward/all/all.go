@@ -6,6 +6,9 @@ package all
 
 import (
 	// Each metric package registers its metrics in init.
+	_ "github.com/dp2osr/dp2o/reward/afine"
+	_ "github.com/dp2osr/dp2o/reward/clipiqa"
 	_ "github.com/dp2osr/dp2o/reward/lpips"
+	_ "github.com/dp2osr/dp2o/reward/musiq"
 	_ "github.com/dp2osr/dp2o/reward/topiq"
 )
