@@ -46,11 +46,17 @@ type OpenOptions struct {
 	// instead of Weights. The scorer copies what it needs and does not close
 	// Source.
 	Source nn.Source
-	// Device is where the scorer runs; the zero value is the CPU.
+	// Device is where the scorer runs; the zero value is the CPU (Open
+	// passes it on as torch.CPU).
 	Device torch.Device
 	// DType is the compute dtype of the network; the zero value (Uint8,
 	// not a floating type) means float32.
 	DType torch.DType
+	// Fast lets a scorer use kernels with another accumulation order than
+	// pyiqa's where that is faster (e.g. channels-last convolutions on the
+	// CPU): scores then agree with pyiqa to float32 rounding instead of bit
+	// for bit. Scorers without such a path ignore it.
+	Fast bool
 }
 
 // ComputeDType returns o.DType, or float32 when o.DType is not a floating
@@ -92,6 +98,9 @@ func Open(name string, opts OpenOptions) (Scorer, error) {
 	registryMu.RUnlock()
 	if !ok {
 		return nil, fmt.Errorf("reward: unknown metric %q (registered: %v; is its package imported?)", name, Names())
+	}
+	if opts.Device.Type == torch.DeviceCPU {
+		opts.Device = torch.CPU // the zero value
 	}
 	s, err := open(opts)
 	if err != nil {

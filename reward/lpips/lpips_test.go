@@ -149,7 +149,11 @@ func TestBatchedGroup(t *testing.T) {
 				}
 				img := onDevice(t, torch.Cat(dists, 0))
 				ref := onDevice(t, fx.images[refName])
-				for _, mode := range []string{"expanded", "repeated"} {
+				modes := []string{"expanded", "repeated"}
+				if rel != folders[0] {
+					modes = modes[:1] // the repeated batch is plain batching: once is enough
+				}
+				for _, mode := range modes {
 					r := ref.Expand([]int64{int64(len(cases)), -1, -1, -1})
 					if mode == "repeated" {
 						r = r.Contiguous()
@@ -227,7 +231,7 @@ func TestPublishedLayout(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer sc.Close()
-			for _, c := range fx.f.Cases {
+			for _, c := range fx.f.Cases[:1] { // the loader is under test here
 				s := torch.NewScope()
 				scores, err := sc.Score(context.Background(), onDevice(t, fx.images[c.Dist]), onDevice(t, fx.images[c.Ref]))
 				s.Close()
@@ -287,4 +291,68 @@ func contains(ss []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestFastPath opens the scorers with OpenOptions.Fast (channels-last
+// convolutions on the CPU) and checks every case's score at the README's
+// score tolerance and every tapped intermediate against the whole stored
+// tensor's stats (the accumulation order differs from pyiqa's, so the
+// stored slices are not bit-identical; see Model.UseChannelsLast).
+func TestFastPath(t *testing.T) {
+	if testutil.Device(t) != torch.CPU {
+		t.Skip("the fast path is a CPU layout")
+	}
+	for _, rel := range folders {
+		t.Run(filepath.Base(rel), func(t *testing.T) {
+			fx := load(t, rel)
+			testutil.NoLeak(t)
+			s, err := reward.Open(fx.f.PyiqaName, reward.OpenOptions{Source: fx.weights, Fast: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			m := s.(*Scorer).Model
+			if !m.ChannelsLast {
+				t.Fatal("Fast did not select channels-last")
+			}
+			for _, c := range fx.f.Cases {
+				if !c.HasIntermediates() && rel != folders[0] {
+					continue // keeps the VGG part short
+				}
+				stats := map[string][]float64{}
+				m.Tap = func(name string, x *torch.Tensor) { stats[name] = iqatest.Stats(x) }
+				sc := torch.NewScope()
+				scores, err := s.Score(context.Background(), fx.images[c.Dist], fx.images[c.Ref])
+				sc.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				fx.exp.CheckScores(t, c.Score, scores)
+				for name, meta := range fx.exp.Meta {
+					tap, ok := strings.CutPrefix(name, c.Name+".")
+					if !ok || meta.Stats == "" {
+						continue
+					}
+					got, ok := stats[tap]
+					if !ok {
+						t.Fatalf("%s: not tapped", name)
+					}
+					want := fx.exp.Tensors[meta.Stats].Float64s()
+					bound := iqatest.RelTol * max(abs(want[2]), abs(want[3]))
+					for i := range want {
+						if d := abs(got[i] - want[i]); d > bound {
+							t.Fatalf("%s stats[%d] = %.8g, want %.8g", name, i, got[i], want[i])
+						}
+					}
+				}
+			}
+		})
+	}
+}
+
+func abs(x float64) float64 {
+	if x < 0 {
+		return -x
+	}
+	return x
 }

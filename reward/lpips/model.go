@@ -38,6 +38,7 @@ var (
 // backbone is a feature extractor returning its tapped layers.
 type backbone interface {
 	Forward(x *torch.Tensor, taps ...int) []*torch.Tensor
+	ToChannelsLast(p *nn.Params)
 }
 
 // netSpec describes a backbone: its tapped layers (the last index of each
@@ -108,6 +109,9 @@ type Model struct {
 	Tap TapFunc
 	// Params owns the weights.
 	Params *nn.Params
+	// ChannelsLast runs the backbone in channels-last memory order (set by
+	// UseChannelsLast).
+	ChannelsLast bool
 
 	spec     netSpec
 	backbone backbone
@@ -137,6 +141,24 @@ func New(b *nn.Builder, net Net) (m *Model, err error) {
 		m.Scale = constant(b, scalingScale)
 	}
 	return m, nil
+}
+
+// UseChannelsLast re-lays the backbone's kernels out in channels-last
+// order and feeds it channels-last inputs: on the CPU, oneDNN's NHWC
+// convolutions then skip the activation reorders of the NCHW path (about
+// 1.5–2× faster with one thread). The values agree with pyiqa's NCHW path
+// to float32 rounding, not bit for bit (another accumulation order inside
+// the convolutions: scores within ~1e-7 relative on the fixtures; the
+// squared feature differences, which cancel, within 1e-4 of each tensor's
+// largest value). reward.OpenOptions.Fast turns it on for CPU scorers.
+func (m *Model) UseChannelsLast() (err error) {
+	if m.ChannelsLast {
+		return nil
+	}
+	defer torch.Recover(&err)
+	m.backbone.ToChannelsLast(m.Params)
+	m.ChannelsLast = true
+	return nil
 }
 
 // constant makes a (1,3,1,1) float32 constant in the builder's dtype and
@@ -184,6 +206,9 @@ func (m *Model) Forward(dist, ref *torch.Tensor) *torch.Tensor {
 	x1 := in1.Sub(m.Shift).Div(m.Scale)
 	m.tap("scaled_ref", x0)
 	m.tap("scaled_dist", x1)
+	if m.ChannelsLast {
+		x0, x1 = x0.ContiguousChannelsLast(), x1.ContiguousChannelsLast()
+	}
 	outs0 := m.backbone.Forward(x0, m.spec.taps...)
 	outs1 := m.backbone.Forward(x1, m.spec.taps...)
 	var val *torch.Tensor

@@ -53,6 +53,12 @@ func Open(name string, o reward.OpenOptions) (*Scorer, error) {
 		return nil, err
 	}
 	m.SemanticWeightLayer = cfg.SemanticWeightLayer
+	if o.Fast && o.Device == torch.CPU {
+		if err := m.UseChannelsLast(); err != nil {
+			m.Close()
+			return nil, fmt.Errorf("lpips: %w", err)
+		}
+	}
 	return &Scorer{name: name, Model: m}, nil
 }
 

@@ -107,3 +107,14 @@ func (f *Features) Forward(x *torch.Tensor, taps ...int) []*torch.Tensor {
 	}
 	return res
 }
+
+// ToChannelsLast re-lays the convolution kernels out in channels-last
+// order (oneDNN's NHWC kernels on the CPU then run without reordering);
+// p owns the weights and receives the new tensors.
+func (f *Features) ToChannelsLast(p *nn.Params) {
+	for _, c := range f.Convs {
+		w := c.Weight.ContiguousChannelsLast()
+		p.Replace(c.Weight, w)
+		c.Weight = w
+	}
+}
