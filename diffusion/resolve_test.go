@@ -1,10 +1,8 @@
 package diffusion
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -39,20 +37,20 @@ func readWeights(t *testing.T, dir string, w nn.WeightFiles) []safetensors.Tenso
 }
 
 // toFP16 converts the float32 tensors to float16, as
-// model.to(torch.float16).save_pretrained(variant="fp16") writes them.
-func toFP16(ts []safetensors.Tensor) []safetensors.Tensor {
+// model.half().save_pretrained(variant="fp16") writes them.
+func toFP16(t *testing.T, ts []safetensors.Tensor) []safetensors.Tensor {
+	t.Helper()
+	s := torch.NewScope()
+	defer s.Close()
 	out := make([]safetensors.Tensor, len(ts))
-	for i, t := range ts {
-		out[i] = t
-		if t.DType != "F32" {
+	for i, x := range ts {
+		out[i] = x
+		if x.DType != "F32" {
 			continue
 		}
-		b := make([]byte, len(t.Data)/2)
-		for j := 0; j < len(b)/2; j++ {
-			f := math.Float32frombits(binary.LittleEndian.Uint32(t.Data[4*j:]))
-			binary.LittleEndian.PutUint16(b[2*j:], torch.Float16Bits(f))
-		}
-		out[i].DType, out[i].Data = "F16", b
+		f, err := torch.FromBytes(x.Data, torch.Float32, x.Shape)
+		require.NoError(t, err)
+		out[i].DType, out[i].Data = "F16", slices.Clone(f.To(torch.Float16).Bytes())
 	}
 	return out
 }
@@ -88,9 +86,9 @@ func resave(t *testing.T, dir string, w nn.WeightFiles, layout string) {
 		require.NoError(t, os.Remove(single))
 		saveSharded(t, dir, stem, w.Safetensors+".index.json", ts)
 	case "fp16":
-		require.NoError(t, safetensors.Save(filepath.Join(dir, nn.AddVariant(w.Safetensors, "fp16")), toFP16(ts), nil))
+		require.NoError(t, safetensors.Save(filepath.Join(dir, nn.AddVariant(w.Safetensors, "fp16")), toFP16(t, ts), nil))
 	case "fp16-sharded":
-		saveSharded(t, dir, stem+".fp16", nn.AddVariant(w.Safetensors+".index.json", "fp16"), toFP16(ts))
+		saveSharded(t, dir, stem+".fp16", nn.AddVariant(w.Safetensors+".index.json", "fp16"), toFP16(t, ts))
 	case "bin":
 		require.NoError(t, os.Remove(single))
 		var pt []pickle.Tensor
