@@ -38,3 +38,33 @@ func BenchmarkDiffJPEG512(b *testing.B) {
 		DiffJPEG(img, q, nil).Close()
 	}
 }
+
+// BenchmarkDegrade512 is the chain alone (Degrade) on a 512×512 image with
+// the testing config, over the records of seeds 0, 1, 2, … (the Python side:
+// scripts/bench_degrade.py).
+func BenchmarkDegrade512(b *testing.B) {
+	cfg := Testing()
+	img := torch.Unscope(torch.Rand([]int64{1, 3, 512, 512}, torch.MustGenerator(torch.CPU, 1), torch.Float32, torch.CPU))
+	defer img.Close()
+	for i := 0; i < 2; i++ { // warm-up
+		gen := torch.MustGenerator(torch.CPU, uint64(i))
+		rec, _ := cfg.Sample(gen)
+		lq, _, _ := Degrade(img, rec, gen, nil)
+		lq.Close()
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		gen := torch.MustGenerator(torch.CPU, uint64(i))
+		rec, err := cfg.Sample(gen)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		lq, _, err := Degrade(img, rec, gen, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		lq.Close()
+	}
+}
