@@ -195,12 +195,22 @@ func TestBatch(t *testing.T) {
 			ref = torch.Unscope(torch.Cat(refs, 0))
 		}
 		got, err := s.Score(context.Background(), img, ref)
-		img.Close()
-		ref.Close()
 		require.NoError(t, err)
 		for i, c := range cs {
 			exp.CheckScores(t, c.Score, got[i:i+1])
 		}
+		if s.FullReference() && sameRef(cs) {
+			// One reference expanded over the group: encoded once.
+			one := torch.Unscope(images[cs[0].Ref].Expand([]int64{int64(len(cs)), -1, -1, -1}))
+			got, err := s.Score(context.Background(), img, one)
+			one.Close()
+			require.NoError(t, err)
+			for i, c := range cs {
+				exp.CheckScores(t, c.Score, got[i:i+1])
+			}
+		}
+		img.Close()
+		ref.Close()
 	}
 }
 
@@ -321,4 +331,14 @@ func BenchmarkScore(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "images/s")
 		})
 	}
+}
+
+// sameRef reports whether every case has the same reference image.
+func sameRef(cs []iqatest.Case) bool {
+	for _, c := range cs {
+		if c.Ref != cs[0].Ref {
+			return false
+		}
+	}
+	return true
 }

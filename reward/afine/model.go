@@ -253,7 +253,8 @@ func (m *Model) ForwardNR(x *torch.Tensor, tap Tap) *torch.Tensor {
 }
 
 // ForwardFR returns afine_fr of dist against ref ((N,3,H,W) in [0,1]):
-// (N,1) in the caller's scope. It also taps the combined scores pyiqa
+// (N,1) in the caller's scope. A reference expanded over the batch (batch
+// stride 0) is encoded once. It also taps the combined scores pyiqa
 // computes on the way ("afine_all", "afine_all_scale").
 func (m *Model) ForwardFR(dist, ref *torch.Tensor, tap Tap) *torch.Tensor {
 	if tap == nil {
@@ -262,10 +263,22 @@ func (m *Model) ForwardFR(dist, ref *torch.Tensor, tap Tap) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
 	d := m.encode(dist, "dist.", tap)
-	r := m.encode(ref, "ref.", tap)
+	var r branch
+	var nr *torch.Tensor
+	if n := ref.Size(0); n > 1 && ref.Strides()[0] == 0 {
+		// One reference expanded over the batch: its branch runs once.
+		r = m.encode(ref.Narrow(0, 0, 1), "ref.", tap)
+		nr = m.naturalScale(m.natural(r, "ref.", tap)).Expand([]int64{n, -1})
+		r.x = r.x.Expand([]int64{n, -1, -1, -1})
+		for i, f := range r.feats {
+			r.feats[i] = f.Expand([]int64{n, -1, -1})
+		}
+	} else {
+		r = m.encode(ref, "ref.", tap)
+		nr = m.naturalScale(m.natural(r, "ref.", tap))
+	}
 	nd := m.naturalScale(m.natural(d, "dist.", tap))
 	tap("dist.natural_scale", nd)
-	nr := m.naturalScale(m.natural(r, "ref.", tap))
 	tap("ref.natural_scale", nr)
 	fs := m.fidelityScale(m.fidelity(d, r, tap))
 	tap("fidelity_scale", fs)

@@ -172,7 +172,8 @@ func (m *Model) Close() {
 }
 
 // Forward scores a batch: x (and y, the reference, for the FR model) are
-// (N,3,H,W) in [0,1]. It returns the (N, NumClass) scores in the caller's
+// (N,3,H,W) in [0,1]. A reference expanded over the batch (batch stride 0)
+// goes through the backbone once. It returns the (N, NumClass) scores in the caller's
 // scope; tap (may be nil) sees the intermediates.
 func (m *Model) Forward(x, y *torch.Tensor, tap Tap) *torch.Tensor {
 	if tap == nil {
@@ -189,8 +190,17 @@ func (m *Model) Forward(x, y *torch.Tensor, tap Tap) *torch.Tensor {
 		if y == nil {
 			torch.Errorf("topiq", "the full-reference model needs a reference image")
 		}
-		y = y.To(dt).Sub(m.mean.To(dt)).Div(m.std.To(dt))
-		ref = m.backbone.Features(y)
+		if n := y.Size(0); n > 1 && y.Strides()[0] == 0 {
+			// One reference expanded over the batch (a group of candidates
+			// against one image): its backbone runs once.
+			y = y.Narrow(0, 0, 1).To(dt).Sub(m.mean.To(dt)).Div(m.std.To(dt))
+			for _, f := range m.backbone.Features(y) {
+				ref = append(ref, f.Expand([]int64{n, -1, -1, -1}))
+			}
+		} else {
+			y = y.To(dt).Sub(m.mean.To(dt)).Div(m.std.To(dt))
+			ref = m.backbone.Features(y)
+		}
 	}
 	for i := range dist {
 		tap(fmt.Sprintf("backbone.dist.%d", i), dist[i])

@@ -184,6 +184,18 @@ func TestBatch(t *testing.T) {
 				for i, c := range cs {
 					exp.CheckScores(t, c.Score, got[i:i+1])
 				}
+				if f.Mode == "FR" && sameRef(cs) {
+					// One reference expanded over the group (the reward's
+					// case): the reference branch runs once.
+					one := refs[0].Expand([]int64{int64(len(cs)), -1, -1, -1})
+					defer one.Close()
+					require.Zero(t, one.Strides()[0])
+					got, err := s.Score(context.Background(), img, one)
+					require.NoError(t, err)
+					for i, c := range cs {
+						exp.CheckScores(t, c.Score, got[i:i+1])
+					}
+				}
 			})
 		}
 	}
@@ -326,4 +338,14 @@ func BenchmarkScore(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "images/s")
 		})
 	}
+}
+
+// sameRef reports whether every case has the same reference image.
+func sameRef(cs []iqatest.Case) bool {
+	for _, c := range cs {
+		if c.Ref != cs[0].Ref {
+			return false
+		}
+	}
+	return true
 }
