@@ -20,10 +20,23 @@ import (
 // loader, cross-checked by an independent port in the script).
 const fidelityDir = "testdata/fidelity"
 
-// fidelityRelTol: PSNR ends in a float32 log10, whose last bit may differ
-// between libm and libtorch's vectorised one; SSIM is float64 but rounds a
-// float32 luma to integers, where another BLAS could flip a tie.
-const fidelityRelTol = 1e-6
+// Tolerances. PSNR ends in a float32 log10, whose last bit may differ
+// between libm and libtorch's vectorised one. SSIM is float64 but first
+// rounds luma·255 computed by a float32 matmul (pyiqa's rgb2yiq): another
+// BLAS (the reference BLAS instead of OpenBLAS) changes the last bit of a
+// few luma values and flips their rounding, which moves SSIM by ~2e-5
+// relative on these images (pyiqa itself gives that other value there).
+const (
+	psnrRelTol = 1e-6
+	ssimRelTol = 1e-4
+)
+
+func fidelityRelTol(metric string) float64 {
+	if strings.HasPrefix(metric, "ssim") {
+		return ssimRelTol
+	}
+	return psnrRelTol
+}
 
 type fidelityCase struct {
 	Metric string         `json:"metric"`
@@ -155,7 +168,7 @@ func TestFidelityMatchesPyiqa(t *testing.T) {
 		}
 		d := math.Abs(got[0]-*c.Score) / math.Abs(*c.Score)
 		worst = max(worst, d)
-		if d > fidelityRelTol {
+		if d > fidelityRelTol(c.Metric) {
 			t.Errorf("%s %v %s/%s = %.10g, pyiqa %.10g (rel %.3g)", c.Metric, c.Opts, c.Dist, c.Ref, got[0], *c.Score, d)
 		}
 		k := batchKey{c.Metric, strings.TrimSpace(strings.ReplaceAll(jsonString(c.Opts), " ", "")), jsonString(imgs[c.Dist].Shape())}
@@ -177,7 +190,7 @@ func TestFidelityMatchesPyiqa(t *testing.T) {
 			t.Fatal(err)
 		}
 		for i, c := range cs {
-			if d := math.Abs(got[i]-*c.Score) / math.Abs(*c.Score); d > fidelityRelTol {
+			if d := math.Abs(got[i]-*c.Score) / math.Abs(*c.Score); d > fidelityRelTol(c.Metric) {
 				t.Errorf("batched %v: %s/%s = %.10g, pyiqa %.10g", k, c.Dist, c.Ref, got[i], *c.Score)
 			}
 		}
