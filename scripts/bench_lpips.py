@@ -6,7 +6,8 @@ reference, float32, CPU, DP2O_BENCH_THREADS libtorch threads) with the same dete
 first, so both sides time the same computation). The runs alternate (pyiqa, Go, pyiqa, Go, ...) and each side keeps
 its best round, to damp the load of a shared machine. The Go side is `go test ./reward/lpips -bench LPIPS`:
 "pairs" feeds the reference repeated (pyiqa's computation), "group" the reference expanded (one reference for a
-group of candidates, the reward's case; pyiqa has no such path, so it is compared with the same pyiqa number).
+group of candidates, the reward's case; pyiqa has no such path, so it is compared with the same pyiqa number);
+"exact" is the default path (pyiqa's kernels, bit for bit), "fast" the channels-last one (OpenOptions.Fast).
 
 Run from the repository root, with pyiqa set up by /work/shared/refenv/setup-iqa.sh into OUT_DIR:
   PYTHONPATH=OUT_DIR:/work/refenv-py TIMM_FUSED_ATTN=0 HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/bench_lpips.py [--rounds 3]
@@ -95,9 +96,9 @@ def time_go(batch, threads, iters):
                          env=env, capture_output=True, text=True, check=True).stdout
     res = {}
     for line in out.splitlines():
-        m = re.match(r'BenchmarkLPIPS/metric=(\S+?)/mode=(\w+)/\S*\s+\d+\s+\d+ ns/op\s+([\d.]+) images/s', line)
+        m = re.match(r'BenchmarkLPIPS/metric=(\S+?)/path=(\w+)/mode=(\w+)/\S*\s+\d+\s+\d+ ns/op\s+([\d.]+) images/s', line)
         if m:
-            res[(m.group(1), m.group(2))] = float(m.group(3))
+            res[(m.group(1), m.group(2), m.group(3))] = float(m.group(4))
     return res
 
 
@@ -118,10 +119,13 @@ def main():
             go[key] = max(go.get(key, 0), v)
     c = next(iter(metrics.values()))[3]
     print(f'LPIPS, batch {batch} x {c["shape"][3]}x{c["shape"][2]}, {threads} thread(s), float32 CPU, torch {torch.__version__}')
-    print(f'{"metric":10} {"pyiqa img/s":>12} {"Go pairs":>10} {"Go group":>10} {"time Go/py pairs":>17} {"group":>7}')
+    print('images/s (best round); ratio = Go time / pyiqa time per image')
+    print(f'{"metric":10} {"path":6} {"pyiqa":>8} {"Go pairs":>9} {"Go group":>9} {"ratio pairs":>12} {"ratio group":>12}')
     for k in metrics:
-        p, gp, gg = py[k], go.get((k, 'pairs'), float('nan')), go.get((k, 'group'), float('nan'))
-        print(f'{k:10} {p:12.3f} {gp:10.3f} {gg:10.3f} {p / gp:17.3f} {p / gg:7.3f}')
+        for path in ('exact', 'fast'):
+            p = py[k]
+            gp, gg = go.get((k, path, 'pairs'), float('nan')), go.get((k, path, 'group'), float('nan'))
+            print(f'{k:10} {path:6} {p:8.3f} {gp:9.3f} {gg:9.3f} {p / gp:12.3f} {p / gg:12.3f}')
 
 
 if __name__ == '__main__':

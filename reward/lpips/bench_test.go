@@ -19,8 +19,9 @@ import (
 // second. "pairs": the reference repeated in memory (what pyiqa computes:
 // the reference branch once per image); "group": the reference expanded
 // (one reference for a group of candidates; its branch runs once).
-// scripts/bench_lpips.py times pyiqa's create_metric forward on the same
-// batch and prints the ratio.
+// "exact" is the default path (pyiqa's kernels, bit for bit), "fast" the
+// channels-last one (OpenOptions.Fast). scripts/bench_lpips.py times pyiqa's
+// create_metric forward on the same batch and prints the ratios.
 func BenchmarkLPIPS(b *testing.B) {
 	threads := envInt(b, "DP2O_BENCH_THREADS", 1)
 	batch := envInt(b, "DP2O_BENCH_BATCH", 4)
@@ -30,31 +31,33 @@ func BenchmarkLPIPS(b *testing.B) {
 		weights := f.Weights(b)
 		images := f.Images(b)
 		c := f.Cases[0]
-		s, err := reward.Open(f.PyiqaName, reward.OpenOptions{Source: weights})
-		if err != nil {
-			b.Fatal(err)
-		}
 		dist := torch.Unscope(images[c.Dist].Expand([]int64{int64(batch), -1, -1, -1}).Contiguous())
 		ref1 := images[c.Ref]
-		for _, mode := range []string{"pairs", "group"} {
-			ref := ref1.Expand([]int64{int64(batch), -1, -1, -1})
-			if mode == "pairs" {
-				ref = ref.Contiguous()
+		for _, path := range []string{"exact", "fast"} {
+			s, err := reward.Open(f.PyiqaName, reward.OpenOptions{Source: weights, Fast: path == "fast"})
+			if err != nil {
+				b.Fatal(err)
 			}
-			torch.Unscope(ref)
-			name := fmt.Sprintf("metric=%s/mode=%s/batch=%d/threads=%d/size=%dx%d", filepath.Base(rel), mode, batch, threads, c.Shape[3], c.Shape[2])
-			b.Run(name, func(b *testing.B) {
-				for b.Loop() {
-					if _, err := s.Score(context.Background(), dist, ref); err != nil {
-						b.Fatal(err)
-					}
+			for _, mode := range []string{"pairs", "group"} {
+				ref := ref1.Expand([]int64{int64(batch), -1, -1, -1})
+				if mode == "pairs" {
+					ref = ref.Contiguous()
 				}
-				b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "images/s")
-			})
-			ref.Close()
+				torch.Unscope(ref)
+				name := fmt.Sprintf("metric=%s/path=%s/mode=%s/batch=%d/threads=%d/size=%dx%d", filepath.Base(rel), path, mode, batch, threads, c.Shape[3], c.Shape[2])
+				b.Run(name, func(b *testing.B) {
+					for b.Loop() {
+						if _, err := s.Score(context.Background(), dist, ref); err != nil {
+							b.Fatal(err)
+						}
+					}
+					b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "images/s")
+				})
+				ref.Close()
+			}
+			s.Close()
 		}
 		dist.Close()
-		s.Close()
 	}
 }
 
