@@ -95,7 +95,7 @@ func TestTextToImage(t *testing.T) {
 	img, err := p.Sample(context.Background(), control, r.Prompts, so, torch.MustGenerator(torch.CPU, r.Seed))
 	require.NoError(t, err)
 	defer img.Close()
-	testutil.AssertClose(t, "image_float", img, ref["image_float"], pipelineTol, 0)
+	testutil.AssertClose(t, "image_float", img, ref["image_float"], tolerance(t), 0)
 }
 
 // TestHalfPrecisionRuns runs the whole pipeline from text with bfloat16
