@@ -26,14 +26,12 @@ func newFeedForward(b *nn.Builder, dim int64) *feedForward {
 }
 
 func (f *feedForward) forward(x *torch.Tensor) *torch.Tensor {
-	return byTokens(f.proj.Weight.Size(0), func(xs ...*torch.Tensor) *torch.Tensor {
-		s := torch.NewScope()
-		defer s.Close()
-		h := linear(f.proj, xs[0])
-		g := h.GeluTanh()
-		h.Close()
-		return s.Keep(linear(f.out, g))
-	}, x)
+	s := torch.NewScope()
+	defer s.Close()
+	h := linear(f.proj, x)
+	g := h.GeluTanh()
+	h.Close()
+	return s.Keep(linear(f.out, g))
 }
 
 // doubleBlock is FluxTransformerBlock: AdaLayerNormZero modulation of both
@@ -119,21 +117,16 @@ func (blk *singleBlock) forward(h, siluTemb *torch.Tensor, r rope, imgOnly bool,
 		h = h.Narrow(1, txtLen, h.Size(1)-txtLen)
 		nq = n.Narrow(1, txtLen, n.Size(1)-txtLen)
 	}
+	mlp := linear(blk.projMLP, nq)
+	g := mlp.GeluTanh()
+	mlp.Close()
 	a, _ := blk.attn.forward(n, nil, r, imgOnly, txtLen)
-	gate := e[2].Unsqueeze(1)
-	h = byTokens(blk.projOut.Weight.Size(1), func(xs ...*torch.Tensor) *torch.Tensor {
-		s := torch.NewScope()
-		defer s.Close()
-		h, nq, a := xs[0], xs[1], xs[2]
-		mlp := linear(blk.projMLP, nq)
-		g := mlp.GeluTanh()
-		mlp.Close()
-		cat := torch.Cat([]*torch.Tensor{a, g}, 2)
-		g.Close()
-		out := linear(blk.projOut, cat)
-		cat.Close()
-		return s.Keep(h.Add(gate.Mul(out)))
-	}, h, nq, a)
+	cat := torch.Cat([]*torch.Tensor{a, g}, 2)
+	a.Close()
+	g.Close()
+	out := linear(blk.projOut, cat)
+	cat.Close()
+	h = h.Add(e[2].Unsqueeze(1).Mul(out))
 	if h.DType() == torch.Float16 {
 		h = h.Clamp(-65504, 65504)
 	}
