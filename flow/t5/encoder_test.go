@@ -44,14 +44,19 @@ func loadTiny(tb testing.TB, dev torch.Device) *Encoder {
 	return e
 }
 
-// encoderCases groups the tensors of io.safetensors by case ("len77.x" →
-// case "len77", name "x"); tensors without a case prefix are returned in
-// the "" group.
+// encoderCases groups the tensors of io.safetensors by input case: every
+// "<case>.input_ids" starts a case, and "<case>.x" belongs to it as "x".
+// Tensors of no case are returned in the "" group.
 func encoderCases(io map[string]*torch.Tensor) map[string]map[string]*torch.Tensor {
 	out := map[string]map[string]*torch.Tensor{}
+	for k := range io {
+		if c, ok := strings.CutSuffix(k, ".input_ids"); ok {
+			out[c] = map[string]*torch.Tensor{}
+		}
+	}
 	for k, t := range io {
 		c, n, ok := strings.Cut(k, ".")
-		if !ok || !strings.HasPrefix(c, "len") {
+		if _, isCase := out[c]; !ok || !isCase || c == "" {
 			c, n = "", k
 		}
 		if out[c] == nil {

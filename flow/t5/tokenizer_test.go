@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 
@@ -279,4 +280,27 @@ func TestTokenizerEncoderInputs(t *testing.T) {
 		}
 	}
 	require.NotZero(t, found)
+}
+
+// FuzzTokenize checks that any text tokenizes without a panic: valid UTF-8
+// gives ids inside the vocabulary ending in </s>, invalid UTF-8 an error.
+// The seeds are the fixture's prompts.
+func FuzzTokenize(f *testing.F) {
+	for _, tc := range readTokenizerCases(f).Cases {
+		f.Add(tc.Text)
+	}
+	tok := tokenizers(f)["folder"]
+	f.Fuzz(func(t *testing.T, text string) {
+		ids, err := tok.Tokenize(text)
+		if !utf8.ValidString(text) {
+			require.Error(t, err)
+			return
+		}
+		require.NoError(t, err)
+		require.NotEmpty(t, ids)
+		require.Equal(t, tok.EOSID(), ids[len(ids)-1])
+		for _, id := range ids {
+			require.True(t, id >= 0 && id < int64(tok.VocabSize()), "id %d", id)
+		}
+	})
 }
