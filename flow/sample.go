@@ -67,6 +67,16 @@ func (p *CFLUX) region(f func()) {
 	})
 }
 
+// modelDType is the dtype of the text encoders, transformer and
+// ControlNet: p.DType, float32 when it is not a floating-point dtype (a
+// CFLUX assembled by hand with the zero value).
+func (p *CFLUX) modelDType() torch.DType {
+	if p.DType.IsFloat() {
+		return p.DType
+	}
+	return torch.Float32
+}
+
 // autocasting reports whether calls run under the float16 autocast region.
 func (p *CFLUX) autocasting() bool { return p.Autocast && p.Device.IsCUDA() }
 
@@ -127,6 +137,17 @@ func (p *CFLUX) sample(ctx context.Context, control *torch.Tensor, emb *PromptEm
 	dev := p.Device
 	text := emb.Prompt.ToDevice(dev)
 	pooled := emb.Pooled.ToDevice(dev)
+	if !p.autocasting() {
+		// Embeddings made elsewhere (another dtype) are given the models'
+		// dtype, which encode_prompt's output has; under autocast they
+		// are used as they come, as in the official run.
+		if dt := p.modelDType(); text.DType() != dt {
+			text = text.To(dt)
+		}
+		if dt := p.modelDType(); pooled.DType() != dt {
+			pooled = pooled.To(dt)
+		}
+	}
 	textIDs := emb.TextIDs.ToDevice(dev)
 	o.tap("prompt_embeds", text)
 	o.tap("pooled_prompt_embeds", pooled)
@@ -153,12 +174,12 @@ func (p *CFLUX) sample(ctx context.Context, control *torch.Tensor, emb *PromptEm
 	if err != nil {
 		return nil, err
 	}
-	if !p.autocasting() && cond.DType() != p.DType {
+	if dt := p.modelDType(); !p.autocasting() && cond.DType() != dt {
 		// Without autocast (the CPU, --no_autocast) the ControlNet's
 		// input embedding needs its weights' dtype; under autocast the
 		// latents stay in the VAE's dtype and autocast casts them, as in
 		// the official run.
-		cond = cond.To(p.DType)
+		cond = cond.To(dt)
 	}
 	o.tap("control_latents_packed", cond)
 

@@ -139,4 +139,14 @@ func TestHalfPrecisionRuns(t *testing.T) {
 	require.Equal(t, torch.Float32, dtypes["step.0.guidance_input"])
 	require.Equal(t, torch.Float32, dtypes["rng_draw_0_posterior_noise"], "the VAE (and its posterior) stays float32")
 	require.Equal(t, torch.BFloat16, dtypes["step.0.latents_out"])
+
+	// Float32 embeddings made elsewhere are given the models' dtype.
+	ref := testutil.Tensors(t, testutil.Fixture(t, "flux/pipeline/io.safetensors"))
+	emb, err := NewPromptEmbeds(ref["prompt_embeds"], ref["pooled_prompt_embeds"])
+	require.NoError(t, err)
+	defer emb.Close()
+	c, err := p.SampleEmbeds(context.Background(), control, emb, o, torch.MustGenerator(torch.CPU, r.Seed))
+	require.NoError(t, err)
+	defer c.Close()
+	require.Equal(t, torch.BFloat16, dtypes["prompt_embeds"])
 }
