@@ -308,6 +308,13 @@ func TestBadInput(t *testing.T) {
 	require.ErrorContains(t, err, "steps")
 	_, err = p.Sample(ctx, ok, []string{"x"}, o, gen)
 	require.ErrorContains(t, err, "no text encoders")
+	_, err = (&CFLUX{}).SampleEmbeds(ctx, ok, emb, o, gen)
+	require.ErrorContains(t, err, "not loaded")
+	var none *CFLUX
+	_, err = none.Sample(ctx, ok, []string{"x"}, o, gen)
+	require.ErrorContains(t, err, "no text encoders")
+	_, err = none.Upscale(ctx, imageio.NewRGB8(int(2*f), int(2*f)), DefaultUpscaleOptions(), gen)
+	require.ErrorContains(t, err, "not loaded")
 	_, err = NewPromptEmbeds(ref["pooled_prompt_embeds"], ref["pooled_prompt_embeds"])
 	require.ErrorContains(t, err, "(B, T, D)")
 

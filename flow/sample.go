@@ -78,7 +78,7 @@ func (p *CFLUX) modelDType() torch.DType {
 }
 
 // autocasting reports whether calls run under the float16 autocast region.
-func (p *CFLUX) autocasting() bool { return p.Autocast && p.Device.IsCUDA() }
+func (p *CFLUX) autocasting() bool { return p != nil && p.Autocast && p.Device.IsCUDA() }
 
 // SampleEmbeds is FluxControlNetPipeline.__call__ with precomputed prompt
 // embeddings, as the official script calls it: control holds B control
@@ -96,6 +96,9 @@ func (p *CFLUX) SampleEmbeds(ctx context.Context, control *torch.Tensor, emb *Pr
 // CheckSize reports whether an image of w×h can be sampled: both sides
 // positive multiples of 16 (VAE factor 8 × 2×2 packing).
 func (p *CFLUX) CheckSize(w, h int64) error {
+	if err := p.ready(); err != nil {
+		return err
+	}
 	f := int64(2 * p.VAE.Config.DownsampleFactor())
 	if w < f || h < f || w%f != 0 || h%f != 0 {
 		return fmt.Errorf("flux: image %d×%d: width and height must be positive multiples of %d (VAE factor %d × 2×2 latent packing)", w, h, f, f/2)
@@ -103,7 +106,19 @@ func (p *CFLUX) CheckSize(w, h int64) error {
 	return nil
 }
 
+// ready reports a pipeline without its models (nil, closed or partly
+// assembled by hand) as an error instead of a nil dereference.
+func (p *CFLUX) ready() error {
+	if p == nil || p.Transformer == nil || p.ControlNet == nil || p.VAE == nil {
+		return fmt.Errorf("flux: the pipeline has no transformer, ControlNet or VAE (not loaded)")
+	}
+	return nil
+}
+
 func (p *CFLUX) sample(ctx context.Context, control *torch.Tensor, emb *PromptEmbeds, o SampleOptions, gen *torch.Generator) (img *torch.Tensor, err error) {
+	if err := p.ready(); err != nil {
+		return nil, err
+	}
 	defer torch.Recover(&err)
 	scope := torch.NewScope()
 	defer scope.Close()

@@ -55,7 +55,7 @@ func (p *CFLUX) EncodePrompt(prompts []string) (e *PromptEmbeds, err error) {
 	if len(prompts) == 0 {
 		return nil, fmt.Errorf("flux: no prompts")
 	}
-	if p.Tokenizer == nil || p.TextEncoder == nil || p.Tokenizer2 == nil || p.TextEncoder2 == nil {
+	if p == nil || p.Tokenizer == nil || p.TextEncoder == nil || p.Tokenizer2 == nil || p.TextEncoder2 == nil {
 		return nil, fmt.Errorf("flux: the pipeline has no text encoders (loaded without them): pass prompt embeddings")
 	}
 	defer torch.Recover(&err)

@@ -58,6 +58,9 @@ func ControlTensor(img *imageio.RGB8) (*torch.Tensor, error) {
 // (bicubic) to the input size × Upscale. gen is the official script's
 // single generator: pass the same one for every image and sample.
 func (p *CFLUX) Upscale(ctx context.Context, img *imageio.RGB8, o UpscaleOptions, gen *torch.Generator) (*imageio.RGB8, error) {
+	if err := p.ready(); err != nil {
+		return nil, err
+	}
 	if img == nil || img.W < 1 || img.H < 1 {
 		return nil, fmt.Errorf("flux: empty image")
 	}
