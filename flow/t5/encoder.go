@@ -3,6 +3,7 @@ package t5
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -50,7 +51,8 @@ type Output struct {
 	// LastHidden.
 	Hidden []*torch.Tensor
 	// PositionBias is the relative position bias the first block computes
-	// and every block adds, (1, heads, L, L).
+	// and every block adds, (1, heads, L, L); with ForwardMasked, plus the
+	// extended mask, (B, heads, L, L).
 	PositionBias *torch.Tensor
 }
 
@@ -186,7 +188,7 @@ func (e *Encoder) CheckIDs(ids *torch.Tensor) (err error) {
 // (B, L, d_model) in the weights' dtype on the encoder's device, computed
 // without an attention mask as FLUX does. The caller closes the result.
 func (e *Encoder) Forward(ids *torch.Tensor) (*torch.Tensor, error) {
-	out, err := e.run(ids, false)
+	out, err := e.run(ids, nil, false)
 	if err != nil {
 		return nil, err
 	}
@@ -196,15 +198,31 @@ func (e *Encoder) Forward(ids *torch.Tensor) (*torch.Tensor, error) {
 // ForwardHidden is Forward that also returns the embeddings, every block's
 // output and the position bias.
 func (e *Encoder) ForwardHidden(ids *torch.Tensor) (*Output, error) {
-	return e.run(ids, true)
+	return e.run(ids, nil, true)
 }
 
-func (e *Encoder) run(ids *torch.Tensor, hidden bool) (out *Output, err error) {
+// ForwardMasked is ForwardHidden with an attention mask (B, L) of 1 for the
+// positions to attend to and 0 for the others, as T5EncoderModel(input_ids,
+// attention_mask) computes it: (1 − mask)·finfo(dtype).min is added to the
+// position bias of every block. FLUX does not mask; other T5 users do.
+func (e *Encoder) ForwardMasked(ids, mask *torch.Tensor) (*Output, error) {
+	if mask == nil || mask.Closed() {
+		return nil, errors.New("t5 encoder: attention mask: nil or closed tensor")
+	}
+	return e.run(ids, mask, true)
+}
+
+func (e *Encoder) run(ids, mask *torch.Tensor, hidden bool) (out *Output, err error) {
 	if err := e.CheckIDs(ids); err != nil {
 		return nil, err
 	}
 	if e.Shared == nil || e.Shared.Weight.Closed() {
 		return nil, errors.New("t5 encoder: used after Close")
+	}
+	if mask != nil {
+		if ms, is := mask.Shape(), ids.Shape(); len(ms) != 2 || ms[0] != is[0] || ms[1] != is[1] {
+			return nil, fmt.Errorf("t5 encoder: attention mask of shape %v does not fit input ids %v", ms, is)
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -212,11 +230,24 @@ func (e *Encoder) run(ids *torch.Tensor, hidden bool) (out *Output, err error) {
 		}
 	}()
 	defer torch.Recover(&err)
-	return e.forward(ids, hidden), nil
+	return e.forward(ids, mask, hidden), nil
+}
+
+// dtypeMin is torch.finfo(dt).min of the floating dtypes.
+func dtypeMin(dt torch.DType) float64 {
+	switch dt {
+	case torch.Float16:
+		return -65504
+	case torch.BFloat16:
+		return -3.3895313892515355e38
+	case torch.Float64:
+		return -math.MaxFloat64
+	}
+	return -math.MaxFloat32
 }
 
 // forward panics with a *torch.Error on failure.
-func (e *Encoder) forward(ids *torch.Tensor, keepHidden bool) *Output {
+func (e *Encoder) forward(ids, mask *torch.Tensor, keepHidden bool) *Output {
 	s := torch.NewScope()
 	defer s.Close()
 	dev := e.Device()
@@ -234,6 +265,16 @@ func (e *Encoder) forward(ids *torch.Tensor, keepHidden bool) *Output {
 	var bias *torch.Tensor
 	if len(e.Blocks) > 0 && e.Blocks[0].RelativeBias != nil {
 		bias = e.Blocks[0].PositionBias(ids.Size(1), int64(e.Config.NumBuckets), int64(e.Config.MaxDistance))
+	}
+	if mask != nil {
+		// The extended mask (B, 1, 1, L) in the embeddings' dtype.
+		dt := h.DType()
+		ext := mask.ToDevice(dev).To(dt).Unsqueeze(1).Unsqueeze(1).RSub(1).MulScalar(dtypeMin(dt))
+		if bias == nil {
+			bias = ext
+		} else {
+			bias = bias.Add(ext)
+		}
 	}
 	for _, blk := range e.Blocks {
 		h = blk.Forward(h, bias)

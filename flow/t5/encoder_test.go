@@ -207,11 +207,17 @@ func TestEncoder(t *testing.T) {
 					continue
 				case n == "last_hidden_state_if_masked":
 					// The negative control: FLUX does not mask, and the
-					// masked output is far from the reference.
+					// unmasked output is far from the masked one, which
+					// ForwardMasked computes.
 					maxAbs, _, err := testutil.Diff(out.LastHidden.ToDevice(torch.CPU), want, encAtol, encRtol)
 					require.NoError(t, err)
 					require.Greater(t, maxAbs, encAtol, "output matches the masked negative control")
-					continue
+					mask := c["attention_mask"]
+					require.NotNil(t, mask, "%s.attention_mask", name)
+					masked, err := e.ForwardMasked(ids, mask)
+					require.NoError(t, err)
+					defer masked.Close()
+					got = masked.LastHidden
 				case n == "position_bias":
 					got = out.PositionBias
 				case n == "last_block_output":
@@ -274,10 +280,20 @@ func TestEncoderBadInput(t *testing.T) {
 		_, err = e.ForwardHidden(ids)
 		require.Error(t, err, name)
 	}
+	// Attention masks that do not fit.
+	ids := torch.FromSlice([]int64{5, 6, 7, 8}, 2, 2)
+	for name, mask := range map[string]*torch.Tensor{
+		"nil mask":   nil,
+		"short mask": torch.FromSlice([]int64{1, 1}, 2, 1),
+		"1-d mask":   torch.FromSlice([]int64{1, 1, 1, 1}),
+	} {
+		_, err := e.ForwardMasked(ids, mask)
+		require.ErrorContains(t, err, "attention mask", name)
+		t.Logf("%s: %v", name, err)
+	}
+
 	// After Close the encoder refuses to run.
 	e.Close()
-	ids := torch.FromSlice([]int64{5, 6}, 1, 2)
-	defer ids.Close()
 	_, err := e.Forward(ids)
 	require.ErrorContains(t, err, "after Close")
 }
