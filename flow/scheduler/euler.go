@@ -76,6 +76,9 @@ func (st *Stepper) StepIndex() int {
 // Step is scheduler.step(v, t, x): the Euler update at the current step
 // index, which then advances.
 func (st *Stepper) Step(v *torch.Tensor, t float32, x *torch.Tensor) (prev *torch.Tensor, err error) {
+	if st == nil || st.Schedule == nil {
+		return nil, fmt.Errorf("flow-match scheduler: step on a stepper without a schedule")
+	}
 	if !st.begun {
 		if st.BeginIndex != nil {
 			st.index = *st.BeginIndex

@@ -58,6 +58,9 @@ func VelocityTarget(x0, noise *torch.Tensor) (v *torch.Tensor, err error) {
 // index: σ looked up per sample with IndexForTimestep, then
 // σ·ε + (1 − σ)·x0.
 func (s *Schedule) ScaleNoise(x0 *torch.Tensor, timesteps []float32, noise *torch.Tensor) (*torch.Tensor, error) {
+	if s == nil {
+		return nil, fmt.Errorf("flow-match scheduler: scale_noise without a schedule")
+	}
 	sig := make([]float32, len(timesteps))
 	for i, t := range timesteps {
 		k, err := s.IndexForTimestep(t)

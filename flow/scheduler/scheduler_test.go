@@ -283,6 +283,8 @@ func TestBadInput(t *testing.T) {
 	x.Close()
 	_, err = st.Step(a, 0, a)
 	require.ErrorContains(t, err, "step called")
+	_, err = NewStepper(nil).Step(a, 0, a)
+	require.ErrorContains(t, err, "without a schedule")
 	_, err = Interpolate(a, a, []float32{0.5, 0.5})
 	require.ErrorContains(t, err, "sigmas for a batch")
 
