@@ -77,7 +77,7 @@ func (blk *Block) PositionBias(n int64, numBuckets, maxDistance int64) *torch.Te
 }
 
 // Forward runs the block on h (B, L, d_model) with the shared position
-// bias (1 or B, heads, L, L).
+// bias (1 or B, heads, L, L). It panics with a *torch.Error on failure.
 func (blk *Block) Forward(h, bias *torch.Tensor) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()

@@ -52,5 +52,14 @@
 // a relative position bias that the first block computes from bucketed
 // key−query distances and every block shares, softmax in float32, and in
 // float16 the clamping of infinite activations transformers applies.
-// ForwardHidden also returns the per-block hidden states for parity checks.
+// ForwardHidden also returns the per-block hidden states for parity checks;
+// ForwardMasked applies an attention mask as transformers does for other
+// T5 users. The exported entry points return errors for bad ids, masks and
+// checkpoints; Block.Forward, the building block, panics with a
+// *torch.Error like the tensor ops.
+//
+// transformers keeps T5's wo layers in float32 when a model is loaded with
+// torch_dtype=float16 (_keep_in_fp32_modules); FLUX pipelines and the
+// official C-FLUX script cast the whole encoder instead (.to(dtype)), which
+// is what LoadEncoder's dtype does.
 package t5
