@@ -58,8 +58,9 @@
 // checkpoints; Block.Forward, the building block, panics with a
 // *torch.Error like the tensor ops.
 //
-// transformers keeps T5's wo layers in float32 when a model is loaded with
-// torch_dtype=float16 (_keep_in_fp32_modules); FLUX pipelines and the
-// official C-FLUX script cast the whole encoder instead (.to(dtype)), which
-// is what LoadEncoder's dtype does.
+// Every weight takes LoadEncoder's dtype, as in the official C-FLUX script,
+// which loads the encoder in float32 and casts it whole with .to(dtype).
+// (transformers' from_pretrained with torch_dtype=float16 would instead keep
+// the wo layers in float32, its _keep_in_fp32_modules; with bfloat16 it
+// casts everything too.)
 package t5
