@@ -85,7 +85,7 @@ func TestSRBadInput(t *testing.T) {
 		{"cuda without a GPU", []string{"--image_path", sampleDir, "--device", "cuda:7"}, "CUDA"},
 		{"not a model folder", []string{"--image_path", sampleDir, "--pretrained_model_name_or_path", dir}, "missing tokenizer/"},
 		{"controlnet of another model", []string{"--image_path", sampleDir, "--controlnet_model_name_or_path",
-			filepath.Join(tinyBase, "unet", "diffusion_pytorch_model.safetensors")}, "keys"},
+			filepath.Join(tinyBase, "unet", "diffusion_pytorch_model.safetensors")}, "not a ControlNet checkpoint"},
 		{"corrupt controlnet file", []string{"--image_path", sampleDir, "--controlnet_model_name_or_path", badCN}, "safetensors"},
 		{"image too large for the settings", []string{"--image_path", sampleDir, "--upscale", "64", "--process_size", "8192"}, "exceeds the limit"},
 		{"image too small for the settings", []string{"--image_path", tiny, "--upscale", "3", "--process_size", "8"}, "plan"},
