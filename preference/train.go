@@ -1,0 +1,422 @@
+package preference
+
+import (
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/optim"
+)
+
+// Batch is one batch of P preference pairs as a DPO training step takes
+// it. Every tensor has the P pairs as its first dimension; the winner and
+// the loser of pair j share Noise[j], the timestep, the conditioning and
+// the weight (Diffusion-DPO). The step builds the doubled batch
+// [winners; losers] from it.
+type Batch struct {
+	// X0W and X0L are the clean latents of the winners and the losers:
+	// (P, C, h, w) scaled VAE latents for SD2, packed (P, L, 64) for FLUX.
+	X0W, X0L *torch.Tensor
+	// Noise is ε, one per pair, of X0W's shape.
+	Noise *torch.Tensor
+	// Timesteps: SD2 int64 t ∈ [0, T) (P,); FLUX the float32 value both
+	// models get as timestep (scheduler timestep / 1000) (P,).
+	Timesteps *torch.Tensor
+	// Sigmas are FLUX's noise levels σ (P,) for x_σ = (1−σ)·x0 + σ·ε;
+	// unused by SD2.
+	Sigmas []float32
+	// Control is the conditioning the ControlNet takes: SD2 the LR image
+	// (P, 3, 8h, 8w) in [0, 1]; FLUX the packed control latents (P, L, 64).
+	Control *torch.Tensor
+	// Text is the prompt embedding (P, T, D): CLIP's last hidden state for
+	// SD2, T5's for FLUX.
+	Text *torch.Tensor
+	// Pooled is FLUX's pooled CLIP embedding (P, D); unused by SD2.
+	Pooled *torch.Tensor
+	// ImgIDs (L, 3) and TxtIDs (T, 3) are FLUX's RoPE positions; unused by SD2.
+	ImgIDs, TxtIDs *torch.Tensor
+	// Weight is the HPO weight of each pair (P,).
+	Weight *torch.Tensor
+}
+
+// Pairs is the number of pairs in the batch.
+func (b *Batch) Pairs() int64 {
+	if b == nil || b.X0W == nil || b.X0W.Closed() || b.X0W.Dim() < 1 {
+		return 0
+	}
+	return b.X0W.Size(0)
+}
+
+// Close frees every tensor of the batch.
+func (b *Batch) Close() {
+	if b == nil {
+		return
+	}
+	for _, t := range []*torch.Tensor{b.X0W, b.X0L, b.Noise, b.Timesteps, b.Control, b.Text, b.Pooled, b.ImgIDs, b.TxtIDs, b.Weight} {
+		t.Close()
+	}
+}
+
+func (b *Batch) check(kind string) error {
+	p := b.Pairs()
+	if p == 0 {
+		return errors.New("preference: train: batch has no winner latents")
+	}
+	rows := func(name string, t *torch.Tensor) error {
+		if t == nil || t.Closed() {
+			return fmt.Errorf("preference: train: batch %s is missing", name)
+		}
+		if t.Dim() < 1 || t.Size(0) != p {
+			return fmt.Errorf("preference: train: batch %s has shape %v, want %d pairs first", name, t.Shape(), p)
+		}
+		return nil
+	}
+	for _, c := range []struct {
+		n string
+		t *torch.Tensor
+	}{{"x0_l", b.X0L}, {"noise", b.Noise}, {"timesteps", b.Timesteps}, {"control", b.Control}, {"text", b.Text}, {"weight", b.Weight}} {
+		if err := rows(c.n, c.t); err != nil {
+			return err
+		}
+	}
+	if fmt.Sprint(b.X0L.Shape()) != fmt.Sprint(b.X0W.Shape()) || fmt.Sprint(b.Noise.Shape()) != fmt.Sprint(b.X0W.Shape()) {
+		return fmt.Errorf("preference: train: winner latents %v, loser latents %v and noise %v must have one shape",
+			b.X0W.Shape(), b.X0L.Shape(), b.Noise.Shape())
+	}
+	if b.Timesteps.Dim() != 1 || b.Weight.Dim() != 1 {
+		return fmt.Errorf("preference: train: timesteps %v and weight %v must be (P,)", b.Timesteps.Shape(), b.Weight.Shape())
+	}
+	if kind == KindFlux {
+		if err := rows("pooled", b.Pooled); err != nil {
+			return err
+		}
+		if int64(len(b.Sigmas)) != p {
+			return fmt.Errorf("preference: train: %d sigmas for %d pairs", len(b.Sigmas), p)
+		}
+		if b.ImgIDs == nil || b.TxtIDs == nil || b.ImgIDs.Closed() || b.TxtIDs.Closed() {
+			return errors.New("preference: train: a FLUX batch needs img_ids and txt_ids")
+		}
+	}
+	return nil
+}
+
+// doubled repeats a per-pair tensor for the [winners; losers] batch.
+func doubled(t *torch.Tensor) *torch.Tensor {
+	if t == nil {
+		return nil
+	}
+	return torch.Cat([]*torch.Tensor{t, t}, 0)
+}
+
+// Backbone kinds.
+const (
+	KindSD2  = "sd2"
+	KindFlux = "flux"
+)
+
+// Backbone is the model side of DPO training: the frozen base model, the
+// trainable ControlNet (the policy, float32 master weights) and its frozen
+// copy (the reference π_ref). SD2Backbone and FluxBackbone implement it.
+type Backbone interface {
+	// Kind is KindSD2 or KindFlux.
+	Kind() string
+	// PolicyParams are the trainable ControlNet's weights in state-dict
+	// order (what the optimizer updates and checkpoints save).
+	PolicyParams() []optim.Param
+	// ReferenceParams and BaseParams are the frozen weights.
+	ReferenceParams() []optim.Param
+	BaseParams() []optim.Param
+	// Close frees what the backbone owns (the reference copy).
+	Close()
+
+	// noise makes x_t and the regression target of the doubled batch
+	// [winners; losers].
+	noise(b *Batch) (xt, target *torch.Tensor, err error)
+	// predict runs the base model with the policy's (ref false) or the
+	// reference's residuals on the doubled batch.
+	predict(ref bool, xt *torch.Tensor, b *Batch) (*torch.Tensor, error)
+}
+
+// TrainConfig holds the hyper-parameters of DPO training.
+type TrainConfig struct {
+	// Beta is the DPO β (DefaultBeta).
+	Beta float64
+	// AdamW is the optimizer's configuration (lr 2e-5 by default, see
+	// DefaultTrainConfig).
+	AdamW optim.AdamWConfig
+	// MaxGradNorm is clip_grad_norm_'s max_norm (norm type 2); 0 or less
+	// turns clipping off (the norm is still measured).
+	MaxGradNorm float64
+	// GradAccum is the number of batches whose gradients are summed
+	// (each loss divided by GradAccum) before one optimizer step.
+	GradAccum int
+	// Schedule is the learning-rate schedule ("constant" or
+	// "constant_with_warmup", ...).
+	Schedule optim.ScheduleConfig
+	// MixedPrecision is "no", "bf16" or "fp16": the forward passes run
+	// under torch.autocast of that type on CUDA (never on the CPU).
+	MixedPrecision string
+}
+
+// DefaultTrainConfig is DP²O-SR's setting (SPEC §7.3: β 5000, lr 2e-5)
+// with diffusers' ControlNet-recipe defaults (AdamW betas (0.9, 0.999),
+// eps 1e-8, weight decay 1e-2, max_norm 1), a constant rate and no
+// accumulation.
+func DefaultTrainConfig() TrainConfig {
+	a := optim.DefaultAdamW()
+	a.LR = 2e-5
+	return TrainConfig{Beta: DefaultBeta, AdamW: a, MaxGradNorm: 1, GradAccum: 1,
+		Schedule: optim.ScheduleConfig{Name: "constant"}, MixedPrecision: "no"}
+}
+
+func (c TrainConfig) validate() error {
+	if math.IsNaN(c.Beta) || math.IsInf(c.Beta, 0) || c.Beta <= 0 {
+		return fmt.Errorf("preference: train: beta %v must be positive", c.Beta)
+	}
+	if c.GradAccum < 1 {
+		return fmt.Errorf("preference: train: gradient accumulation %d must be at least 1", c.GradAccum)
+	}
+	if math.IsNaN(c.MaxGradNorm) {
+		return errors.New("preference: train: max grad norm is NaN")
+	}
+	switch c.MixedPrecision {
+	case "", "no", "bf16", "fp16":
+	default:
+		return fmt.Errorf("preference: train: mixed precision %q (want no, bf16 or fp16)", c.MixedPrecision)
+	}
+	return nil
+}
+
+// MicroStats is what one forward/backward pass over a batch measured.
+type MicroStats struct {
+	Loss, Accuracy                       float64
+	ModelMargin, RefMargin, RewardMargin float64
+	// Inside and PerPair are per pair; MSEModel and MSERef per row of the
+	// doubled batch (winners first).
+	Inside, PerPair, MSEModel, MSERef []float64
+}
+
+// StepStats is what one optimizer step measured: the means over its
+// accumulated batches, the gradient norm before clipping, the clipping
+// factor and the learning rate the step used.
+type StepStats struct {
+	// Step is the 0-based index of the optimizer step.
+	Step                                 int
+	Loss, Accuracy                       float64
+	ModelMargin, RefMargin, RewardMargin float64
+	GradNorm, ClipCoef, LR               float64
+	// Micro holds each accumulated batch's own numbers.
+	Micro []MicroStats
+}
+
+// Trainer runs HPO-weighted Diffusion-DPO on a Backbone: per batch the
+// noised doubled batch, the policy's and the reference's predictions, the
+// weighted DPO loss (DPOLoss) and its backward; per optimizer step
+// gradient clipping, AdamW and the learning-rate schedule.
+type Trainer struct {
+	Backbone Backbone
+	Config   TrainConfig
+	Opt      *optim.AdamW
+	Sched    *optim.Scheduler
+	// StepsDone is the number of optimizer steps taken.
+	StepsDone int
+	// Tap, when set, receives each batch's intermediates: xt, target,
+	// model_pred, ref_pred (doubled batch), mse_model, mse_ref (2P),
+	// model_diff, ref_diff, inside, per_pair_loss (P) and loss (0-d). The
+	// tensor is valid only during the call.
+	Tap func(name string, t *torch.Tensor)
+	// BeforeClip, when set, sees the parameters with their accumulated
+	// gradients right before clipping.
+	BeforeClip func(params []optim.Param)
+}
+
+// NewTrainer sets up the optimizer and the schedule over the backbone's
+// policy parameters (which it marks as requiring gradients).
+func NewTrainer(bb Backbone, cfg TrainConfig) (*Trainer, error) {
+	if bb == nil {
+		return nil, errors.New("preference: train: nil backbone")
+	}
+	if cfg.MixedPrecision == "" {
+		cfg.MixedPrecision = "no"
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	params := bb.PolicyParams()
+	if len(params) == 0 {
+		return nil, errors.New("preference: train: the policy has no parameters")
+	}
+	for _, p := range params {
+		if p.Tensor.DType() != torch.Float32 {
+			return nil, fmt.Errorf("preference: train: policy weight %s is %v; the trained ControlNet keeps float32 master weights", p.Name, p.Tensor.DType())
+		}
+		p.Tensor.SetRequiresGrad(true)
+	}
+	opt, err := optim.NewAdamW(params, cfg.AdamW)
+	if err != nil {
+		return nil, fmt.Errorf("preference: train: %w", err)
+	}
+	sched, err := optim.NewScheduler(opt, cfg.Schedule)
+	if err != nil {
+		opt.Close()
+		return nil, fmt.Errorf("preference: train: %w", err)
+	}
+	return &Trainer{Backbone: bb, Config: cfg, Opt: opt, Sched: sched}, nil
+}
+
+// Close frees the optimizer state (not the backbone).
+func (t *Trainer) Close() {
+	if t != nil && t.Opt != nil {
+		t.Opt.Close()
+	}
+}
+
+func (t *Trainer) tap(name string, x *torch.Tensor) {
+	if t.Tap != nil {
+		t.Tap(name, x)
+	}
+}
+
+// region runs f under autocast when mixed precision is on and the policy
+// lives on CUDA.
+func (t *Trainer) region(f func()) {
+	ps := t.Backbone.PolicyParams()
+	dev := ps[0].Tensor.Device()
+	if dev.IsCUDA() && t.Config.MixedPrecision != "no" {
+		dt := torch.BFloat16
+		if t.Config.MixedPrecision == "fp16" {
+			dt = torch.Float16
+		}
+		torch.Autocast(torch.DeviceCUDA, dt, f)
+		return
+	}
+	f()
+}
+
+// Accumulate runs one batch forward (policy with autograd, reference
+// without) and backward, adding loss/GradAccum's gradients to the policy's.
+func (t *Trainer) Accumulate(b *Batch) (ms *MicroStats, err error) {
+	if t == nil || t.Backbone == nil || t.Opt == nil {
+		return nil, errors.New("preference: train: trainer not set up (use NewTrainer)")
+	}
+	if err := b.check(t.Backbone.Kind()); err != nil {
+		return nil, err
+	}
+	defer torch.Recover(&err)
+	s := torch.NewScope()
+	defer s.Close()
+	xt, target, err := t.Backbone.noise(b)
+	if err != nil {
+		return nil, err
+	}
+	t.tap("xt", xt)
+	t.tap("target", target)
+	var model, ref *torch.Tensor
+	t.region(func() {
+		if model, err = t.Backbone.predict(false, xt, b); err != nil {
+			return
+		}
+		torch.NoGrad(func() { ref, err = t.Backbone.predict(true, xt, b) })
+	})
+	if err != nil {
+		return nil, err
+	}
+	t.tap("model_pred", model)
+	t.tap("ref_pred", ref)
+	res, err := DPOLossStacked(model, ref, target, b.Weight, t.Config.Beta)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Close()
+	if t.Tap != nil {
+		torch.NoGrad(func() {
+			t.tap("mse_model", torch.Cat([]*torch.Tensor{res.ModelMSEW, res.ModelMSEL}, 0))
+			t.tap("mse_ref", torch.Cat([]*torch.Tensor{res.RefMSEW, res.RefMSEL}, 0))
+			t.tap("model_diff", res.ModelMSEW.Sub(res.ModelMSEL))
+			t.tap("ref_diff", res.RefMSEW.Sub(res.RefMSEL))
+			t.tap("inside", res.Inside)
+			t.tap("per_pair_loss", res.PerPair)
+			t.tap("loss", res.Loss.Detach())
+		})
+	}
+	loss := res.Loss
+	if t.Config.GradAccum > 1 {
+		loss = loss.DivScalar(float64(t.Config.GradAccum))
+	}
+	loss.Backward(nil)
+	ms = &MicroStats{Loss: res.Loss.Item(), Accuracy: res.Accuracy, ModelMargin: res.ModelMargin,
+		RefMargin: res.RefMargin, RewardMargin: res.RewardMargin,
+		Inside: res.Inside.Float64s(), PerPair: res.PerPair.Float64s()}
+	torch.NoGrad(func() {
+		ms.MSEModel = torch.Cat([]*torch.Tensor{res.ModelMSEW, res.ModelMSEL}, 0).Float64s()
+		ms.MSERef = torch.Cat([]*torch.Tensor{res.RefMSEW, res.RefMSEL}, 0).Float64s()
+	})
+	for _, v := range ms.Inside {
+		if math.IsNaN(v) {
+			return nil, errors.New("preference: train: the DPO margin is NaN (diverged or bad input)")
+		}
+	}
+	return ms, nil
+}
+
+// Update clips the accumulated gradients, applies AdamW, clears the
+// gradients and advances the schedule. It returns the gradient norm before
+// clipping, the clipping factor and the learning rate used.
+func (t *Trainer) Update() (gradNorm, clipCoef, lr float64, err error) {
+	params := t.Opt.Params()
+	if t.BeforeClip != nil {
+		t.BeforeClip(params)
+	}
+	maxNorm := t.Config.MaxGradNorm
+	if maxNorm <= 0 {
+		maxNorm = math.Inf(1)
+	}
+	if gradNorm, err = optim.ClipGradNorm(params, maxNorm, 2); err != nil {
+		return 0, 0, 0, fmt.Errorf("preference: train: clipping: %w", err)
+	}
+	if math.IsNaN(gradNorm) || math.IsInf(gradNorm, 0) {
+		t.Opt.ZeroGrad()
+		return gradNorm, 0, 0, fmt.Errorf("preference: train: gradient norm is %v", gradNorm)
+	}
+	// clip_grad_norm_'s factor, in float32 as torch computes it.
+	clipCoef = float64(min(float32(1)/(float32(gradNorm)+1e-6)*float32(maxNorm), 1))
+	lr = t.Opt.LR()
+	if err = t.Opt.Step(); err != nil {
+		return gradNorm, clipCoef, lr, fmt.Errorf("preference: train: %w", err)
+	}
+	t.Opt.ZeroGrad()
+	t.Sched.Step()
+	t.StepsDone++
+	return gradNorm, clipCoef, lr, nil
+}
+
+// Step is one optimizer step over len(batches) == GradAccum batches.
+func (t *Trainer) Step(batches []*Batch) (*StepStats, error) {
+	if t == nil || t.Opt == nil {
+		return nil, errors.New("preference: train: trainer not set up (use NewTrainer)")
+	}
+	if len(batches) != t.Config.GradAccum {
+		return nil, fmt.Errorf("preference: train: %d batches for a step with gradient accumulation %d", len(batches), t.Config.GradAccum)
+	}
+	st := &StepStats{Step: t.StepsDone}
+	for i, b := range batches {
+		ms, err := t.Accumulate(b)
+		if err != nil {
+			t.Opt.ZeroGrad()
+			return nil, fmt.Errorf("preference: train: step %d, batch %d: %w", t.StepsDone, i, err)
+		}
+		st.Micro = append(st.Micro, *ms)
+		n := float64(len(batches))
+		st.Loss += ms.Loss / n
+		st.Accuracy += ms.Accuracy / n
+		st.ModelMargin += ms.ModelMargin / n
+		st.RefMargin += ms.RefMargin / n
+		st.RewardMargin += ms.RewardMargin / n
+	}
+	var err error
+	if st.GradNorm, st.ClipCoef, st.LR, err = t.Update(); err != nil {
+		return nil, fmt.Errorf("preference: train: step %d: %w", st.Step, err)
+	}
+	return st, nil
+}
