@@ -72,7 +72,7 @@ const (
 // trainRun is one fixture run: how to build the backbone (fresh policy)
 // and a step's batch from the inputs.
 type trainRun struct {
-	dir      string // fixture folder, e.g. preference/train_sd2
+	dir      string             // fixture folder, e.g. preference/train_sd2
 	shared   func(t *testing.T) // loads the package-wide frozen models (before the leak check starts)
 	backbone func(t *testing.T) Backbone
 	batch    func(t *testing.T, in map[string]*torch.Tensor, i int) *Batch
