@@ -196,22 +196,21 @@ def python_ms(repo, threads, iters):
             return model.generate_tag(norm(x))
 
     once()  # warm-up
-    times = []
+    w0, c0 = time.perf_counter(), time.process_time()
     for _ in range(iters):
-        t0 = time.perf_counter()
         once()
-        times.append(time.perf_counter() - t0)
-    return 1000 * sum(times) / len(times), torch.__version__
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    return 1000 * wall / iters, 1000 * cpu / iters, torch.__version__
 
 
 def go_ms(threads, iters):
     env = dict(os.environ, DP2O_BENCH_THREADS=str(threads))
     out = subprocess.run(["go", "test", "./tagger", "-run", "^$", "-bench", "^BenchmarkTag$", f"-benchtime={iters}x", "-count=1"],
                          capture_output=True, text=True, env=env, cwd=os.path.join(os.path.dirname(__file__), ".."))
-    m = re.search(r"BenchmarkTag\S*\s+\d+\s+(\d+(?:\.\d+)?) ns/op", out.stdout)
+    m = re.search(r"BenchmarkTag\S*\s+\d+\s+(\d+(?:\.\d+)?) ns/op\s+(\d+(?:\.\d+)?) cpu-ms/op", out.stdout)
     if not m:
         sys.exit("go benchmark failed:\n" + out.stdout + out.stderr)
-    return float(m.group(1)) / 1e6
+    return float(m.group(1)) / 1e6, float(m.group(2))
 
 
 def main():
@@ -220,12 +219,13 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iters", type=int, default=3)
     a = ap.parse_args()
-    py, version = python_ms(a.ram_repo, a.threads, a.iters)
-    go = go_ms(a.threads, a.iters)
-    print(f"RAM + DAPE tagging, one 512x512 image, CPU float32, {a.threads} thread(s), torch {version}")
-    print(f"  python (official ram_lora.generate_tag): {py:9.1f} ms/image (mean of {a.iters})")
-    print(f"  go     (tagger.Tag):                      {go:9.1f} ms/image (mean of {a.iters})")
-    print(f"  ratio go/python: {go / py:.2f}")
+    py_wall, py_cpu, version = python_ms(a.ram_repo, a.threads, a.iters)
+    go_wall, go_cpu = go_ms(a.threads, a.iters)
+    print(f"RAM + DAPE tagging, one 512x512 image, CPU float32, {a.threads} thread(s), torch {version}, mean of {a.iters}")
+    print(f"                                            wall ms/image   process CPU ms/image")
+    print(f"  python (official ram_lora.generate_tag): {py_wall:12.1f}   {py_cpu:12.1f}")
+    print(f"  go     (tagger.Tag):                      {go_wall:12.1f}   {go_cpu:12.1f}")
+    print(f"  ratio go/python:                          {go_wall / py_wall:12.2f}   {go_cpu / py_cpu:12.2f}")
 
 
 if __name__ == "__main__":
