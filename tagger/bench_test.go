@@ -7,8 +7,8 @@ import (
 	"strconv"
 	"sync"
 	"syscall"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/dp2osr/dp2o/imageio"
 	"github.com/dp2osr/dp2o/torch"
