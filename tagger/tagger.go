@@ -32,8 +32,9 @@ type Tagger struct {
 
 // New builds the tagger's modules from b with the official keys
 // (visual_encoder.*, image_proj.*, label_embed, wordvec_proj.*,
-// tagging_head.encoder.layer.*, fc.*). Call Finish on the builder, then
-// Attach the params.
+// tagging_head.encoder.layer.*, fc.*). The weights stay the builder's
+// (FromSource builds, checks and hands them to the tagger in one call);
+// Close frees the buffers.
 func New(b *nn.Builder, cfg Config) (*Tagger, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
