@@ -29,7 +29,7 @@ type Settings struct {
 	AlignMethod       string  `json:"align_method"`
 	PadTo16           bool    `json:"pad16,omitempty"`
 	DType             string  `json:"dtype"`
-	Device            string  `json:"device"` // device type ("cpu", "cuda"): outputs differ between them
+	Device            string  `json:"device"`  // device type ("cpu", "cuda"): outputs differ between them
 	Prompts           string  `json:"prompts"` // where prompts come from: "fixed", "tagger", "file"
 }
 

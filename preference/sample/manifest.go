@@ -15,17 +15,17 @@ import (
 // Record is one line of a manifest: one candidate (or, with Skipped set
 // and Index −1, an input that could not be read).
 type Record struct {
-	Input    string   `json:"input"`         // the input's id
-	LR       string   `json:"lr"`            // its LR file
-	HR       string   `json:"hr,omitempty"`  // its HR file
-	Index    int      `json:"index"`         // candidate index k in the noise pool
-	Seed     uint64   `json:"seed"`          // the noise pool's seed k
-	Model    string   `json:"model"`         // "sd2" or "flux"
-	Prompt   string   `json:"prompt"`        // the prompt it was sampled with
-	Settings Settings `json:"settings"`      // the pipeline settings
-	Config   string   `json:"config"`        // Config.ID of the set
-	File     string   `json:"file"`          // the PNG, relative to the candidate folder
-	SHA256   string   `json:"sha256"`        // of the PNG file's bytes
+	Input    string   `json:"input"`        // the input's id
+	LR       string   `json:"lr"`           // its LR file
+	HR       string   `json:"hr,omitempty"` // its HR file
+	Index    int      `json:"index"`        // candidate index k in the noise pool
+	Seed     uint64   `json:"seed"`         // the noise pool's seed k
+	Model    string   `json:"model"`        // "sd2" or "flux"
+	Prompt   string   `json:"prompt"`       // the prompt it was sampled with
+	Settings Settings `json:"settings"`     // the pipeline settings
+	Config   string   `json:"config"`       // Config.ID of the set
+	File     string   `json:"file"`         // the PNG, relative to the candidate folder
+	SHA256   string   `json:"sha256"`       // of the PNG file's bytes
 	Skipped  string   `json:"skipped,omitempty"`
 }
 

@@ -147,4 +147,3 @@ func Groups(recs []Record) (ids []string, groups map[string][]Record) {
 	}
 	return ids, groups
 }
-
