@@ -283,20 +283,25 @@ func TestTokenizerEncoderInputs(t *testing.T) {
 }
 
 // FuzzTokenize checks that any text tokenizes without a panic: valid UTF-8
-// gives ids inside the vocabulary ending in </s>, invalid UTF-8 an error.
-// The seeds are the fixture's prompts.
+// gives ids inside the vocabulary ending in </s>, the same from
+// tokenizer.json as from spiece.model, and invalid UTF-8 an error. The
+// seeds are the fixture's prompts.
 func FuzzTokenize(f *testing.F) {
 	for _, tc := range readTokenizerCases(f).Cases {
 		f.Add(tc.Text)
 	}
-	tok := tokenizers(f)["folder"]
+	tok := tokenizers(f)[TokenizerJSONFile]
+	sp := tokenizers(f)[SpieceFile]
 	f.Fuzz(func(t *testing.T, text string) {
+		spIDs, spErr := sp.Tokenize(text)
 		ids, err := tok.Tokenize(text)
 		if !utf8.ValidString(text) {
 			require.Error(t, err)
 			return
 		}
 		require.NoError(t, err)
+		require.NoError(t, spErr)
+		require.Equal(t, ids, spIDs, "tokenizer.json and spiece.model disagree")
 		require.NotEmpty(t, ids)
 		require.Equal(t, tok.EOSID(), ids[len(ids)-1])
 		for _, id := range ids {
