@@ -37,7 +37,7 @@ func load(t testing.TB) *iqatest.Folder {
 		Cases       []json.RawMessage `json:"cases"`
 	}
 	require.NoError(t, json.Unmarshal(raw, &top))
-	f := &iqatest.Folder{Dir: dir, Metric: "afine", LowerBetter: top.LowerBetter, Inputs: top.Inputs, Model: top.Model}
+	f := &iqatest.Folder{Dir: dir, Rel: folder, Metric: "afine", LowerBetter: top.LowerBetter, Inputs: top.Inputs, Model: top.Model}
 	require.NoError(t, json.Unmarshal(raw, &f.Raw))
 	for _, c := range top.Cases {
 		var cs iqatest.Case
@@ -303,33 +303,49 @@ func TestBadInput(t *testing.T) {
 	require.Error(t, err)
 }
 
+// BenchmarkScore scores DP2O_BENCH_BATCH copies of each metric's first
+// case per call (afine_fr: against the reference repeated, "pairs", and
+// expanded, "group") with DP2O_BENCH_THREADS libtorch threads
+// (scripts/bench_iqa_models.py runs it beside pyiqa, which takes one image
+// per call).
 func BenchmarkScore(b *testing.B) {
+	batch := iqatest.BenchEnv(b)
 	f := load(b)
 	images := f.Images(b)
+	dev := testutil.Device(b)
 	for _, name := range []string{"afine_fr", "afine_nr"} {
-		b.Run(name, func(b *testing.B) {
-			s, err := Open(name, reward.OpenOptions{Source: f.Weights(b), Device: testutil.Device(b)})
-			require.NoError(b, err)
-			defer s.Close()
-			var c iqatest.Case
-			for _, cc := range f.Cases {
-				if cc.Metric == name {
-					c = cc
-					break
-				}
+		s, err := Open(name, reward.OpenOptions{Source: f.Weights(b), Device: dev})
+		require.NoError(b, err)
+		var c iqatest.Case
+		for _, cc := range f.Cases {
+			if cc.Metric == name {
+				c = cc
+				break
 			}
-			img, ref := images[c.Image], (*torch.Tensor)(nil)
-			if s.FullReference() {
-				img, ref = images[c.Dist], images[c.Ref]
+		}
+		modes := map[string][2]*torch.Tensor{"nr": {iqatest.Repeat(b, images[c.Image], batch, dev), nil}}
+		if s.FullReference() {
+			img := iqatest.Repeat(b, images[c.Dist], batch, dev)
+			modes = map[string][2]*torch.Tensor{
+				"pairs": {img, iqatest.Repeat(b, images[c.Ref], batch, dev)},
+				"group": {img, iqatest.Expand(b, images[c.Ref], batch, dev)},
 			}
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if _, err := s.Score(context.Background(), img, ref); err != nil {
+		}
+		for mode, in := range modes {
+			b.Run(name+"/"+mode, func(b *testing.B) {
+				if _, err := s.Score(context.Background(), in[0], in[1]); err != nil { // warm-up
 					b.Fatal(err)
 				}
-			}
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "images/s")
-		})
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if _, err := s.Score(context.Background(), in[0], in[1]); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(int64(b.N)*batch)/b.Elapsed().Seconds(), "images/s")
+			})
+		}
+		require.NoError(b, s.Close())
 	}
 }
 

@@ -315,28 +315,43 @@ func TestBadInput(t *testing.T) {
 	require.Error(t, err)
 }
 
+// BenchmarkScore scores DP2O_BENCH_BATCH copies of the first case's image
+// per call (FR: against its reference repeated in memory, "pairs", and
+// expanded, "group": one reference for a group of candidates) with
+// DP2O_BENCH_THREADS libtorch threads (scripts/bench_iqa_models.py runs it
+// beside pyiqa).
 func BenchmarkScore(b *testing.B) {
+	batch := iqatest.BenchEnv(b)
 	for _, rel := range folders {
-		b.Run(rel[strings.LastIndex(rel, "/")+1:], func(b *testing.B) {
-			f := iqatest.Load(b, rel)
-			s, err := Open(f.PyiqaName, reward.OpenOptions{Source: f.Weights(b), Device: testutil.Device(b)})
-			require.NoError(b, err)
-			defer s.Close()
-			images := f.Images(b)
-			c := f.Cases[0]
-			img := images[c.Image]
-			var ref *torch.Tensor
-			if f.Mode == "FR" {
-				img, ref = images[c.Dist], images[c.Ref]
+		f := iqatest.Load(b, rel)
+		dev := testutil.Device(b)
+		s, err := Open(f.PyiqaName, reward.OpenOptions{Source: f.Weights(b), Device: dev})
+		require.NoError(b, err)
+		images := f.Images(b)
+		c := f.Cases[0]
+		modes := map[string][2]*torch.Tensor{"nr": {iqatest.Repeat(b, images[c.Image], batch, dev), nil}}
+		if f.Mode == "FR" {
+			img := iqatest.Repeat(b, images[c.Dist], batch, dev)
+			modes = map[string][2]*torch.Tensor{
+				"pairs": {img, iqatest.Repeat(b, images[c.Ref], batch, dev)},
+				"group": {img, iqatest.Expand(b, images[c.Ref], batch, dev)},
 			}
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				if _, err := s.Score(context.Background(), img, ref); err != nil {
+		}
+		for mode, in := range modes {
+			b.Run(f.PyiqaName+"/"+mode, func(b *testing.B) {
+				if _, err := s.Score(context.Background(), in[0], in[1]); err != nil { // warm-up
 					b.Fatal(err)
 				}
-			}
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "images/s")
-		})
+				b.ResetTimer()
+				for i := 0; i < b.N; i++ {
+					if _, err := s.Score(context.Background(), in[0], in[1]); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(int64(b.N)*batch)/b.Elapsed().Seconds(), "images/s")
+			})
+		}
+		require.NoError(b, s.Close())
 	}
 }
 
