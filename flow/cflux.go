@@ -1,16 +1,19 @@
 package flow
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
+	"github.com/dp2osr/dp2o/diffusion"
 	"github.com/dp2osr/dp2o/diffusion/clip"
 	"github.com/dp2osr/dp2o/diffusion/vae"
 	"github.com/dp2osr/dp2o/flow/scheduler"
 	"github.com/dp2osr/dp2o/flow/t5"
 	"github.com/dp2osr/dp2o/flow/transformer"
+	"github.com/dp2osr/dp2o/hub"
 	"github.com/dp2osr/dp2o/torch"
 )
 
@@ -56,6 +59,13 @@ type LoadOptions struct {
 	// NoTextEncoders skips tokenizer/, text_encoder/, tokenizer_2/ and
 	// text_encoder_2/ (for callers that pass prompt embeddings).
 	NoTextEncoders bool
+	// Revision of a base model id: branch, tag or commit ("" for main).
+	Revision string
+	// ControlNetRevision is the revision of a ControlNet model id.
+	ControlNetRevision string
+	// Hub resolves model ids and downloads what is missing (nil:
+	// hub.FromEnv() without progress bars).
+	Hub *hub.Client
 }
 
 // DefaultLoadOptions are the official script's: a 4-double, 0-single
@@ -76,7 +86,28 @@ func isDir(p string) bool {
 // FluxControlNetModel.from_transformer(num_layers, num_single_layers) does,
 // or by a config.json beside the checkpoint when there is one, then loaded
 // strictly: keys or shapes of another layout are an error.
+//
+// base may also be a model id ("black-forest-labs/FLUX.1-dev", see
+// FetchFLUX) and controlnetPath a model id or a file in a repository
+// ("org/name/dp2o-flux/model.safetensors", see diffusion.FetchControlNet);
+// LoadCFLUXContext cancels the downloads.
 func LoadCFLUX(base, controlnetPath string, o LoadOptions) (p *CFLUX, err error) {
+	return LoadCFLUXContext(context.Background(), base, controlnetPath, o)
+}
+
+// LoadCFLUXContext is LoadCFLUX with a context for the downloads.
+func LoadCFLUXContext(ctx context.Context, base, controlnetPath string, o LoadOptions) (p *CFLUX, err error) {
+	c := o.Hub
+	if c == nil {
+		c = hub.FromEnv()
+		c.Progress = nil
+	}
+	if base, err = FetchFLUX(ctx, c, base, o.Revision); err != nil {
+		return nil, fmt.Errorf("flux: %w", err)
+	}
+	if controlnetPath, err = diffusion.FetchControlNet(ctx, c, controlnetPath, o.ControlNetRevision, ""); err != nil {
+		return nil, fmt.Errorf("flux: controlnet checkpoint: %w", err)
+	}
 	if o.DType == 0 {
 		o.DType = torch.Float32
 		if o.Device.IsCUDA() {

@@ -109,12 +109,13 @@ func runFlux(c *cli.Context) error {
 	}
 	if base == defaultFluxBase && cn == defaultFluxControlNet {
 		fmt.Println("note: running the bundled tiny random-weight FLUX model: this shows that the pipeline works end to end, not its quality.")
-		fmt.Println("      for real results: --pretrained_model_name_or_path FLUX.1-dev --controlnet_model_name_or_path dp2o-flux/model.safetensors")
+		fmt.Println("      for real results: --pretrained_model_name_or_path black-forest-labs/FLUX.1-dev --controlnet_model_name_or_path dp2o-flux/model.safetensors")
 	}
 	start := time.Now()
 	pipe, err := flow.LoadCFLUX(base, cn, flow.LoadOptions{
 		Device: dev, DType: dtype, NoAutocast: c.Bool("no_autocast"),
 		NumDoubleLayers: c.Int("num_double_layers"), NumSingleLayers: c.Int("num_single_layers"),
+		Revision: c.String("revision"), Hub: hubClient(c),
 	})
 	if err != nil {
 		return err
