@@ -54,27 +54,19 @@ const ManifestFile = "manifest.jsonl"
 // ReadRecords reads a JSON-lines manifest. A last line without its newline
 // is what a killed writer left: it is ignored (and cut by the next append).
 func ReadRecords(path string) ([]Record, error) {
-	b, err := os.ReadFile(path)
+	var recs []Record
+	err := ReadJSONL(path, func(_ int, b []byte) error {
+		var r Record
+		if err := json.Unmarshal(b, &r); err != nil {
+			return err
+		}
+		recs = append(recs, r)
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("sample: %w", err)
 	}
-	if i := bytes.LastIndexByte(b, '\n'); i+1 != len(b) {
-		b = b[:i+1]
-	}
-	var recs []Record
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	sc.Buffer(make([]byte, 1<<16), 1<<24)
-	for line := 1; sc.Scan(); line++ {
-		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
-			continue
-		}
-		var r Record
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-			return nil, fmt.Errorf("sample: %s line %d: %w", path, line, err)
-		}
-		recs = append(recs, r)
-	}
-	return recs, sc.Err()
+	return recs, nil
 }
 
 // ReadManifest reads the merged manifest of a candidate folder.
@@ -92,20 +84,25 @@ func shardManifests(dir string) ([]string, error) {
 	return m, nil
 }
 
-// manifestWriter appends records to one shard manifest, holding an
-// exclusive lock on it so that two processes never run one shard.
-type manifestWriter struct {
+// JSONL appends records to a JSON-lines file (a manifest, a score log),
+// holding an exclusive lock on it so that two processes never write one
+// file. Each Append is one write followed by a sync, so a killed process
+// leaves at most a partial last line, which OpenJSONL cuts and ReadRecords
+// ignores.
+type JSONL struct {
 	f *os.File
 }
 
-func openManifest(path string) (*manifestWriter, error) {
+// OpenJSONL opens (creating) path for appending, locks it and cuts a
+// partial last line.
+func OpenJSONL(path string) (*JSONL, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("sample: %w", err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("sample: %s is in use by another process (the same shard running twice?): %w", path, err)
+		return nil, fmt.Errorf("sample: %s is in use by another process (the same shard or job running twice?): %w", path, err)
 	}
 	// Cut a partial last line (a killed writer's).
 	b, err := io.ReadAll(f)
@@ -124,11 +121,11 @@ func openManifest(path string) (*manifestWriter, error) {
 		f.Close()
 		return nil, fmt.Errorf("sample: %w", err)
 	}
-	return &manifestWriter{f: f}, nil
+	return &JSONL{f: f}, nil
 }
 
-// append writes records as one write and syncs.
-func (w *manifestWriter) append(recs []Record) error {
+// Append writes records, one JSON line each, as one write and syncs.
+func (w *JSONL) Append(recs ...any) error {
 	var buf bytes.Buffer
 	for _, r := range recs {
 		b, err := json.Marshal(r)
@@ -147,4 +144,37 @@ func (w *manifestWriter) append(recs []Record) error {
 	return nil
 }
 
-func (w *manifestWriter) Close() error { return w.f.Close() }
+// Close unlocks and closes the file.
+func (w *JSONL) Close() error { return w.f.Close() }
+
+// ReadJSONL calls f with every complete line of a JSON-lines file (a last
+// line without its newline is a killed writer's and is skipped).
+func ReadJSONL(path string, f func(line int, b []byte) error) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if i := bytes.LastIndexByte(b, '\n'); i+1 != len(b) {
+		b = b[:i+1]
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 1<<16), 1<<26)
+	for line := 1; sc.Scan(); line++ {
+		if len(bytes.TrimSpace(sc.Bytes())) == 0 {
+			continue
+		}
+		if err := f(line, sc.Bytes()); err != nil {
+			return fmt.Errorf("%s line %d: %w", path, line, err)
+		}
+	}
+	return sc.Err()
+}
+
+// anys converts records for Append.
+func anys(recs []Record) []any {
+	out := make([]any, len(recs))
+	for i, r := range recs {
+		out[i] = r
+	}
+	return out
+}

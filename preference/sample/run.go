@@ -95,7 +95,7 @@ func Run(ctx context.Context, j Job) (sum Summary, err error) {
 	if log == nil {
 		log = io.Discard
 	}
-	w, err := openManifest(filepath.Join(j.Dir, ShardManifest(j.Shard, n)))
+	w, err := OpenJSONL(filepath.Join(j.Dir, ShardManifest(j.Shard, n)))
 	if err != nil {
 		return sum, err
 	}
@@ -187,8 +187,8 @@ func Run(ctx context.Context, j Job) (sum Summary, err error) {
 					return sum, fmt.Errorf("sample: input %s (%s): %w", c.in.ID, c.in.LR, err)
 				}
 				fmt.Fprintf(log, "warning: skipping input %s: %v\n", c.in.ID, err)
-				if err := w.append([]Record{{Input: c.in.ID, LR: c.in.LR, HR: c.in.HR, Index: -1, Model: cfg.Settings.Model,
-					Settings: cfg.Settings, Config: cfg.ID(), Skipped: err.Error()}}); err != nil {
+				if err := w.Append(Record{Input: c.in.ID, LR: c.in.LR, HR: c.in.HR, Index: -1, Model: cfg.Settings.Model,
+					Settings: cfg.Settings, Config: cfg.ID(), Skipped: err.Error()}); err != nil {
 					return sum, err
 				}
 				cur.bad = true
@@ -213,7 +213,7 @@ func Run(ctx context.Context, j Job) (sum Summary, err error) {
 }
 
 // runChunk samples one batch, writes its files and then records them.
-func runChunk(ctx context.Context, j Job, w *manifestWriter, s Sampler, c chunk, lr *imageio.RGB8, prompt string) error {
+func runChunk(ctx context.Context, j Job, w *JSONL, s Sampler, c chunk, lr *imageio.RGB8, prompt string) error {
 	cfg := j.Config
 	seeds := cfg.Seeds[c.lo:c.hi]
 	imgs, err := s.Candidates(ctx, lr, prompt, seeds)
@@ -237,7 +237,7 @@ func runChunk(ctx context.Context, j Job, w *manifestWriter, s Sampler, c chunk,
 		recs[i] = Record{Input: c.in.ID, LR: c.in.LR, HR: c.in.HR, Index: k, Seed: seeds[i], Model: cfg.Settings.Model,
 			Prompt: prompt, Settings: cfg.Settings, Config: cfg.ID(), File: rel, SHA256: sum}
 	}
-	return w.append(recs)
+	return w.Append(anys(recs)...)
 }
 
 func prompt(j Job, in Input, lr *imageio.RGB8) (string, error) {

@@ -293,9 +293,9 @@ func TestShardsAndMerge(t *testing.T) {
 	recs, err := ReadRecords(filepath.Join(dir, ShardManifest(0, n)))
 	require.NoError(t, err)
 	other := filepath.Join(dir, ShardManifest(1, n))
-	w, err := openManifest(other)
+	w, err := OpenJSONL(other)
 	require.NoError(t, err)
-	require.NoError(t, w.append(recs[:1]))
+	require.NoError(t, w.Append(anys(recs[:1])...))
 	require.NoError(t, w.Close())
 	_, err = Merge(dir, ins)
 	require.ErrorContains(t, err, "more than once")
@@ -330,9 +330,9 @@ func shardInputs(ins []Input, i, n int) []Input {
 func rewrite(t *testing.T, path string, recs []Record) {
 	t.Helper()
 	require.NoError(t, os.WriteFile(path, nil, 0o644))
-	w, err := openManifest(path)
+	w, err := OpenJSONL(path)
 	require.NoError(t, err)
-	require.NoError(t, w.append(recs))
+	require.NoError(t, w.Append(anys(recs)...))
 	require.NoError(t, w.Close())
 }
 
