@@ -18,6 +18,7 @@ import (
 
 	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/detinit"
 	"github.com/dp2osr/dp2o/torch/nn"
 )
 
@@ -45,7 +46,7 @@ func procStatus(tb testing.TB) map[string]int64 {
 
 // BenchmarkLoadSharded writes a sharded bfloat16 checkpoint of FLUX's
 // T5-XXL truncated to DP2O_BENCH_LOAD_LAYERS blocks (default 2; 24 is the
-// whole 9.5 GB model) with random weights, one shard per block as
+// whole 9.5 GB model) with deterministic weights (torch/detinit), one shard per block as
 // published, then loads it with LoadEncoder into bfloat16 on the CPU and
 // reports the checkpoint size, the growth of anonymous memory (the one copy
 // of the weights libtorch holds), the peak resident set during the load
@@ -95,21 +96,23 @@ func BenchmarkLoadSharded(b *testing.B) {
 	sort.Strings(order)
 	weightMap := map[string]string{}
 	var size int64
-	gen := torch.MustGenerator(torch.CPU, 0)
 	for i, g := range order {
+		// Deterministic weights (dp2o-init-v1), seeded per shard.
 		file := fmt.Sprintf("model-%05d-of-%05d.safetensors", i+1, len(order))
+		manifest := map[string]detinit.Spec{}
+		for _, k := range groups[g] {
+			manifest[k] = detinit.Spec{Shape: shapes[k], DType: torch.BFloat16}
+		}
+		src, err := detinit.Build(manifest, uint64(i), torch.CPU)
+		require.NoError(b, err)
 		var list []safetensorsTensor
 		for _, k := range groups[g] {
-			t := torch.Unscope(torch.Empty(shapes[k], torch.BFloat16, torch.CPU))
-			t.Uniform_(-0.05, 0.05, gen)
-			list = append(list, safetensorsTensor{k, t})
+			list = append(list, safetensorsTensor{k, src[k]})
 			weightMap[k] = file
-			size += t.Numel() * 2
+			size += src[k].Numel() * 2
 		}
 		require.NoError(b, saveTensors(filepath.Join(dir, file), list))
-		for _, x := range list {
-			x.t.Close()
-		}
+		src.Close()
 	}
 	data, err := json.Marshal(map[string]any{"metadata": map[string]any{"total_size": size}, "weight_map": weightMap})
 	require.NoError(b, err)
