@@ -81,7 +81,8 @@ func loadTiny(t testing.TB, dev torch.Device) *CFLUX {
 	cc, err := transformer.LoadConfig(testutil.Fixture(t, "flux/controlnet/config.json"))
 	require.NoError(t, err)
 	base, cn := fluxFolder(t)
-	o := LoadOptions{Device: dev, DType: torch.Float32, NumDoubleLayers: cc.NumLayers, NumSingleLayers: cc.NumSingleLayers, NoTextEncoders: true}
+	o := LoadOptions{Device: dev, DType: torch.Float32, NumDoubleLayers: cc.NumLayers, NumSingleLayers: cc.NumSingleLayers, NoTextEncoders: true,
+		NoAutocast: true} // float32 parity with the fixtures on CUDA too
 	p, err := LoadCFLUX(base, cn, o)
 	require.NoError(t, err)
 	t.Cleanup(p.Close)
