@@ -73,7 +73,8 @@ func (blk *Block) PositionBias(n int64, numBuckets, maxDistance int64) *torch.Te
 	// relativePositions + n − 1 indexes dist.
 	idx := buckets.IndexSelect(0, relativePositions(n, dev).AddScalar(float64(n-1)).To(torch.Int64).Flatten(0, 1))
 	values := torch.Embedding(w, idx.View([]int64{n, n})) // (n, n, heads)
-	return s.Keep(values.Permute([]int64{2, 0, 1}).Unsqueeze(0))
+	// Contiguous once, so that every block adds it row by row.
+	return s.Keep(values.Permute([]int64{2, 0, 1}).Contiguous().Unsqueeze(0))
 }
 
 // Forward runs the block on h (B, L, d_model) with the shared position
