@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path"
 	"path/filepath"
 	"testing"
 
@@ -66,6 +67,7 @@ func (c Case) HasIntermediates() bool {
 // Folder is one fixture folder with its cases.json read.
 type Folder struct {
 	Dir         string // absolute path of the folder
+	Rel         string // the folder relative to the fixture root
 	Metric      string `json:"metric"`
 	PyiqaName   string `json:"pyiqa_name"`
 	Mode        string `json:"mode"`
@@ -86,7 +88,7 @@ func Load(tb testing.TB, rel string) *Folder {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	f := &Folder{Dir: dir}
+	f := &Folder{Dir: dir, Rel: rel}
 	if err := json.Unmarshal(raw, f); err != nil {
 		tb.Fatalf("%s/cases.json: %v", rel, err)
 	}
@@ -165,7 +167,9 @@ func (f *Folder) Weights(tb testing.TB) nn.MapSource {
 // Images reads the shared input images the folder's cases use.
 func (f *Folder) Images(tb testing.TB) map[string]*torch.Tensor {
 	tb.Helper()
-	return testutil.Tensors(tb, filepath.Clean(filepath.Join(f.Dir, f.Inputs)))
+	// Resolved from the fixture root, so that the inputs several metrics
+	// share are kept once (testutil.Fixture's module-level testdata).
+	return testutil.Tensors(tb, testutil.Fixture(tb, path.Clean(path.Join(f.Rel, filepath.ToSlash(f.Inputs)))))
 }
 
 // TensorMeta is one io.json entry.
