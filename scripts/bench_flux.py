@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import time
 
 import torch
@@ -108,10 +109,13 @@ def main():
     for _ in range(args.warmup):
         step()
     start, cpu0, t0 = time.time(), time.process_time(), os.times()
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(args.steps):
         out = step()
     t1 = os.times()
-    print(f"per step: user {(t1.user - t0.user) / args.steps:.2f} s, system {(t1.system - t0.system) / args.steps:.2f} s")
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) // args.steps
+    print(f"per step: user {(t1.user - t0.user) / args.steps:.2f} s, system {(t1.system - t0.system) / args.steps:.2f} s, "
+          f"minor page faults {faults}")
     ms = (time.time() - start) * 1000 / args.steps
     cpu_ms = (time.process_time() - cpu0) * 1000 / args.steps
     # CPU time of the process: on a shared machine the wall time includes waiting for a core.

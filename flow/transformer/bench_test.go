@@ -69,6 +69,15 @@ func cpuTimes() (user, sys time.Duration) {
 	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
 }
 
+// minorFaults is the number of minor page faults of the process so far.
+func minorFaults() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Minflt
+}
+
 // benchInputs draws the inputs in scripts/bench_flux.py's order.
 func benchInputs(b *testing.B, c Config) (Input, *torch.Tensor) {
 	gen, err := torch.NewGenerator(torch.CPU, benchInputSeed)
@@ -133,11 +142,13 @@ func BenchmarkFluxControlNetStep(b *testing.B) {
 		b.ResetTimer()
 		start, cpu0 := time.Now(), cpuTime()
 		u0, s0 := cpuTimes()
+		f0 := minorFaults()
 		for range b.N {
 			step()
 		}
 		u1, s1 := cpuTimes()
-		b.Logf("per step: user %v, system %v", (u1-u0)/time.Duration(b.N), (s1-s0)/time.Duration(b.N))
+		b.Logf("per step: user %v, system %v, minor page faults %d", (u1-u0)/time.Duration(b.N), (s1-s0)/time.Duration(b.N),
+			(minorFaults()-f0)/int64(b.N))
 		b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/step")
 		// CPU time of the process: on a shared machine the wall time
 		// includes waiting for a core.
