@@ -272,6 +272,38 @@ func TestSameSeedSameImage(t *testing.T) {
 	require.Positive(t, e.Item(), "batch rows get their own noise")
 }
 
+// TestGivenLatents runs the fixture with its initial latents given (the
+// noise-pool mode of DP²O-SR's candidate generation): the posterior is
+// still drawn from the seed, the second draw is skipped, and the image is
+// the reference's.
+func TestGivenLatents(t *testing.T) {
+	testutil.NoLeak(t)
+	r := readReport(t)
+	p := loadTiny(t, testutil.Device(t))
+	ref := testutil.Tensors(t, testutil.Fixture(t, "flux/pipeline/io.safetensors"))
+	control, _ := controlImages(t, r)
+	emb, err := NewPromptEmbeds(ref["prompt_embeds"], ref["pooled_prompt_embeds"])
+	require.NoError(t, err)
+	defer emb.Close()
+	o := DefaultSampleOptions()
+	o.Steps, o.GuidanceScale, o.ConditioningScale = r.Steps, r.GuidanceScale, r.ConditioningScale
+	o.Latents = ref["initial_latents_packed"]
+	var tapped []string
+	o.Tap = func(name string, _ *torch.Tensor) { tapped = append(tapped, name) }
+	img, err := p.SampleEmbeds(context.Background(), control, emb, o, torch.MustGenerator(torch.CPU, r.Seed))
+	require.NoError(t, err)
+	defer img.Close()
+	testutil.AssertClose(t, "image_float", img, ref["image_float"], tolerance(t), 0)
+	require.Contains(t, tapped, "rng_draw_0_posterior_noise")
+	require.NotContains(t, tapped, "rng_draw_1_initial_noise")
+	require.False(t, o.Latents.Closed(), "the caller's latents stay usable")
+
+	o.Latents = ref["control_latents_packed"].Narrow(1, 1, ref["control_latents_packed"].Size(1)-1)
+	defer o.Latents.Close()
+	_, err = p.SampleEmbeds(context.Background(), control, emb, o, torch.MustGenerator(torch.CPU, r.Seed))
+	require.ErrorContains(t, err, "given latents must be packed")
+}
+
 // TestBadInput checks that odd sizes, wrong shapes, missing files and a
 // cancelled context give clear errors.
 func TestBadInput(t *testing.T) {

@@ -16,6 +16,12 @@ type SampleOptions struct {
 	ConditioningScale float64 // ControlNet conditioning scale (official: --control_scale 1.0)
 	// Progress, when set, is called after each step with (step, total).
 	Progress func(step, total int)
+	// Latents, when set, are the packed initial latents (B, L, 4·C) —
+	// diffusers' `latents` argument, and the fixed noise-pool entry of
+	// DP²O-SR's candidate generation (its pipeline's given_noises) — and
+	// the second random draw is skipped; the control image's posterior is
+	// still drawn from the generator.
+	Latents *torch.Tensor
 	// Tap, when set, receives the intermediates under the names of the
 	// flux/pipeline fixture (rng_draw_0_posterior_noise,
 	// control_latents_packed, step.i.noise_pred, …). The tensor is only
@@ -202,11 +208,20 @@ func (p *CFLUX) sample(ctx context.Context, control *torch.Tensor, emb *PromptEm
 	f := int64(p.VAE.Config.DownsampleFactor())
 	lh, lw := 2*(H/(2*f)), 2*(W/(2*f))
 	lc := int64(p.Transformer.Config.InChannels / 4)
-	noise := torch.RandnFor([]int64{B, lc, lh, lw}, gen, text.DType(), dev)
-	o.tap("rng_draw_1_initial_noise", noise)
-	latents, err := transformer.PackLatents(noise)
-	if err != nil {
-		return nil, err
+	var latents *torch.Tensor
+	if o.Latents != nil {
+		want := []int64{B, (lh / 2) * (lw / 2), 4 * lc}
+		if o.Latents.Closed() || fmt.Sprint(o.Latents.Shape()) != fmt.Sprint(want) {
+			return nil, fmt.Errorf("flux: given latents must be packed %v for a %d×%d image, got %v", want, W, H, o.Latents.Shape())
+		}
+		// As prepare_latents: latents.to(device, dtype), no draw.
+		latents = o.Latents.ToDevice(dev).To(text.DType())
+	} else {
+		noise := torch.RandnFor([]int64{B, lc, lh, lw}, gen, text.DType(), dev)
+		o.tap("rng_draw_1_initial_noise", noise)
+		if latents, err = transformer.PackLatents(noise); err != nil {
+			return nil, err
+		}
 	}
 	o.tap("initial_latents_packed", latents)
 	imgIDs, err := transformer.ImageIDs(lh/2, lw/2, text.DType(), dev)
