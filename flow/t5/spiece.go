@@ -10,14 +10,13 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
-// SentencePiece piece types (sentencepiece_model.proto).
+// SentencePiece piece types used here (sentencepiece_model.proto; 5 is
+// UNUSED, 6 BYTE).
 const (
 	pieceNormal      = 1
 	pieceUnknown     = 2
 	pieceControl     = 3
 	pieceUserDefined = 4
-	pieceUnused      = 5
-	pieceByte        = 6
 )
 
 // modelTypeUnigram is TrainerSpec.ModelType UNIGRAM.
