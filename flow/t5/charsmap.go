@@ -33,6 +33,9 @@ func parseCharsmap(b []byte) (*charsmap, error) {
 		return nil, errors.New("precompiled charsmap: empty trie")
 	}
 	m := &charsmap{units: make([]uint32, size/4), repl: b[4+size:]}
+	if !utf8.Valid(m.repl) {
+		return nil, errors.New("precompiled charsmap: the replacement strings are not valid UTF-8")
+	}
 	for i := range m.units {
 		m.units[i] = binary.LittleEndian.Uint32(b[4+4*i:])
 	}

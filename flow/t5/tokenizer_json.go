@@ -137,6 +137,11 @@ func loadTokenizerJSON(path string) (*Tokenizer, error) {
 				if !ok {
 					return nil, fmt.Errorf("post_processor: special token %q is not defined", piece.SpecialToken.ID)
 				}
+				for _, id := range st.IDs {
+					if id < 0 || id >= int64(len(pieces)) {
+						return nil, fmt.Errorf("post_processor: special token %q: id %d outside the vocabulary", piece.SpecialToken.ID, id)
+					}
+				}
 				if seen {
 					t.suffix = append(t.suffix, st.IDs...)
 					eos = piece.SpecialToken.ID

@@ -229,6 +229,7 @@ func TestTokenizerBadInput(t *testing.T) {
 		{"bad pre-tokenizer", write("h.json", `{"pre_tokenizer": {"type": "Whitespace"}, "model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0]]}}`), "pre_tokenizer"},
 		{"lstrip added token", write("i.json", `{"added_tokens": [{"id": 0, "content": "<unk>", "lstrip": true}], "model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0]]}}`), "lstrip"},
 		{"no pad", write("j.json", `{"model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0], ["</s>", 0]]}}`), "pad"},
+		{"bad template id", write("m.json", `{"post_processor": {"type": "TemplateProcessing", "single": [{"Sequence": {"id": "A"}}, {"SpecialToken": {"id": "</s>"}}], "special_tokens": {"</s>": {"ids": [9]}}}, "model": {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0]]}}`), "id 9"},
 		{"not a protobuf", write("k.model", "\xff\xff\xff"), "SentencePiece"},
 		{"empty spiece", write("l.model", ""), "no pieces"},
 	} {
