@@ -1,6 +1,8 @@
 package t5
 
 import (
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -308,5 +310,42 @@ func FuzzTokenize(f *testing.F) {
 		for _, id := range ids {
 			require.True(t, id >= 0 && id < int64(tok.VocabSize()), "id %d", id)
 		}
+	})
+}
+
+// FuzzCharsmap checks that a precompiled charsmap blob, however corrupt,
+// is rejected or normalises any text without a panic. The seeds are the
+// fixture's charsmap, cut and bit-flipped.
+func FuzzCharsmap(f *testing.F) {
+	data, err := os.ReadFile(testutil.Fixture(f, tokenizerDir+"/"+TokenizerJSONFile))
+	require.NoError(f, err)
+	var doc tokenizerJSON
+	require.NoError(f, json.Unmarshal(data, &doc))
+	var blob []byte
+	for _, n := range append([]normalizerJSON{*doc.Normalizer}, doc.Normalizer.Normalizers...) {
+		if n.Type == "Precompiled" {
+			blob, err = base64.StdEncoding.DecodeString(n.PrecompiledCharsmap)
+			require.NoError(f, err)
+		}
+	}
+	require.NotEmpty(f, blob)
+	f.Add(blob, "Ａ́ ①́ ﬁ́x é́ café")
+	f.Add(blob[:len(blob)/2], "abc")
+	// Bit flips inside the trie (the replacement strings stay UTF-8).
+	flipped := append([]byte(nil), blob...)
+	trie := 4 + int(binary.LittleEndian.Uint32(blob))
+	require.Less(f, trie, len(blob))
+	for i := 4; i < trie; i += 97 {
+		flipped[i] ^= 0x5a
+	}
+	_, err = parseCharsmap(flipped)
+	require.NoError(f, err)
+	f.Add(flipped, "x\u3000y\u00a0z")
+	f.Fuzz(func(t *testing.T, b []byte, text string) {
+		m, err := parseCharsmap(b)
+		if err != nil {
+			return
+		}
+		m.normalize(text)
 	})
 }
