@@ -101,4 +101,3 @@ func (powersOfTwo) Ticks(min, max float64) []plot.Tick {
 	}
 	return t
 }
-
