@@ -229,6 +229,8 @@ type Trainer struct {
 	// BeforeClip, when set, sees the parameters with their accumulated
 	// gradients right before clipping.
 	BeforeClip func(params []optim.Param)
+
+	refFP *Fingerprint // the reference's fingerprint, computed once
 }
 
 // NewTrainer sets up the optimizer and the schedule over the backbone's
@@ -296,7 +298,16 @@ func (t *Trainer) region(f func()) {
 
 // Accumulate runs one batch forward (policy with autograd, reference
 // without) and backward, adding loss/GradAccum's gradients to the policy's.
-func (t *Trainer) Accumulate(b *Batch) (ms *MicroStats, err error) {
+func (t *Trainer) Accumulate(b *Batch) (*MicroStats, error) { return t.run(b, true) }
+
+// Evaluate computes the DPO loss and the implicit accuracy of a batch
+// without gradients (validation); the policy is not changed.
+func (t *Trainer) Evaluate(b *Batch) (ms *MicroStats, err error) {
+	torch.NoGrad(func() { ms, err = t.run(b, false) })
+	return ms, err
+}
+
+func (t *Trainer) run(b *Batch, backward bool) (ms *MicroStats, err error) {
 	if t == nil || t.Backbone == nil || t.Opt == nil {
 		return nil, errors.New("preference: train: trainer not set up (use NewTrainer)")
 	}
@@ -340,11 +351,13 @@ func (t *Trainer) Accumulate(b *Batch) (ms *MicroStats, err error) {
 			t.tap("loss", res.Loss.Detach())
 		})
 	}
-	loss := res.Loss
-	if t.Config.GradAccum > 1 {
-		loss = loss.DivScalar(float64(t.Config.GradAccum))
+	if backward {
+		loss := res.Loss
+		if t.Config.GradAccum > 1 {
+			loss = loss.DivScalar(float64(t.Config.GradAccum))
+		}
+		loss.Backward(nil)
 	}
-	loss.Backward(nil)
 	ms = &MicroStats{Loss: res.Loss.Item(), Accuracy: res.Accuracy, ModelMargin: res.ModelMargin,
 		RefMargin: res.RefMargin, RewardMargin: res.RewardMargin,
 		Inside: res.Inside.Float64s(), PerPair: res.PerPair.Float64s()}
