@@ -195,6 +195,30 @@ func matches(s Score, recs []sample.Record) error {
 	return nil
 }
 
+// scoredOrder lists the metrics of dir's score log in the order they
+// first appear.
+func scoredOrder(dir string) ([]string, error) {
+	var names []string
+	seen := map[string]bool{}
+	err := sample.ReadJSONL(filepath.Join(dir, ScoresFile), func(_ int, b []byte) error {
+		var s struct {
+			Metric string `json:"metric"`
+		}
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		if !seen[s.Metric] {
+			seen[s.Metric] = true
+			names = append(names, s.Metric)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("label: %w", err)
+	}
+	return names, nil
+}
+
 // ReadScores reads a folder's score log (none yet: empty). A line that
 // repeats an (input, metric) replaces the earlier one.
 func ReadScores(dir string) (map[key]Score, error) {

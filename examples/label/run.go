@@ -1,0 +1,95 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/urfave/cli/v2"
+
+	"github.com/dp2osr/dp2o/preference/label"
+	"github.com/dp2osr/dp2o/reward"
+	_ "github.com/dp2osr/dp2o/reward/all" // every metric
+	"github.com/dp2osr/dp2o/torch"
+)
+
+// opener opens metrics with --weights / --weight, on --device in --dtype.
+func opener(c *cli.Context) (func(string) (reward.Scorer, error), torch.Device, error) {
+	dev, err := torch.ParseDevice(c.String("device"))
+	if err != nil {
+		return nil, dev, fmt.Errorf("--device: %w", err)
+	}
+	dtype, err := torch.ParseDType(c.String("dtype"))
+	if err != nil {
+		return nil, dev, fmt.Errorf("--dtype: %w", err)
+	}
+	overrides := map[string]string{}
+	for _, kv := range c.StringSlice("weight") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || v == "" {
+			return nil, dev, fmt.Errorf("--weight %q: want name=path", kv)
+		}
+		overrides[k] = v
+	}
+	return func(name string) (reward.Scorer, error) {
+		w := c.String("weights")
+		if p, ok := overrides[name]; ok {
+			w = p
+		}
+		return reward.Open(name, reward.OpenOptions{Weights: w, Device: dev, DType: dtype})
+	}, dev, nil
+}
+
+func run(c *cli.Context) error {
+	if c.Bool("list") {
+		for _, n := range reward.Names() {
+			fmt.Fprintln(c.App.Writer, n)
+		}
+		return nil
+	}
+	if c.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %v (see --help)", c.Args().Slice())
+	}
+	names, err := label.ExpandMetrics(c.String("metrics"))
+	if err != nil {
+		return fmt.Errorf("--metrics: %w", err)
+	}
+	open, dev, err := opener(c)
+	if err != nil {
+		return err
+	}
+	dir := c.String("candidates")
+	job := label.Job{Dir: dir, Metrics: names, Open: open, Device: dev, BatchSize: c.Int("batch_size")}
+	var bar *progressbar.ProgressBar
+	if !c.Bool("quiet") {
+		job.Progress = func(done, total int) {
+			if bar == nil {
+				bar = progressbar.NewOptions(total, progressbar.OptionSetDescription("scores (input × metric)"), progressbar.OptionSetWriter(c.App.ErrWriter),
+					progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
+			}
+			bar.Set(done)
+		}
+	}
+	sum, err := label.Run(c.Context, job)
+	if bar != nil {
+		bar.Finish()
+	}
+	if err != nil {
+		return err
+	}
+	l, err := label.Build(dir, names)
+	if err != nil {
+		return err
+	}
+	out := c.String("output")
+	if out == "" {
+		out = filepath.Join(dir, label.LabelsFile)
+	}
+	if err := l.Save(out); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "label: %d inputs × %d metrics (%s): %d scored now, %d already there → %s\n",
+		sum.Inputs, sum.Metrics, strings.Join(names, ", "), sum.Scored, sum.Existing, out)
+	return nil
+}
