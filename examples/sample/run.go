@@ -21,8 +21,8 @@ import (
 
 // The paper's candidate generation per model (SPEC §5): M, steps, guidance.
 var paper = map[string]struct {
-	m, steps        int
-	guidance        float64
+	m, steps         int
+	guidance         float64
 	base, controlnet string
 }{
 	"sd2":  {32, 50, 3.5, "assets/tiny-sd2", "assets/tiny-sd2/controlnet/model.safetensors"},
