@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -355,4 +356,58 @@ func abs(x float64) float64 {
 		return -x
 	}
 	return x
+}
+
+// TestSemanticWeighted checks "lpips+" and "lpips-vgg+" against the scores
+// pyiqa gives with the fixture folders' weights (testdata/lpips_plus.json,
+// written by scripts/iqa_lpips_plus.py from the repository's own copies of
+// the fixtures, which it reads here too, whatever $DP2O_FIXTURES says: the
+// values belong to those files).
+func TestSemanticWeighted(t *testing.T) {
+	if os.Getenv("DP2O_FIXTURES") != "" {
+		t.Log("lpips_plus.json belongs to the repository's testdata, not to $DP2O_FIXTURES: reading testdata")
+	}
+	raw, err := os.ReadFile(filepath.Join("testdata", "lpips_plus.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ref struct {
+		Source string `json:"source"`
+		Cases  []struct {
+			Folder, Metric, Dist, Ref string
+			Score                     float64
+		} `json:"cases"`
+	}
+	if err := json.Unmarshal(raw, &ref); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DP2O_FIXTURES", "")
+	testutil.NoLeak(t)
+	opened := map[string]reward.Scorer{}
+	defer func() {
+		for _, s := range opened {
+			s.Close()
+		}
+	}()
+	for _, c := range ref.Cases {
+		f := iqatest.Load(t, c.Folder)
+		s, ok := opened[c.Metric]
+		if !ok {
+			if s, err = reward.Open(c.Metric, reward.OpenOptions{Source: f.Weights(t), Device: testutil.Device(t)}); err != nil {
+				t.Fatal(err)
+			}
+			opened[c.Metric] = s
+		}
+		images := f.Images(t)
+		sc := torch.NewScope()
+		got, err := s.Score(context.Background(), onDevice(t, images[c.Dist]), onDevice(t, images[c.Ref]))
+		sc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := abs(got[0] - c.Score); d > iqatest.RelTol*abs(c.Score)+iqatest.ScoreAbsTol {
+			t.Errorf("%s %s/%s = %.9g, pyiqa %.9g", c.Metric, c.Dist, c.Ref, got[0], c.Score)
+		}
+		t.Logf("%s %s/%s = %.9g, pyiqa %.9g (%s)", c.Metric, c.Dist, c.Ref, got[0], c.Score, ref.Source)
+	}
 }
