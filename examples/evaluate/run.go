@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/urfave/cli/v2"
+
+	"github.com/dp2osr/dp2o/preference"
+	"github.com/dp2osr/dp2o/preference/eval"
+	"github.com/dp2osr/dp2o/preference/label"
+	"github.com/dp2osr/dp2o/reward"
+	_ "github.com/dp2osr/dp2o/reward/all" // every metric
+	"github.com/dp2osr/dp2o/torch"
+)
+
+// named splits "NAME=DIR" (or "DIR": the folder's base name).
+func named(s string) (name, dir string) {
+	if n, d, ok := strings.Cut(s, "="); ok && n != "" && d != "" {
+		return n, d
+	}
+	return filepath.Base(filepath.Clean(s)), s
+}
+
+func runCurves(c *cli.Context) error {
+	est, err := eval.ParseEstimator(c.String("estimator"))
+	if err != nil {
+		return fmt.Errorf("--estimator: %w", err)
+	}
+	var bounds eval.Bounds
+	if p := c.String("bounds"); p != "" {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("--bounds: %w", err)
+		}
+		if err := json.Unmarshal(b, &bounds); err != nil {
+			return fmt.Errorf("--bounds %s: want {\"metric\": [low, high]}: %w", p, err)
+		}
+	}
+	var names []string
+	var sets []*label.Labels
+	var metrics []string
+	for i, spec := range c.StringSlice("candidates") {
+		name, dir := named(spec)
+		if i == 0 {
+			if s := c.String("metrics"); s != "" {
+				if metrics, err = label.ExpandMetrics(s); err != nil {
+					return fmt.Errorf("--metrics: %w", err)
+				}
+			} else if metrics, err = label.ScoredMetrics(dir); err != nil {
+				return fmt.Errorf("%s: %w (run examples/label on it first)", dir, err)
+			}
+			if len(metrics) == 0 {
+				return fmt.Errorf("%s: no scores (run examples/label on it first)", dir)
+			}
+		}
+		l, err := label.Build(dir, metrics)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		names = append(names, name)
+		sets = append(sets, l)
+	}
+	rewards, err := eval.PoolRewards(sets, bounds)
+	if err != nil {
+		return err
+	}
+	maxM := c.Int("max_m")
+	if maxM == 0 { // the fewest candidates of any input
+		maxM = len(sets[0].Groups[0].Raw)
+		for _, l := range sets {
+			for _, g := range l.Groups {
+				maxM = min(maxM, len(g.Raw))
+			}
+		}
+	}
+	var curves []eval.Curve
+	for s, r := range rewards {
+		pts, err := eval.Curves(r, maxM, est)
+		if err != nil {
+			return fmt.Errorf("%s: %w", names[s], err)
+		}
+		curves = append(curves, eval.Curve{Name: names[s], Points: pts})
+	}
+	out := c.String("output_dir")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	if err := eval.WriteCurvesCSV(&buf, curves); err != nil {
+		return err
+	}
+	if err := preference.WriteFileAtomic(filepath.Join(out, "curves.csv"), buf.Bytes()); err != nil {
+		return err
+	}
+	if err := eval.PlotCurves(filepath.Join(out, "curves.png"), c.String("title"), curves); err != nil {
+		return err
+	}
+	for s, cv := range curves {
+		first, last := cv.Points[0], cv.Points[len(cv.Points)-1]
+		fmt.Fprintf(c.App.Writer, "%s: %d images, M=1 %.4f; Best@%d %.4f, Mean@%d %.4f, Worst@%d %.4f\n",
+			cv.Name, len(rewards[s]), first.Mean, last.M, last.Best, last.M, last.Mean, last.M, last.Worst)
+	}
+	fmt.Fprintf(c.App.Writer, "curves (%s; metrics %s) → %s, %s\n", est, strings.Join(metrics, ", "),
+		filepath.Join(out, "curves.csv"), filepath.Join(out, "curves.png"))
+	return nil
+}
+
+func runTable(c *cli.Context) error {
+	names, err := label.ExpandMetrics(c.String("metrics"))
+	if err != nil {
+		return fmt.Errorf("--metrics: %w", err)
+	}
+	dev, err := torch.ParseDevice(c.String("device"))
+	if err != nil {
+		return fmt.Errorf("--device: %w", err)
+	}
+	dtype, err := torch.ParseDType(c.String("dtype"))
+	if err != nil {
+		return fmt.Errorf("--dtype: %w", err)
+	}
+	overrides := map[string]string{}
+	for _, kv := range c.StringSlice("weight") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || v == "" {
+			return fmt.Errorf("--weight %q: want name=path", kv)
+		}
+		overrides[k] = v
+	}
+	h, err := reward.OpenHybrid(names, func(name string) reward.OpenOptions {
+		w := c.String("weights")
+		if p, ok := overrides[name]; ok {
+			w = p
+		}
+		return reward.OpenOptions{Weights: w, Device: dev, DType: dtype}
+	})
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	var folders []eval.Folder
+	for _, spec := range c.StringSlice("outputs") {
+		n, d := named(spec)
+		folders = append(folders, eval.Folder{Name: n, Dir: d})
+	}
+	var bar *progressbar.ProgressBar
+	progress := func(done, total int) {
+		if c.Bool("quiet") {
+			return
+		}
+		if bar == nil {
+			bar = progressbar.NewOptions(total, progressbar.OptionSetDescription("images"), progressbar.OptionSetWriter(c.App.ErrWriter),
+				progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
+		}
+		bar.Set(done)
+	}
+	tab, err := eval.ScoreFolders(c.Context, folders, c.String("hr_dir"), h.Scorers, dev, progress)
+	if bar != nil {
+		bar.Finish()
+	}
+	if err != nil {
+		return err
+	}
+	out := c.String("output_dir")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	var csvBuf, md bytes.Buffer
+	if err := tab.WriteCSV(&csvBuf); err != nil {
+		return err
+	}
+	if err := tab.WriteMarkdown(&md); err != nil {
+		return err
+	}
+	if err := preference.WriteFileAtomic(filepath.Join(out, "table.csv"), csvBuf.Bytes()); err != nil {
+		return err
+	}
+	if err := preference.WriteFileAtomic(filepath.Join(out, "table.md"), md.Bytes()); err != nil {
+		return err
+	}
+	fmt.Fprint(c.App.Writer, md.String())
+	fmt.Fprintf(c.App.Writer, "table → %s, %s\n", filepath.Join(out, "table.csv"), filepath.Join(out, "table.md"))
+	return nil
+}
