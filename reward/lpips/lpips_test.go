@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -409,5 +410,60 @@ func TestSemanticWeighted(t *testing.T) {
 			t.Errorf("%s %s/%s = %.9g, pyiqa %.9g", c.Metric, c.Dist, c.Ref, got[0], c.Score)
 		}
 		t.Logf("%s %s/%s = %.9g, pyiqa %.9g (%s)", c.Metric, c.Dist, c.Ref, got[0], c.Score, ref.Source)
+	}
+}
+
+// TestBadInput: a pair of different sizes, values outside [0,1], an image
+// too small for AlexNet's pooling, a cancelled context, a closed scorer
+// and missing weights are errors, not panics.
+func TestBadInput(t *testing.T) {
+	fx := load(t, folders[0])
+	testutil.NoLeak(t)
+	ctx := context.Background()
+	s := torch.NewScope()
+	defer s.Close()
+	var small, big *torch.Tensor
+	for _, x := range fx.images {
+		if small == nil || x.Size(2)*x.Size(3) < small.Size(2)*small.Size(3) {
+			small = x
+		}
+		if big == nil || x.Size(2)*x.Size(3) > big.Size(2)*big.Size(3) {
+			big = x
+		}
+	}
+	if fmt.Sprint(small.Shape()) == fmt.Sprint(big.Shape()) {
+		t.Skip("the inputs have one size")
+	}
+	sc := fx.scorer
+	if _, err := sc.Score(ctx, small, big); err == nil || !strings.Contains(err.Error(), "differ in size") {
+		t.Errorf("mismatched sizes: err = %v", err)
+	}
+	if _, err := sc.Score(ctx, big.MulScalar(3), big); err == nil || !strings.Contains(err.Error(), "[0,1]") {
+		t.Errorf("out of range: err = %v", err)
+	}
+	tiny := big.Narrow(2, 0, 16).Narrow(3, 0, 16)
+	if _, err := sc.Score(ctx, tiny, tiny); err == nil {
+		t.Error("16×16 image: no error")
+	} else {
+		t.Logf("16×16 image: %v", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := sc.Score(cctx, big, big); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: err = %v", err)
+	}
+	if _, err := reward.Open(fx.f.PyiqaName, reward.OpenOptions{}); err == nil || !strings.Contains(err.Error(), "weights") {
+		t.Errorf("no weights: err = %v", err)
+	}
+	if _, err := reward.Open(fx.f.PyiqaName, reward.OpenOptions{Weights: filepath.Join(t.TempDir(), "missing")}); err == nil {
+		t.Error("missing weights folder: no error")
+	}
+	other, err := reward.Open(fx.f.PyiqaName, reward.OpenOptions{Source: fx.weights})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.Close()
+	if _, err := other.Score(ctx, big, big); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Errorf("closed scorer: err = %v", err)
 	}
 }
