@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,8 @@ import (
 // models (ControlNet forward, then UNet forward with its residuals) at the
 // fixture's shapes (batch 2, latents 16×16, control 128×128), without
 // autograd, with one libtorch thread and with the default count.
-// testdata/bench_step.py times the same step in PyTorch on the same libtorch.
+// scripts/bench_sd2_step.py times the same step with diffusers on the same
+// libtorch.
 func BenchmarkUNetControlNetStep(b *testing.B) {
 	dev := testutil.Device(b)
 	u, err := Load(testutil.Fixture(b, "sd2/unet"), torch.Float32, dev)
@@ -85,26 +87,35 @@ func randomInit(params []Param, gen *torch.Generator) {
 	})
 }
 
-// BenchmarkUNetFullSize times one full-size SD2-base sampling step on CUDA:
-// ControlNet + UNet with random weights, float16, batch 2 (the CFG batch),
-// 512×512 images (64×64 latents), reporting ms/step and the peak CUDA
-// memory. It runs only with DP2O_BENCH_FULL=1 and DP2O_DEVICE=cuda.
+// BenchmarkUNetFullSize times one full-size SD2-base sampling step:
+// ControlNet + UNet with random weights, batch 2 (the CFG batch). On CUDA:
+// float16 at 512×512 (64×64 latents), reporting the peak CUDA memory too;
+// on the CPU: float32 at $DP2O_BENCH_SIZE pixels (default 256), reporting
+// process CPU time beside wall time. It runs only with DP2O_BENCH_FULL=1.
+// scripts/bench_sd2_step.py --full times the same step with diffusers.
 func BenchmarkUNetFullSize(b *testing.B) {
 	if os.Getenv("DP2O_BENCH_FULL") != "1" {
-		b.Skip("set DP2O_BENCH_FULL=1 (and DP2O_DEVICE=cuda) to run the full-size benchmark")
+		b.Skip("set DP2O_BENCH_FULL=1 to run the full-size benchmark")
 	}
 	dev := testutil.Device(b)
-	if !dev.IsCUDA() {
-		b.Skip("the full-size benchmark needs DP2O_DEVICE=cuda")
-	}
-	if dev.Index < 0 {
+	if dev.IsCUDA() && dev.Index < 0 {
 		dev.Index = 0
 	}
-	const dtype = torch.Float16
+	dtype, size := torch.Float16, int64(512)
+	if !dev.IsCUDA() {
+		dtype, size = torch.Float32, 256
+	}
+	if v := os.Getenv("DP2O_BENCH_SIZE"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		require.NoError(b, err)
+		require.Zero(b, n%8, "DP2O_BENCH_SIZE must be a multiple of 8")
+		size = n
+	}
 	gen := torch.MustGenerator(dev, 0)
 
+	cfg := SD2BaseConfig()
 	bu := nn.NewBuilder(nil, dtype, dev)
-	u, err := New(bu, SD2BaseConfig())
+	u, err := New(bu, cfg)
 	require.NoError(b, err)
 	u.Params, err = bu.Finish()
 	require.NoError(b, err)
@@ -120,10 +131,11 @@ func BenchmarkUNetFullSize(b *testing.B) {
 
 	s := torch.NewScope()
 	defer s.Close()
-	sample := torch.Randn([]int64{2, 4, 64, 64}, gen, dtype, dev)
+	lat := size / 8
+	sample := torch.Randn([]int64{2, int64(cfg.InChannels), lat, lat}, gen, dtype, dev)
 	ts := torch.FromSlice([]int64{500, 500}).ToDevice(dev)
-	text := torch.Randn([]int64{2, 77, 1024}, gen, dtype, dev)
-	cond := torch.Rand([]int64{2, 3, 512, 512}, gen, dtype, dev)
+	text := torch.Randn([]int64{2, 77, int64(cfg.CrossAttentionDim[0])}, gen, dtype, dev)
+	cond := torch.Rand([]int64{2, 3, size, size}, gen, dtype, dev)
 
 	torch.NoGrad(func() {
 		step := func() *torch.Tensor {
@@ -131,13 +143,19 @@ func BenchmarkUNetFullSize(b *testing.B) {
 			defer r.Close()
 			return u.Forward(sample, ts, text, r)
 		}
-		for range 2 { // warm-up
+		warm := 2
+		if !dev.IsCUDA() {
+			warm = 1
+		}
+		for range warm {
 			step().Close()
 		}
-		require.NoError(b, torch.CUDASynchronize(dev.Index))
-		require.NoError(b, torch.CUDAResetPeak(dev.Index))
+		if dev.IsCUDA() {
+			require.NoError(b, torch.CUDASynchronize(dev.Index))
+			require.NoError(b, torch.CUDAResetPeak(dev.Index))
+		}
 		b.ResetTimer()
-		start := time.Now()
+		start, cpu := time.Now(), testutil.CPUTime()
 		var out *torch.Tensor
 		for i := range b.N {
 			if i > 0 {
@@ -145,15 +163,22 @@ func BenchmarkUNetFullSize(b *testing.B) {
 			}
 			out = step()
 		}
-		require.NoError(b, torch.CUDASynchronize(dev.Index))
-		elapsed := time.Since(start)
+		if dev.IsCUDA() {
+			require.NoError(b, torch.CUDASynchronize(dev.Index))
+		}
+		elapsed, cpuElapsed := time.Since(start), testutil.CPUTime()-cpu
 		b.StopTimer()
 		defer out.Close()
-		_, peak, _, err := torch.CUDAMemory(dev.Index)
-		require.NoError(b, err)
 		finite := out.Isfinite().All()
 		b.ReportMetric(float64(elapsed.Microseconds())/1000/float64(b.N), "ms/step")
-		b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")
-		b.Logf("output %v finite: %v; libtorch %s, fused attention: %v", out.Shape(), finite, torch.Version(), torch.HasNativeSDPA())
+		if dev.IsCUDA() {
+			_, peak, _, err := torch.CUDAMemory(dev.Index)
+			require.NoError(b, err)
+			b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")
+		} else {
+			b.ReportMetric(float64(cpuElapsed.Microseconds())/1000/float64(b.N), "cpu-ms/step")
+		}
+		b.Logf("%d×%d %v, output %v finite: %v; libtorch %s, threads %d, BLAS %s",
+			size, size, dtype, out.Shape(), finite, torch.Version(), torch.NumThreads(), torch.BLASLibrary())
 	})
 }
