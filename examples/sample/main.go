@@ -32,7 +32,7 @@ func inputFlags() []cli.Flag {
 		&cli.StringFlag{Name: "input_dir", Usage: "a folder made by examples/degrade: its lr/ images are the inputs, its hr/ images (same names) their references"},
 		&cli.StringFlag{Name: "lr_dir", Usage: "folder of LR images (instead of --input_dir)"},
 		&cli.StringFlag{Name: "hr_dir", Usage: "folder of the HR images, named as the LR images (with --lr_dir; needed later for full-reference metrics)"},
-		&cli.StringFlag{Name: "output_dir", Usage: "the candidate folder: sample.json, manifest files, candidates/<name>/<name>_<k>.png (required)", Required: true},
+		&cli.StringFlag{Name: "output_dir", Usage: "the candidate folder: sample.json, manifest files, candidates/<name>/<name>_<k>.png (required)"},
 	}
 }
 

@@ -31,6 +31,9 @@ var paper = map[string]struct {
 
 // inputs lists the job's inputs from --input_dir or --lr_dir/--hr_dir.
 func inputs(c *cli.Context) ([]sample.Input, error) {
+	if c.String("output_dir") == "" {
+		return nil, errors.New("--output_dir is required (the candidate folder)")
+	}
 	switch dir, lr := c.String("input_dir"), c.String("lr_dir"); {
 	case dir != "" && lr != "":
 		return nil, errors.New("give --input_dir or --lr_dir, not both")
