@@ -2,6 +2,7 @@ package reward
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -11,10 +12,45 @@ import (
 
 // Metric describes one metric of a hybrid reward: its name, whether it is
 // full-reference (FR half) or no-reference (NR half), and its direction.
+// In JSON it is {"name", "kind": "fr"|"nr", "higher_is_better"}, the
+// layout of the preference fixture's metric list.
 type Metric struct {
+	Name           string
+	FullReference  bool
+	HigherIsBetter bool
+}
+
+type metricJSON struct {
 	Name           string `json:"name"`
-	FullReference  bool   `json:"-"`
-	HigherIsBetter bool   `json:"higher_is_better"`
+	Kind           string `json:"kind"`
+	HigherIsBetter *bool  `json:"higher_is_better"`
+}
+
+// MarshalJSON writes {"name", "kind", "higher_is_better"}.
+func (m Metric) MarshalJSON() ([]byte, error) {
+	kind := "nr"
+	if m.FullReference {
+		kind = "fr"
+	}
+	hib := m.HigherIsBetter
+	return json.Marshal(metricJSON{Name: m.Name, Kind: kind, HigherIsBetter: &hib})
+}
+
+// UnmarshalJSON reads {"name", "kind": "fr"|"nr", "higher_is_better"}; kind
+// and higher_is_better are required.
+func (m *Metric) UnmarshalJSON(b []byte) error {
+	var j metricJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	if j.Kind != "fr" && j.Kind != "nr" {
+		return fmt.Errorf("reward: metric %q: kind %q, want fr or nr", j.Name, j.Kind)
+	}
+	if j.HigherIsBetter == nil {
+		return fmt.Errorf("reward: metric %q: higher_is_better missing", j.Name)
+	}
+	*m = Metric{Name: j.Name, FullReference: j.Kind == "fr", HigherIsBetter: *j.HigherIsBetter}
+	return nil
 }
 
 // MetricOf describes an open scorer.

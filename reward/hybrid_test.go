@@ -13,11 +13,7 @@ import (
 
 // pairsFixture is preference/reward_pairs.json.
 type pairsFixture struct {
-	Metrics []struct {
-		Name           string `json:"name"`
-		Kind           string `json:"kind"`
-		HigherIsBetter bool   `json:"higher_is_better"`
-	} `json:"metrics"`
+	Metrics    []Metric  `json:"metrics"`
 	Groups     int       `json:"groups"`
 	Candidates int       `json:"candidates_per_group"`
 	TopN       int       `json:"top_n"`
@@ -41,12 +37,23 @@ func loadPairs(t *testing.T) (pairsFixture, []Metric, map[string][]float64, map[
 	if err := json.Unmarshal(raw, &f); err != nil {
 		t.Fatal(err)
 	}
-	var ms []Metric
-	for _, m := range f.Metrics {
-		if m.Kind != "fr" && m.Kind != "nr" {
-			t.Fatalf("metric %s: kind %q", m.Name, m.Kind)
+	ms := f.Metrics
+	// The JSON form round-trips (the fixture's own layout).
+	b, err := json.Marshal(ms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back []Metric
+	if err := json.Unmarshal(b, &back); err != nil || len(back) != len(ms) {
+		t.Fatalf("round trip: %v", err)
+	}
+	for i := range ms {
+		if back[i] != ms[i] {
+			t.Fatalf("round trip: %+v, want %+v", back[i], ms[i])
 		}
-		ms = append(ms, Metric{Name: m.Name, FullReference: m.Kind == "fr", HigherIsBetter: m.HigherIsBetter})
+	}
+	if err := json.Unmarshal([]byte(`{"name":"x","kind":"both","higher_is_better":true}`), &back[0]); err == nil {
+		t.Error("kind both: no error")
 	}
 	ts := testutil.Tensors(t, testutil.Fixture(t, "preference/reward_pairs.safetensors"))
 	vals := map[string][]float64{}
