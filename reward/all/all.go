@@ -9,6 +9,7 @@ import (
 	_ "github.com/dp2osr/dp2o/reward/afine"
 	_ "github.com/dp2osr/dp2o/reward/clipiqa"
 	_ "github.com/dp2osr/dp2o/reward/lpips"
+	_ "github.com/dp2osr/dp2o/reward/maniqa"
 	_ "github.com/dp2osr/dp2o/reward/musiq"
 	_ "github.com/dp2osr/dp2o/reward/topiq"
 )
