@@ -17,6 +17,6 @@
 //
 //	{"format": "dp2o-labels/1",
 //	 "metrics": [{"name": "lpips", "kind": "fr", "higher_is_better": false}, ...],
-//	 "groups": [{"id", "lr", "hr", "prompt", "candidates": [M files],
+//	 "groups": [{"id", "lr", "hr", "prompt", "candidates": [M files, absolute paths],
 //	             "raw": [[M × metrics]], "reward": [M]}, ...]}
 package label

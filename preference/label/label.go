@@ -263,8 +263,10 @@ func (l *Labels) RewardMetrics() []reward.Metric {
 }
 
 // Build gathers the scores of metrics (in that order) for every input of
-// the folder's manifest and computes each group's hybrid reward. Candidate
-// files are given as dir joined with the manifest's relative paths. A
+// the folder's manifest and computes each group's hybrid reward. Candidate,
+// LR and HR files are given as absolute paths (candidates: dir joined with
+// the manifest's relative paths), so that the labels and the pair file
+// made from them can be read from any folder. A
 // metric not scored for some input is an error naming them.
 func Build(dir string, metrics []string) (*Labels, error) {
 	if len(metrics) == 0 {
@@ -311,9 +313,9 @@ func Build(dir string, metrics []string) (*Labels, error) {
 	rm := l.RewardMetrics()
 	for _, id := range ids {
 		rs := groups[id]
-		g := preference.Group{ID: id, LR: rs[0].LR, HR: rs[0].HR, Prompt: rs[0].Prompt}
+		g := preference.Group{ID: id, LR: abs(rs[0].LR), HR: abs(rs[0].HR), Prompt: rs[0].Prompt}
 		for _, r := range rs {
-			g.Candidates = append(g.Candidates, filepath.Join(dir, r.File))
+			g.Candidates = append(g.Candidates, abs(filepath.Join(dir, r.File)))
 		}
 		g.Raw = make([][]float64, len(rs))
 		for m := range rs {
@@ -341,6 +343,18 @@ func Build(dir string, metrics []string) (*Labels, error) {
 		l.Groups = append(l.Groups, g)
 	}
 	return l, nil
+}
+
+// abs makes a path absolute (the pair file and training read the labels'
+// paths from other folders); "" stays "".
+func abs(p string) string {
+	if p == "" {
+		return ""
+	}
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }
 
 // Save writes the labels as indented JSON, atomically.
