@@ -11,7 +11,8 @@ import (
 const rmsEps = 1e-6
 
 // rope holds the rotary embedding of the joint sequence [text, image]
-// (S, head_dim), shared by every block of a forward pass.
+// (S, head_dim), shared by every block of a forward pass: cos and sin with
+// its even entries negated (signedSin).
 type rope struct{ cos, sin *torch.Tensor }
 
 // qkv is one stream's projections with their per-head RMS norms.

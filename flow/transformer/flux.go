@@ -249,6 +249,7 @@ func (st *stem) prepare(in Input, tap func(string, *torch.Tensor), extra func(x 
 	if dev := x0.Device(); dev != p.rope.cos.Device() {
 		p.rope.cos, p.rope.sin = p.rope.cos.ToDevice(dev), p.rope.sin.ToDevice(dev)
 	}
+	p.rope.sin = signedSin(p.rope.sin)
 	return p
 }
 

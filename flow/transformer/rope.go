@@ -39,14 +39,28 @@ func posEmbed(ids *torch.Tensor, axesDims []int, theta float64) (cos, sin *torch
 
 // applyRotary is diffusers' apply_rotary_emb (use_real, unbind dim −1) for
 // x (B, H, S, D): pairs (x0, x1) → (x0·cos − x1·sin, x1·cos + x0·sin),
-// computed in float32 and cast back to x's dtype.
-func applyRotary(x, cos, sin *torch.Tensor) *torch.Tensor {
+// computed in float32 and cast back to x's dtype. sinSigned is sin with
+// the even entries negated ([−s0, s0, −s1, s1, …], signedSin), so that the
+// rotation is x·cos + swap(x)·sinSigned with swap exchanging each pair:
+// the same products and sums, in three passes over x instead of five.
+func applyRotary(x, cos, sinSigned *torch.Tensor) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
-	sh := x.Shape()
-	pairs := x.Reshape(append(append([]int64{}, sh[:len(sh)-1]...), -1, 2))
-	re, im := pairs.Select(-1, 0), pairs.Select(-1, 1)
-	rot := torch.Stack([]*torch.Tensor{im.Neg(), re}, -1).Flatten(3, -1)
-	out := x.To(torch.Float32).Mul(cos).Add(rot.To(torch.Float32).Mul(sin))
+	xf := x.To(torch.Float32)
+	sh := xf.Shape()
+	pairs := append(append([]int64{}, sh[:len(sh)-1]...), -1, 2)
+	swapped := xf.Reshape(pairs).Flip([]int64{-1}).Reshape(sh)
+	out := xf.Mul(cos)
+	out.Addcmul_(swapped, sinSigned, 1)
 	return s.Keep(out.To(x.DType()))
+}
+
+// signedSin negates the even entries of sin (S, D): the factor of x1 in
+// the first element of each rotated pair.
+func signedSin(sin *torch.Tensor) *torch.Tensor {
+	return torch.Scoped(func() *torch.Tensor {
+		sh := sin.Shape()
+		sign := torch.FromSlice([]float32{-1, 1}, 2).ToDevice(sin.Device()).To(sin.DType())
+		return sin.Reshape(append(append([]int64{}, sh[:len(sh)-1]...), -1, 2)).Mul(sign).Reshape(sh)
+	})
 }
