@@ -173,6 +173,7 @@ func (s *ramSource) resolve(k string) (string, bool) {
 	return "", false
 }
 
+// Names lists the model keys the file provides (vision_multi renamed).
 func (s *ramSource) Names() []string {
 	var out []string
 	for _, k := range s.file.Names() {
@@ -189,6 +190,8 @@ func (s *ramSource) isTable(k string) bool {
 	return strings.Contains(k, "relative_position_bias_table")
 }
 
+// Meta is the shape and dtype of model key k as loaded (tables at the
+// model's window size).
 func (s *ramSource) Meta(k string) ([]int64, torch.DType, bool) {
 	f, ok := s.resolve(k)
 	if !ok {
@@ -202,6 +205,8 @@ func (s *ramSource) Meta(k string) ([]int64, torch.DType, bool) {
 	return shape, dt, true
 }
 
+// Load reads model key k from the file, interpolating a table of another
+// window size.
 func (s *ramSource) Load(k string) (*torch.Tensor, error) {
 	f, ok := s.resolve(k)
 	if !ok {
@@ -219,6 +224,7 @@ func (s *ramSource) Load(k string) (*torch.Tensor, error) {
 	return out, nil
 }
 
+// Close frees the file's tensors.
 func (s *ramSource) Close() error { return s.file.Close() }
 
 // LoadRAM reads a RAM checkpoint (no LoRA) into a tagger on dev.

@@ -17,7 +17,8 @@ import (
 // "logits" and "probs". Tensors are valid only during the call.
 type TapFunc func(name string, t *torch.Tensor)
 
-// Tagger is RAM + DAPE ready to tag images.
+// Tagger is RAM + DAPE ready to tag images. A Tagger is not safe for
+// concurrent use (one forward at a time; Tap is shared).
 type Tagger struct {
 	Config    Config
 	Vision    *swin.Model
