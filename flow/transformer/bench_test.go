@@ -102,13 +102,17 @@ func benchInputs(b *testing.B, c Config) (Input, *torch.Tensor) {
 // BenchmarkFluxControlNetStep times one sampling step at 512² — ControlNet
 // forward, then the transformer with its residuals — of a full-width FLUX.1
 // transformer truncated to 2 double + 2 single blocks with a 2-block
-// ControlNet, float32 on the CPU, one libtorch thread, no autograd.
-// Building the weights takes a while; run it once:
+// ControlNet, float32 on the CPU, one libtorch thread, no autograd. It
+// reports wall and process CPU time per step (on a shared machine the wall
+// time is mostly waiting for a core). Building the weights takes a while;
+// run it once, with OpenBLAS on one thread too (libtorch does not set
+// OpenBLAS's own thread count, which defaults to the number of cores):
 //
-//	go test ./flow/transformer -run '^$' -bench FluxControlNetStep -benchtime 1x
+//	OPENBLAS_NUM_THREADS=1 go test ./flow/transformer -run '^$' -bench FluxControlNetStep -benchtime 1x
 //
 // and scripts/bench_flux.py for diffusers on the same libtorch. It logs the
-// output's mean |v| and a checksum, which the script prints too.
+// output's mean |v| and sum, which the script prints too (the same model
+// and inputs: they agree to float32 rounding).
 func BenchmarkFluxControlNetStep(b *testing.B) {
 	threads := 1
 	if s := os.Getenv("DP2O_BENCH_THREADS"); s != "" {

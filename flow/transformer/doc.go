@@ -54,6 +54,17 @@
 // of residuals) as errors. Intermediates are reported to Tap, named as the
 // fixtures name them (x_embedder, time_proj.timestep, transformer_blocks.3.hidden_states, …).
 //
+// # Speed
+//
+// Linears go through torch.FastLinear (libtorch's BLAS; XNNPACK only with
+// the reference BLAS). On the CPU the attention scores are computed a head
+// (or a block of query rows) at a time, in pieces of at most 16 MiB, with
+// the 1/√d scale applied by the product. Without a Tap, outputs nobody
+// reads are not computed: the text rows of the last single block (only the
+// image tokens leave the model), and, where no single block follows, the
+// text stream of the last double block (the C-FLUX ControlNet's last block).
+// Taps see the full computation, as diffusers runs it.
+//
 // # Helpers
 //
 // PackLatents / UnpackLatents are the pipeline's _pack_latents and
