@@ -61,6 +61,7 @@ func TestFullSizeKeys(t *testing.T) {
 // TestConfigDefaults: the published FLUX.1-dev config predates
 // axes_dims_rope and out_channels; diffusers' defaults apply.
 func TestConfigDefaults(t *testing.T) {
+	testutil.NoLeak(t)
 	c, err := LoadConfig(testutil.Fixture(t, "flux/keys/flux_transformer/config.json"))
 	require.NoError(t, err)
 	require.Equal(t, DefaultConfig().AxesDimsRope, c.AxesDimsRope)

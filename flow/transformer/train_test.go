@@ -1,0 +1,85 @@
+package transformer
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dp2osr/dp2o/internal/testutil"
+	"github.com/dp2osr/dp2o/torch"
+)
+
+// TestControlNetBackward checks that training works through the scoped
+// forwards: with the transformer frozen, a loss on its output reaches
+// every ControlNet parameter that influences it — all but the text-stream
+// parameters of the last double block, whose outputs nothing reads (in
+// diffusers they get no gradient either) — and a ControlNet fresh from
+// from_transformer, whose output layers are zero, gets its first gradients
+// in those layers.
+func TestControlNetBackward(t *testing.T) {
+	testutil.NoLeak(t)
+	f := loadFixtureFlux(t)
+	ref := testutil.Tensors(t, testutil.Fixture(t, "flux/controlnet/io.safetensors"))
+	loaded, err := LoadControlNet(testutil.Fixture(t, "flux/controlnet"), torch.Float32, torch.CPU)
+	require.NoError(t, err)
+	defer loaded.Close()
+	fresh, err := ControlNetFromTransformer(f, ControlNetOptions{NumLayers: loaded.Config.NumLayers})
+	require.NoError(t, err)
+	defer fresh.Close()
+
+	backward := func(cn *ControlNet) {
+		for _, p := range cn.Parameters() {
+			p.Tensor.SetRequiresGrad(true)
+		}
+		s := torch.NewScope()
+		defer s.Close()
+		blocks, singles, err := cn.Forward(input(ref), ref["controlnet_cond"], 1)
+		require.NoError(t, err)
+		in := input(ref)
+		in.ControlNetBlockSamples, in.ControlNetSingleBlockSamples = blocks, singles
+		out, err := f.Forward(in)
+		require.NoError(t, err)
+		out.Square().Mean().Backward(nil)
+	}
+	gradSum := func(p Param) (float64, bool) {
+		g := p.Tensor.Grad()
+		if g == nil {
+			return 0, false
+		}
+		defer g.Close()
+		sum := torch.Scoped(func() *torch.Tensor { return g.Abs().Sum() })
+		defer sum.Close()
+		return sum.Item(), true
+	}
+
+	backward(loaded)
+	last := fmt.Sprintf("transformer_blocks.%d.", loaded.Config.NumLayers-1)
+	dead := []string{"attn.add_q_proj.", "attn.norm_added_q.", "attn.to_add_out.", "ff_context."}
+	for _, p := range loaded.Parameters() {
+		n, ok := gradSum(p)
+		isDead := false
+		for _, d := range dead {
+			isDead = isDead || strings.HasPrefix(p.Name, last+d)
+		}
+		if isDead && loaded.Config.NumSingleLayers == 0 {
+			require.Zero(t, n, "%s only feeds unused outputs", p.Name)
+			continue
+		}
+		require.True(t, ok, "%s has no gradient", p.Name)
+		require.Greater(t, n, 0.0, "%s has a zero gradient", p.Name)
+	}
+	for _, p := range f.Parameters() {
+		require.Nil(t, p.Tensor.Grad(), "frozen transformer weight %s got a gradient", p.Name)
+	}
+
+	backward(fresh)
+	for _, p := range fresh.Parameters() {
+		if strings.HasPrefix(p.Name, "controlnet_blocks.") {
+			n, ok := gradSum(p)
+			require.True(t, ok, "%s has no gradient", p.Name)
+			require.Greater(t, n, 0.0, "%s has a zero gradient", p.Name)
+		}
+	}
+}
