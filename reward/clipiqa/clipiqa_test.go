@@ -317,6 +317,18 @@ func TestBadInput(t *testing.T) {
 	iqatest.WriteTensorPth(t, filepath.Join(dir, PromptFile), src[CtxKey])
 	_, err = Open(reward.OpenOptions{Weights: dir})
 	require.ErrorContains(t, err, "missing keys")
+	// A TorchScript archive under OpenAI's name is read as such (a tiny one:
+	// torch/pickle/testdata/gen_torchscript.py; its CLIP-like keys do not fit
+	// RN50, which the error reports key by key).
+	require.NoError(t, os.Remove(filepath.Join(dir, "RN50.pth")))
+	ts, err := os.ReadFile(filepath.Join("testdata", "torchscript_tiny.pt"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, CLIPFile), ts, 0o644))
+	_, err = Open(reward.OpenOptions{Weights: dir})
+	require.ErrorContains(t, err, "visual.conv1.weight: checkpoint [4 3 3 3]")
+	require.NotContains(t, err.Error(), "attn_mask")
+	require.NoError(t, os.Remove(filepath.Join(dir, CLIPFile)))
+	iqatest.WritePth(t, filepath.Join(dir, "RN50.pth"), "", nn.MapSource{"visual.conv1.weight": src["visual.conv1.weight"]}, nil)
 	// Truncated.
 	b, err := os.ReadFile(filepath.Join(dir, "RN50.pth"))
 	require.NoError(t, err)

@@ -20,10 +20,10 @@ import (
 // and the CLIP RN50 weights.
 const (
 	PromptFile = "CLIP-IQA+_learned_prompts-603f3273.pth"
-	// CLIPFile is OpenAI's RN50 release name. That file is a TorchScript
-	// archive, which this package does not read: give the same weights as a
-	// state dict (torch.save(torch.jit.load("RN50.pt").state_dict(), …))
-	// named RN50.pth, or as RN50.safetensors.
+	// CLIPFile is OpenAI's RN50 release name: a TorchScript archive, whose
+	// tensors are read without running its code (pickle.LoadTorchScript).
+	// The same weights as a state dict may be given as RN50.pth or
+	// RN50.safetensors instead.
 	CLIPFile = "RN50.pt"
 )
 
@@ -54,8 +54,8 @@ var _ reward.Scorer = (*Scorer)(nil)
 // Open opens clipiqa+. The weights come from o.Source (the CLIP state-dict
 // keys plus CtxKey) or from o.Weights, a directory holding PromptFile (a
 // bare tensor, torch.save'd) and the CLIP RN50 weights as a state dict:
-// RN50.safetensors, RN50.pth, or RN50.pt when that is a state-dict
-// checkpoint (OpenAI's TorchScript RN50.pt is refused with an explanation).
+// RN50.safetensors, RN50.pth, or OpenAI's RN50.pt (a TorchScript archive;
+// a state-dict checkpoint under that name is read too).
 func Open(o reward.OpenOptions) (*Scorer, error) {
 	return OpenTap(o, nil)
 }
@@ -125,12 +125,12 @@ func loadDir(dir string) (nn.MapSource, error) {
 			}
 		} else {
 			ms, err = nn.LoadPth(path, pickle.WithKey(""))
+			var refused *pickle.RefusedGlobalError
+			if errors.As(err, &refused) && strings.HasPrefix(refused.Module, "__torch__") {
+				// OpenAI's release is a TorchScript archive: read its tensors.
+				ms, err = loadScript(path)
+			}
 			if err != nil {
-				var refused *pickle.RefusedGlobalError
-				if errors.As(err, &refused) && strings.Contains(err.Error(), "__torch__") {
-					return nil, fmt.Errorf("%s is a TorchScript archive, which is not read here: save its state dict "+
-						"(torch.save(torch.jit.load(path).state_dict(), 'RN50.pth')) next to it: %w", path, err)
-				}
 				return nil, err
 			}
 		}
@@ -153,6 +153,34 @@ func loadDir(dir string) (nn.MapSource, error) {
 		old.Close()
 	}
 	ms[CtxKey] = torch.Unscope(t)
+	return ms, nil
+}
+
+// loadScript reads the CLIP state dict from a TorchScript archive (what
+// pyiqa's clip.load gets from torch.jit.load(...).state_dict()): every
+// tensor attribute except the text blocks' causal masks, which CLIP keeps
+// as plain attributes, not state.
+func loadScript(path string) (nn.MapSource, error) {
+	sd, err := pickle.LoadTorchScript(path)
+	if err != nil {
+		return nil, err
+	}
+	ms := nn.MapSource{}
+	for _, t := range sd.Tensors {
+		if strings.HasSuffix(t.Name, ".attn_mask") || t.Name == "attn_mask" {
+			continue
+		}
+		dt, err := torch.DTypeFromSafetensors(t.DType)
+		if err == nil {
+			var tt *torch.Tensor
+			if tt, err = torch.FromBytes(t.Data, dt, t.Shape); err == nil {
+				ms[t.Name] = torch.Unscope(tt)
+				continue
+			}
+		}
+		ms.Close()
+		return nil, fmt.Errorf("%s: tensor %q: %w", path, t.Name, err)
+	}
 	return ms, nil
 }
 

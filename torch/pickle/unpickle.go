@@ -183,7 +183,13 @@ func persistentLoad(pid any) (any, error) {
 // prescan, so that only allowlisted globals can be resolved; gopickle then
 // builds the object graph, and any panic inside it becomes an error.
 func unpickle(data []byte) (result any, err error) {
-	if err := prescan(data); err != nil {
+	return unpickleWith(data, allowed, findClass)
+}
+
+// unpickleWith is unpickle with another allowlist and class resolver (the
+// TorchScript reader adds the archive's own __torch__ classes).
+func unpickleWith(data []byte, allow func(module, name string) bool, find func(module, name string) (any, error)) (result any, err error) {
+	if err := prescan(data, allow); err != nil {
 		return nil, err
 	}
 	defer func() {
@@ -192,7 +198,7 @@ func unpickle(data []byte) (result any, err error) {
 		}
 	}()
 	u := gopickle.NewUnpickler(newByteReader(data))
-	u.FindClass = findClass
+	u.FindClass = find
 	u.PersistentLoad = persistentLoad
 	u.GetExtension = func(code int) (any, error) {
 		return nil, fmt.Errorf("pickle extension codes are not supported")
@@ -241,7 +247,7 @@ const (
 // end of the data, and any GLOBAL, INST or STACK_GLOBAL whose target is not
 // allowlisted. For STACK_GLOBAL the module and name strings are traced
 // through the memo; if they cannot be determined the stream is refused.
-func prescan(data []byte) error {
+func prescan(data []byte, allow func(module, name string) bool) error {
 	type shadow struct {
 		s     string
 		known bool
@@ -299,7 +305,7 @@ func prescan(data []byte) error {
 		if err != nil {
 			return err
 		}
-		if !allowed(module, name) {
+		if !allow(module, name) {
 			return &RefusedGlobalError{Module: module, Name: name}
 		}
 		return nil
