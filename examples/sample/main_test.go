@@ -109,3 +109,19 @@ func TestClearErrors(t *testing.T) {
 		require.ErrorContains(t, err, c.want)
 	}
 }
+
+func TestFLUX(t *testing.T) {
+	in := data(t)
+	out := filepath.Join(t.TempDir(), "flux")
+	msg, err := runApp("--model", "flux", "--input_dir", in, "--output_dir", out, "--num_candidates", "2", "--batch_size", "2",
+		"--num_inference_steps", "1", "--process_size", "64", "--prompt", "house", "--device", "cpu", "--quiet",
+		"--pretrained_model_name_or_path", filepath.Join(assets, "tiny-flux"),
+		"--controlnet_model_name_or_path", filepath.Join(assets, "tiny-flux", "controlnet", "model.safetensors"))
+	require.NoError(t, err, msg)
+	require.Contains(t, msg, "4 candidates of 2 inputs")
+	cfg, err := sample.LoadConfig(out)
+	require.NoError(t, err)
+	require.Equal(t, "flux", cfg.Settings.Model)
+	require.Equal(t, 2.5, cfg.Settings.GuidanceScale, "flux's default guidance is the paper's")
+	require.Empty(t, cfg.Settings.NegativePrompt)
+}
