@@ -125,6 +125,14 @@ func (t *Trainer) SaveCheckpoint(dir string, l *Loader) (err error) {
 	if err = WriteFileAtomic(filepath.Join(tmp, CheckpointState), append(b, '\n')); err != nil {
 		return err
 	}
+	for name, data := range t.CheckpointFiles {
+		if name != filepath.Base(name) || name == CheckpointModel || name == CheckpointOptimizer || name == CheckpointRNG || name == CheckpointState {
+			return fmt.Errorf("preference: checkpoint: extra file name %q", name)
+		}
+		if err = WriteFileAtomic(filepath.Join(tmp, name), data); err != nil {
+			return err
+		}
+	}
 	// Replace an older folder of the same name only once the new one is complete.
 	old := ""
 	if _, e := os.Stat(dir); e == nil {

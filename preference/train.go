@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/optim"
@@ -230,6 +231,10 @@ type Trainer struct {
 	// gradients right before clipping.
 	BeforeClip func(params []optim.Param)
 
+	// CheckpointFiles are extra files written into every checkpoint
+	// folder (name → content), e.g. the ControlNet's config.json.
+	CheckpointFiles map[string][]byte
+
 	refFP *Fingerprint // the reference's fingerprint, computed once
 }
 
@@ -308,6 +313,14 @@ func (t *Trainer) Evaluate(b *Batch) (ms *MicroStats, err error) {
 }
 
 func (t *Trainer) run(b *Batch, backward bool) (ms *MicroStats, err error) {
+	// One OS thread for the forward and the backward: autograd orders the
+	// nodes it runs (and so the order in which it sums the gradients of a
+	// tensor used several times) by sequence numbers that libtorch counts
+	// per thread. A goroutine hopping threads between ops mixes counters
+	// and makes the summation order, hence the last bits of the gradients,
+	// change from run to run.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if t == nil || t.Backbone == nil || t.Opt == nil {
 		return nil, errors.New("preference: train: trainer not set up (use NewTrainer)")
 	}

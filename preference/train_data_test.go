@@ -239,8 +239,8 @@ func policyBytes(t *testing.T, ps []optim.Param) map[string]*torch.Tensor {
 
 // TestTrainSD2Resume: k steps straight equal j steps, a checkpoint, a
 // fresh process state resumed from it, and k − j more steps — bit for bit
-// on the CPU (weights, losses), with gradient accumulation and a shuffled,
-// cached data stream.
+// on the CPU (weights, losses), with gradient accumulation, a warm-up
+// schedule and a shuffled, cached data stream.
 func TestTrainSD2Resume(t *testing.T) {
 	tinySD2Pipeline(t)
 	testutil.NoLeak(t)

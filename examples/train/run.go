@@ -1,0 +1,353 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/urfave/cli/v2"
+
+	"github.com/dp2osr/dp2o/diffusion"
+	"github.com/dp2osr/dp2o/diffusion/scheduler"
+	"github.com/dp2osr/dp2o/diffusion/unet"
+	"github.com/dp2osr/dp2o/flow"
+	"github.com/dp2osr/dp2o/flow/transformer"
+	"github.com/dp2osr/dp2o/preference"
+	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/optim"
+)
+
+// Bundled tiny models (run from the repository root).
+var defaults = map[string][2]string{
+	preference.KindSD2:  {"assets/tiny-sd2", "assets/tiny-sd2/controlnet/model.safetensors"},
+	preference.KindFlux: {"assets/tiny-flux", "assets/tiny-flux/controlnet/model.safetensors"},
+}
+
+// session is what a run holds: the models, the backbone, the trainer and
+// the data; close frees them.
+type session struct {
+	bb     preference.Backbone
+	tr     *preference.Trainer
+	loader *preference.Loader
+	closes []func()
+}
+
+func (s *session) close() {
+	for i := len(s.closes) - 1; i >= 0; i-- {
+		s.closes[i]()
+	}
+}
+
+// deviceAndDType resolves --device and --mixed_precision: the frozen
+// models' dtype is half precision on CUDA only.
+func deviceAndDType(devFlag, mp string) (torch.Device, torch.DType, error) {
+	var dev torch.Device
+	if devFlag == "auto" {
+		dev = torch.CPU
+		if torch.CUDAAvailable() {
+			dev = torch.CUDA(0)
+		}
+	} else {
+		d, err := torch.ParseDevice(devFlag)
+		if err != nil {
+			return dev, 0, err
+		}
+		if d.IsCUDA() && !torch.CUDAAvailable() {
+			return dev, 0, fmt.Errorf("--device %s: libtorch sees no CUDA device", devFlag)
+		}
+		dev = d
+	}
+	dtype := torch.Float32
+	switch mp {
+	case "no":
+	case "fp16":
+		if dev.IsCUDA() {
+			dtype = torch.Float16
+		}
+	case "bf16":
+		if dev.IsCUDA() {
+			dtype = torch.BFloat16
+		}
+	default:
+		return dev, 0, fmt.Errorf("--mixed_precision must be no, fp16 or bf16, got %q", mp)
+	}
+	return dev, dtype, nil
+}
+
+func trainConfig(c *cli.Context) preference.TrainConfig {
+	cfg := preference.DefaultTrainConfig()
+	cfg.Beta = c.Float64("beta_dpo")
+	cfg.AdamW = optim.AdamWConfig{LR: c.Float64("learning_rate"), Beta1: c.Float64("adam_beta1"), Beta2: c.Float64("adam_beta2"),
+		Eps: c.Float64("adam_epsilon"), WeightDecay: c.Float64("adam_weight_decay")}
+	cfg.MaxGradNorm = c.Float64("max_grad_norm")
+	cfg.GradAccum = c.Int("gradient_accumulation_steps")
+	cfg.Schedule = optim.ScheduleConfig{Name: c.String("lr_scheduler"), WarmupSteps: c.Int("lr_warmup_steps"), TotalSteps: c.Int("max_train_steps")}
+	cfg.MixedPrecision = c.String("mixed_precision")
+	return cfg
+}
+
+// configBeside reads a config.json next to a ControlNet checkpoint, if any.
+func configBeside(path string) (string, bool) {
+	p := filepath.Join(filepath.Dir(path), "config.json")
+	_, err := os.Stat(p)
+	return p, err == nil
+}
+
+func loadSD2(s *session, base, cnPath string, dev torch.Device, dtype torch.DType) (preference.DataConfig, error) {
+	p, err := diffusion.LoadSD2(base, cnPath, diffusion.LoadOptions{Device: dev, DType: dtype, NoAutocast: true})
+	if err != nil {
+		return preference.DataConfig{}, err
+	}
+	s.closes = append(s.closes, p.Close)
+	if p.ControlNet.Parameters()[0].Tensor.DType() != torch.Float32 {
+		// The trained ControlNet keeps float32 master weights.
+		var cfg *unet.ControlNetConfig
+		if cp, ok := configBeside(cnPath); ok {
+			c, err := unet.LoadControlNetConfig(cp)
+			if err != nil {
+				return preference.DataConfig{}, err
+			}
+			cfg = &c
+		}
+		cn, err := unet.LoadControlNetFileFromUNet(p.UNet.Config, cfg, cnPath, torch.Float32, dev)
+		if err != nil {
+			return preference.DataConfig{}, err
+		}
+		p.ControlNet.Close()
+		p.ControlNet = cn
+	}
+	ddpm, err := scheduler.NewDDPM(p.Scheduler)
+	if err != nil {
+		return preference.DataConfig{}, err
+	}
+	s.closes = append(s.closes, ddpm.Close)
+	bb, err := preference.NewSD2Backbone(p.UNet, p.ControlNet, ddpm)
+	if err != nil {
+		return preference.DataConfig{}, err
+	}
+	s.bb = bb
+	s.closes = append(s.closes, bb.Close)
+	return preference.SD2Data(p)
+}
+
+func loadFlux(s *session, c *cli.Context, base, cnPath string, dev torch.Device, dtype torch.DType) (preference.DataConfig, error) {
+	o := flow.DefaultLoadOptions()
+	o.Device, o.DType, o.NoAutocast = dev, dtype, true
+	o.NumDoubleLayers, o.NumSingleLayers = c.Int("num_double_layers"), c.Int("num_single_layers")
+	p, err := flow.LoadCFLUX(base, cnPath, o)
+	if err != nil {
+		return preference.DataConfig{}, err
+	}
+	s.closes = append(s.closes, p.Close)
+	if p.ControlNet.Parameters()[0].Tensor.DType() != torch.Float32 {
+		cfg := transformer.ControlNetConfigFromTransformer(p.Transformer.Config, o.NumDoubleLayers, o.NumSingleLayers)
+		if cp, ok := configBeside(cnPath); ok {
+			if cfg, err = transformer.LoadConfig(cp); err != nil {
+				return preference.DataConfig{}, err
+			}
+		}
+		cn, err := transformer.LoadControlNetFile(cnPath, cfg, torch.Float32, dev)
+		if err != nil {
+			return preference.DataConfig{}, err
+		}
+		p.ControlNet.Close()
+		p.ControlNet = cn
+	}
+	bb, err := preference.NewFluxBackbone(p.Transformer, p.ControlNet)
+	if err != nil {
+		return preference.DataConfig{}, err
+	}
+	bb.Guidance = c.Float64("guidance_scale")
+	s.bb = bb
+	s.closes = append(s.closes, bb.Close)
+	return preference.FluxData(p)
+}
+
+// setup loads the models and the data and, with --resume_from_checkpoint,
+// restores a checkpoint.
+func setup(c *cli.Context) (s *session, err error) {
+	kind := c.String("model")
+	d, ok := defaults[kind]
+	if !ok {
+		return nil, fmt.Errorf("--model must be sd2 or flux, got %q", kind)
+	}
+	base, cnPath := c.String("pretrained_model_name_or_path"), c.String("controlnet_model_name_or_path")
+	if base == "" {
+		base = d[0]
+	}
+	if cnPath == "" {
+		cnPath = d[1]
+	}
+	if c.Int("train_batch_size") < 1 || c.Int("gradient_accumulation_steps") < 1 || c.Int("max_train_steps") < 1 || c.Int("checkpointing_steps") < 1 {
+		return nil, errors.New("--train_batch_size, --gradient_accumulation_steps, --max_train_steps and --checkpointing_steps must be at least 1")
+	}
+	dev, dtype, err := deviceAndDType(c.String("device"), c.String("mixed_precision"))
+	if err != nil {
+		return nil, err
+	}
+	pf, err := preference.LoadPairs(c.String("pairs"))
+	if err != nil {
+		return nil, err
+	}
+	s = &session{}
+	owned := s // the error returns set s to nil
+	defer func() {
+		if err != nil {
+			owned.close()
+		}
+	}()
+	var dc preference.DataConfig
+	if kind == preference.KindSD2 {
+		dc, err = loadSD2(s, base, cnPath, dev, dtype)
+	} else {
+		dc, err = loadFlux(s, c, base, cnPath, dev, dtype)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading %s (%s, ControlNet %s): %w", kind, base, cnPath, err)
+	}
+	if s.tr, err = preference.NewTrainer(s.bb, trainConfig(c)); err != nil {
+		return nil, err
+	}
+	if cp, ok := configBeside(cnPath); ok {
+		// Checkpoints carry the ControlNet's config.json, so that the
+		// pipelines build the same layout from them.
+		b, err := os.ReadFile(cp)
+		if err != nil {
+			return nil, err
+		}
+		s.tr.CheckpointFiles = map[string][]byte{"config.json": b}
+	}
+	s.closes = append(s.closes, s.tr.Close)
+	if s.loader, err = preference.NewLoader(dc, pf, filepath.Dir(c.String("pairs")), c.Int("train_batch_size"), c.Uint64("seed")); err != nil {
+		return nil, err
+	}
+	s.closes = append(s.closes, s.loader.Close)
+	if r := c.String("resume_from_checkpoint"); r != "" {
+		dir := r
+		if r == "latest" {
+			if dir, err = preference.LatestCheckpoint(c.String("output_dir")); err != nil {
+				return nil, err
+			}
+		}
+		if dir == "" {
+			fmt.Fprintf(c.App.ErrWriter, "no checkpoint under %s: starting a new run\n", c.String("output_dir"))
+		} else if err = s.tr.LoadCheckpoint(dir, s.loader); err != nil {
+			return nil, err
+		} else {
+			fmt.Fprintf(c.App.ErrWriter, "resumed from %s at step %d\n", dir, s.tr.StepsDone)
+		}
+	}
+	return s, nil
+}
+
+func run(c *cli.Context) error {
+	s, err := setup(c)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	out := c.String("output_dir")
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	logPath := filepath.Join(out, "train_log.csv")
+	log, err := openLog(logPath, s.tr.StepsDone)
+	if err != nil {
+		return err
+	}
+	defer log.Close()
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt)
+	defer stop()
+
+	maxSteps, every := c.Int("max_train_steps"), c.Int("checkpointing_steps")
+	var bar *progressbar.ProgressBar
+	if !c.Bool("no_progress") {
+		bar = progressbar.NewOptions(maxSteps, progressbar.OptionSetDescription("dpo"), progressbar.OptionShowCount(),
+			progressbar.OptionSetWriter(errWriter(c)), progressbar.OptionSetPredictTime(true))
+		bar.Set(s.tr.StepsDone)
+	}
+	save := func() error {
+		dir := filepath.Join(out, fmt.Sprintf("checkpoint-%d", s.tr.StepsDone))
+		if err := s.tr.SaveCheckpoint(dir, s.loader); err != nil {
+			return err
+		}
+		return nil
+	}
+	pairsPerStep := c.Int("train_batch_size") * c.Int("gradient_accumulation_steps")
+	for s.tr.StepsDone < maxSteps {
+		if ctx.Err() != nil {
+			if err := save(); err != nil {
+				return err
+			}
+			return fmt.Errorf("interrupted at step %d (checkpoint saved): %w", s.tr.StepsDone, ctx.Err())
+		}
+		start := time.Now()
+		st, err := step(s)
+		if err != nil {
+			return err
+		}
+		rate := float64(pairsPerStep) / time.Since(start).Seconds()
+		if err := log.write(st, rate); err != nil {
+			return err
+		}
+		if bar != nil {
+			bar.Describe(fmt.Sprintf("loss %.4f acc %.2f", st.Loss, st.Accuracy))
+			bar.Set(s.tr.StepsDone)
+		}
+		if s.tr.StepsDone%every == 0 || s.tr.StepsDone == maxSteps {
+			if err := save(); err != nil {
+				return err
+			}
+		}
+	}
+	if bar != nil {
+		bar.Finish()
+		fmt.Fprintln(errWriter(c))
+	}
+	if err := preference.SavePolicy(filepath.Join(out, preference.CheckpointModel), s.bb.PolicyParams()); err != nil {
+		return err
+	}
+	for name, b := range s.tr.CheckpointFiles {
+		if err := preference.WriteFileAtomic(filepath.Join(out, name), b); err != nil {
+			return err
+		}
+	}
+	if err := log.Close(); err != nil {
+		return err
+	}
+	if err := plotLog(logPath, filepath.Join(out, "train_curves.png")); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.App.Writer, "trained %d steps; ControlNet: %s; log: %s\n", s.tr.StepsDone, filepath.Join(out, preference.CheckpointModel), logPath)
+	return nil
+}
+
+func errWriter(c *cli.Context) io.Writer {
+	if c.App.ErrWriter != nil {
+		return c.App.ErrWriter
+	}
+	return os.Stderr
+}
+
+// step draws GradAccum batches and takes one optimizer step.
+func step(s *session) (*preference.StepStats, error) {
+	var bs []*preference.Batch
+	defer func() {
+		for _, b := range bs {
+			b.Close()
+		}
+	}()
+	for range s.tr.Config.GradAccum {
+		b, err := s.loader.Next()
+		if err != nil {
+			return nil, err
+		}
+		bs = append(bs, b)
+	}
+	return s.tr.Step(bs)
+}
