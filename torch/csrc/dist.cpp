@@ -1,0 +1,510 @@
+// dist.cpp: libtorch's distributed engine (c10d) behind dist.h.
+//
+// What is compiled in follows what the headers provide, so the shim builds
+// against any libtorch and a missing backend is an error at use:
+//   - c10d itself: torch/csrc/distributed/c10d/ProcessGroup.hpp;
+//   - Gloo: its c10d header and Gloo's own headers (Debian: libgloo-dev);
+//   - NCCL: a CUDA build (DP2O_CUDA), its c10d header and nccl.h.
+// libtorch 1.x implements the collectives on c10d::ProcessGroup subclasses;
+// 2.x moved them to c10d::Backend (ProcessGroup became a dispatcher over
+// backends), with the same collective signatures, so the group holds the
+// backend object directly on 2.x.
+#include "shim.h"
+#include "dist.h"
+
+#include <torch/version.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <deque>
+#include <string>
+
+#if __has_include(<torch/csrc/distributed/c10d/ProcessGroup.hpp>)
+#define DP2O_C10D 1
+#include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#if TORCH_VERSION_MAJOR >= 2
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#endif
+
+#if __has_include(<torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>) && __has_include(<gloo/context.h>)
+#ifndef USE_C10D_GLOO
+#define USE_C10D_GLOO 1
+#endif
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#define DP2O_GLOO 1
+#endif
+
+#if defined(DP2O_CUDA) && __has_include(<torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>) && __has_include(<nccl.h>)
+#ifndef USE_C10D_NCCL
+#define USE_C10D_NCCL 1
+#endif
+#include <c10/cuda/CUDAFunctions.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#define DP2O_NCCL 1
+#endif
+#endif  // c10d headers
+
+extern "C" void dp2o_dist_backends(char *buf, int n) {
+  std::string s;
+#ifdef DP2O_GLOO
+  s += "gloo";
+#endif
+#ifdef DP2O_NCCL
+  if (!s.empty()) s += ",";
+  s += "nccl";
+#endif
+  std::snprintf(buf, n, "%s", s.c_str());
+}
+
+#ifndef DP2O_C10D
+
+// No c10d headers: every entry point says so.
+#define DP2O_NO_C10D return dp2o::dup_err("dist: this libtorch has no distributed engine (c10d headers not found at build time)")
+extern "C" {
+dp2o_err dp2o_dist_tcp_store(const char *, int, int, int, int64_t, dp2o_store *) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_file_store(const char *, int, int64_t, dp2o_store *) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_store_set(dp2o_store, const char *, const void *, int64_t) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_store_get(dp2o_store, const char *, void **, int64_t *) { DP2O_NO_C10D; }
+void dp2o_dist_store_free(dp2o_store) {}
+dp2o_err dp2o_dist_group_new(dp2o_store, const char *, int, int, int64_t, const char *, const char *, int,
+                             dp2o_group *) {
+  DP2O_NO_C10D;
+}
+void dp2o_dist_group_free(dp2o_group) {}
+dp2o_err dp2o_dist_all_reduce(dp2o_group, dp2o_tensor *, int, int, int64_t) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_broadcast(dp2o_group, dp2o_tensor *, int, int, int64_t) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_all_gather(dp2o_group, dp2o_tensor, int64_t, dp2o_tensor **, int *) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_barrier(dp2o_group, int64_t) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_broadcast_coalesced(dp2o_group, dp2o_tensor *, int, int, int64_t, int64_t) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_average_gradients(dp2o_group, dp2o_tensor *, int, int64_t, int64_t, int *) { DP2O_NO_C10D; }
+}
+
+#else
+
+namespace dp2o {
+namespace dist {
+
+#if TORCH_VERSION_MAJOR >= 2
+using PG = c10d::Backend;
+#else
+using PG = c10d::ProcessGroup;
+#endif
+
+struct Store {
+  c10::intrusive_ptr<c10d::Store> s;
+};
+
+struct Group {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<PG> pg;
+  std::string backend;
+  int rank = 0;
+  int size = 1;
+  std::chrono::milliseconds timeout{0};
+};
+
+inline Group &G(dp2o_group h) {
+  TORCH_CHECK(h != nullptr, "dist: use of a closed group");
+  return *static_cast<Group *>(h);
+}
+
+inline std::chrono::milliseconds timeout_of(const Group &g, int64_t ms) {
+  return ms > 0 ? std::chrono::milliseconds(ms) : g.timeout;
+}
+
+// Waits for a collective and names it, the backend and the rank in the
+// error. Work::wait(timeout) throws when the timeout passes first.
+void wait(const Group &g, const char *what, const c10::intrusive_ptr<c10d::Work> &work,
+          std::chrono::milliseconds timeout) {
+  try {
+    work->wait(timeout);
+  } catch (const c10::Error &e) {
+    TORCH_CHECK(false, "dist: ", what, " (", g.backend, ", rank ", g.rank, " of ", g.size, ", timeout ",
+                timeout.count(), " ms): ", e.what_without_backtrace());
+  } catch (const std::exception &e) {
+    TORCH_CHECK(false, "dist: ", what, " (", g.backend, ", rank ", g.rank, " of ", g.size, ", timeout ",
+                timeout.count(), " ms): ", e.what());
+  }
+}
+
+void check_tensor(const Group &g, const at::Tensor &t, const char *what) {
+  TORCH_CHECK(t.defined(), "dist: ", what, ": undefined tensor");
+  TORCH_CHECK(t.is_contiguous(), "dist: ", what, ": tensor must be contiguous");
+  if (g.backend == "nccl") {
+    TORCH_CHECK(t.is_cuda(), "dist: ", what, ": an NCCL group needs CUDA tensors, got ", t.device());
+  }
+}
+
+c10d::ReduceOp reduce_op(int op) {
+  switch (op) {
+    case 0:
+    case 1:
+      return c10d::ReduceOp(c10d::ReduceOp::SUM);
+    case 2:
+      return c10d::ReduceOp(c10d::ReduceOp::MAX);
+    case 3:
+      return c10d::ReduceOp(c10d::ReduceOp::MIN);
+  }
+  TORCH_CHECK(false, "dist: unknown reduce op ", op);
+  return c10d::ReduceOp(c10d::ReduceOp::SUM);
+}
+
+// Average is a sum followed by a division, which every backend can do
+// (Gloo has no AVG); integer tensors cannot be averaged in place.
+void check_average(const at::Tensor &t) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()) || at::isComplexType(t.scalar_type()),
+              "dist: average of a ", t.scalar_type(), " tensor (only floating types can be averaged in place)");
+}
+
+c10::intrusive_ptr<c10d::Work> all_reduce_async(Group &g, std::vector<at::Tensor> &ts, int op,
+                                               std::chrono::milliseconds timeout) {
+  c10d::AllreduceOptions o;
+  o.reduceOp = reduce_op(op);
+  o.timeout = timeout;
+  return g.pg->allreduce(ts, o);
+}
+
+c10::intrusive_ptr<c10d::Work> broadcast_async(Group &g, std::vector<at::Tensor> &ts, int root,
+                                              std::chrono::milliseconds timeout) {
+  c10d::BroadcastOptions o;
+  o.rootRank = root;
+  o.rootTensor = 0;
+  o.timeout = timeout;
+  return g.pg->broadcast(ts, o);
+}
+
+// Bucket: consecutive tensors of one dtype and device, flattened into one
+// buffer (or the tensor itself when it is alone and contiguous).
+struct Bucket {
+  std::vector<at::Tensor> members;
+  at::Tensor flat;
+  c10::intrusive_ptr<c10d::Work> work;
+};
+
+std::vector<Bucket> make_buckets(const std::vector<at::Tensor> &ts, int64_t cap) {
+  std::vector<Bucket> out;
+  int64_t bytes = 0;
+  for (const auto &t : ts) {
+    int64_t b = t.numel() * static_cast<int64_t>(t.element_size());
+    bool fresh = out.empty() || out.back().members.front().scalar_type() != t.scalar_type() ||
+                 out.back().members.front().device() != t.device() || (cap > 0 && bytes + b > cap);
+    if (fresh) {
+      out.emplace_back();
+      bytes = 0;
+    }
+    out.back().members.push_back(t);
+    bytes += b;
+  }
+  return out;
+}
+
+void flatten(Bucket &b) {
+  if (b.members.size() == 1 && b.members[0].is_contiguous()) {
+    b.flat = b.members[0];
+    return;
+  }
+  std::vector<at::Tensor> views;
+  views.reserve(b.members.size());
+  for (auto &m : b.members) views.push_back(m.reshape({-1}));
+  b.flat = at::cat(views);
+}
+
+void unflatten(Bucket &b) {
+  if (b.flat.is_same(b.members[0])) return;
+  int64_t off = 0;
+  for (auto &m : b.members) {
+    int64_t n = m.numel();
+    m.copy_(b.flat.narrow(0, off, n).view(m.sizes()));
+    off += n;
+  }
+}
+
+// run_buckets starts one collective per bucket, keeping two in flight (the
+// next bucket is flattened and sent while the previous one is reduced), and
+// writes each result back. Returns the number of buckets.
+template <typename Launch, typename Finish>
+int run_buckets(Group &g, const char *what, std::vector<Bucket> buckets, std::chrono::milliseconds timeout,
+                Launch launch, Finish finish) {
+  at::NoGradGuard no_grad;
+  std::deque<Bucket *> inflight;
+  auto drain = [&]() {
+    Bucket *b = inflight.front();
+    inflight.pop_front();
+    wait(g, what, b->work, timeout);
+    finish(*b);
+    unflatten(*b);
+    b->flat = at::Tensor();
+    b->work.reset();
+  };
+  for (auto &b : buckets) {
+    flatten(b);
+    std::vector<at::Tensor> one{b.flat};
+    b.work = launch(one);
+    inflight.push_back(&b);
+    if (inflight.size() >= 2) drain();
+  }
+  while (!inflight.empty()) drain();
+  return static_cast<int>(buckets.size());
+}
+
+}  // namespace dist
+}  // namespace dp2o
+
+using dp2o::T;
+using dp2o::wrap;
+using dp2o::dist::G;
+
+extern "C" {
+
+dp2o_err dp2o_dist_tcp_store(const char *host, int port, int is_server, int world_size, int64_t timeout_ms,
+                             dp2o_store *out) {
+  DP2O_TRY
+  TORCH_CHECK(port > 0 && port < 65536, "dist: TCP store port ", port, " out of range");
+  TORCH_CHECK(world_size >= 1, "dist: world size ", world_size);
+  c10d::TCPStoreOptions o;
+  o.port = static_cast<std::uint16_t>(port);
+  o.isServer = is_server != 0;
+  o.numWorkers = static_cast<std::size_t>(world_size);
+  o.waitWorkers = true;
+  o.timeout = std::chrono::milliseconds(timeout_ms);
+  auto s = c10::make_intrusive<c10d::TCPStore>(std::string(host), o);
+  *out = new dp2o::dist::Store{s};
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_dist_file_store(const char *path, int world_size, int64_t timeout_ms, dp2o_store *out) {
+  DP2O_TRY
+  TORCH_CHECK(world_size >= 1, "dist: world size ", world_size);
+  auto s = c10::make_intrusive<c10d::FileStore>(std::string(path), world_size);
+  s->setTimeout(std::chrono::milliseconds(timeout_ms));
+  *out = new dp2o::dist::Store{s};
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_dist_store_set(dp2o_store h, const char *key, const void *data, int64_t n) {
+  DP2O_TRY
+  auto *s = static_cast<dp2o::dist::Store *>(h);
+  const auto *p = static_cast<const uint8_t *>(data);
+  s->s->set(std::string(key), std::vector<uint8_t>(p, p + n));
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_dist_store_get(dp2o_store h, const char *key, void **out, int64_t *n) {
+  DP2O_TRY
+  auto *s = static_cast<dp2o::dist::Store *>(h);
+  auto v = s->s->get(std::string(key));
+  void *p = std::malloc(v.size() ? v.size() : 1);
+  TORCH_CHECK(p != nullptr, "dist: out of memory");
+  if (!v.empty()) std::memcpy(p, v.data(), v.size());
+  *out = p;
+  *n = static_cast<int64_t>(v.size());
+  DP2O_CATCH
+}
+
+void dp2o_dist_store_free(dp2o_store h) { delete static_cast<dp2o::dist::Store *>(h); }
+
+dp2o_err dp2o_dist_group_new(dp2o_store sh, const char *backend, int rank, int size, int64_t timeout_ms,
+                             const char *iface, const char *hostname, int device_index, dp2o_group *out) {
+  DP2O_TRY
+  TORCH_CHECK(sh != nullptr, "dist: no store");
+  TORCH_CHECK(size >= 1 && rank >= 0 && rank < size, "dist: rank ", rank, " outside a world of ", size);
+  TORCH_CHECK(timeout_ms > 0, "dist: timeout must be positive, got ", timeout_ms, " ms");
+  auto store = static_cast<dp2o::dist::Store *>(sh)->s;
+  std::string b(backend);
+  auto timeout = std::chrono::milliseconds(timeout_ms);
+  c10::intrusive_ptr<dp2o::dist::PG> pg;
+  if (b == "gloo") {
+#ifdef DP2O_GLOO
+    auto o = c10d::ProcessGroupGloo::Options::create(timeout);
+    std::string ifc(iface ? iface : ""), host(hostname ? hostname : "");
+    if (!ifc.empty()) {
+      o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifc));
+    } else if (!host.empty()) {
+      o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(host));
+    } else {
+      o->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
+    o->threads = 2;
+    pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, o);
+#else
+    TORCH_CHECK(false,
+                "dist: this libtorch build has no Gloo backend (the shim was built without ProcessGroupGloo.hpp "
+                "and Gloo's headers; on Debian install libgloo-dev and rebuild with `make shim`)");
+#endif
+  } else if (b == "nccl") {
+#ifdef DP2O_NCCL
+    TORCH_CHECK(device_index >= 0, "dist: NCCL needs a CUDA device index, got ", device_index);
+    // Without blocking wait an NCCL collective whose peer died never
+    // completes; with it, Work::wait honours the timeout (as torch's
+    // NCCL_BLOCKING_WAIT=1). The environment is read when the group is made.
+    if (!std::getenv("NCCL_BLOCKING_WAIT") && !std::getenv("TORCH_NCCL_BLOCKING_WAIT")) {
+      setenv("NCCL_BLOCKING_WAIT", "1", 0);
+      setenv("TORCH_NCCL_BLOCKING_WAIT", "1", 0);
+    }
+    c10::cuda::set_device(static_cast<c10::DeviceIndex>(device_index));
+    auto o = c10d::ProcessGroupNCCL::Options::create();
+    o->timeout = timeout;
+    pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, size, o);
+#else
+    TORCH_CHECK(false,
+                "dist: this libtorch build has no NCCL backend (NCCL needs a CUDA libtorch, LIBTORCH=... with "
+                "libtorch_cuda, and nccl.h at build time)");
+#endif
+  } else {
+    TORCH_CHECK(false, "dist: unknown backend \"", b, "\" (want gloo or nccl)");
+  }
+  auto *g = new dp2o::dist::Group;
+  g->store = store;
+  g->pg = pg;
+  g->backend = b;
+  g->rank = rank;
+  g->size = size;
+  g->timeout = timeout;
+  *out = g;
+  DP2O_CATCH
+}
+
+void dp2o_dist_group_free(dp2o_group h) {
+  // The backend's destructor waits for queued work, which is bounded by the
+  // group's timeout when a peer is gone.
+  try {
+    delete static_cast<dp2o::dist::Group *>(h);
+  } catch (...) {
+  }
+}
+
+dp2o_err dp2o_dist_all_reduce(dp2o_group h, dp2o_tensor *hs, int n, int op, int64_t timeout_ms) {
+  DP2O_TRY
+  auto &g = G(h);
+  auto timeout = dp2o::dist::timeout_of(g, timeout_ms);
+  std::vector<at::Tensor> ts = dp2o::tensors_of(hs, n);
+  for (auto &t : ts) {
+    dp2o::dist::check_tensor(g, t, "all_reduce");
+    if (op == 1) dp2o::dist::check_average(t);
+  }
+  at::NoGradGuard no_grad;
+  // One collective per tensor: c10d takes a list only for the tensors of
+  // one rank on several devices.
+  for (auto &t : ts) {
+    std::vector<at::Tensor> one{t};
+    auto w = dp2o::dist::all_reduce_async(g, one, op, timeout);
+    dp2o::dist::wait(g, "all_reduce", w, timeout);
+    if (op == 1) t.div_(g.size);
+  }
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_dist_broadcast(dp2o_group h, dp2o_tensor *hs, int n, int root, int64_t timeout_ms) {
+  DP2O_TRY
+  auto &g = G(h);
+  TORCH_CHECK(root >= 0 && root < g.size, "dist: broadcast root ", root, " outside a world of ", g.size);
+  auto timeout = dp2o::dist::timeout_of(g, timeout_ms);
+  std::vector<at::Tensor> ts = dp2o::tensors_of(hs, n);
+  for (auto &t : ts) dp2o::dist::check_tensor(g, t, "broadcast");
+  at::NoGradGuard no_grad;
+  for (auto &t : ts) {
+    std::vector<at::Tensor> one{t};
+    auto w = dp2o::dist::broadcast_async(g, one, root, timeout);
+    dp2o::dist::wait(g, "broadcast", w, timeout);
+  }
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_dist_all_gather(dp2o_group h, dp2o_tensor th, int64_t timeout_ms, dp2o_tensor **outs, int *n) {
+  DP2O_TRY
+  auto &g = G(h);
+  auto timeout = dp2o::dist::timeout_of(g, timeout_ms);
+  at::Tensor t = T(th);
+  dp2o::dist::check_tensor(g, t, "all_gather");
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> in{t.detach()};
+  std::vector<std::vector<at::Tensor>> result(1);
+  for (int i = 0; i < g.size; i++) result[0].push_back(at::empty_like(t, at::MemoryFormat::Contiguous));
+  c10d::AllgatherOptions o;
+  o.timeout = timeout;
+  auto w = g.pg->allgather(result, in, o);
+  dp2o::dist::wait(g, "all_gather", w, timeout);
+  *outs = dp2o::out_list(std::move(result[0]), n);
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_dist_barrier(dp2o_group h, int64_t timeout_ms) {
+  DP2O_TRY
+  auto &g = G(h);
+  auto timeout = dp2o::dist::timeout_of(g, timeout_ms);
+  c10d::BarrierOptions o;
+  o.timeout = timeout;
+  auto w = g.pg->barrier(o);
+  dp2o::dist::wait(g, "barrier", w, timeout);
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_dist_broadcast_coalesced(dp2o_group h, dp2o_tensor *hs, int n, int root, int64_t bucket_bytes,
+                                       int64_t timeout_ms) {
+  DP2O_TRY
+  auto &g = G(h);
+  TORCH_CHECK(root >= 0 && root < g.size, "dist: broadcast root ", root, " outside a world of ", g.size);
+  auto timeout = dp2o::dist::timeout_of(g, timeout_ms);
+  std::vector<at::Tensor> ts;
+  for (int i = 0; i < n; i++) {
+    at::Tensor t = T(hs[i]).detach();  // shares storage: the result lands in the parameter
+    TORCH_CHECK(t.defined(), "dist: broadcast_coalesced: tensor ", i, " is undefined");
+    if (g.backend == "nccl") TORCH_CHECK(t.is_cuda(), "dist: an NCCL group needs CUDA tensors, got ", t.device());
+    ts.push_back(t);
+  }
+  dp2o::dist::run_buckets(
+      g, "broadcast_coalesced", dp2o::dist::make_buckets(ts, bucket_bytes), timeout,
+      [&](std::vector<at::Tensor> &one) { return dp2o::dist::broadcast_async(g, one, root, timeout); },
+      [](dp2o::dist::Bucket &) {});
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_dist_average_gradients(dp2o_group h, dp2o_tensor *hs, int n, int64_t bucket_bytes, int64_t timeout_ms,
+                                     int *buckets) {
+  DP2O_TRY
+  auto &g = G(h);
+  auto timeout = dp2o::dist::timeout_of(g, timeout_ms);
+  at::NoGradGuard no_grad;
+  // Which parameters have a gradient on some rank: one small all-reduce
+  // (max) of a 0/1 mask keeps every rank's buckets identical.
+  std::vector<at::Tensor> params = dp2o::tensors_of(hs, n);
+  at::Tensor mask = at::zeros({static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kInt));
+  {
+    auto ma = mask.accessor<int, 1>();
+    for (int i = 0; i < n; i++) {
+      TORCH_CHECK(params[i].defined(), "dist: average_gradients: parameter ", i, " is undefined");
+      if (params[i].grad().defined()) ma[i] = 1;
+    }
+  }
+  if (g.size > 1) {
+    at::Tensor m = g.backend == "nccl" ? mask.to(params.empty() ? at::Device(at::kCPU) : params[0].device()) : mask;
+    std::vector<at::Tensor> one{m};
+    auto w = dp2o::dist::all_reduce_async(g, one, 2, timeout);
+    dp2o::dist::wait(g, "average_gradients (gradient mask)", w, timeout);
+    mask = m.to(at::kCPU);
+  }
+  auto any = mask.accessor<int, 1>();
+  std::vector<at::Tensor> grads;
+  for (int i = 0; i < n; i++) {
+    if (!any[i]) continue;
+    auto &p = params[i];
+    at::Tensor &gr = p.mutable_grad();
+    if (!gr.defined()) gr = at::zeros_like(p, at::MemoryFormat::Contiguous);
+    dp2o::dist::check_average(gr);
+    if (g.backend == "nccl") TORCH_CHECK(gr.is_cuda(), "dist: an NCCL group needs CUDA gradients, got ", gr.device());
+    grads.push_back(gr);
+  }
+  int world = g.size;
+  int nb = dp2o::dist::run_buckets(
+      g, "average_gradients", dp2o::dist::make_buckets(grads, bucket_bytes), timeout,
+      [&](std::vector<at::Tensor> &one) { return dp2o::dist::all_reduce_async(g, one, 0, timeout); },
+      [world](dp2o::dist::Bucket &b) { b.flat.div_(world); });
+  if (buckets) *buckets = nb;
+  DP2O_CATCH
+}
+
+}  // extern "C"
+
+#endif  // DP2O_C10D

@@ -1,0 +1,70 @@
+/* dist.h: the C ABI over libtorch's distributed engine (c10d) used by the Go
+ * package torch/dist: rendezvous stores (TCPStore, FileStore), process
+ * groups (Gloo on CPU, NCCL on CUDA where the libtorch has them) and the
+ * collectives data-parallel training needs.
+ *
+ * Same conventions as dp2o.h: a dp2o_err is NULL on success or a malloc'd
+ * message; handles are released with their _free function. Every collective
+ * takes a timeout in milliseconds (<= 0: the group's) and returns an error,
+ * never hangs, when a peer is gone. A group whose collective failed should be
+ * freed: its peers are out of step.
+ */
+#ifndef DP2O_DIST_H
+#define DP2O_DIST_H
+
+#include "dp2o.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef void *dp2o_store;
+typedef void *dp2o_group;
+
+/* Backends compiled into this shim, comma-separated ("gloo", "gloo,nccl",
+ * "" without c10d). */
+void dp2o_dist_backends(char *buf, int n);
+
+/* Stores. The TCP store's server runs in the process with is_server set
+ * (rank 0), which waits up to timeout_ms for world_size clients. */
+dp2o_err dp2o_dist_tcp_store(const char *host, int port, int is_server, int world_size, int64_t timeout_ms,
+                             dp2o_store *out);
+dp2o_err dp2o_dist_file_store(const char *path, int world_size, int64_t timeout_ms, dp2o_store *out);
+dp2o_err dp2o_dist_store_set(dp2o_store s, const char *key, const void *data, int64_t n);
+/* *out is malloc'd (free it); *n its length. Waits up to the store's timeout. */
+dp2o_err dp2o_dist_store_get(dp2o_store s, const char *key, void **out, int64_t *n);
+void dp2o_dist_store_free(dp2o_store s);
+
+/* Process groups. backend: "gloo" or "nccl". For Gloo, iface (a network
+ * interface name) or hostname (an address of this host) picks the transport
+ * device; both empty: c10d's default (the host name's address). device_index
+ * is the CUDA device of an NCCL group. */
+dp2o_err dp2o_dist_group_new(dp2o_store s, const char *backend, int rank, int size, int64_t timeout_ms,
+                             const char *iface, const char *hostname, int device_index, dp2o_group *out);
+void dp2o_dist_group_free(dp2o_group g);
+
+/* op: 0 sum, 1 average (sum, then divide by the world size), 2 max, 3 min. */
+dp2o_err dp2o_dist_all_reduce(dp2o_group g, dp2o_tensor *ts, int n, int op, int64_t timeout_ms);
+dp2o_err dp2o_dist_broadcast(dp2o_group g, dp2o_tensor *ts, int n, int root, int64_t timeout_ms);
+/* Gathers t from every rank into a new list of size tensors (*outs, malloc'd). */
+dp2o_err dp2o_dist_all_gather(dp2o_group g, dp2o_tensor t, int64_t timeout_ms, dp2o_tensor **outs, int *n);
+dp2o_err dp2o_dist_barrier(dp2o_group g, int64_t timeout_ms);
+
+/* Data parallel. Tensors are flattened into buckets of at most bucket_bytes
+ * (one tensor larger than that is a bucket of its own), each bucket one
+ * collective, with two buckets in flight at a time.
+ * broadcast_coalesced copies root's values into ts in place (no grad);
+ * average_gradients replaces each parameter's .grad by its mean over the
+ * ranks. A parameter without a gradient on some ranks gets a zero one
+ * there, as long as one rank has one; one without a gradient on every rank
+ * is left without. */
+dp2o_err dp2o_dist_broadcast_coalesced(dp2o_group g, dp2o_tensor *ts, int n, int root, int64_t bucket_bytes,
+                                       int64_t timeout_ms);
+dp2o_err dp2o_dist_average_gradients(dp2o_group g, dp2o_tensor *params, int n, int64_t bucket_bytes,
+                                     int64_t timeout_ms, int *buckets);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
