@@ -6,6 +6,8 @@ package torch
 // #cgo nocallback dp2o_contiguous_channels_last
 // #cgo noescape dp2o_is_channels_last
 // #cgo nocallback dp2o_is_channels_last
+// #cgo noescape dp2o_relu_
+// #cgo nocallback dp2o_relu_
 // #include "csrc/dp2o.h"
 import "C"
 
@@ -29,4 +31,11 @@ func (t *Tensor) IsChannelsLast() bool {
 	runtime.KeepAlive(t)
 	must(err, "is_channels_last")
 	return out != 0
+}
+
+// Relu_ is self.relu_(): max(x, 0) in place (torchvision's ReLU(inplace=True) after a convolution).
+func (t *Tensor) Relu_() {
+	err := C.dp2o_relu_(t.ptr())
+	runtime.KeepAlive(t)
+	must(err, "relu_")
 }

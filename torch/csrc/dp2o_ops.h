@@ -202,6 +202,7 @@ dp2o_err dp2o_to_float(dp2o_tensor self_, dp2o_tensor *out);
 /* vision.def */
 dp2o_err dp2o_contiguous_channels_last(dp2o_tensor self_, dp2o_tensor *out);
 dp2o_err dp2o_is_channels_last(dp2o_tensor self_, int *out);
+dp2o_err dp2o_relu_(dp2o_tensor self_);
 
 #ifdef __cplusplus
 }

@@ -17,4 +17,11 @@ dp2o_err dp2o_is_channels_last(dp2o_tensor self_, int *out) {
   DP2O_CATCH
 }
 
+dp2o_err dp2o_relu_(dp2o_tensor self_) {
+  DP2O_TRY
+  const at::Tensor &self = dp2o::T(self_);
+  self.relu_();
+  DP2O_CATCH
+}
+
 }  // extern "C"
