@@ -86,4 +86,3 @@ func TestCheckpointKeysFullSize(t *testing.T) {
 		assertPolicyKeys(t, bb.PolicyParams(), "flux/keys/flux_controlnet_cflux/keys.json")
 	})
 }
-
