@@ -1,61 +1,38 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"runtime"
 
 	"github.com/schollz/progressbar/v3"
 	"github.com/urfave/cli/v2"
 
-	"github.com/dp2osr/dp2o/diffusion"
-	"github.com/dp2osr/dp2o/diffusion/colorfix"
-	"github.com/dp2osr/dp2o/flow"
-	"github.com/dp2osr/dp2o/imageio"
+	"github.com/dp2osr/dp2o/examples/internal/candidates"
 	"github.com/dp2osr/dp2o/preference/sample"
-	"github.com/dp2osr/dp2o/tagger"
-	"github.com/dp2osr/dp2o/torch"
 )
 
-// The paper's candidate generation per model (SPEC §5): M, steps, guidance.
-var paper = map[string]struct {
-	m, steps         int
-	guidance         float64
-	base, controlnet string
-}{
-	"sd2":  {32, 50, 3.5, "assets/tiny-sd2", "assets/tiny-sd2/controlnet/model.safetensors"},
-	"flux": {64, 25, 2.5, "assets/tiny-flux", "assets/tiny-flux/controlnet/model.safetensors"},
-}
-
-// inputs lists the job's inputs from --input_dir or --lr_dir/--hr_dir.
-func inputs(c *cli.Context) ([]sample.Input, error) {
-	if c.String("output_dir") == "" {
-		return nil, errors.New("--output_dir is required (the candidate folder)")
+func outputDir(c *cli.Context) (string, error) {
+	if d := c.String("output_dir"); d != "" {
+		return d, nil
 	}
-	switch dir, lr := c.String("input_dir"), c.String("lr_dir"); {
-	case dir != "" && lr != "":
-		return nil, errors.New("give --input_dir or --lr_dir, not both")
-	case dir != "":
-		return sample.DataDirInputs(dir)
-	case lr != "":
-		return sample.ListInputs(lr, c.String("hr_dir"))
-	}
-	return nil, errors.New("no inputs: give --input_dir (a degrade output folder) or --lr_dir (and --hr_dir)")
+	return "", errors.New("--output_dir is required (the candidate folder)")
 }
 
 func runMerge(c *cli.Context) error {
-	ins, err := inputs(c)
+	dir, err := outputDir(c)
 	if err != nil {
 		return err
 	}
-	rep, err := sample.Merge(c.String("output_dir"), ins)
+	ins, err := candidates.Inputs(c)
+	if err != nil {
+		return err
+	}
+	rep, err := sample.Merge(dir, ins)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "merge: %d candidates of %d inputs from %d shard manifests, %d inputs skipped → %s\n",
-		rep.Candidates, len(ins)-len(rep.Skipped), rep.Shards, len(rep.Skipped), c.String("output_dir")+"/"+sample.ManifestFile)
+		rep.Candidates, len(ins)-len(rep.Skipped), rep.Shards, len(rep.Skipped), dir+"/"+sample.ManifestFile)
 	return nil
 }
 
@@ -63,114 +40,24 @@ func run(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %v (see --help)", c.Args().Slice())
 	}
-	model := c.String("model")
-	def, ok := paper[model]
-	if !ok {
-		return fmt.Errorf("--model %q: want sd2 or flux", model)
-	}
-	m, steps, guidance := def.m, def.steps, def.guidance
-	if c.Int("num_candidates") != 0 {
-		m = c.Int("num_candidates")
-	}
-	if c.Int("num_inference_steps") != 0 {
-		steps = c.Int("num_inference_steps")
-	}
-	if c.IsSet("guidance_scale") {
-		guidance = c.Float64("guidance_scale")
-	}
-	base, cn := def.base, def.controlnet
-	if c.IsSet("pretrained_model_name_or_path") {
-		base = c.String("pretrained_model_name_or_path")
-	}
-	if c.IsSet("controlnet_model_name_or_path") {
-		cn = c.String("controlnet_model_name_or_path")
-	}
-	align, err := colorfix.ParseMethod(c.String("align_method"))
+	dir, err := outputDir(c)
 	if err != nil {
-		return fmt.Errorf("--align_method: %w", err)
+		return err
 	}
 	onError := c.String("on_error")
 	switch {
-	case m < 1:
-		return fmt.Errorf("--num_candidates must be at least 1, got %d", m)
-	case steps < 1:
-		return fmt.Errorf("--num_inference_steps must be at least 1, got %d", steps)
-	case c.Int("batch_size") < 1:
-		return fmt.Errorf("--batch_size must be at least 1, got %d", c.Int("batch_size"))
-	case c.Int("upscale") < 1:
-		return fmt.Errorf("--upscale must be at least 1, got %d", c.Int("upscale"))
-	case c.Int("process_size") < 16:
-		return fmt.Errorf("--process_size must be at least 16, got %d", c.Int("process_size"))
 	case c.Int("num_shards") < 1 || c.Int("shard") < 0 || c.Int("shard") >= c.Int("num_shards"):
 		return fmt.Errorf("--shard %d --num_shards %d: want 0 ≤ shard < num_shards", c.Int("shard"), c.Int("num_shards"))
 	case onError != "fail" && onError != "skip":
 		return fmt.Errorf("--on_error %q: want fail or skip", onError)
 	}
-	ins, err := inputs(c)
+	job, closeJob, err := candidates.Job(c, dir, 0)
+	defer closeJob()
 	if err != nil {
 		return err
 	}
-	prompts, source, err := promptSource(c, ins)
-	if err != nil {
-		return err
-	}
-	dev, dtype, err := deviceAndDType(c.String("device"), c.String("mixed_precision"))
-	if err != nil {
-		return err
-	}
-	if n := c.Int("threads"); n > 0 {
-		torch.SetNumThreads(n)
-	}
-	if !dev.IsCUDA() && torch.NumThreads() > 1 {
-		// One goroutine does the work; more Go Ps preempt libtorch's OpenMP workers.
-		runtime.GOMAXPROCS(1)
-	}
-	cfg := sample.Config{
-		Format: sample.Format,
-		Settings: sample.Settings{Model: model, Base: base, ControlNet: cn, Steps: steps, GuidanceScale: guidance,
-			ConditioningScale: c.Float64("control_scale"), ProcessSize: c.Int("process_size"), Upscale: c.Int("upscale"),
-			AlignMethod: string(align), DType: dtype.String(), Device: sample.DeviceType(dev), Prompts: source},
-		Seeds:     sample.SeedPool(c.Uint64("seed"), m),
-		BatchSize: c.Int("batch_size"),
-	}
-	if model == "sd2" {
-		cfg.Settings.NegativePrompt = c.String("negative_prompt")
-	} else {
-		cfg.Settings.PadTo16 = c.Bool("pad16")
-	}
-
-	var tag *tagger.Tagger
-	defer func() {
-		if tag != nil {
-			tag.Close()
-		}
-	}()
-	job := sample.Job{
-		Dir: c.String("output_dir"), Config: cfg, Inputs: ins,
-		Shard: c.Int("shard"), NumShards: c.Int("num_shards"),
-		SkipBadInputs: onError == "skip",
-		Log:           c.App.ErrWriter,
-		Open: func() (sample.Sampler, error) {
-			if source == "tagger" {
-				t, err := tagger.Load(c.String("ram_path"), c.String("dape_path"), tagger.Options{Device: dev})
-				if err != nil {
-					return nil, fmt.Errorf("tagger: %w", err)
-				}
-				tag = t
-			}
-			return openSampler(c, cfg, dev, dtype, align)
-		},
-		Prompt: func(in sample.Input, lr *imageio.RGB8) (string, error) {
-			if tag == nil {
-				return prompts[in.ID], nil
-			}
-			r, err := tag.Tag(lr)
-			if err != nil {
-				return "", fmt.Errorf("tagger: %w", err)
-			}
-			return r.Prompt, nil
-		},
-	}
+	job.Shard, job.NumShards = c.Int("shard"), c.Int("num_shards")
+	job.SkipBadInputs = onError == "skip"
 	var bar *progressbar.ProgressBar
 	if !c.Bool("quiet") {
 		job.Progress = func(done, total int) {
@@ -188,6 +75,7 @@ func run(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	m := job.Config.M()
 	fmt.Fprintf(c.App.Writer, "sample: shard %d/%d: %d inputs × %d candidates: %d sampled now, %d already there, %d inputs skipped\n",
 		job.Shard, job.NumShards, sum.Inputs, m, sum.Sampled, sum.Existing-len(sum.Skipped)*m, len(sum.Skipped))
 	if job.NumShards == 1 {
@@ -195,116 +83,4 @@ func run(c *cli.Context) error {
 	}
 	fmt.Fprintf(c.App.Writer, "sample: when every shard is done: sample merge --output_dir %s (with the same inputs)\n", job.Dir)
 	return nil
-}
-
-// promptSource gives each input's prompt (--prompt, --prompts) or says
-// that the tagger will ("tagger").
-func promptSource(c *cli.Context, ins []sample.Input) (map[string]string, string, error) {
-	fixed, file, ram := c.String("prompt"), c.String("prompts"), c.String("ram_path")
-	n := 0
-	for _, s := range []string{fixed, file, ram} {
-		if s != "" {
-			n++
-		}
-	}
-	if n > 1 {
-		return nil, "", errors.New("give one of --prompt, --prompts and --ram_path")
-	}
-	out := map[string]string{}
-	switch {
-	case ram != "":
-		return nil, "tagger", nil
-	case file != "":
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return nil, "", fmt.Errorf("--prompts: %w", err)
-		}
-		if err := json.Unmarshal(b, &out); err != nil {
-			return nil, "", fmt.Errorf("--prompts %s: want a JSON object {\"name\": \"prompt\"}: %w", file, err)
-		}
-		var missing []string
-		for _, in := range ins {
-			if _, ok := out[in.ID]; !ok {
-				missing = append(missing, in.ID)
-			}
-		}
-		if len(missing) > 0 {
-			return nil, "", fmt.Errorf("--prompts %s has no prompt for %d inputs (%v)", file, len(missing), missing[:min(5, len(missing))])
-		}
-		return out, "file", nil
-	}
-	for _, in := range ins {
-		out[in.ID] = fixed
-	}
-	return out, "fixed", nil
-}
-
-// openSampler loads the model of cfg.
-func openSampler(c *cli.Context, cfg sample.Config, dev torch.Device, dtype torch.DType, align colorfix.Method) (sample.Sampler, error) {
-	st := cfg.Settings
-	if st.Model == "flux" {
-		lo := flow.DefaultLoadOptions()
-		lo.Device, lo.DType, lo.NoAutocast = dev, dtype, c.Bool("no_autocast")
-		lo.NumDoubleLayers, lo.NumSingleLayers = c.Int("num_double_layers"), c.Int("num_single_layers")
-		p, err := flow.LoadCFLUX(st.Base, st.ControlNet, lo)
-		if err != nil {
-			return nil, err
-		}
-		o := flow.DefaultUpscaleOptions()
-		o.Steps, o.GuidanceScale, o.ConditioningScale = st.Steps, st.GuidanceScale, st.ConditioningScale
-		o.ProcessSize, o.Upscale, o.AlignMethod, o.PadTo16 = st.ProcessSize, st.Upscale, align, st.PadTo16
-		return &fluxSampler{sample.FLUX{P: p, Opts: o}}, nil
-	}
-	p, err := diffusion.LoadSD2(st.Base, st.ControlNet, diffusion.LoadOptions{Device: dev, DType: dtype, NoAutocast: c.Bool("no_autocast")})
-	if err != nil {
-		return nil, err
-	}
-	o := diffusion.DefaultUpscaleOptions()
-	o.Steps, o.GuidanceScale, o.ConditioningScale = st.Steps, st.GuidanceScale, st.ConditioningScale
-	o.NegativePrompt, o.ProcessSize, o.Upscale, o.AlignMethod = st.NegativePrompt, st.ProcessSize, st.Upscale, align
-	return &sd2Sampler{sample.SD2{P: p, Opts: o}}, nil
-}
-
-// The samplers with a Close that frees the model (Run calls it).
-type sd2Sampler struct{ sample.SD2 }
-
-func (s *sd2Sampler) Close() { s.P.Close() }
-
-type fluxSampler struct{ sample.FLUX }
-
-func (s *fluxSampler) Close() { s.P.Close() }
-
-// deviceAndDType resolves --device and --mixed_precision: half precision
-// applies on CUDA only (the CPU runs float32).
-func deviceAndDType(devFlag, mp string) (torch.Device, torch.DType, error) {
-	dev := torch.CPU
-	if devFlag == "auto" {
-		if torch.CUDAAvailable() {
-			dev = torch.CUDA(0)
-		}
-	} else {
-		d, err := torch.ParseDevice(devFlag)
-		if err != nil {
-			return dev, 0, fmt.Errorf("--device: %w", err)
-		}
-		if d.IsCUDA() && !torch.CUDAAvailable() {
-			return dev, 0, fmt.Errorf("--device %s: libtorch sees no CUDA device", devFlag)
-		}
-		dev = d
-	}
-	dtype := torch.Float32
-	switch mp {
-	case "no":
-	case "fp16":
-		if dev.IsCUDA() {
-			dtype = torch.Float16
-		}
-	case "bf16":
-		if dev.IsCUDA() {
-			dtype = torch.BFloat16
-		}
-	default:
-		return dev, 0, fmt.Errorf("--mixed_precision must be no, fp16 or bf16, got %q", mp)
-	}
-	return dev, dtype, nil
 }
