@@ -158,6 +158,7 @@ func OpenWith(o Options) (s *Scorer, err error) {
 		return nil, fmt.Errorf("dtype %v on the CPU is not supported: use float32 there (float16 on CUDA)", dtype)
 	}
 	src := o.Source
+	var pickled *pickleSource
 	if src == nil {
 		if err := need("weights"); err != nil {
 			return nil, err
@@ -166,8 +167,14 @@ func OpenWith(o Options) (s *Scorer, err error) {
 		if err != nil {
 			return nil, err
 		}
-		ws, err := nn.OpenWeights(path)
-		if err != nil {
+		var ws nn.Source
+		if strings.HasSuffix(path, ".bin") || strings.HasSuffix(path, ".bin.index.json") {
+			ps, err := openPickle(path)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", path, err)
+			}
+			pickled, ws = ps, ps
+		} else if ws, err = nn.OpenWeights(path); err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
 		defer ws.Close()
@@ -175,6 +182,9 @@ func OpenWith(o Options) (s *Scorer, err error) {
 	}
 	m, p, err := build(filtered{src}, *cfg, dtype, dev)
 	if err != nil {
+		if pickled != nil && pickled.err != nil {
+			return nil, fmt.Errorf("%s: %w", o.Weights, pickled.err)
+		}
 		return nil, err
 	}
 	return &Scorer{model: m, params: p, prompt: *prompt, proc: proc, dev: dev, dtype: dtype}, nil
