@@ -65,17 +65,23 @@ func TestUNetTimestepForms(t *testing.T) {
 	io := testutil.Tensors(t, testutil.Fixture(t, "sd2/unet/io_main.safetensors"))
 	s := torch.NewScope()
 	defer s.Close()
-	// Both rows at the fixture's first timestep.
+	// Every row at the fixture's first timestep.
 	sample := onDev(t, io["sample"], dev)
 	text := onDev(t, io["encoder_hidden_states"], dev)
 	v := io["timesteps"].Int64s()[0]
+	batch := int(sample.Shape()[0])
+	perRow := make([]int64, batch)
+	perRowF := make([]float32, batch)
+	for i := range perRow {
+		perRow[i], perRowF[i] = v, float32(v)
+	}
 	var outs []*torch.Tensor
 	torch.NoGrad(func() {
 		for _, ts := range []*torch.Tensor{
 			torch.ScalarOf(float64(v), torch.Int64, torch.CPU),
 			torch.FromSlice([]int64{v}),
-			torch.FromSlice([]int64{v, v}),
-			torch.FromSlice([]float32{float32(v), float32(v)}),
+			torch.FromSlice(perRow),
+			torch.FromSlice(perRowF),
 		} {
 			outs = append(outs, u.Forward(sample, ts, text, nil))
 		}
