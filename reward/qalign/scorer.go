@@ -171,11 +171,11 @@ func OpenWith(o Options) (s *Scorer, err error) {
 		if strings.HasSuffix(path, ".bin") || strings.HasSuffix(path, ".bin.index.json") {
 			ps, err := openPickle(path)
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", path, err)
+				return nil, err
 			}
 			pickled, ws = ps, ps
 		} else if ws, err = nn.OpenWeights(path); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+			return nil, err
 		}
 		defer ws.Close()
 		src = ws
