@@ -145,3 +145,30 @@ func TestTable(t *testing.T) {
 	_, err = runApp("table", "--outputs", small, "--hr_dir", hr, "--metrics", "psnr", "--quiet")
 	require.ErrorContains(t, err, "same size")
 }
+
+func TestModel(t *testing.T) {
+	root := t.TempDir()
+	labelled(t, root, 2) // makes the test folder root/data
+	assets := filepath.Join("..", "..", "assets")
+	out := filepath.Join(root, "eval")
+	args := []string{"model", "--input_dir", filepath.Join(root, "data"), "--num_candidates", "4", "--batch_size", "2",
+		"--num_inference_steps", "2", "--process_size", "32", "--upscale", "2", "--prompt", "house", "--device", "cpu",
+		"--pretrained_model_name_or_path", filepath.Join(assets, "tiny-sd2"),
+		"--controlnet_model_name_or_path", filepath.Join(assets, "tiny-sd2", "controlnet", "model.safetensors"),
+		"--metrics", "psnr,ssim", "--output_dir", out, "--quiet"}
+	msg, err := runApp(args...)
+	require.NoError(t, err, msg)
+	require.Contains(t, msg, "controlnet: 2 images")
+	require.FileExists(t, filepath.Join(out, "curves.png"))
+	recs, err := sample.ReadManifest(filepath.Join(out, "candidates"))
+	require.NoError(t, err)
+	require.Len(t, recs, 2*4)
+
+	// A wrong metric fails before anything is sampled.
+	out2 := filepath.Join(root, "eval2")
+	args[len(args)-4], args[len(args)-2] = "psnr,nosuch", out2
+	_, err = runApp(args...)
+	require.ErrorContains(t, err, `unknown metric "nosuch"`)
+	_, err = os.Stat(filepath.Join(out2, "candidates"))
+	require.ErrorIs(t, err, os.ErrNotExist)
+}

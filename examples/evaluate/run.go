@@ -11,9 +11,11 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/urfave/cli/v2"
 
+	"github.com/dp2osr/dp2o/examples/internal/candidates"
 	"github.com/dp2osr/dp2o/preference"
 	"github.com/dp2osr/dp2o/preference/eval"
 	"github.com/dp2osr/dp2o/preference/label"
+	"github.com/dp2osr/dp2o/preference/sample"
 	"github.com/dp2osr/dp2o/reward"
 	_ "github.com/dp2osr/dp2o/reward/all" // every metric
 	"github.com/dp2osr/dp2o/torch"
@@ -32,15 +34,9 @@ func runCurves(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("--estimator: %w", err)
 	}
-	var bounds eval.Bounds
-	if p := c.String("bounds"); p != "" {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return fmt.Errorf("--bounds: %w", err)
-		}
-		if err := json.Unmarshal(b, &bounds); err != nil {
-			return fmt.Errorf("--bounds %s: want {\"metric\": [low, high]}: %w", p, err)
-		}
+	bounds, err := readBounds(c)
+	if err != nil {
+		return err
 	}
 	var names []string
 	var sets []*label.Labels
@@ -66,6 +62,11 @@ func runCurves(c *cli.Context) error {
 		names = append(names, name)
 		sets = append(sets, l)
 	}
+	return writeCurves(c, names, sets, metrics, est, bounds)
+}
+
+// writeCurves turns labelled sets into curves.csv and curves.png.
+func writeCurves(c *cli.Context, names []string, sets []*label.Labels, metrics []string, est eval.Estimator, bounds eval.Bounds) error {
 	rewards, err := eval.PoolRewards(sets, bounds)
 	if err != nil {
 		return err
@@ -112,33 +113,7 @@ func runCurves(c *cli.Context) error {
 }
 
 func runTable(c *cli.Context) error {
-	names, err := label.ExpandMetrics(c.String("metrics"))
-	if err != nil {
-		return fmt.Errorf("--metrics: %w", err)
-	}
-	dev, err := torch.ParseDevice(c.String("device"))
-	if err != nil {
-		return fmt.Errorf("--device: %w", err)
-	}
-	dtype, err := torch.ParseDType(c.String("dtype"))
-	if err != nil {
-		return fmt.Errorf("--dtype: %w", err)
-	}
-	overrides := map[string]string{}
-	for _, kv := range c.StringSlice("weight") {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" || v == "" {
-			return fmt.Errorf("--weight %q: want name=path", kv)
-		}
-		overrides[k] = v
-	}
-	h, err := reward.OpenHybrid(names, func(name string) reward.OpenOptions {
-		w := c.String("weights")
-		if p, ok := overrides[name]; ok {
-			w = p
-		}
-		return reward.OpenOptions{Weights: w, Device: dev, DType: dtype}
-	})
+	_, h, dev, err := openMetrics(c)
 	if err != nil {
 		return err
 	}
@@ -148,21 +123,7 @@ func runTable(c *cli.Context) error {
 		n, d := named(spec)
 		folders = append(folders, eval.Folder{Name: n, Dir: d})
 	}
-	var bar *progressbar.ProgressBar
-	progress := func(done, total int) {
-		if c.Bool("quiet") {
-			return
-		}
-		if bar == nil {
-			bar = progressbar.NewOptions(total, progressbar.OptionSetDescription("images"), progressbar.OptionSetWriter(c.App.ErrWriter),
-				progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
-		}
-		bar.Set(done)
-	}
-	tab, err := eval.ScoreFolders(c.Context, folders, c.String("hr_dir"), h.Scorers, dev, progress)
-	if bar != nil {
-		bar.Finish()
-	}
+	tab, err := eval.ScoreFolders(c.Context, folders, c.String("hr_dir"), h.Scorers, dev, bar(c, "images"))
 	if err != nil {
 		return err
 	}
@@ -187,3 +148,130 @@ func runTable(c *cli.Context) error {
 	fmt.Fprintf(c.App.Writer, "table → %s, %s\n", filepath.Join(out, "table.csv"), filepath.Join(out, "table.md"))
 	return nil
 }
+
+// readBounds reads --bounds.
+func readBounds(c *cli.Context) (eval.Bounds, error) {
+	var bounds eval.Bounds
+	if p := c.String("bounds"); p != "" {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("--bounds: %w", err)
+		}
+		if err := json.Unmarshal(b, &bounds); err != nil {
+			return nil, fmt.Errorf("--bounds %s: want {\"metric\": [low, high]}: %w", p, err)
+		}
+	}
+	return bounds, nil
+}
+
+// openMetrics opens the --metrics scorers with --weights / --weight.
+func openMetrics(c *cli.Context) ([]string, *reward.Hybrid, torch.Device, error) {
+	names, err := label.ExpandMetrics(c.String("metrics"))
+	if err != nil {
+		return nil, nil, torch.Device{}, fmt.Errorf("--metrics: %w", err)
+	}
+	dev, _, err := candidates.DeviceAndDType(c.String("device"), "no")
+	if err != nil {
+		return nil, nil, dev, err
+	}
+	dtype := torch.Float32
+	if s := c.String("dtype"); s != "" {
+		if dtype, err = torch.ParseDType(s); err != nil {
+			return nil, nil, dev, fmt.Errorf("--dtype: %w", err)
+		}
+	}
+	overrides := map[string]string{}
+	for _, kv := range c.StringSlice("weight") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || v == "" {
+			return nil, nil, dev, fmt.Errorf("--weight %q: want name=path", kv)
+		}
+		overrides[k] = v
+	}
+	h, err := reward.OpenHybrid(names, func(name string) reward.OpenOptions {
+		w := c.String("weights")
+		if p, ok := overrides[name]; ok {
+			w = p
+		}
+		return reward.OpenOptions{Weights: w, Device: dev, DType: dtype}
+	})
+	return names, h, dev, err
+}
+
+// bar is a progress bar on the error stream, or nil with --quiet.
+func bar(c *cli.Context, what string) func(done, total int) {
+	if c.Bool("quiet") {
+		return nil
+	}
+	var b *progressbar.ProgressBar
+	return func(done, total int) {
+		if b == nil {
+			b = progressbar.NewOptions(total, progressbar.OptionSetDescription(what), progressbar.OptionSetWriter(c.App.ErrWriter),
+				progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
+		}
+		b.Set(done)
+		if done == total {
+			b.Finish()
+		}
+	}
+}
+
+func runModel(c *cli.Context) error {
+	est, err := eval.ParseEstimator(c.String("estimator"))
+	if err != nil {
+		return fmt.Errorf("--estimator: %w", err)
+	}
+	bounds, err := readBounds(c)
+	if err != nil {
+		return err
+	}
+	// The metrics first: a wrong name or checkpoint fails before sampling.
+	names, h, dev, err := openMetrics(c)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	work := c.String("work_dir")
+	if work == "" {
+		work = filepath.Join(c.String("output_dir"), "candidates")
+	}
+	job, closeJob, err := candidates.Job(c, work, 64)
+	defer closeJob()
+	if err != nil {
+		return err
+	}
+	job.Progress = bar(c, "candidates")
+	if _, err := sample.Run(c.Context, job); err != nil {
+		return err
+	}
+	closeJob()
+	if _, err := sample.Merge(work, job.Inputs); err != nil {
+		return err
+	}
+	scorers := map[string]reward.Scorer{}
+	for i, s := range h.Scorers {
+		scorers[names[i]] = s
+	}
+	lj := label.Job{Dir: work, Metrics: names, Device: dev, Progress: bar(c, "scores"),
+		Open: func(name string) (reward.Scorer, error) { return keepOpen{scorers[name]}, nil }}
+	if _, err := label.Run(c.Context, lj); err != nil {
+		return err
+	}
+	l, err := label.Build(work, names)
+	if err != nil {
+		return err
+	}
+	if err := l.Save(filepath.Join(work, label.LabelsFile)); err != nil {
+		return err
+	}
+	name := c.String("name")
+	if name == "" {
+		name = filepath.Base(filepath.Dir(job.Config.Settings.ControlNet))
+	}
+	return writeCurves(c, []string{name}, []*label.Labels{l}, names, est, bounds)
+}
+
+// keepOpen lends an open scorer to label.Run, which closes what it opens.
+type keepOpen struct{ reward.Scorer }
+
+func (keepOpen) Close() error { return nil }
