@@ -192,47 +192,42 @@ func (m *Model) tap(name string, t *torch.Tensor) {
 // Forward is LPIPS.forward(in1=dist, in0=ref, normalize=True) of pyiqa:
 // dist and ref (N,3,H,W) in [0,1], in the model's dtype and device; it
 // returns (N,1). A ref with a batch stride of 0 (one reference expanded to
-// N, the candidates of one group) goes through the backbone once. The
-// result belongs to the caller's scope; errors panic with a *torch.Error.
+// N, the candidates of one group) goes through the backbone once.
+// Intermediates are freed as soon as they are consumed (Tap callbacks must
+// Alias what they keep). The result belongs to the caller's scope; errors
+// panic with a *torch.Error.
 func (m *Model) Forward(dist, ref *torch.Tensor) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
 	if ref.Size(0) > 1 && ref.Strides()[0] == 0 {
 		ref = ref.Narrow(0, 0, 1)
 	}
-	in0 := ref.MulScalar(2).SubScalar(1)
-	in1 := dist.MulScalar(2).SubScalar(1)
-	x0 := in0.Sub(m.Shift).Div(m.Scale)
-	x1 := in1.Sub(m.Shift).Div(m.Scale)
+	x0 := m.scale(ref)
+	x1 := m.scale(dist)
 	m.tap("scaled_ref", x0)
 	m.tap("scaled_dist", x1)
 	if m.ChannelsLast {
 		x0, x1 = x0.ContiguousChannelsLast(), x1.ContiguousChannelsLast()
 	}
 	outs0 := m.backbone.Forward(x0, m.spec.taps...)
+	x0.Close()
 	outs1 := m.backbone.Forward(x1, m.spec.taps...)
+	x1.Close()
 	var val *torch.Tensor
 	for k := range m.spec.taps {
 		m.tap("feat_ref."+m.Layer[k], outs0[k])
 		m.tap("feat_dist."+m.Layer[k], outs1[k])
-		diff := normalize(outs0[k]).Sub(normalize(outs1[k])).Pow(2)
-		m.tap(fmt.Sprintf("diff%d", k), diff)
-		lin := torch.Conv2d(diff, m.Lins[k], nil, []int64{1, 1}, []int64{0, 0}, []int64{1, 1}, 1)
-		m.tap(fmt.Sprintf("lin%d", k), lin)
-		var res *torch.Tensor
-		if m.SemanticWeightLayer >= 0 {
-			// A broadcast reference (batch 1) broadcasts here too.
-			sem := outs0[m.SemanticWeightLayer].Interpolate(lin.Shape()[2:], torch.Bilinear, false, false)
-			dims := []int64{1, 2, 3}
-			res = lin.Mul(sem).SumDims(dims, true).Div(sem.SumDims(dims, true))
-		} else {
-			res = lin.MeanDims([]int64{2, 3}, true)
+		res := torch.Scoped(func() *torch.Tensor { return m.layer(k, outs0, outs1[k]) })
+		if k != m.SemanticWeightLayer {
+			outs0[k].Close()
 		}
+		outs1[k].Close()
 		m.tap(fmt.Sprintf("res%d", k), res)
 		if val == nil {
 			val = res
 		} else {
 			val = val.Add(res)
+			res.Close()
 		}
 	}
 	out := val.SqueezeDim(-1).SqueezeDim(-1)
@@ -240,8 +235,39 @@ func (m *Model) Forward(dist, ref *torch.Tensor) *torch.Tensor {
 	return s.Keep(out)
 }
 
+// scale is 2x−1 followed by the ScalingLayer.
+func (m *Model) scale(x *torch.Tensor) *torch.Tensor {
+	return torch.Scoped(func() *torch.Tensor { return x.MulScalar(2).SubScalar(1).Sub(m.Shift).Div(m.Scale) })
+}
+
+// layer is one layer's term: the spatial mean (or the semantic-weighted
+// mean) of lin_k((n(f_ref) − n(f_dist))²).
+func (m *Model) layer(k int, outs0 []*torch.Tensor, f1 *torch.Tensor) *torch.Tensor {
+	n0, n1 := normalize(outs0[k]), normalize(f1)
+	d := n0.Sub(n1)
+	n0.Close()
+	n1.Close()
+	diff := d.Pow(2)
+	d.Close()
+	m.tap(fmt.Sprintf("diff%d", k), diff)
+	lin := torch.Conv2d(diff, m.Lins[k], nil, []int64{1, 1}, []int64{0, 0}, []int64{1, 1}, 1)
+	diff.Close()
+	m.tap(fmt.Sprintf("lin%d", k), lin)
+	if m.SemanticWeightLayer < 0 {
+		return lin.MeanDims([]int64{2, 3}, true)
+	}
+	// A broadcast reference (batch 1) broadcasts here too.
+	sem := outs0[m.SemanticWeightLayer].Interpolate(lin.Shape()[2:], torch.Bilinear, false, false)
+	dims := []int64{1, 2, 3}
+	return lin.Mul(sem).SumDims(dims, true).Div(sem.SumDims(dims, true))
+}
+
 // normalize is pyiqa's normalize_tensor: f / (sqrt(Σ_c f²) + eps).
 func normalize(f *torch.Tensor) *torch.Tensor {
-	n := f.Pow(2).SumDims([]int64{1}, true).Sqrt()
-	return f.Div(n.AddScalar(normEps))
+	return torch.Scoped(func() *torch.Tensor {
+		sq := f.Pow(2)
+		n := sq.SumDims([]int64{1}, true)
+		sq.Close()
+		return f.Div(n.Sqrt().AddScalar(normEps))
+	})
 }

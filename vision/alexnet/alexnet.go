@@ -76,30 +76,46 @@ func New(b *nn.Builder) *Features {
 
 // Forward runs the Sequential on x (N,3,H,W) up to the last index in taps
 // and returns the output of each tapped layer, in the order of taps. The
-// tensors belong to the caller's scope. Taps outside [0, NumLayers) panic
-// with a *torch.Error.
+// tensors belong to the caller's scope; the other activations are freed as
+// soon as they are consumed, and a ReLU after an untapped convolution runs
+// in place (torchvision's ReLU(inplace=True)). Taps outside
+// [0, NumLayers) panic with a *torch.Error.
 func (f *Features) Forward(x *torch.Tensor, taps ...int) []*torch.Tensor {
 	last := -1
+	tapped := make(map[int]bool, len(taps))
 	for _, t := range taps {
 		if t < 0 || t >= NumLayers {
 			torch.Errorf("alexnet", "tap %d outside the %d layers", t, NumLayers)
 		}
 		last = max(last, t)
+		tapped[t] = true
 	}
 	outs := make(map[int]*torch.Tensor, len(taps))
 	h := x
 	for i := 0; i <= last; i++ {
+		var next *torch.Tensor
 		switch i {
 		case Conv1, Conv2, Conv3, Conv4, Conv5:
-			h = f.Convs[i].Forward(h)
+			next = f.Convs[i].Forward(h)
 		case ReLU1, ReLU2, ReLU3, ReLU4, ReLU5:
-			h = h.Relu()
+			if tapped[i-1] {
+				next = h.Relu()
+			} else {
+				h.Relu_()
+				next = h
+			}
 		case Pool1, Pool2, Pool5:
-			h = torch.MaxPool2d(h, []int64{3, 3}, []int64{2, 2}, []int64{0, 0})
+			next = torch.MaxPool2d(h, []int64{3, 3}, []int64{2, 2}, []int64{0, 0})
 		default:
 			panic(fmt.Sprintf("alexnet: layer %d", i))
 		}
-		outs[i] = h
+		if next != h && h != x && !tapped[i-1] {
+			h.Close()
+		}
+		h = next
+		if tapped[i] {
+			outs[i] = h
+		}
 	}
 	res := make([]*torch.Tensor, len(taps))
 	for i, t := range taps {
