@@ -73,12 +73,12 @@ const (
 // and a step's batch from the inputs.
 type trainRun struct {
 	dir      string             // fixture folder, e.g. preference/train_sd2
-	shared   func(t *testing.T) // loads the package-wide frozen models (before the leak check starts)
-	backbone func(t *testing.T) Backbone
-	batch    func(t *testing.T, in map[string]*torch.Tensor, i int) *Batch
+	shared   func(t testing.TB) // loads the package-wide frozen models (before the leak check starts)
+	backbone func(t testing.TB) Backbone
+	batch    func(t testing.TB, in map[string]*torch.Tensor, i int) *Batch
 }
 
-func stepTensor(t *testing.T, ts map[string]*torch.Tensor, i int, name string) *torch.Tensor {
+func stepTensor(t testing.TB, ts map[string]*torch.Tensor, i int, name string) *torch.Tensor {
 	t.Helper()
 	v, ok := ts[fmt.Sprintf("step.%d.%s", i, name)]
 	if !ok {

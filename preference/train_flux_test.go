@@ -16,7 +16,7 @@ var fluxModels struct {
 	err  error
 }
 
-func tinyFlux(t *testing.T) *transformer.Flux {
+func tinyFlux(t testing.TB) *transformer.Flux {
 	t.Helper()
 	fluxModels.once.Do(func() {
 		fluxModels.f, fluxModels.err = transformer.LoadFlux(testutil.Fixture(t, "flux/transformer"), torch.Float32, testutil.Device(t))
@@ -30,7 +30,7 @@ func tinyFlux(t *testing.T) *transformer.Flux {
 // tinyFluxControlNet is a fresh policy: the fixture's flat model.safetensors
 // in FluxControlNetModel.from_transformer(transformer, num_layers of the
 // ControlNet's config.json, num_single_layers 0).
-func tinyFluxControlNet(t *testing.T, f *transformer.Flux) *transformer.ControlNet {
+func tinyFluxControlNet(t testing.TB, f *transformer.Flux) *transformer.ControlNet {
 	t.Helper()
 	ccfg, err := transformer.LoadConfig(testutil.Fixture(t, "flux/controlnet/config.json"))
 	if err != nil {
@@ -53,7 +53,7 @@ func (s fluxOwned) Close() {
 }
 
 // newTinyFluxBackbone builds the backbone with the fixture's guidance.
-func newTinyFluxBackbone(t *testing.T) Backbone {
+func newTinyFluxBackbone(t testing.TB) Backbone {
 	t.Helper()
 	f := tinyFlux(t)
 	cn := tinyFluxControlNet(t, f)
@@ -69,7 +69,7 @@ func newTinyFluxBackbone(t *testing.T) Backbone {
 }
 
 // fluxFixtureBatch is step i's inputs of preference/train_flux.
-func fluxFixtureBatch(t *testing.T, in map[string]*torch.Tensor, i int) *Batch {
+func fluxFixtureBatch(t testing.TB, in map[string]*torch.Tensor, i int) *Batch {
 	t.Helper()
 	dev := testutil.Device(t)
 	get := func(n string) *torch.Tensor {
@@ -87,7 +87,7 @@ func fluxFixtureBatch(t *testing.T, in map[string]*torch.Tensor, i int) *Batch {
 		Pooled: get("pooled_prompt_embeds"), ImgIDs: ids("img_ids"), TxtIDs: ids("txt_ids"), Weight: get("weight")}
 }
 
-var fluxRun = trainRun{dir: "preference/train_flux", shared: func(t *testing.T) { tinyFlux(t) },
+var fluxRun = trainRun{dir: "preference/train_flux", shared: func(t testing.TB) { tinyFlux(t) },
 	backbone: newTinyFluxBackbone, batch: fluxFixtureBatch}
 
 func TestTrainFluxFixture(t *testing.T) { runTrainFixture(t, fluxRun) }

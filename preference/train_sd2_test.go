@@ -19,7 +19,7 @@ var sd2Models struct {
 	err  error
 }
 
-func tinySD2(t *testing.T) (*unet.UNet, *scheduler.DDPM) {
+func tinySD2(t testing.TB) (*unet.UNet, *scheduler.DDPM) {
 	t.Helper()
 	dev := testutil.Device(t)
 	sd2Models.once.Do(func() {
@@ -41,7 +41,7 @@ func tinySD2(t *testing.T) (*unet.UNet, *scheduler.DDPM) {
 // tinySD2ControlNet is a fresh policy: the fixture's flat model.safetensors
 // loaded into ControlNetModel.from_unet(unet, conditioning widths of the
 // diffusers config), as DP²O's scripts build it.
-func tinySD2ControlNet(t *testing.T, u *unet.UNet) *unet.ControlNet {
+func tinySD2ControlNet(t testing.TB, u *unet.UNet) *unet.ControlNet {
 	t.Helper()
 	dcfg, err := unet.LoadControlNetConfig(testutil.Fixture(t, "sd2/controlnet/diffusers/config.json"))
 	if err != nil {
@@ -65,7 +65,7 @@ func (s sd2Owned) Close() {
 	p.Close()
 }
 
-func newTinySD2Backbone(t *testing.T) Backbone {
+func newTinySD2Backbone(t testing.TB) Backbone {
 	t.Helper()
 	u, ddpm := tinySD2(t)
 	cn := tinySD2ControlNet(t, u)
@@ -78,7 +78,7 @@ func newTinySD2Backbone(t *testing.T) Backbone {
 }
 
 // sd2FixtureBatch is step i's inputs of preference/train_sd2.
-func sd2FixtureBatch(t *testing.T, in map[string]*torch.Tensor, i int) *Batch {
+func sd2FixtureBatch(t testing.TB, in map[string]*torch.Tensor, i int) *Batch {
 	t.Helper()
 	dev := testutil.Device(t)
 	get := func(n string) *torch.Tensor {
@@ -88,7 +88,7 @@ func sd2FixtureBatch(t *testing.T, in map[string]*torch.Tensor, i int) *Batch {
 		Control: get("control"), Text: get("encoder_hidden_states"), Weight: get("weight")}
 }
 
-var sd2Run = trainRun{dir: "preference/train_sd2", shared: func(t *testing.T) { tinySD2(t) }, backbone: newTinySD2Backbone, batch: sd2FixtureBatch}
+var sd2Run = trainRun{dir: "preference/train_sd2", shared: func(t testing.TB) { tinySD2(t) }, backbone: newTinySD2Backbone, batch: sd2FixtureBatch}
 
 func TestTrainSD2Fixture(t *testing.T) { runTrainFixture(t, sd2Run) }
 
