@@ -122,7 +122,11 @@ func (g *Group) AllGather(t *torch.Tensor) ([]*torch.Tensor, error) {
 	}
 	if g.g == nil {
 		var c *torch.Tensor
-		err := torch.Try(func() { c = t.Detach().Clone() })
+		err := torch.Try(func() {
+			d := t.Detach()
+			defer d.Close()
+			c = d.Clone()
+		})
 		if err != nil {
 			return nil, fmt.Errorf("dist: all_gather: %w", err)
 		}

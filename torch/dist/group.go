@@ -80,7 +80,11 @@ func New(o Options) (*Group, error) {
 		C.free(unsafe.Pointer(ca))
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w (rank %d of %d)", err, o.Rank, o.WorldSize)
+		where := o.StoreFile
+		if where == "" {
+			where = fmt.Sprintf("%s:%d", o.MasterAddr, o.MasterPort)
+		}
+		return nil, fmt.Errorf("dist: rendezvous at %s (rank %d of %d): %w", where, o.Rank, o.WorldSize, err)
 	}
 	cb, ci, ch := C.CString(o.Backend), C.CString(o.GlooInterface), C.CString(o.GlooHostname)
 	defer C.free(unsafe.Pointer(cb))

@@ -1,0 +1,130 @@
+package dist
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+
+	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/optim"
+)
+
+// tinyRun is the data-parallel equivalence problem: a two-layer perceptron
+// trained with AdamW on random regression batches. The global batch of each
+// step is the same whatever the world size; each rank trains on its share.
+type tinyRun struct {
+	in, hidden, out int64
+	globalBatch     int
+	steps           int
+	seed            uint64
+}
+
+var tiny = tinyRun{in: 4, hidden: 8, out: 3, globalBatch: 6, steps: 4, seed: 1234}
+
+// train builds the model (weights drawn from seed+rank, so only the
+// broadcast makes the ranks agree), trains it in g and returns the final
+// weights, flattened.
+func (c tinyRun) train(g *Group) (weights []float32, err error) {
+	defer torch.Recover(&err)
+	s := torch.NewScope()
+	defer s.Close()
+	gen := torch.MustGenerator(torch.CPU, c.seed+uint64(g.Rank()))
+	shapes := [][]int64{{c.hidden, c.in}, {c.hidden}, {c.out, c.hidden}, {c.out}}
+	var params []*torch.Tensor
+	var named []optim.Param
+	for i, sh := range shapes {
+		p := torch.Randn(sh, gen, torch.Float32, torch.CPU).MulScalar(0.5).SetRequiresGrad(true)
+		params = append(params, p)
+		named = append(named, optim.Param{Name: fmt.Sprint("p", i), Tensor: p})
+	}
+	if err := g.BroadcastParameters(params); err != nil {
+		return nil, err
+	}
+	cfg := optim.DefaultAdamW()
+	cfg.LR = 1e-2
+	opt, err := optim.NewAdamW(named, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer opt.Close()
+	rows := make([]int, c.globalBatch)
+	for i := range rows {
+		rows[i] = i
+	}
+	mine, err := Batch(g, rows)
+	if err != nil {
+		return nil, err
+	}
+	lo, n := int64(mine[0]), int64(len(mine))
+	for step := range c.steps {
+		ss := torch.NewScope()
+		data := torch.MustGenerator(torch.CPU, c.seed+1000+uint64(step))
+		x := torch.Randn([]int64{int64(c.globalBatch), c.in}, data, torch.Float32, torch.CPU).Narrow(0, lo, n)
+		y := torch.Randn([]int64{int64(c.globalBatch), c.out}, data, torch.Float32, torch.CPU).Narrow(0, lo, n)
+		h := torch.Linear(x, params[0], params[1]).Tanh()
+		loss := torch.MSELoss(torch.Linear(h, params[2], params[3]), y)
+		opt.ZeroGrad()
+		loss.Backward(nil)
+		err := g.AverageGradients(params)
+		if err == nil {
+			err = opt.Step()
+		}
+		ss.Close()
+		if err != nil {
+			return nil, fmt.Errorf("step %d: %w", step, err)
+		}
+	}
+	opt.ZeroGrad()
+	for _, p := range params {
+		weights = append(weights, p.Detach().Float32s()...)
+	}
+	return weights, nil
+}
+
+func weightsFile(dir string, rank int) string {
+	return filepath.Join(dir, fmt.Sprintf("weights-rank%d.bin", rank))
+}
+
+func writeWeights(path string, w []float32) error {
+	b := make([]byte, 4*len(w))
+	for i, v := range w {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+func readWeights(path string) ([]float32, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	w := make([]float32, len(b)/4)
+	for i := range w {
+		w[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+	}
+	return w, nil
+}
+
+// workerDataParallel trains tiny as one rank and writes its final weights.
+func workerDataParallel() int {
+	g, err := FromEnv()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "join:", err)
+		return 1
+	}
+	defer g.Close()
+	w, err := tiny.train(g)
+	if err == nil {
+		err = writeWeights(weightsFile(os.Getenv(dirEnv), g.Rank()), w)
+	}
+	if err == nil {
+		err = g.Barrier()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "rank %d: %v\n", g.Rank(), err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,311 @@
+package dist
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/dp2osr/dp2o/torch"
+)
+
+func numelOf(shape []int64) int {
+	n := 1
+	for _, d := range shape {
+		n *= int(d)
+	}
+	return n
+}
+
+// rankValues is rank's input to the reductions: (rank+1)·i + rank for i in
+// [0, n).
+func rankValues(rank, n int) []float64 {
+	v := make([]float64, n)
+	for i := range v {
+		v[i] = float64((rank+1)*i + rank)
+	}
+	return v
+}
+
+func toF32(v []float64) []float32 {
+	out := make([]float32, len(v))
+	for i, x := range v {
+		out[i] = float32(x)
+	}
+	return out
+}
+
+func toI64(v []float64) []int64 {
+	out := make([]int64, len(v))
+	for i, x := range v {
+		out[i] = int64(x)
+	}
+	return out
+}
+
+// workerCollectives checks every collective against values computed here
+// from the same formula each rank used.
+func workerCollectives() int {
+	live := torch.LiveTensors()
+	g, err := FromEnv()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "join:", err)
+		return 1
+	}
+	r, w := g.Rank(), g.WorldSize()
+	c := &checker{rank: r}
+	const n = 7
+
+	// Reductions: sum, average, max, min over the ranks' rankValues.
+	sum := make([]float64, n)
+	maxv := make([]float64, n)
+	minv := make([]float64, n)
+	for q := range w {
+		for i, x := range rankValues(q, n) {
+			sum[i] += x
+			if q == 0 || x > maxv[i] {
+				maxv[i] = x
+			}
+			if q == 0 || x < minv[i] {
+				minv[i] = x
+			}
+		}
+	}
+	mine := rankValues(r, n)
+	f32 := torch.FromSlice(toF32(mine), n)
+	f64 := torch.FromSlice(mine, n)
+	i64 := torch.FromSlice(toI64(mine), n)
+	if c.noErr("all_reduce sum", g.AllReduce(Sum, f32, f64, i64)) {
+		if got := f32.Float32s(); !slices.Equal(got, toF32(sum)) {
+			c.errorf("all_reduce sum float32: got %v want %v", got, sum)
+		}
+		if got := f64.Float64s(); !slices.Equal(got, sum) {
+			c.errorf("all_reduce sum float64: got %v want %v", got, sum)
+		}
+		if got := i64.Int64s(); !slices.Equal(got, toI64(sum)) {
+			c.errorf("all_reduce sum int64: got %v want %v", got, sum)
+		}
+	}
+	avg := torch.FromSlice(toF32(mine), n)
+	if c.noErr("all_reduce average", g.AllReduce(Average, avg)) {
+		want := toF32(sum)
+		for i := range want {
+			want[i] /= float32(w)
+		}
+		if got := avg.Float32s(); !slices.Equal(got, want) {
+			c.errorf("all_reduce average: got %v want %v", got, want)
+		}
+	}
+	mx, mn := torch.FromSlice(mine, n), torch.FromSlice(mine, n)
+	if c.noErr("all_reduce max", g.AllReduce(Max, mx)) && !slices.Equal(mx.Float64s(), maxv) {
+		c.errorf("all_reduce max: got %v want %v", mx.Float64s(), maxv)
+	}
+	if c.noErr("all_reduce min", g.AllReduce(Min, mn)) && !slices.Equal(mn.Float64s(), minv) {
+		c.errorf("all_reduce min: got %v want %v", mn.Float64s(), minv)
+	}
+	if got, err := g.AllReduceFloat64s(Sum, float64(r), 1); c.noErr("all_reduce float64s", err) {
+		if want := []float64{float64(w*(w-1)) / 2, float64(w)}; !slices.Equal(got, want) {
+			c.errorf("all_reduce float64s: got %v want %v", got, want)
+		}
+	}
+
+	// Bad input fails on every rank alike, before any collective starts.
+	if err := g.AllReduce(Average, i64); err == nil {
+		c.errorf("average of an int64 tensor: no error")
+	}
+	nc := torch.FromSlice(toF32(mine[:n-1]), (n-1)/2, 2)
+	nct := nc.Transpose(0, 1)
+	if err := g.AllReduce(Sum, nct); err == nil {
+		c.errorf("all_reduce of a non-contiguous tensor: no error")
+	}
+	nct.Close()
+	nc.Close()
+	closed := torch.FromSlice(mine, n)
+	closed.Close()
+	if err := g.AllReduce(Sum, closed); err == nil {
+		c.errorf("all_reduce of a closed tensor: no error")
+	}
+
+	// Broadcast from the last rank.
+	root := w - 1
+	b := torch.FromSlice(rankValues(r, n), n)
+	if c.noErr("broadcast", g.Broadcast(root, b)) && !slices.Equal(b.Float64s(), rankValues(root, n)) {
+		c.errorf("broadcast: got %v want %v", b.Float64s(), rankValues(root, n))
+	}
+
+	// All-gather: rank q's int64 values in slot q.
+	gin := torch.FromSlice(toI64(rankValues(r, n)), n)
+	parts, err := g.AllGather(gin)
+	gin.Close()
+	if c.noErr("all_gather", err) {
+		if len(parts) != w {
+			c.errorf("all_gather: %d parts for %d ranks", len(parts), w)
+		}
+		for q, p := range parts {
+			if q < w && !slices.Equal(p.Int64s(), toI64(rankValues(q, n))) {
+				c.errorf("all_gather part %d: got %v want %v", q, p.Int64s(), rankValues(q, n))
+			}
+			p.Close()
+		}
+	}
+
+	// Store: rank 0 publishes, everyone reads.
+	if r == 0 {
+		c.noErr("store set", g.StoreSet("greeting", []byte(fmt.Sprintf("world of %d", w))))
+	}
+	if v, err := g.StoreGet("greeting"); c.noErr("store get", err) && string(v) != fmt.Sprintf("world of %d", w) {
+		c.errorf("store get: %q", v)
+	}
+
+	checkBuckets(c, g)
+	c.noErr("barrier", g.Barrier())
+	for _, t := range []*torch.Tensor{f32, f64, i64, avg, mx, mn, b} {
+		t.Close()
+	}
+	if err := g.Close(); err != nil {
+		c.errorf("close: %v", err)
+	}
+	if err := g.Barrier(); err != ErrClosed {
+		c.errorf("barrier after close: %v, want ErrClosed", err)
+	}
+	if after := torch.LiveTensors(); after != live {
+		c.errorf("leaked %d tensor handles", after-live)
+	}
+	if c.fails > 0 {
+		return 1
+	}
+	return 0
+}
+
+// bucketShapes are the parameters of the bucketing check: mixed sizes and
+// dtypes, so small buckets split them in several ways.
+var bucketShapes = [][]int64{{3, 4}, {5}, {2, 2, 2}, {1}, {6, 3}}
+
+// checkBuckets runs BroadcastParameters and AverageGradients with buckets
+// far smaller than the parameters, and a parameter with a gradient on rank
+// 0 only and one with none.
+func checkBuckets(c *checker, g *Group) {
+	r, w := g.Rank(), g.WorldSize()
+	s := torch.NewScope()
+	defer s.Close()
+	var params []*torch.Tensor
+	for k, shape := range bucketShapes {
+		numel := numelOf(shape)
+		p := torch.FromSlice(toF32(rankValues(r+k, numel)), shape...)
+		if k == 2 {
+			p = p.To(torch.Float64)
+		}
+		params = append(params, p.SetRequiresGrad(true))
+	}
+	g.SetBucketBytes(40)
+	defer g.SetBucketBytes(DefaultBucketBytes)
+	if !c.noErr("broadcast_parameters", g.BroadcastParameters(params)) {
+		return
+	}
+	for k, p := range params {
+		numel := numelOf(bucketShapes[k])
+		if got := p.Detach().To(torch.Float64).Float64s(); !slices.Equal(got, rankValues(k, numel)) {
+			c.errorf("broadcast_parameters %d: got %v want rank 0's %v", k, got, rankValues(k, numel))
+		}
+		if !p.RequiresGrad() {
+			c.errorf("broadcast_parameters %d: lost requires_grad", k)
+		}
+	}
+	// Gradients: rank q holds (q+1)·i for parameter k (k != 3, 4); parameter
+	// 3 has one on rank 0 only, parameter 4 on no rank.
+	for k, p := range params {
+		numel := numelOf(bucketShapes[k])
+		if k == 4 || (k == 3 && r != 0) {
+			continue
+		}
+		gr := make([]float64, numel)
+		for i := range gr {
+			gr[i] = float64((r + 1) * i)
+		}
+		p.SetGrad(torch.FromSlice(gr, bucketShapes[k]...).To(p.DType()))
+	}
+	nb, err := g.averageGradients(params)
+	if !c.noErr("average_gradients", err) {
+		return
+	}
+	if nb < 3 {
+		c.errorf("average_gradients: %d buckets of 40 bytes for %d parameters", nb, len(params))
+	}
+	for k, p := range params {
+		numel := numelOf(bucketShapes[k])
+		gr := p.Grad()
+		if k == 4 {
+			if gr != nil {
+				c.errorf("average_gradients: parameter without gradients got one")
+			}
+			continue
+		}
+		if gr == nil {
+			c.errorf("average_gradients: parameter %d has no gradient", k)
+			continue
+		}
+		want := make([]float64, numel)
+		for i := range want {
+			if k == 3 {
+				want[i] = float64(i) / float64(w)
+			} else {
+				for q := range w {
+					want[i] += float64((q + 1) * i)
+				}
+				want[i] /= float64(w)
+			}
+		}
+		got := gr.To(torch.Float64).Float64s()
+		for i := range want {
+			// float32 division of an exact integer sum: within one ulp.
+			if d := got[i] - want[i]; d > 1e-6*max(1, want[i]) || -d > 1e-6*max(1, want[i]) {
+				c.errorf("average_gradients %d: got %v want %v", k, got, want)
+				break
+			}
+		}
+		gr.Close()
+	}
+}
+
+// workerDead: once the group is up, the last rank kills itself
+// (DP2O_DIST_TEST_PEER=kill) or stalls past the timeout without joining the
+// collective (stall); the others must get an error from their next
+// collective within the timeout.
+func workerDead() int {
+	g, err := FromEnv()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "join:", err)
+		return 1
+	}
+	if err := g.Barrier(); err != nil {
+		fmt.Fprintln(os.Stderr, "barrier:", err)
+		return 1
+	}
+	if g.Rank() == g.WorldSize()-1 {
+		if os.Getenv("DP2O_DIST_TEST_PEER") == "stall" {
+			time.Sleep(g.Timeout() + 2*time.Second)
+			os.Exit(0)
+		}
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+	x := torch.Ones([]int64{1 << 10}, torch.Float32, torch.CPU)
+	defer x.Close()
+	start := time.Now()
+	err = g.AllReduce(Sum, x)
+	took := time.Since(start)
+	fmt.Printf("collective returned after %v: %v\n", took, err)
+	if err == nil {
+		fmt.Fprintln(os.Stderr, "all_reduce with a dead peer: no error")
+		return 1
+	}
+	if took > g.Timeout()+5*time.Second {
+		fmt.Fprintf(os.Stderr, "all_reduce with a dead peer took %v (timeout %v)\n", took, g.Timeout())
+		return 1
+	}
+	start = time.Now()
+	g.Close()
+	fmt.Printf("close took %v\n", time.Since(start))
+	return 0
+}
