@@ -11,6 +11,8 @@ need=()
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
 if [ -z "${LIBTORCH:-}" ] && [ ! -f /usr/include/ATen/ATen.h ]; then need+=(libtorch-dev); fi
+# Gloo's headers: c10d's Gloo backend (torch/dist) is compiled in only with them.
+if [ -z "${LIBTORCH:-}" ] && [ ! -f /usr/include/gloo/context.h ]; then need+=(libgloo-dev); fi
 dpkg -s libopenblas0-pthread >/dev/null 2>&1 || need+=(libopenblas0-pthread)
 dpkg -s libblas3 >/dev/null 2>&1 || need+=(libblas3)
 if [ ${#need[@]} -gt 0 ]; then
