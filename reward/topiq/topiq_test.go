@@ -2,6 +2,7 @@ package topiq
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -113,7 +114,7 @@ func TestFixtures(t *testing.T) {
 			t.Run(f.PyiqaName+"/"+c.Name, func(t *testing.T) {
 				testutil.NoLeak(t)
 				var tc topiqCase
-				require.NoError(t, jsonUnmarshal(c.Raw, &tc))
+				require.NoError(t, json.Unmarshal(c.Raw, &tc))
 				img, ref := inputs(t, f, images, c)
 				require.Equal(t, c.Shape, img.Shape())
 				checked := map[string]bool{}
@@ -215,7 +216,7 @@ func TestPublishedCheckpoint(t *testing.T) {
 			var pub struct {
 				File string `json:"file"`
 			}
-			require.NoError(t, jsonUnmarshal(f.Model.Published, &pub))
+			require.NoError(t, json.Unmarshal(f.Model.Published, &pub))
 			file, _, _ := strings.Cut(strings.TrimSpace(pub.File), " ")
 			want := map[string]string{"topiq_nr": NRWeightsFile, "topiq_fr": FRWeightsFile}[f.PyiqaName]
 			require.Equal(t, file, want, "published file name")
