@@ -11,5 +11,6 @@ import (
 	_ "github.com/dp2osr/dp2o/reward/lpips"
 	_ "github.com/dp2osr/dp2o/reward/maniqa"
 	_ "github.com/dp2osr/dp2o/reward/musiq"
+	_ "github.com/dp2osr/dp2o/reward/qalign"
 	_ "github.com/dp2osr/dp2o/reward/topiq"
 )

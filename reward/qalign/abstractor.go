@@ -155,7 +155,12 @@ func (a *abstractor) forward(vis *torch.Tensor, tap Tap) *torch.Tensor {
 		K := split(l.key.Forward(kv.Add(qkPos)))
 		V := split(l.value.Forward(kv))
 		Q := split(l.query.Forward(qn.Add(l.qPos.Unsqueeze(0).To(dt))))
-		s := Q.Matmul(K.Transpose(-1, -2)).DivScalar(math.Sqrt(float64(hd))).Softmax(-1)
+		var s *torch.Tensor
+		if d := math.Sqrt(float64(hd)); exactScale(1 / d) {
+			s = Q.MulScalar(1 / d).Matmul(K.Transpose(-1, -2)).Softmax(-1) // exact: see exactScale
+		} else {
+			s = Q.Matmul(K.Transpose(-1, -2)).DivScalar(d).Softmax(-1)
+		}
 		ctx := s.Matmul(V).Permute([]int64{0, 2, 1, 3}).Contiguous().View([]int64{n, nq, c})
 		q = qn.Add(l.outProj.Forward(ctx))
 		x := l.norm2.Forward(q)

@@ -80,7 +80,15 @@ func (v *vision) forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 		t := h.Size(1)
 		qkv := l.qkv.Forward(l.ln1.Forward(h)).Reshape([]int64{n, t, heads, 3, hd}).Permute([]int64{3, 0, 2, 1, 4})
 		q, k, val := qkv.Select(0, 0), qkv.Select(0, 1), qkv.Select(0, 2)
-		s := q.Matmul(k.Transpose(-1, -2)).MulScalar(scale).Softmax(-1)
+		var s *torch.Tensor
+		if exactScale(scale) {
+			// Scaling q by a power of two is exact: the same scores as
+			// scaling q·kᵀ (the reference's order), with T·d multiplies
+			// instead of T².
+			s = q.MulScalar(scale).Matmul(k.Transpose(-1, -2)).Softmax(-1)
+		} else {
+			s = q.Matmul(k.Transpose(-1, -2)).MulScalar(scale).Softmax(-1)
+		}
 		a := s.Matmul(val).Permute([]int64{0, 2, 1, 3}).Reshape([]int64{n, t, c})
 		h = l.dense.Forward(a).Add(h)
 		m := l.fc1.Forward(l.ln2.Forward(h))
@@ -91,4 +99,12 @@ func (v *vision) forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	h = v.postLN.Forward(h)
 	tap("vision_tokens", h)
 	return h
+}
+
+// exactScale reports whether multiplying by s is exact in binary floating
+// point (s a power of two), so that it may move across a matmul without
+// changing any rounding.
+func exactScale(s float64) bool {
+	frac, _ := math.Frexp(s)
+	return frac == 0.5
 }
