@@ -13,6 +13,7 @@ import (
 	"github.com/dp2osr/dp2o/diffusion"
 	"github.com/dp2osr/dp2o/flow"
 	"github.com/dp2osr/dp2o/imageio"
+	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/preference"
 	"github.com/dp2osr/dp2o/torch"
 )
@@ -98,6 +99,7 @@ func mustExist(t *testing.T, paths ...string) {
 // the same ControlNet bytes as an uninterrupted one. The trained ControlNet
 // loads in the SR pipeline.
 func TestTrainSD2EndToEnd(t *testing.T) {
+	testutil.NoLeak(t)
 	dir := t.TempDir()
 	pairs := writePairs(t, dir, 2, 4, 1, 64)
 	common := []string{"--model", "sd2", "--pretrained_model_name_or_path", assets + "/tiny-sd2",
@@ -151,18 +153,33 @@ func TestTrainSD2EndToEnd(t *testing.T) {
 // TestTrainFluxEndToEnd trains the bundled tiny C-FLUX two steps; the
 // trained ControlNet loads in the C-FLUX pipeline.
 func TestTrainFluxEndToEnd(t *testing.T) {
+	testutil.NoLeak(t)
 	dir := t.TempDir()
-	pairs := writePairs(t, dir, 1, 4, 1, 64)
+	pairs := writePairs(t, dir, 2, 4, 1, 64)
+	common := []string{"--model", "flux", "--pretrained_model_name_or_path", assets + "/tiny-flux",
+		"--controlnet_model_name_or_path", assets + "/tiny-flux/controlnet/model.safetensors", "--pairs", pairs,
+		"--train_batch_size", "2", "--checkpointing_steps", "1", "--device", "cpu", "--seed", "5", "--no_progress"}
 	out := filepath.Join(dir, "run")
-	msg, err := runApp("--model", "flux", "--pretrained_model_name_or_path", assets+"/tiny-flux",
-		"--controlnet_model_name_or_path", assets+"/tiny-flux/controlnet/model.safetensors", "--pairs", pairs,
-		"--output_dir", out, "--max_train_steps", "2", "--checkpointing_steps", "1", "--device", "cpu")
+	msg, err := runApp(append(common, "--output_dir", out, "--max_train_steps", "2")...)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, msg)
 	}
 	mustExist(t, filepath.Join(out, "checkpoint-1", preference.CheckpointModel), filepath.Join(out, "train_curves.png"))
 	if rows := logRows(t, filepath.Join(out, "train_log.csv")); len(rows) != 2 {
 		t.Fatalf("log rows %v", rows)
+	}
+	// Resume to step 3 = an uninterrupted run of 3 steps, bit for bit.
+	if msg, err := runApp(append(common, "--output_dir", out, "--max_train_steps", "3", "--resume_from_checkpoint", "latest")...); err != nil {
+		t.Fatalf("resume: %v\n%s", err, msg)
+	}
+	straight := filepath.Join(dir, "straight")
+	if msg, err := runApp(append(common, "--output_dir", straight, "--max_train_steps", "3")...); err != nil {
+		t.Fatalf("%v\n%s", err, msg)
+	}
+	a, _ := os.ReadFile(filepath.Join(out, preference.CheckpointModel))
+	b, _ := os.ReadFile(filepath.Join(straight, preference.CheckpointModel))
+	if len(a) == 0 || !bytes.Equal(a, b) {
+		t.Fatal("the resumed FLUX run's ControlNet differs from the uninterrupted run's")
 	}
 	o := flow.DefaultLoadOptions()
 	o.DType = torch.Float32
