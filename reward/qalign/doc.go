@@ -35,11 +35,13 @@
 //
 // The default compute dtype is float16 on CUDA, as pyiqa runs the metric,
 // and float32 on the CPU (libtorch 1.13 lacks CPU kernels for float16
-// matmuls; other dtypes on the CPU are refused). The full model has
+// matmuls, so float16 is refused there; bfloat16 may be asked for with
+// OpenOptions.DType to halve the memory, at bfloat16's precision: the
+// fixture scores move by about 5·10⁻³). The full model has
 // 8,204,550,144 parameters: on CUDA in float16 about 16.4 GB of GPU memory
 // for the weights; on a CPU machine in float32 about 33 GB of RAM for the
 // weights (a float16 checkpoint is converted while it loads; its mapped
-// pages are file cache, not a second copy), plus per image in a batch
+// pages are file cache, not a second copy) or 16.4 GB in bfloat16, plus per image in a batch
 // about 135 MB for the vision attention scores and probabilities of one
 // layer and a few MB for the 92-token decoder. At about 2·10¹² floating-point operations per
 // image (the 7B decoder over 92 positions, the ViT-L over 1025 tokens), a

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -322,4 +323,28 @@ func TestBadCheckpoints(t *testing.T) {
 		p.IDs = append([]int64{cfg.VocabSize}, p.IDs...)
 		require.ErrorContains(t, open(t, Options{OpenOptions: reward.OpenOptions{Source: src}, Config: &cfg, Prompt: &p}), "vocabulary")
 	})
+}
+
+// TestBFloat16CPU: bfloat16 on the CPU runs the same model at bfloat16's
+// precision (8 significant bits).
+func TestBFloat16CPU(t *testing.T) {
+	f := iqatest.Load(t, folder)
+	exp := expected(t, f)
+	images := f.Images(t)
+	cfg := fixtureConfig(t, f)
+	p := fixturePrompt(readTokens(t, f))
+	proc := fixtureProcessor(t, f)
+	s, err := OpenWith(Options{OpenOptions: reward.OpenOptions{Source: f.Weights(t), DType: torch.BFloat16},
+		Config: &cfg, Prompt: &p, Processor: &proc})
+	require.NoError(t, err)
+	defer s.Close()
+	c := f.Cases[0]
+	x, _ := input(t, c, images)
+	got, err := s.Score(context.Background(), x, nil)
+	require.NoError(t, err)
+	want := exp.Tensors[c.Score].Float64s()
+	require.Len(t, got, len(want))
+	// A bfloat16 score has a spacing of 2⁻⁶ in [2, 4); allow two steps.
+	require.InDelta(t, want[0], got[0], 2*math.Ldexp(1, -6))
+	t.Logf("bfloat16 %.6f, float32 reference %.6f", got[0], want[0])
 }

@@ -63,7 +63,8 @@ var _ reward.Scorer = (*Scorer)(nil)
 // id ("q-future/one-align") resolved through the Hugging Face cache
 // (HF_HUB_OFFLINE=1 to stay offline). o.Source, when set, replaces the
 // folder's weights. The compute dtype defaults to float16 on CUDA (as
-// pyiqa) and float32 on the CPU.
+// pyiqa) and float32 on the CPU (where bfloat16 may be asked for, to halve
+// the memory; float16 is refused there).
 func Open(o reward.OpenOptions) (*Scorer, error) { return OpenWith(Options{OpenOptions: o}) }
 
 // OpenWith is Open with explicit configuration, prompt and processor.
@@ -154,8 +155,8 @@ func OpenWith(o Options) (s *Scorer, err error) {
 			dtype = torch.Float16
 		}
 	}
-	if dev.Type == torch.DeviceCPU && dtype != torch.Float32 {
-		return nil, fmt.Errorf("dtype %v on the CPU is not supported: use float32 there (float16 on CUDA)", dtype)
+	if dev.Type == torch.DeviceCPU && dtype != torch.Float32 && dtype != torch.BFloat16 {
+		return nil, fmt.Errorf("dtype %v on the CPU is not supported (libtorch has no CPU float16 matmul): use float32 or bfloat16 there, float16 on CUDA", dtype)
 	}
 	src := o.Source
 	var pickled *pickleSource
