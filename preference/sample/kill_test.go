@@ -43,6 +43,9 @@ func child() int {
 	_, err = Run(context.Background(), Job{Dir: a.Dir, Config: a.Config, Inputs: a.Inputs,
 		Open:   func() (Sampler, error) { return &SD2{P: p, Opts: sd2Options()}, nil },
 		Prompt: func(in Input, _ *imageio.RGB8) (string, error) { return "house, " + in.ID, nil },
+		// A pause after each batch keeps the child from finishing before
+		// the parent sees its first record, however loaded the machine.
+		Progress: func(done, total int) { time.Sleep(300 * time.Millisecond) },
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
