@@ -24,4 +24,7 @@
 // samples again whole, so resumed, sharded and uninterrupted runs give the
 // same bytes. Inputs are split among shards by a hash of their id; Merge
 // checks that every candidate exists exactly once with its recorded hash.
+//
+// Open loads the model a Settings names (C-SD2 or C-FLUX) as a Sampler;
+// preference/label scores a merged set and preference/eval evaluates it.
 package sample
