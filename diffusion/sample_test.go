@@ -193,21 +193,33 @@ func TestPipelineCancel(t *testing.T) {
 	require.True(t, errors.Is(err, context.Canceled), "%v", err)
 }
 
-// TestPipelineBadInput checks the shape rules of Sample.
+// TestPipelineBadInput checks the shape rules of Sample, on shapes derived
+// from the fixture's own batch, image size and VAE scale factor.
 func TestPipelineBadInput(t *testing.T) {
 	testutil.NoLeak(t)
-	p, pp, _ := loadFixturePipeline(t, testutil.Device(t))
-	cases := map[string][]int64{"odd size": {2, 3, 60, 128}, "one channel": {2, 1, 64, 128}, "3-d": {3, 64, 128}}
+	p, pp, dir := loadFixturePipeline(t, testutil.Device(t))
+	hwc := testutil.Tensors(t, filepath.Join(dir, "io.safetensors"))["control_images_u8"].Shape()
+	B, H, W := int64(len(pp.Prompt)), hwc[1], hwc[2]
+	f := int64(p.VAE.Config.DownsampleFactor())
+	sample := func(t *testing.T, shape []int64) error {
+		c := torch.Zeros(shape, torch.Float32, torch.CPU)
+		defer c.Close()
+		img, err := p.Sample(context.Background(), c, pp.Prompt, pp.NegativePrompt, DefaultSampleOptions(), nil)
+		if img != nil {
+			img.Close()
+		}
+		return err
+	}
+	cases := map[string][]int64{
+		"side not a multiple of the VAE factor": {B, 3, H + f/2, W},
+		"too small":                             {B, 3, f / 2, W},
+		"one channel":                           {B, 1, H, W},
+		"3-d":                                   {3, H, W},
+		"prompt count must match the batch":     {B + 1, 3, H, W},
+	}
 	for name, shape := range cases {
 		t.Run(name, func(t *testing.T) {
-			c := torch.Zeros(shape, torch.Float32, torch.CPU)
-			defer c.Close()
-			_, err := p.Sample(context.Background(), c, pp.Prompt, pp.NegativePrompt, DefaultSampleOptions(), nil)
-			require.Error(t, err)
+			require.Error(t, sample(t, shape))
 		})
 	}
-	c := torch.Zeros([]int64{1, 3, 64, 64}, torch.Float32, torch.CPU)
-	defer c.Close()
-	_, err := p.Sample(context.Background(), c, pp.Prompt, nil, DefaultSampleOptions(), nil)
-	require.Error(t, err, "prompt count must match the batch")
 }
