@@ -156,10 +156,26 @@ func (t *Tokenizer) EncodeBOS(text string) []int64 {
 	return append([]int64{t.bos}, t.Encode(text)...)
 }
 
-// normalize is SentencePiece's normaliser without a charsmap: optional
+// normalize is SentencePiece's normaliser without a charsmap: malformed
+// UTF-8 bytes replaced with U+FFFD, optional
 // removal of leading, trailing and repeated spaces, the dummy ▁ prefix,
 // and spaces escaped as ▁.
 func (t *Tokenizer) normalize(s string) string {
+	if !utf8.ValidString(s) {
+		// SentencePiece's normaliser replaces every malformed byte with
+		// U+FFFD (a Python str never holds one).
+		var b strings.Builder
+		for i := 0; i < len(s); {
+			r, n := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && n == 1 {
+				b.WriteRune(utf8.RuneError)
+			} else {
+				b.WriteString(s[i : i+n])
+			}
+			i += n
+		}
+		s = b.String()
+	}
 	if t.collapse {
 		s = strings.Join(strings.FieldsFunc(s, func(r rune) bool { return r == ' ' }), " ")
 	}

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -211,4 +212,51 @@ func TestTokenizerRejects(t *testing.T) {
 	require.NoError(t, os.WriteFile(bad, spModel(ps, t5.ModelUnigram, true, true), 0o644))
 	_, err = LoadTokenizer(bad)
 	require.ErrorContains(t, err, bad)
+}
+
+// joinPieces concatenates the pieces of ids, byte pieces as their bytes:
+// the normalised text the ids cover.
+func joinPieces(t *Tokenizer, ids []int64) string {
+	var b []byte
+	for _, id := range ids {
+		p := t.Piece(id)
+		var v int
+		if len(p) == 6 && strings.HasPrefix(p, "<0x") {
+			if _, err := fmt.Sscanf(p, "<0x%02X>", &v); err == nil {
+				b = append(b, byte(v))
+				continue
+			}
+		}
+		b = append(b, p...)
+	}
+	return string(b)
+}
+
+// FuzzTokenizer: with byte fallback every text is covered exactly by its
+// pieces (nothing lost, nothing added), on the synthetic model and, when
+// available, on the LLaMA model.
+func FuzzTokenizer(f *testing.F) {
+	for _, s := range []string{"", "abc", "  a\tb\n", "é😀 x", "▁a", "\xff\xfe", "USER: How would you rate?\n"} {
+		f.Add(s)
+	}
+	toks := []*Tokenizer{}
+	ps := synthPieces(spPiece{"▁", -1, t5.PieceNormal}, spPiece{"a", -2, t5.PieceNormal}, spPiece{"▁a", -3, t5.PieceNormal},
+		spPiece{"aa", -3, t5.PieceNormal})
+	tok, err := ParseTokenizer(spModel(ps, t5.ModelBPE, true, true))
+	require.NoError(f, err)
+	toks = append(toks, tok)
+	if p := os.Getenv(llamaTokenizerEnv); p != "" {
+		tok, err := LoadTokenizer(p)
+		require.NoError(f, err)
+		toks = append(toks, tok)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		for _, tok := range toks {
+			ids := tok.Encode(s)
+			for _, id := range ids {
+				require.True(t, id >= 0 && id < int64(tok.VocabSize()))
+			}
+			require.Equal(t, tok.normalize(s), joinPieces(tok, ids), "%q", s)
+		}
+	})
 }
