@@ -1,0 +1,26 @@
+#!/bin/sh
+# Build an alternate fixture set: sd2/ (and flux/ where a generator exists)
+# regenerated with other configs, shapes and seeds; every other top-level
+# folder linked to the public set.
+#
+#   scripts/altfixtures/build.sh OUT_DIR [a|b] [PUBLIC_FIXTURES]
+#   DP2O_FIXTURES=OUT_DIR go test -count=1 ./diffusion/...
+set -eu
+out=${1:?usage: build.sh OUT_DIR [a|b] [PUBLIC_FIXTURES]}
+variant=${2:-a}
+pub=${3:-/work/shared/fixtures}
+here=$(cd "$(dirname "$0")" && pwd)
+refenv=${REFENV:-/work/refenv-py}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+PYTHONPATH=$refenv HF_HUB_OFFLINE=1 /usr/bin/python3 "$here/gen_sd2.py" "$out" --variant "$variant" --public "$pub/sd2"
+python3 "$here/check_layout.py" "$out/sd2" "$pub/sd2"
+if [ -f "$here/gen_flux.py" ]; then
+	PYTHONPATH=$refenv HF_HUB_OFFLINE=1 /usr/bin/python3 "$here/gen_flux.py" "$out" --variant "$variant" --public "$pub/flux"
+	python3 "$here/check_layout.py" "$out/flux" "$pub/flux"
+fi
+for f in "$pub"/*; do
+	name=$(basename "$f")
+	[ -e "$out/$name" ] || ln -s "$f" "$out/$name"
+done
+echo "alternate set in $out (variant $variant)"

@@ -1,0 +1,664 @@
+#!/usr/bin/env python3
+"""Build an alternate sd2/ fixture set with the layout of the public one.
+
+    PYTHONPATH=/work/refenv-py HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/altfixtures/gen_sd2.py OUT_DIR [PUBLIC_SD2]
+
+Writes OUT_DIR/sd2/{unet,controlnet,vae,clip_text,pipeline} from tiny models
+whose configs, shapes, seeds and channel lists all differ from the public set
+(PUBLIC_SD2, default /work/shared/fixtures/sd2), with the file names, tensor
+names and dtypes that the public folders' READMEs describe. The folders that
+must stay the same (the real CLIP tokenizer, the full-size key layouts, the
+SD2-base scheduler config and its recorded chains, the colour fix) are copied.
+Computation: torch 1.13 CPU, float32, one thread, diffusers 0.32.2 modules
+(`UNet2DConditionModel`, `ControlNetModel.from_unet`, `AutoencoderKL`,
+`StableDiffusionControlNetPipeline`); the CLIP text model is the same minimal
+re-implementation of transformers' eager CLIPTextModel that the public README
+describes (transformers is not installed here).
+"""
+import json
+import os
+import shutil
+import struct
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+torch.set_num_threads(1)
+
+import argparse  # noqa: E402
+
+ap = argparse.ArgumentParser(description="alternate sd2/ fixture set")
+ap.add_argument("out", help="output root (sd2/ is written under it)")
+ap.add_argument("--public", default="/work/shared/fixtures/sd2", help="the public sd2/ folder (copied parts, cases.json)")
+ap.add_argument("--variant", default="a", choices=["a", "b"],
+                help="a: other channels/heads/groups/shapes/seeds; b: also other depths (1 resnet per UNet block, "
+                     "2 transformer layers, 3-block VAE and ControlNet embedding: scale factor 4)")
+ARGS = ap.parse_args()
+OUT = os.path.abspath(ARGS.out)
+PUB = os.path.abspath(ARGS.public)
+SD2 = os.path.join(OUT, "sd2")
+
+# ---------------------------------------------------------------- settings
+# Everything below differs from the public set on purpose.
+UNET_CONFIG = dict(
+    sample_size=24,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(12, 24, 24, 36),
+    layers_per_block=2,
+    attention_head_dim=(3, 2, 4, 3),  # heads per down block (diffusers' SD2 naming)
+    cross_attention_dim=48,  # = the CLIP text hidden size (the pipeline feeds one into the other)
+    norm_num_groups=6,
+    norm_eps=1e-5,
+    use_linear_projection=True,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    transformer_layers_per_block=1,
+    upcast_attention=False,
+    only_cross_attention=False,
+    downsample_padding=1,
+    act_fn="silu",
+)
+SEEDS = dict(unet=700, unet_norm=701, unet_io=702, cn=703, cn_zero=704, cn_io=705,
+             vae=710, vae_norm=711, vae_io=712, vae_posterior=713, clip=1700, control_img=720,
+             pipeline=4321)
+SEQ = 33  # text length of the UNet / ControlNet io (the pipeline uses the tokenizer's 77)
+MAIN = dict(batch=3, h=24, w=16, timesteps=[999, 437, 0])
+ODD = dict(batch=2, h=11, w=7, timestep=321)
+CN_EMB = [6, 10, 20, 40]
+CN_SCALES = [1.0, 0.3]  # case0 must be 1.0: unet/io_controlnet uses its residuals
+VAE_CONFIG = dict(
+    in_channels=3, out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(6, 12, 24, 24),
+    layers_per_block=1,
+    act_fn="silu",
+    latent_channels=4,
+    norm_num_groups=3,
+    sample_size=96,  # tiling keeps sizes only when sample_size is a multiple of 32 (diffusers rounding)
+    scaling_factor=0.13025,
+    force_upcast=True,
+    use_quant_conv=True,
+    use_post_quant_conv=True,
+    mid_block_add_attention=True,
+)
+VAE_IMAGE = (2, 40, 56)   # batch, H, W of the encode input
+VAE_LATENT = (2, 7, 5)    # batch, h, w of the decode input
+CLIP = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=6, intermediate_size=61)
+CLIP_CASES = ["ram_tags_food", "exclamation_issue_4153", "exact_76_tokens", "photo_prompt"]
+PIPE = dict(prompts=["ram_tags_city", "ram_tags_animal", "mixed_case"], negative="negative_prompt",
+            steps=3, guidance=5.0, cond_scale=0.8, height=48, width=40)
+
+
+if ARGS.variant == "b":
+    UNET_CONFIG.update(block_out_channels=(16, 16, 32, 32), layers_per_block=1, attention_head_dim=(2, 4, 2, 4),
+                       transformer_layers_per_block=2, norm_num_groups=8, cross_attention_dim=40, sample_size=20)
+    SEEDS = {k: v + 50 for k, v in SEEDS.items()}
+    MAIN = dict(batch=1, h=12, w=20, timesteps=[640])
+    ODD = dict(batch=3, h=5, w=9, timestep=17)
+    CN_EMB = [4, 8, 12]  # 2 stride-2 convs: control at 4x the latent size, as the 3-block VAE
+    CN_SCALES = [1.0, 1.7]
+    VAE_CONFIG.update(down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                      block_out_channels=(8, 16, 16), layers_per_block=2, norm_num_groups=4, sample_size=64,
+                      scaling_factor=0.5)
+    VAE_IMAGE = (1, 36, 20)
+    VAE_LATENT = (3, 4, 6)
+    CLIP = dict(hidden_size=40, num_hidden_layers=4, num_attention_heads=5, intermediate_size=50)
+    CLIP_CASES = ["single_word", "very_long_truncated"]
+    PIPE = dict(prompts=["ram_tags_landscape"], negative="empty", steps=5, guidance=2.0, cond_scale=1.2,
+                height=32, width=40)
+
+import diffusers  # noqa: E402
+from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel  # noqa: E402
+from diffusers.image_processor import VaeImageProcessor  # noqa: E402
+from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
+from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+VERSIONS = f"torch {torch.__version__}, diffusers {diffusers.__version__}, CPU, float32, one thread"
+
+
+def mkdir(*p):
+    d = os.path.join(SD2, *p)
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def save(tensors, path):
+    save_file({k: v.detach().contiguous() for k, v in tensors.items()}, path)
+
+
+def dump_json(obj, path):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def readme(folder, text):
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write(f"# {os.path.basename(folder)} — ALTERNATE set\n\nSet: **alternate**, written by "
+                f"`scripts/altfixtures/gen_sd2.py` ({VERSIONS}). Same layout, file names, tensor names and "
+                f"dtypes as the public folder of the same name (see its README for the meaning of each tensor); "
+                f"other configs, shapes and seeds.\n\n{text}\n")
+
+
+def redraw_norms(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
+                m.weight.copy_(1 + 0.1 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+
+
+def set_sdpa(model):
+    model.set_attn_processor(AttnProcessor2_0())
+
+
+class Taps:
+    """Forward hooks that store module outputs under names."""
+
+    def __init__(self):
+        self.out, self.handles = {}, []
+
+    def add(self, module, fn):
+        self.handles.append(module.register_forward_hook(lambda m, i, o: fn(self.out, o)))
+
+    def one(self, module, name):
+        self.add(module, lambda d, o, n=name: d.__setitem__(n, (o[0] if isinstance(o, tuple) else o).detach().clone()))
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def f64_diff(model, inputs, ref, call):
+    m64 = model.to(torch.float64)
+    with torch.no_grad():
+        o = call(m64, *[x.double() if x.is_floating_point() else x for x in inputs])
+    model.to(torch.float32)
+    return float((o.float() - ref).abs().max())
+
+
+# ---------------------------------------------------------------- UNet
+def unet_taps(unet, with_down=True):
+    t = Taps()
+    for n in ["conv_in", "conv_norm_out", "conv_act", "conv_out", "time_proj", "time_embedding", "mid_block"]:
+        if n in ("conv_in", "time_proj", "time_embedding") and not with_down:
+            continue
+        t.one(getattr(unet, n), n)
+    if with_down:
+        for i, b in enumerate(unet.down_blocks):
+            def fn(d, o, i=i):
+                d[f"down_blocks.{i}.hidden"] = o[0].detach().clone()
+                for j, r in enumerate(o[1]):
+                    d[f"down_blocks.{i}.res.{j}"] = r.detach().clone()
+            t.add(b, fn)
+    for i, b in enumerate(unet.up_blocks):
+        t.one(b, f"up_blocks.{i}")
+    return t
+
+
+def gen_unet():
+    torch.manual_seed(SEEDS["unet"])
+    unet = UNet2DConditionModel(**UNET_CONFIG)
+    redraw_norms(unet, SEEDS["unet_norm"])
+    unet.eval()
+    set_sdpa(unet)
+    d = mkdir("unet")
+    unet.save_pretrained(d, safe_serialization=True)
+
+    g = torch.Generator().manual_seed(SEEDS["unet_io"])
+    C = UNET_CONFIG["in_channels"]
+    X = UNET_CONFIG["cross_attention_dim"]
+    B, H, W = MAIN["batch"], MAIN["h"], MAIN["w"]
+    main_in = dict(sample=torch.randn(B, C, H, W, generator=g), timesteps=torch.tensor(MAIN["timesteps"], dtype=torch.int64),
+                   encoder_hidden_states=torch.randn(B, SEQ, X, generator=g))
+    b, h, w = ODD["batch"], ODD["h"], ODD["w"]
+    odd_in = dict(sample=torch.randn(b, C, h, w, generator=g), timesteps=torch.tensor(ODD["timestep"], dtype=torch.int64),
+                  encoder_hidden_states=torch.randn(b, SEQ, X, generator=g))
+    report = {"unet_params": sum(p.numel() for p in unet.parameters()), "unet_attn_processor": "AttnProcessor2_0"}
+    call = lambda m, s, t, e: m(s, t, e).sample  # noqa: E731
+    for name, inp in [("main", main_in), ("odd", odd_in)]:
+        taps = unet_taps(unet)
+        with torch.no_grad():
+            out = unet(inp["sample"], inp["timesteps"], inp["encoder_hidden_states"]).sample
+        taps.close()
+        tensors = dict(inp)
+        tensors.update(taps.out)
+        tensors["out_sample"] = out
+        save(tensors, os.path.join(d, f"io_{name}.safetensors"))
+        report[f"unet_{name}_f64_max_abs"] = f64_diff(unet, [inp["sample"], inp["timesteps"], inp["encoder_hidden_states"]], out, call)
+    report["unet_main_out_absmax"] = float(load_file(os.path.join(d, "io_main.safetensors"))["out_sample"].abs().max())
+    return unet, main_in, report
+
+
+def gen_controlnet(unet, main_in, report_unet):
+    torch.manual_seed(SEEDS["cn"])
+    cn = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CN_EMB)
+    g = torch.Generator().manual_seed(SEEDS["cn_zero"])
+    reinit = ["controlnet_cond_embedding.conv_out"] + [f"controlnet_down_blocks.{i}" for i in range(len(cn.controlnet_down_blocks))] + ["controlnet_mid_block"]
+    with torch.no_grad():
+        for n in reinit:
+            m = cn.get_submodule(n)
+            fan_in = m.weight[0].numel()
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (0.5 / fan_in ** 0.5))
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.05)
+    cn.eval()
+    set_sdpa(cn)
+    d = mkdir("controlnet")
+    cn.save_pretrained(os.path.join(d, "diffusers"), safe_serialization=True)
+    save(cn.state_dict(), os.path.join(d, "model.safetensors"))
+
+    factor = 2 ** (len(CN_EMB) - 1)
+    B, _, H, W = main_in["sample"].shape
+    g = torch.Generator().manual_seed(SEEDS["cn_io"])
+    cond_u8 = torch.randint(0, 256, (B, 3, H * factor, W * factor), generator=g, dtype=torch.int64).to(torch.uint8)
+    cond = cond_u8.float() / 255
+    tensors = {"controlnet_cond_u8": cond_u8, "sample": main_in["sample"], "timesteps": main_in["timesteps"],
+               "encoder_hidden_states": main_in["encoder_hidden_states"]}
+    report = {"controlnet_params": sum(p.numel() for p in cn.parameters()), "controlnet_reinitialised": reinit}
+    cases = []
+    for ci, scale in enumerate(CN_SCALES):
+        taps = Taps()
+        if ci == 0:
+            for n in ["controlnet_cond_embedding", "conv_in", "time_embedding", "mid_block"]:
+                taps.one(cn.get_submodule(n), "inter." + n)
+            for i, b in enumerate(cn.down_blocks):
+                taps.one(b, f"inter.down_blocks.{i}.hidden")
+        with torch.no_grad():
+            down, mid = cn(main_in["sample"], main_in["timesteps"], main_in["encoder_hidden_states"], cond,
+                           conditioning_scale=scale, return_dict=False)
+        taps.close()
+        tensors.update(taps.out)
+        tensors[f"case{ci}.conditioning_scale"] = torch.tensor(scale, dtype=torch.float32)
+        for i, r in enumerate(down):
+            tensors[f"case{ci}.down_block_res_samples.{i}"] = r
+        tensors[f"case{ci}.mid_block_res_sample"] = mid
+        cases.append((down, mid))
+
+        def call(m, s, e, c, t=main_in["timesteps"], scale=scale):
+            dd, mm = m(s, t, e, c, conditioning_scale=scale, return_dict=False)
+            return torch.cat([x.flatten() for x in list(dd) + [mm]])
+        ref = torch.cat([x.flatten() for x in list(down) + [mid]])
+        report[f"controlnet_case{ci}_f64_max_abs"] = f64_diff(cn, [main_in["sample"], main_in["encoder_hidden_states"], cond], ref, call)
+        report[f"controlnet_case{ci}_absmax"] = float(ref.abs().max())
+    save(tensors, os.path.join(d, "io.safetensors"))
+    # Cross-check: the flat file loads strictly into from_unet and gives the same residuals.
+    torch.manual_seed(0)
+    cn2 = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CN_EMB)
+    cn2.load_state_dict(load_file(os.path.join(d, "model.safetensors")), strict=True)
+    cn2.eval()
+    set_sdpa(cn2)
+    with torch.no_grad():
+        d2, m2 = cn2(main_in["sample"], main_in["timesteps"], main_in["encoder_hidden_states"], cond, return_dict=False)
+    assert all(torch.equal(a, b) for a, b in zip(list(d2) + [m2], list(cases[0][0]) + [cases[0][1]]))
+    dump_json(report, os.path.join(d, "report.json"))
+
+    # unet/io_controlnet: io_main inputs plus the case0 (scale 1.0) residuals.
+    down, mid = cases[0]
+    taps = unet_taps(unet, with_down=False)
+    with torch.no_grad():
+        out = unet(main_in["sample"], main_in["timesteps"], main_in["encoder_hidden_states"],
+                   down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    taps.close()
+    t2 = {"sample": main_in["sample"], "timesteps": main_in["timesteps"], "encoder_hidden_states": main_in["encoder_hidden_states"],
+          "mid_block_additional_residual": mid, "out_sample": out}
+    for i, r in enumerate(down):
+        t2[f"down_block_additional_residuals.{i}"] = r
+    t2.update(taps.out)
+    ud = os.path.join(SD2, "unet")
+    save(t2, os.path.join(ud, "io_controlnet.safetensors"))
+
+    def ucall(m, s, e, *res):
+        return m(s, main_in["timesteps"], e, down_block_additional_residuals=list(res[:-1]), mid_block_additional_residual=res[-1]).sample
+    report_unet["unet_controlnet_f64_max_abs"] = f64_diff(unet, [main_in["sample"], main_in["encoder_hidden_states"]] + list(down) + [mid], out, ucall)
+    main_out = load_file(os.path.join(ud, "io_main.safetensors"))["out_sample"]
+    report_unet["unet_controlnet_minus_main_max_abs"] = float((out - main_out).abs().max())
+    dump_json(report_unet, os.path.join(ud, "report.json"))
+    cfg = UNET_CONFIG
+    readme(ud, f"UNet2DConditionModel config: block_out_channels {list(cfg['block_out_channels'])}, attention_head_dim "
+               f"{list(cfg['attention_head_dim'])}, cross_attention_dim {cfg['cross_attention_dim']}, norm_num_groups "
+               f"{cfg['norm_num_groups']}, sample_size {cfg['sample_size']}; seeds model {SEEDS['unet']}, norms "
+               f"{SEEDS['unet_norm']}, inputs {SEEDS['unet_io']}. io_main: batch {MAIN['batch']}, latent "
+               f"{MAIN['h']}x{MAIN['w']}, timesteps {MAIN['timesteps']}, text length {SEQ}; io_odd: batch {ODD['batch']}, "
+               f"latent {ODD['h']}x{ODD['w']}, 0-dim timestep {ODD['timestep']}; io_controlnet: the io_main inputs plus "
+               f"the case0 residuals of ../controlnet/io.safetensors.\n\nTolerance as in the public README: "
+               f"`1e-5 + 1e-5·|ref|` (out_sample), `2e-5 + 1e-5·|ref|` (intermediates).")
+    readme(d, f"ControlNetModel.from_unet(../unet, conditioning_embedding_out_channels={CN_EMB}), torch.manual_seed({SEEDS['cn']}); "
+              f"zero layers re-drawn with manual_seed({SEEDS['cn_zero']}). io: the inputs of ../unet/io_main, control "
+              f"{tuple(cond_u8.shape)} uint8 NCHW from manual_seed({SEEDS['cn_io']}), cases with conditioning_scale "
+              f"{CN_SCALES}.\n\nTolerance `1e-5 + 1e-5·|ref|`.")
+    return cn
+
+
+# ---------------------------------------------------------------- VAE
+def gen_vae():
+    torch.manual_seed(SEEDS["vae"])
+    vae = AutoencoderKL(**VAE_CONFIG)
+    redraw_norms(vae, SEEDS["vae_norm"])
+    vae.eval()
+    set_sdpa(vae)
+    d = mkdir("vae")
+    vae.save_pretrained(d, safe_serialization=True)
+    g = torch.Generator().manual_seed(SEEDS["vae_io"])
+    B, H, W = VAE_IMAGE
+    image = torch.rand(B, 3, H, W, generator=g) * 2 - 1
+    b, h, w = VAE_LATENT
+    z = torch.randn(b, VAE_CONFIG["latent_channels"], h, w, generator=g)
+    taps = Taps()
+    for n in ["encoder.conv_in", "encoder.mid_block", "encoder.conv_norm_out", "encoder.conv_out", "quant_conv",
+              "post_quant_conv", "decoder.conv_in", "decoder.mid_block"]:
+        taps.one(vae.get_submodule(n), "inter." + n)
+    for i, blk in enumerate(vae.encoder.down_blocks):
+        taps.one(blk, f"inter.encoder.down_blocks.{i}")
+    for i, blk in enumerate(vae.decoder.up_blocks):
+        taps.one(blk, f"inter.decoder.up_blocks.{i}")
+    with torch.no_grad():
+        dist = vae.encode(image).latent_dist
+        noise = torch.randn(dist.mean.shape, generator=torch.Generator().manual_seed(SEEDS["vae_posterior"]))
+        sample = dist.sample(torch.Generator().manual_seed(SEEDS["vae_posterior"]))
+        dec = vae.decode(z).sample
+    taps.close()
+    assert torch.equal(sample, dist.mean + dist.std * noise)
+    t = dict(taps.out)
+    t.update({"image": image, "decode_input": z, "decode_output": dec, "latent_mean": dist.mean, "latent_logvar": dist.logvar,
+              "latent_std": dist.std, "latent_mean_scaled": dist.mean * VAE_CONFIG["scaling_factor"],
+              "posterior_generator_seed": torch.tensor(SEEDS["vae_posterior"], dtype=torch.int64),
+              "posterior_noise": noise, "posterior_sample": sample})
+    save(t, os.path.join(d, "io.safetensors"))
+    vae64 = vae.to(torch.float64)
+    with torch.no_grad():
+        d64 = vae64.encode(image.double()).latent_dist
+        dec64 = vae64.decode(z.double()).sample
+    vae.to(torch.float32)
+    dump_json({"params": sum(p.numel() for p in vae.parameters()), "attn_processor": "AttnProcessor2_0",
+               "f64_mean": float((d64.mean.float() - dist.mean).abs().max()),
+               "f64_logvar": float((d64.logvar.float() - dist.logvar).abs().max()),
+               "f64_decode": float((dec64.float() - dec).abs().max()),
+               "absmax_mean": float(dist.mean.abs().max()), "absmax_logvar": float(dist.logvar.abs().max()),
+               "absmax_decode": float(dec.abs().max())}, os.path.join(d, "report.json"))
+    readme(d, f"AutoencoderKL config: block_out_channels {list(VAE_CONFIG['block_out_channels'])}, layers_per_block "
+              f"{VAE_CONFIG['layers_per_block']}, norm_num_groups {VAE_CONFIG['norm_num_groups']}, sample_size "
+              f"{VAE_CONFIG['sample_size']}, scaling_factor {VAE_CONFIG['scaling_factor']}; seeds model {SEEDS['vae']}, "
+              f"norms {SEEDS['vae_norm']}, inputs {SEEDS['vae_io']}, posterior {SEEDS['vae_posterior']}. image "
+              f"{tuple(image.shape)}, decode_input {tuple(z.shape)}.\n\nTolerance `1e-5 + 1e-5·|ref|`.")
+    return vae
+
+
+# ---------------------------------------------------------------- CLIP text (transformers' eager CLIPTextModel)
+class CLIPLayer(nn.Module):
+    def __init__(self, c, act):
+        super().__init__()
+        D, I = c["hidden_size"], c["intermediate_size"]
+        self.heads = c["num_attention_heads"]
+        self.self_attn = nn.Module()
+        for n in ["q_proj", "k_proj", "v_proj", "out_proj"]:
+            setattr(self.self_attn, n, nn.Linear(D, D))
+        self.layer_norm1 = nn.LayerNorm(D, eps=c["layer_norm_eps"])
+        self.layer_norm2 = nn.LayerNorm(D, eps=c["layer_norm_eps"])
+        self.mlp = nn.Module()
+        self.mlp.fc1 = nn.Linear(D, I)
+        self.mlp.fc2 = nn.Linear(I, D)
+        self.act = act
+
+    def forward(self, x, mask):
+        B, L, D = x.shape
+        hd = D // self.heads
+        a = self.self_attn
+        h = self.layer_norm1(x)
+        q = a.q_proj(h) * hd ** -0.5
+        k = a.k_proj(h)
+        v = a.v_proj(h)
+        sh = lambda t: t.view(B, L, self.heads, hd).transpose(1, 2)  # noqa: E731
+        q, k, v = sh(q), sh(k), sh(v)
+        w = torch.matmul(q, k.transpose(-1, -2)) + mask
+        w = F.softmax(w, dim=-1)
+        o = torch.matmul(w, v).transpose(1, 2).reshape(B, L, D)
+        x = x + a.out_proj(o)
+        return x + self.mlp.fc2(self.act(self.mlp.fc1(self.layer_norm2(x))))
+
+
+class CLIPText(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        act = {"gelu": lambda t: F.gelu(t), "quick_gelu": lambda t: t * torch.sigmoid(1.702 * t)}[c["hidden_act"]]
+        D = c["hidden_size"]
+        self.text_model = nn.Module()
+        tm = self.text_model
+        tm.embeddings = nn.Module()
+        tm.embeddings.token_embedding = nn.Embedding(c["vocab_size"], D)
+        tm.embeddings.position_embedding = nn.Embedding(c["max_position_embeddings"], D)
+        tm.encoder = nn.Module()
+        tm.encoder.layers = nn.ModuleList([CLIPLayer(c, act) for _ in range(c["num_hidden_layers"])])
+        tm.final_layer_norm = nn.LayerNorm(D, eps=c["layer_norm_eps"])
+
+    def forward(self, ids):
+        tm = self.text_model
+        L = ids.shape[1]
+        x = tm.embeddings.token_embedding(ids) + tm.embeddings.position_embedding(torch.arange(L).unsqueeze(0))
+        mask = torch.full((L, L), torch.finfo(x.dtype).min, dtype=x.dtype).triu(1)[None, None]
+        hs = [x]
+        for layer in tm.encoder.layers:
+            x = layer(x, mask)
+            hs.append(x)
+        last = tm.final_layer_norm(x)
+        pooled = last[torch.arange(last.shape[0]), ids.argmax(dim=-1)]
+        return last, pooled, hs
+
+
+def clip_config(act):
+    return {"architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "dropout": 0.0,
+            "eos_token_id": 2, "hidden_act": act, "hidden_size": CLIP["hidden_size"], "initializer_factor": 1.0,
+            "initializer_range": 0.02, "intermediate_size": CLIP["intermediate_size"], "layer_norm_eps": 1e-05,
+            "max_position_embeddings": 77, "model_type": "clip_text_model",
+            "num_attention_heads": CLIP["num_attention_heads"], "num_hidden_layers": CLIP["num_hidden_layers"],
+            "pad_token_id": 1, "projection_dim": 512, "torch_dtype": "float32", "transformers_version": "4.47.0",
+            "vocab_size": 49408}
+
+
+def build_clip(act):
+    m = CLIPText(clip_config(act))
+    g = torch.Generator().manual_seed(SEEDS["clip"])
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "token_embedding" in name:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+            elif "position_embedding" in name:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
+    return m.eval()
+
+
+def cases():
+    with open(os.path.join(PUB, "clip_tokenizer", "cases.json")) as f:
+        return {c["name"]: c for c in json.load(f)["cases"]}
+
+
+def gen_clip():
+    d = mkdir("clip_text")
+    cs = cases()
+    models = {}
+    cross = {}
+    for act, key in [("gelu", "ids_sd2"), ("quick_gelu", "ids_clip_l")]:
+        m = build_clip(act)
+        models[act] = m
+        sub = os.path.join(d, act)
+        os.makedirs(sub, exist_ok=True)
+        dump_json(clip_config(act), os.path.join(sub, "config.json"))
+        ids = torch.tensor([cs[n][key] for n in CLIP_CASES], dtype=torch.int64)
+        with torch.no_grad():
+            last, pooled, hs = m(ids)
+            l64, p64, _ = m.double()(ids)
+        m.float()
+        t = {"input_ids": ids, "last_hidden_state": last, "pooler_output": pooled}
+        if act == "gelu":
+            for i, h in enumerate(hs):
+                t[f"hidden_states.{i}"] = h
+        save(t, os.path.join(sub, "io.safetensors"))
+        cross[act] = {"f64_last": float((l64.float() - last).abs().max()), "f64_pooled": float((p64.float() - pooled).abs().max()),
+                      "eos_positions": ids.argmax(-1).tolist(), "absmax": float(last.abs().max())}
+    sd = models["gelu"].state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in models["quick_gelu"].state_dict().items())
+    save_file(sd, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
+    dump_json(cross, os.path.join(d, "crosscheck.json"))
+    readme(d, f"CLIPTextModel re-implementation (eager), hidden_size {CLIP['hidden_size']}, num_hidden_layers "
+              f"{CLIP['num_hidden_layers']}, num_attention_heads {CLIP['num_attention_heads']}, intermediate_size "
+              f"{CLIP['intermediate_size']}, vocab 49408, max_position 77; weights from manual_seed({SEEDS['clip']}). "
+              f"Prompts (rows, case names of ../clip_tokenizer/cases.json): {', '.join(CLIP_CASES)}. No open_clip "
+              f"cross-check in this set.\n\nTolerance `1e-5 + 1e-5·|ref|`.")
+    return models["gelu"]
+
+
+# ---------------------------------------------------------------- pipeline
+def gen_pipeline(te, unet, cn, vae):
+    from PIL import Image
+
+    d = mkdir("pipeline")
+    cs = cases()
+    B, H, W = len(PIPE["prompts"]), PIPE["height"], PIPE["width"]
+    prompts = [cs[n]["text"] for n in PIPE["prompts"]]
+    neg = [cs[PIPE["negative"]]["text"]] * B
+    pids = torch.tensor([cs[n]["ids_sd2"] for n in PIPE["prompts"]], dtype=torch.int64)
+    nids = torch.tensor([cs[PIPE["negative"]]["ids_sd2"]] * B, dtype=torch.int64)
+    with torch.no_grad():
+        pe = te(pids)[0]
+        ne = te(nids)[0]
+    # Smooth random control images (bilinear upsampling of a coarse random grid plus a little noise), 8-bit.
+    g = torch.Generator().manual_seed(SEEDS["control_img"])
+    coarse = torch.rand(B, 3, H // 8, W // 8, generator=g)
+    ctrl = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)
+    ctrl = ctrl + 0.1 * torch.rand(B, 3, H, W, generator=g)
+    ctrl_u8 = (ctrl.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    images = [Image.fromarray(ctrl_u8[b].numpy(), "RGB") for b in range(B)]
+
+    # StableDiffusionControlNetPipeline.__call__ of diffusers 0.32.2 (its module needs transformers, which is
+    # not installed here), transcribed for this configuration: one ControlNet, guess_mode False, CFG on,
+    # prompt_embeds / negative_prompt_embeds given, output_type "np", no safety checker.
+    sched = DDPMScheduler.from_pretrained(os.path.join(SD2, "scheduler"))
+    vsf = 2 ** (len(vae.config.block_out_channels) - 1)
+    image_processor = VaeImageProcessor(vae_scale_factor=vsf)
+    control_image_processor = VaeImageProcessor(vae_scale_factor=vsf, do_convert_rgb=True, do_normalize=False)
+    generator = torch.Generator("cpu").manual_seed(SEEDS["pipeline"])
+    rec, order = {}, []
+    with torch.no_grad():
+        prompt_embeds = torch.cat([ne, pe])
+        image = control_image_processor.preprocess(images, height=H, width=W).to(dtype=torch.float32)
+        image = image.repeat_interleave(1, dim=0)
+        image = torch.cat([image] * 2)
+        sched.set_timesteps(PIPE["steps"], device="cpu")
+        timesteps = sched.timesteps
+        shape = (B, unet.config.in_channels, H // vsf, W // vsf)
+        latents = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+        order.append("prepare_latents")
+        rec["initial_latents"] = latents.clone()
+        latents = latents * sched.init_noise_sigma
+        controlnet_keep = [1.0 - float(0.0 > i / len(timesteps) or (i + 1) / len(timesteps) > 1.0) for i in range(len(timesteps))]
+        orig = sched.step.__func__.__globals__["randn_tensor"]
+
+        def tap(*a, **k):
+            x = orig(*a, **k)
+            order.append("scheduler.step")
+            rec[f"step.{len(order) - 2}.variance_noise"] = x.clone()
+            return x
+        sched.step.__func__.__globals__["randn_tensor"] = tap
+        for i, t in enumerate(timesteps):
+            latent_model_input = torch.cat([latents] * 2)
+            latent_model_input = sched.scale_model_input(latent_model_input, t)
+            cond_scale = PIPE["cond_scale"] * controlnet_keep[i]
+            down, mid = cn(latent_model_input, t, encoder_hidden_states=prompt_embeds, controlnet_cond=image,
+                           conditioning_scale=cond_scale, guess_mode=False, return_dict=False)
+            rec[f"step.{i}.controlnet_mid_block_res_sample"] = mid
+            noise_pred = unet(latent_model_input, t, encoder_hidden_states=prompt_embeds, timestep_cond=None,
+                              cross_attention_kwargs=None, down_block_additional_residuals=down,
+                              mid_block_additional_residual=mid, added_cond_kwargs=None, return_dict=False)[0]
+            noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+            noise_pred = noise_pred_uncond + PIPE["guidance"] * (noise_pred_text - noise_pred_uncond)
+            rec[f"step.{i}.noise_pred_uncond"] = noise_pred_uncond
+            rec[f"step.{i}.noise_pred_text"] = noise_pred_text
+            rec[f"step.{i}.noise_pred_guided"] = noise_pred
+            latents = sched.step(noise_pred, t, latents, generator=generator, return_dict=False)[0]
+            rec[f"step.{i}.latents"] = latents
+        sched.step.__func__.__globals__["randn_tensor"] = orig
+        z = latents / vae.config.scaling_factor
+        rec["decode_input"] = z
+        img = vae.decode(z, return_dict=False, generator=generator)[0]
+        np_images = image_processor.postprocess(img, output_type="np", do_denormalize=[True] * img.shape[0])
+    image_np = torch.from_numpy(np.ascontiguousarray(np_images)).float()
+    image_u8 = torch.from_numpy((np_images * 255).round().astype("uint8"))
+    timesteps = timesteps.clone().to(torch.int64)
+    rec.update({"control_images_u8": ctrl_u8, "image_np": image_np, "image_u8": image_u8, "timesteps": timesteps,
+                "prompt_input_ids": pids, "negative_prompt_input_ids": nids, "prompt_embeds": pe, "negative_prompt_embeds": ne})
+    save(rec, os.path.join(d, "io.safetensors"))
+    # Replay: the recorded draws are successive randn calls of one fresh generator.
+    rg = torch.Generator().manual_seed(SEEDS["pipeline"])
+    names = ["initial_latents"] + [f"step.{i}.variance_noise" for i in range(PIPE["steps"])]
+    verified = all(torch.equal(torch.randn(rec[n].shape, generator=rg), rec[n]) for n in names)
+    assert verified
+    h, w = H // vsf, W // vsf
+    dump_json({"prompt": prompts, "negative_prompt": neg, "num_inference_steps": PIPE["steps"],
+               "guidance_scale": PIPE["guidance"], "controlnet_conditioning_scale": PIPE["cond_scale"],
+               "seed": SEEDS["pipeline"], "generator": "cpu", "batch_size": B, "height": H, "width": W,
+               "latent_height": h, "latent_width": w, "output_type": "np",
+               "vae_scaling_factor": VAE_CONFIG["scaling_factor"],
+               "components": {"tokenizer": "../clip_tokenizer", "text_encoder_weights": "../clip_text/model.safetensors",
+                              "text_encoder_config": "../clip_text/gelu/config.json", "unet": "../unet",
+                              "controlnet_config": "../controlnet/diffusers/config.json",
+                              "controlnet_weights": "../controlnet/model.safetensors", "vae": "../vae",
+                              "scheduler": "../scheduler"},
+               "timesteps": timesteps.tolist(), "rng_draws_in_order": names}, os.path.join(d, "params.json"))
+    dump_json({"timesteps": timesteps.tolist(), "draw_order": order, "rng_order_verified": verified,
+               "image_np_range": [float(image_np.min()), float(image_np.max())]}, os.path.join(d, "report.json"))
+    readme(d, f"StableDiffusionControlNetPipeline.__call__ of diffusers {diffusers.__version__} (transcribed: its module imports transformers, not installed here) on the sibling tiny components of this "
+              f"set; prompts = cases {PIPE['prompts']} of ../clip_tokenizer/cases.json, negative = case "
+              f"{PIPE['negative']}; the prompt embeddings were computed from the cases' `ids_sd2` with ../clip_text "
+              f"(gelu) and passed as prompt_embeds (no transformers tokenizer here: same tokenizer files, same ids). "
+              f"{PIPE['steps']} steps, guidance {PIPE['guidance']}, conditioning scale {PIPE['cond_scale']}, seed "
+              f"{SEEDS['pipeline']}, image {H}x{W}, batch {B}. Tolerances as in the public README.")
+
+
+def copy_public(name):
+    dst = os.path.join(SD2, name)
+    if os.path.lexists(dst):
+        shutil.rmtree(dst) if os.path.isdir(dst) and not os.path.islink(dst) else os.remove(dst)
+    src = os.path.join(PUB, name)
+    if os.path.isdir(src):
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy(src, dst)
+
+
+def main():
+    os.makedirs(SD2, exist_ok=True)
+    for name in ["clip_tokenizer", "keys", "scheduler", "colorfix", "README.md", "determinism.json"]:
+        copy_public(name)
+    for name in ["unet", "controlnet", "vae", "clip_text", "pipeline"]:
+        p = os.path.join(SD2, name)
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+    unet, main_in, rep = gen_unet()
+    cn = gen_controlnet(unet, main_in, rep)
+    vae = gen_vae()
+    te = gen_clip()
+    gen_pipeline(te, unet, cn, vae)
+    with open(os.path.join(SD2, "README.md"), "a") as f:
+        f.write("\n\n**This copy is an ALTERNATE set** built by scripts/altfixtures/gen_sd2.py: unet, controlnet, vae, "
+                "clip_text and pipeline were regenerated with other configs, shapes and seeds; the other folders are "
+                "copies of the public set.\n")
+    print("wrote", SD2)
+
+
+if __name__ == "__main__":
+    main()
