@@ -29,7 +29,6 @@ type abstractorLayer struct {
 	norm1, normk, norm2 *nn.LayerNorm
 	query, key, value   *nn.Linear
 	qPos, kPos          *torch.Tensor
-	qkPos               *torch.Tensor // cat(qPos, kPos), built at first use per dtype
 	outProj             *nn.Linear
 	w1, w2, w3          *nn.Linear
 	ffnLN               *nn.LayerNorm

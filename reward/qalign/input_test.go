@@ -130,6 +130,25 @@ func TestBadInput(t *testing.T) {
 	_, err = s.Score(cctx, mk([]int64{1, 3, 8, 8}, 0.5, torch.Float32), nil)
 	require.ErrorIs(t, err, context.Canceled)
 
+	// The model itself: pixels of another size, a prompt without its
+	// placeholder.
+	m := s.Model()
+	side := m.Config().Vision.ImageSize
+	err = torch.Try(func() {
+		sc := torch.NewScope()
+		defer sc.Close()
+		m.Score(torch.Zeros([]int64{1, 3, side / 2, side / 2}, torch.Float32, torch.CPU), s.Prompt(), nil)
+	})
+	require.ErrorContains(t, err, "position table")
+	bad := s.Prompt()
+	bad.IDs = bad.IDs[:1]
+	err = torch.Try(func() {
+		sc := torch.NewScope()
+		defer sc.Close()
+		m.Score(torch.Zeros([]int64{1, 3, side, side}, torch.Float32, torch.CPU), bad, nil)
+	})
+	require.ErrorContains(t, err, "placeholder")
+
 	closed := &Scorer{}
 	_, err = closed.Score(ctx, mk([]int64{1, 3, 8, 8}, 0.5, torch.Float32), nil)
 	require.ErrorContains(t, err, "closed")

@@ -1,8 +1,6 @@
 package qalign
 
 import (
-	"fmt"
-
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/nn"
 )
@@ -50,7 +48,10 @@ func (m *Model) Close() {
 
 // Logits runs the model on pixel_values (B,3,S,S) in the model's dtype
 // and device with the prompt p, and returns the logits at the last
-// position (B, vocab). The tensors belong to the caller's scope.
+// position (B, vocab). The tensors belong to the caller's scope. Like the
+// tensor ops, it panics with a *torch.Error on bad input (a prompt
+// without exactly one placeholder, pixels of another size): run it under
+// torch.Try.
 func (m *Model) Logits(pixels *torch.Tensor, p Prompt, tap Tap) *torch.Tensor {
 	if tap == nil {
 		tap = func(string, *torch.Tensor) {}
@@ -59,6 +60,13 @@ func (m *Model) Logits(pixels *torch.Tensor, p Prompt, tap Tap) *torch.Tensor {
 	n := pixels.Size(0)
 	vis := m.vision.forward(pixels, tap)
 	visual := m.abs.forward(vis, tap)
+	if err := p.Check(m.cfg.VocabSize); err != nil {
+		torch.Errorf("qalign", "prompt: %v", err)
+	}
+	if sh := pixels.Shape(); len(sh) != 4 || sh[1] != m.cfg.Vision.NumChannels {
+		torch.Errorf("qalign", "pixel_values of shape %v: want (B,%d,%d,%d)", sh, m.cfg.Vision.NumChannels,
+			m.cfg.Vision.ImageSize, m.cfg.Vision.ImageSize)
+	}
 	at := int64(-1)
 	for i, id := range p.IDs {
 		if id == ImageTokenID {
@@ -100,12 +108,4 @@ func (m *Model) Score(pixels *torch.Tensor, p Prompt, tap Tap) *torch.Tensor {
 	s := probs.Matmul(w)
 	tap("score", s)
 	return s
-}
-
-// checkPrompt validates p for the model's vocabulary.
-func (m *Model) checkPrompt(p Prompt) error {
-	if err := p.Check(m.cfg.VocabSize); err != nil {
-		return fmt.Errorf("prompt: %w", err)
-	}
-	return nil
 }

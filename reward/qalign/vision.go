@@ -20,12 +20,12 @@ type Tap func(name string, t *torch.Tensor)
 // positions, pre-LN, pre-norm layers with a fused per-head [q,k,v]
 // projection and QuickGELU, post-LN.
 type vision struct {
-	cfg            VisionConfig
-	patch, cls     *torch.Tensor
-	pos            *torch.Tensor
-	preLN, postLN  *nn.LayerNorm
-	layers         []*visionLayer
-	tokens, layerN int64
+	cfg           VisionConfig
+	patch, cls    *torch.Tensor
+	pos           *torch.Tensor
+	preLN, postLN *nn.LayerNorm
+	layers        []*visionLayer
+	tokens        int64
 }
 
 type visionLayer struct {
@@ -68,7 +68,8 @@ func (v *vision) forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	cls := v.cls.Expand([]int64{n, 1, -1}).To(dt)
 	e = torch.Cat([]*torch.Tensor{cls, e}, 1)
 	if e.Size(1) != v.tokens {
-		panic(fmt.Sprintf("qalign: %d vision tokens, the position table has %d", e.Size(1), v.tokens))
+		torch.Errorf("qalign vision", "%d tokens from a %v input, the position table has %d (want %dx%d pixels)",
+			e.Size(1), x.Shape(), v.tokens, v.cfg.ImageSize, v.cfg.ImageSize)
 	}
 	e = e.Add(v.pos.To(dt))
 	h := v.preLN.Forward(e)
