@@ -176,6 +176,15 @@ func TestLoadFolder(t *testing.T) {
 			o.Weights = dir
 			require.Equal(t, ref[cf.dtype], score(t, o))
 		})
+		if cf.shards == 1 && !cf.bin {
+			t.Run(cf.name+" in a folder of checkpoints", func(t *testing.T) {
+				testutil.NoLeak(t)
+				dir := t.TempDir()
+				o := writeFolder(t, f, src, filepath.Join(dir, filepath.Base(ModelID)), cf)
+				o.Weights = dir
+				require.Equal(t, ref[cf.dtype], score(t, o))
+			})
+		}
 	}
 	t.Run("model id", func(t *testing.T) {
 		testutil.NoLeak(t)

@@ -56,7 +56,8 @@ type Scorer struct {
 var _ reward.Scorer = (*Scorer)(nil)
 
 // Open opens qalign. o.Weights is a folder holding the published
-// q-future/one-align files (config.json, tokenizer.model,
+// q-future/one-align files (itself, or as its subfolder "one-align"; the
+// files: config.json, tokenizer.model,
 // preprocessor_config.json and the weights: model.safetensors, a sharded
 // model.safetensors.index.json, pytorch_model.bin or a sharded
 // pytorch_model.bin.index.json, float16, bfloat16 or float32), or a model
@@ -90,6 +91,12 @@ func OpenWith(o Options) (s *Scorer, err error) {
 			return nil, err
 		} else if !st.IsDir() {
 			return nil, fmt.Errorf("%s is not a folder (want the one-align checkpoint folder)", dir)
+		}
+		// A folder of several metrics' checkpoints holds this one as a
+		// subfolder under the repository's name.
+		sub := filepath.Join(dir, filepath.Base(ModelID))
+		if !fileExists(filepath.Join(dir, ConfigFile)) && fileExists(filepath.Join(sub, ConfigFile)) {
+			dir = sub
 		}
 	}
 	need := func(what string) error {
@@ -305,4 +312,9 @@ func (s *Scorer) Close() error {
 		s.model, s.params = nil, nil
 	}
 	return nil
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
 }

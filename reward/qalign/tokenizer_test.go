@@ -39,11 +39,6 @@ func llamaTokenizer(t *testing.T, f *iqatest.Folder) string {
 	return ""
 }
 
-func fileExists(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && st.Mode().IsRegular()
-}
-
 // TestTokensFixture tokenises tokens.json's prompt chunks, full prompt and
 // level words with the real LLaMA tokenizer.model and compares ids and
 // pieces.
