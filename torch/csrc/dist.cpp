@@ -22,6 +22,7 @@
 #if __has_include(<torch/csrc/distributed/c10d/ProcessGroup.hpp>)
 #define DP2O_C10D 1
 #include <torch/csrc/distributed/c10d/FileStore.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #if TORCH_VERSION_MAJOR >= 2
@@ -68,8 +69,8 @@ dp2o_err dp2o_dist_file_store(const char *, int, int64_t, dp2o_store *) { DP2O_N
 dp2o_err dp2o_dist_store_set(dp2o_store, const char *, const void *, int64_t) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_store_get(dp2o_store, const char *, void **, int64_t *) { DP2O_NO_C10D; }
 void dp2o_dist_store_free(dp2o_store) {}
-dp2o_err dp2o_dist_group_new(dp2o_store, const char *, int, int, int64_t, const char *, const char *, int,
-                             dp2o_group *) {
+dp2o_err dp2o_dist_group_new(dp2o_store, const char *, const char *, int, int, int64_t, const char *, const char *,
+                             int, dp2o_group *) {
   DP2O_NO_C10D;
 }
 void dp2o_dist_group_free(dp2o_group) {}
@@ -305,13 +306,15 @@ dp2o_err dp2o_dist_store_get(dp2o_store h, const char *key, void **out, int64_t 
 
 void dp2o_dist_store_free(dp2o_store h) { delete static_cast<dp2o::dist::Store *>(h); }
 
-dp2o_err dp2o_dist_group_new(dp2o_store sh, const char *backend, int rank, int size, int64_t timeout_ms,
-                             const char *iface, const char *hostname, int device_index, dp2o_group *out) {
+dp2o_err dp2o_dist_group_new(dp2o_store sh, const char *prefix, const char *backend, int rank, int size,
+                             int64_t timeout_ms, const char *iface, const char *hostname, int device_index,
+                             dp2o_group *out) {
   DP2O_TRY
   TORCH_CHECK(sh != nullptr, "dist: no store");
   TORCH_CHECK(size >= 1 && rank >= 0 && rank < size, "dist: rank ", rank, " outside a world of ", size);
   TORCH_CHECK(timeout_ms > 0, "dist: timeout must be positive, got ", timeout_ms, " ms");
-  auto store = static_cast<dp2o::dist::Store *>(sh)->s;
+  c10::intrusive_ptr<c10d::Store> store = static_cast<dp2o::dist::Store *>(sh)->s;
+  if (prefix && *prefix) store = c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), store);
   std::string b(backend);
   auto timeout = std::chrono::milliseconds(timeout_ms);
   c10::intrusive_ptr<dp2o::dist::PG> pg;

@@ -35,12 +35,15 @@ dp2o_err dp2o_dist_store_set(dp2o_store s, const char *key, const void *data, in
 dp2o_err dp2o_dist_store_get(dp2o_store s, const char *key, void **out, int64_t *n);
 void dp2o_dist_store_free(dp2o_store s);
 
-/* Process groups. backend: "gloo" or "nccl". For Gloo, iface (a network
- * interface name) or hostname (an address of this host) picks the transport
- * device; both empty: c10d's default (the host name's address). device_index
- * is the CUDA device of an NCCL group. */
-dp2o_err dp2o_dist_group_new(dp2o_store s, const char *backend, int rank, int size, int64_t timeout_ms,
-                             const char *iface, const char *hostname, int device_index, dp2o_group *out);
+/* Process groups. backend: "gloo" or "nccl". prefix (may be empty) scopes
+ * the group's keys in the store (a store shared with a launcher or an
+ * earlier attempt). For Gloo, iface (a network interface name) or hostname
+ * (an address of this host) picks the transport device; both empty: c10d's
+ * default (the host name's address). device_index is the CUDA device of an
+ * NCCL group. */
+dp2o_err dp2o_dist_group_new(dp2o_store s, const char *prefix, const char *backend, int rank, int size,
+                             int64_t timeout_ms, const char *iface, const char *hostname, int device_index,
+                             dp2o_group *out);
 void dp2o_dist_group_free(dp2o_group g);
 
 /* op: 0 sum, 1 average (sum, then divide by the world size), 2 max, 3 min. */

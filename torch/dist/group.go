@@ -73,7 +73,7 @@ func New(o Options) (*Group, error) {
 	} else {
 		ca := C.CString(o.MasterAddr)
 		server := C.int(0)
-		if o.Rank == 0 {
+		if o.Rank == 0 && !o.AgentStore {
 			server = 1
 		}
 		err = errOf(C.dp2o_dist_tcp_store(ca, C.int(o.MasterPort), server, C.int(o.WorldSize), ms, &store))
@@ -87,6 +87,8 @@ func New(o Options) (*Group, error) {
 		return nil, fmt.Errorf("dist: rendezvous at %s (rank %d of %d): %w", where, o.Rank, o.WorldSize, err)
 	}
 	cb, ci, ch := C.CString(o.Backend), C.CString(o.GlooInterface), C.CString(o.GlooHostname)
+	cp := C.CString(o.StorePrefix)
+	defer C.free(unsafe.Pointer(cp))
 	defer C.free(unsafe.Pointer(cb))
 	defer C.free(unsafe.Pointer(ci))
 	defer C.free(unsafe.Pointer(ch))
@@ -95,7 +97,7 @@ func New(o Options) (*Group, error) {
 		dev = -1
 	}
 	var g C.dp2o_group
-	if err := errOf(C.dp2o_dist_group_new(store, cb, C.int(o.Rank), C.int(o.WorldSize), ms, ci, ch, C.int(dev), &g)); err != nil {
+	if err := errOf(C.dp2o_dist_group_new(store, cp, cb, C.int(o.Rank), C.int(o.WorldSize), ms, ci, ch, C.int(dev), &g)); err != nil {
 		C.dp2o_dist_store_free(store)
 		return nil, fmt.Errorf("%w (rank %d of %d)", err, o.Rank, o.WorldSize)
 	}

@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 }
 
 // freePort asks the kernel for a free TCP port on the loopback interface.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -49,7 +49,7 @@ type rankResult struct {
 // (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), plus env, and
 // kills them all after deadline. It returns each rank's outcome and dir,
 // the folder the workers share.
-func launch(t *testing.T, scenario string, world int, deadline time.Duration, env ...string) ([]rankResult, string) {
+func launch(t testing.TB, scenario string, world int, deadline time.Duration, env ...string) ([]rankResult, string) {
 	t.Helper()
 	dir := t.TempDir()
 	port := freePort(t)
@@ -89,7 +89,7 @@ func launch(t *testing.T, scenario string, world int, deadline time.Duration, en
 }
 
 // requireAllOK fails the test naming each rank that did not exit cleanly.
-func requireAllOK(t *testing.T, res []rankResult) {
+func requireAllOK(t testing.TB, res []rankResult) {
 	t.Helper()
 	for r, x := range res {
 		if x.err != nil {
@@ -132,6 +132,8 @@ func runWorker(scenario string) (code int) {
 		return workerDead()
 	case "dataparallel":
 		return workerDataParallel()
+	case "bench":
+		return workerBench()
 	}
 	fmt.Fprintf(os.Stderr, "unknown worker scenario %q\n", scenario)
 	return 2

@@ -42,6 +42,13 @@ type Options struct {
 	// StoreFile, when set, rendezvouses through a file every process can
 	// reach (a shared file system) instead of the TCP store.
 	StoreFile string
+	// AgentStore says the launcher already serves the TCP store at
+	// MasterAddr:MasterPort (torchrun's TORCHELASTIC_USE_AGENT_STORE=True),
+	// so rank 0 connects to it instead of starting its own.
+	AgentStore bool
+	// StorePrefix scopes the group's keys in the store; torchrun's restarts
+	// get their own ("attempt_<TORCHELASTIC_RESTART_COUNT>/").
+	StorePrefix string
 	// Timeout bounds the rendezvous and every collective; zero means
 	// DefaultTimeout.
 	Timeout time.Duration
@@ -64,7 +71,9 @@ type Options struct {
 func Launched() bool { return os.Getenv("WORLD_SIZE") != "" }
 
 // OptionsFromEnv reads the variables torchrun sets for each worker — RANK,
-// WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT — and these of its own:
+// WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT, and
+// TORCHELASTIC_USE_AGENT_STORE and TORCHELASTIC_RESTART_COUNT where the
+// launcher serves the store itself — and these of its own:
 // DP2O_DIST_BACKEND (gloo or nccl), DP2O_DIST_TIMEOUT (a Go duration such as
 // "10m"), DP2O_DIST_STORE_FILE (file rendezvous), DP2O_DIST_BUCKET_MB, and
 // GLOO_SOCKET_IFNAME (the first of its comma-separated interfaces).
@@ -94,6 +103,10 @@ func OptionsFromEnv() (Options, error) {
 	o.LocalRank = o.Rank
 	geti("LOCAL_RANK", &o.LocalRank, false)
 	o.StoreFile = os.Getenv("DP2O_DIST_STORE_FILE")
+	o.AgentStore = strings.EqualFold(os.Getenv("TORCHELASTIC_USE_AGENT_STORE"), "true")
+	if v := os.Getenv("TORCHELASTIC_RESTART_COUNT"); v != "" {
+		o.StorePrefix = "attempt_" + v + "/"
+	}
 	o.MasterAddr = os.Getenv("MASTER_ADDR")
 	geti("MASTER_PORT", &o.MasterPort, o.StoreFile == "")
 	if o.StoreFile == "" && o.MasterAddr == "" && err == nil {

@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-func requireGloo(t *testing.T) {
+func requireGloo(t testing.TB) {
 	t.Helper()
 	if !HasBackend(Gloo) {
 		t.Skipf("this libtorch build has no Gloo backend (backends: %v)", Backends())

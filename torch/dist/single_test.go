@@ -58,7 +58,8 @@ func TestSingle(t *testing.T) {
 func TestOptionsFromEnv(t *testing.T) {
 	set := func(kv map[string]string) {
 		for _, k := range []string{"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
-			"DP2O_DIST_BACKEND", "DP2O_DIST_TIMEOUT", "DP2O_DIST_STORE_FILE", "DP2O_DIST_BUCKET_MB", "GLOO_SOCKET_IFNAME"} {
+			"DP2O_DIST_BACKEND", "DP2O_DIST_TIMEOUT", "DP2O_DIST_STORE_FILE", "DP2O_DIST_BUCKET_MB", "GLOO_SOCKET_IFNAME",
+			"TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RESTART_COUNT"} {
 			t.Setenv(k, kv[k])
 		}
 	}
@@ -74,13 +75,14 @@ func TestOptionsFromEnv(t *testing.T) {
 
 	set(map[string]string{"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "MASTER_ADDR": "10.0.0.1",
 		"MASTER_PORT": "29500", "DP2O_DIST_BACKEND": "gloo", "DP2O_DIST_TIMEOUT": "90s",
-		"DP2O_DIST_BUCKET_MB": "50", "GLOO_SOCKET_IFNAME": "eth1,eth2"})
+		"DP2O_DIST_BUCKET_MB": "50", "GLOO_SOCKET_IFNAME": "eth1,eth2",
+		"TORCHELASTIC_USE_AGENT_STORE": "True", "TORCHELASTIC_RESTART_COUNT": "3"})
 	o, err := OptionsFromEnv()
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := Options{Backend: Gloo, Rank: 2, WorldSize: 4, LocalRank: 0, MasterAddr: "10.0.0.1", MasterPort: 29500,
-		Timeout: 90 * time.Second, BucketBytes: 50 << 20, GlooInterface: "eth1"}
+		Timeout: 90 * time.Second, BucketBytes: 50 << 20, GlooInterface: "eth1", AgentStore: true, StorePrefix: "attempt_3/"}
 	if o != want {
 		t.Fatalf("options from env:\n got %+v\nwant %+v", o, want)
 	}
