@@ -84,7 +84,8 @@ func TestFixtureKeys(t *testing.T) {
 }
 
 // TestPositionBuffers compares the computed sin-cos buffers with the
-// fixture's stored ones, and scores with weights that lack them.
+// fixture's stored ones, and scores with weights that lack them (and hold
+// an ignored rotary buffer).
 func TestPositionBuffers(t *testing.T) {
 	f := iqatest.Load(t, folder)
 	require.NotNil(t, f.Model.Fixed)
@@ -119,6 +120,10 @@ func TestPositionBuffers(t *testing.T) {
 			src[k] = v
 		}
 	}
+	// An older checkpoint's rotary buffers are ignored.
+	invFreq := torch.Unscope(torch.Ones([]int64{cfg.HiddenSize / cfg.NumAttentionHeads / 2}, torch.Float32, torch.CPU))
+	defer invFreq.Close()
+	src["model.layers.0.self_attn.rotary_emb.inv_freq"] = invFreq
 	tj := readTokens(t, f)
 	p := fixturePrompt(tj)
 	proc := fixtureProcessor(t, f)
