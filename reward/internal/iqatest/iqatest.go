@@ -66,17 +66,50 @@ func (c Case) HasIntermediates() bool {
 
 // Folder is one fixture folder with its cases.json read.
 type Folder struct {
-	Dir         string // absolute path of the folder
-	Rel         string // the folder relative to the fixture root
-	Metric      string `json:"metric"`
-	PyiqaName   string `json:"pyiqa_name"`
-	Mode        string `json:"mode"`
-	LowerBetter bool   `json:"lower_better"`
-	Inputs      string `json:"inputs"`
-	Model       Model  `json:"model"`
-	Cases       []Case `json:"-"`
+	Dir    string // absolute path of the folder
+	Rel    string // the folder relative to the fixture root
+	Metric string `json:"metric"`
+	// PyiqaName is cases.json's pyiqa_name when it is one name;
+	// PyiqaNames lists it either way (a folder may cover several metrics,
+	// e.g. afine: ["afine_fr", "afine_nr"]).
+	PyiqaName  string   `json:"-"`
+	PyiqaNames []string `json:"-"`
+	// Mode is "FR" or "NR" when the folder has one mode; Modes maps each
+	// metric name to its mode either way.
+	Mode        string            `json:"-"`
+	Modes       map[string]string `json:"-"`
+	LowerBetter bool              `json:"lower_better"`
+	Inputs      string            `json:"inputs"`
+	Model       Model             `json:"model"`
+	Cases       []Case            `json:"-"`
 	// Raw holds every top-level field of cases.json.
 	Raw map[string]json.RawMessage `json:"-"`
+}
+
+// decodeNames fills PyiqaName(s) and Mode(s) from their string, list or
+// map forms.
+func (f *Folder) decodeNames() error {
+	if raw, ok := f.Raw["pyiqa_name"]; ok {
+		var one string
+		if json.Unmarshal(raw, &one) == nil {
+			f.PyiqaName, f.PyiqaNames = one, []string{one}
+		} else if err := json.Unmarshal(raw, &f.PyiqaNames); err != nil {
+			return fmt.Errorf("pyiqa_name: want a name or a list of names: %w", err)
+		}
+	}
+	if raw, ok := f.Raw["mode"]; ok {
+		var one string
+		if json.Unmarshal(raw, &one) == nil {
+			f.Mode = one
+			f.Modes = map[string]string{}
+			for _, n := range f.PyiqaNames {
+				f.Modes[n] = one
+			}
+		} else if err := json.Unmarshal(raw, &f.Modes); err != nil {
+			return fmt.Errorf("mode: want FR/NR or a map of them: %w", err)
+		}
+	}
+	return nil
 }
 
 // Load reads rel/cases.json (rel relative to the fixture root, e.g.
@@ -93,6 +126,9 @@ func Load(tb testing.TB, rel string) *Folder {
 		tb.Fatalf("%s/cases.json: %v", rel, err)
 	}
 	if err := json.Unmarshal(raw, &f.Raw); err != nil {
+		tb.Fatalf("%s/cases.json: %v", rel, err)
+	}
+	if err := f.decodeNames(); err != nil {
 		tb.Fatalf("%s/cases.json: %v", rel, err)
 	}
 	var cases []json.RawMessage
