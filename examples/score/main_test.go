@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/reward"
 	"github.com/dp2osr/dp2o/torch"
 )
@@ -66,6 +67,7 @@ func folders(t *testing.T) (sr, gt string) {
 // every value against the scorers called directly, and the reward column
 // against reward.GroupReward.
 func TestFolderCSV(t *testing.T) {
+	testutil.NoLeak(t)
 	sr, gt := folders(t)
 	out, err := runApp("--metrics", "psnry,ssim,psnr", "--format", "csv", "--reward", "--ref", gt, sr)
 	if err != nil {
@@ -145,6 +147,7 @@ func TestTableAndSingleImage(t *testing.T) {
 // TestErrors: unpaired images, mismatched sizes, FR metrics without a
 // reference, unknown metrics, metrics without weights, bad flags.
 func TestErrors(t *testing.T) {
+	testutil.NoLeak(t)
 	sr, gt := folders(t)
 	writePNG(t, filepath.Join(sr, "extra.png"), 40, 32, 0)
 	cases := []struct {

@@ -39,6 +39,9 @@ func Open(name string, o reward.OpenOptions) (*Scorer, error) {
 	if !ok {
 		return nil, fmt.Errorf("lpips: unknown metric %q", name)
 	}
+	if o.Device.Type == torch.DeviceCPU {
+		o.Device = torch.CPU // the zero value
+	}
 	var m *Model
 	var err error
 	switch {
