@@ -63,7 +63,7 @@ func launch(t testing.TB, scenario string, world int, deadline time.Duration, en
 			workerEnv+"="+scenario, dirEnv+"="+dir,
 			"RANK="+strconv.Itoa(r), "LOCAL_RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(world),
 			"MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port),
-			"GLOO_SOCKET_IFNAME=lo", "OMP_NUM_THREADS=1", "DP2O_DEVICE=cpu")
+			"GLOO_SOCKET_IFNAME=lo", "OMP_NUM_THREADS=1", "DP2O_DEVICE=cpu", "DP2O_DIST_BACKEND=gloo")
 		cmd.Env = append(cmd.Env, env...)
 		outs[r] = &bytes.Buffer{}
 		cmd.Stdout, cmd.Stderr = outs[r], outs[r]

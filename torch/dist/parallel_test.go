@@ -2,6 +2,9 @@ package dist
 
 import (
 	"errors"
+
+	"github.com/dp2osr/dp2o/internal/testutil"
+	"github.com/dp2osr/dp2o/torch"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -30,6 +33,22 @@ func TestCollectives(t *testing.T) {
 		res, _ := launch(t, "collectives", 3, 60*time.Second, "DP2O_DIST_TIMEOUT=30s")
 		requireAllOK(t, res)
 	})
+}
+
+// TestCollectivesNCCL runs the same checks with NCCL and one process per
+// GPU (world size 1 on a one-GPU machine) when the tests run on CUDA
+// (DP2O_DEVICE=cuda) and the libtorch has NCCL.
+func TestCollectivesNCCL(t *testing.T) {
+	if !testutil.Device(t).IsCUDA() {
+		t.Skip("NCCL runs with DP2O_DEVICE=cuda")
+	}
+	if !HasBackend(NCCL) {
+		t.Skipf("this libtorch build has no NCCL backend (backends: %v)", Backends())
+	}
+	world := min(torch.CUDADeviceCount(), 2)
+	res, _ := launch(t, "collectives", world, 120*time.Second, "DP2O_DIST_BACKEND=nccl", "DP2O_DIST_TIMEOUT=60s",
+		"DP2O_DEVICE=cuda")
+	requireAllOK(t, res)
 }
 
 // TestDeadPeer: a rank killed before a collective, or one that never joins

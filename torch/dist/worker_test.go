@@ -10,6 +10,17 @@ import (
 	"github.com/dp2osr/dp2o/torch"
 )
 
+// onDevice moves t to the group's device (an NCCL group's GPU), closing
+// the CPU copy; on CPU it returns t.
+func onDevice(g *Group, t *torch.Tensor) *torch.Tensor {
+	if !g.Device().IsCUDA() {
+		return t
+	}
+	d := t.ToDevice(g.Device())
+	t.Close()
+	return d
+}
+
 func numelOf(shape []int64) int {
 	n := 1
 	for _, d := range shape {
@@ -56,6 +67,7 @@ func workerCollectives() int {
 	r, w := g.Rank(), g.WorldSize()
 	c := &checker{rank: r}
 	const n = 7
+	dev := func(t *torch.Tensor) *torch.Tensor { return onDevice(g, t) }
 
 	// Reductions: sum, average, max, min over the ranks' rankValues.
 	sum := make([]float64, n)
@@ -73,9 +85,9 @@ func workerCollectives() int {
 		}
 	}
 	mine := rankValues(r, n)
-	f32 := torch.FromSlice(toF32(mine), n)
-	f64 := torch.FromSlice(mine, n)
-	i64 := torch.FromSlice(toI64(mine), n)
+	f32 := dev(torch.FromSlice(toF32(mine), n))
+	f64 := dev(torch.FromSlice(mine, n))
+	i64 := dev(torch.FromSlice(toI64(mine), n))
 	if c.noErr("all_reduce sum", g.AllReduce(Sum, f32, f64, i64)) {
 		if got := f32.Float32s(); !slices.Equal(got, toF32(sum)) {
 			c.errorf("all_reduce sum float32: got %v want %v", got, sum)
@@ -87,7 +99,7 @@ func workerCollectives() int {
 			c.errorf("all_reduce sum int64: got %v want %v", got, sum)
 		}
 	}
-	avg := torch.FromSlice(toF32(mine), n)
+	avg := dev(torch.FromSlice(toF32(mine), n))
 	if c.noErr("all_reduce average", g.AllReduce(Average, avg)) {
 		want := toF32(sum)
 		for i := range want {
@@ -97,7 +109,7 @@ func workerCollectives() int {
 			c.errorf("all_reduce average: got %v want %v", got, want)
 		}
 	}
-	mx, mn := torch.FromSlice(mine, n), torch.FromSlice(mine, n)
+	mx, mn := dev(torch.FromSlice(mine, n)), dev(torch.FromSlice(mine, n))
 	if c.noErr("all_reduce max", g.AllReduce(Max, mx)) && !slices.Equal(mx.Float64s(), maxv) {
 		c.errorf("all_reduce max: got %v want %v", mx.Float64s(), maxv)
 	}
@@ -114,7 +126,7 @@ func workerCollectives() int {
 	if err := g.AllReduce(Average, i64); err == nil {
 		c.errorf("average of an int64 tensor: no error")
 	}
-	nc := torch.FromSlice(toF32(mine[:n-1]), (n-1)/2, 2)
+	nc := dev(torch.FromSlice(toF32(mine[:n-1]), (n-1)/2, 2))
 	nct := nc.Transpose(0, 1)
 	if err := g.AllReduce(Sum, nct); err == nil {
 		c.errorf("all_reduce of a non-contiguous tensor: no error")
@@ -129,13 +141,13 @@ func workerCollectives() int {
 
 	// Broadcast from the last rank.
 	root := w - 1
-	b := torch.FromSlice(rankValues(r, n), n)
+	b := dev(torch.FromSlice(rankValues(r, n), n))
 	if c.noErr("broadcast", g.Broadcast(root, b)) && !slices.Equal(b.Float64s(), rankValues(root, n)) {
 		c.errorf("broadcast: got %v want %v", b.Float64s(), rankValues(root, n))
 	}
 
 	// All-gather: rank q's int64 values in slot q.
-	gin := torch.FromSlice(toI64(rankValues(r, n)), n)
+	gin := dev(torch.FromSlice(toI64(rankValues(r, n)), n))
 	parts, err := g.AllGather(gin)
 	gin.Close()
 	if c.noErr("all_gather", err) {
@@ -196,7 +208,7 @@ func checkBuckets(c *checker, g *Group) {
 		if k == 2 {
 			p = p.To(torch.Float64)
 		}
-		params = append(params, p.SetRequiresGrad(true))
+		params = append(params, onDevice(g, p).SetRequiresGrad(true))
 	}
 	g.SetBucketBytes(40)
 	defer g.SetBucketBytes(DefaultBucketBytes)
@@ -223,7 +235,7 @@ func checkBuckets(c *checker, g *Group) {
 		for i := range gr {
 			gr[i] = float64((r + 1) * i)
 		}
-		p.SetGrad(torch.FromSlice(gr, bucketShapes[k]...).To(p.DType()))
+		p.SetGrad(onDevice(g, torch.FromSlice(gr, bucketShapes[k]...).To(p.DType())))
 	}
 	nb, err := g.averageGradients(params)
 	if !c.noErr("average_gradients", err) {
