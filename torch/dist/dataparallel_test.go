@@ -115,7 +115,11 @@ func workerDataParallel() int {
 		return 1
 	}
 	defer g.Close()
+	live := torch.LiveTensors()
 	w, err := tiny.train(g)
+	if n := torch.LiveTensors() - live; err == nil && n != 0 {
+		err = fmt.Errorf("training leaked %d tensor handles", n)
+	}
 	if err == nil {
 		err = writeWeights(weightsFile(os.Getenv(dirEnv), g.Rank()), w)
 	}

@@ -82,6 +82,7 @@ func deadPeer(t *testing.T, mode string) {
 // both ranks hold identical weights.
 func TestDataParallelEquivalence(t *testing.T) {
 	requireGloo(t)
+	testutil.NoLeak(t)
 	want, err := tiny.train(Single())
 	if err != nil {
 		t.Fatal(err)
