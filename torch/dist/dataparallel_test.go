@@ -12,16 +12,24 @@ import (
 )
 
 // tinyRun is the data-parallel equivalence problem: a two-layer perceptron
-// trained with AdamW on random regression batches. The global batch of each
-// step is the same whatever the world size; each rank trains on its share.
+// trained on random regression batches, with AdamW, or with SGD (momentum)
+// and gradient accumulation over micro-batches. The global batch of each
+// step is the same whatever the world size; each rank trains on its share,
+// in accum micro-batches of equal size, and the gradients are averaged once
+// per step, after the last micro-batch.
 type tinyRun struct {
 	in, hidden, out int64
 	globalBatch     int
 	steps           int
 	seed            uint64
+	sgd             bool
+	accum           int
 }
 
-var tiny = tinyRun{in: 4, hidden: 8, out: 3, globalBatch: 6, steps: 4, seed: 1234}
+var tinyRuns = []tinyRun{
+	{in: 4, hidden: 8, out: 3, globalBatch: 6, steps: 4, seed: 1234, accum: 1},
+	{in: 4, hidden: 8, out: 3, globalBatch: 12, steps: 3, seed: 99, sgd: true, accum: 3},
+}
 
 // train builds the model (weights drawn from seed+rank, so only the
 // broadcast makes the ranks agree), trains it in g and returns the final
@@ -42,9 +50,14 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 	if err := g.BroadcastParameters(params); err != nil {
 		return nil, err
 	}
-	cfg := optim.DefaultAdamW()
-	cfg.LR = 1e-2
-	opt, err := optim.NewAdamW(named, cfg)
+	var opt optim.Optimizer
+	if c.sgd {
+		opt, err = optim.NewSGD(named, optim.SGDConfig{LR: 0.05, Momentum: 0.9, WeightDecay: 1e-3})
+	} else {
+		cfg := optim.DefaultAdamW()
+		cfg.LR = 1e-2
+		opt, err = optim.NewAdamW(named, cfg)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -57,16 +70,25 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 	if err != nil {
 		return nil, err
 	}
-	lo, n := int64(mine[0]), int64(len(mine))
+	if len(mine)%c.accum != 0 {
+		return nil, fmt.Errorf("a share of %d rows does not split into %d micro-batches", len(mine), c.accum)
+	}
+	lo, n := int64(mine[0]), int64(len(mine)/c.accum)
 	for step := range c.steps {
 		ss := torch.NewScope()
 		data := torch.MustGenerator(torch.CPU, c.seed+1000+uint64(step))
-		x := torch.Randn([]int64{int64(c.globalBatch), c.in}, data, torch.Float32, torch.CPU).Narrow(0, lo, n)
-		y := torch.Randn([]int64{int64(c.globalBatch), c.out}, data, torch.Float32, torch.CPU).Narrow(0, lo, n)
-		h := torch.Linear(x, params[0], params[1]).Tanh()
-		loss := torch.MSELoss(torch.Linear(h, params[2], params[3]), y)
+		xs := torch.Randn([]int64{int64(c.globalBatch), c.in}, data, torch.Float32, torch.CPU)
+		ys := torch.Randn([]int64{int64(c.globalBatch), c.out}, data, torch.Float32, torch.CPU)
 		opt.ZeroGrad()
-		loss.Backward(nil)
+		for m := range int64(c.accum) {
+			x, y := xs.Narrow(0, lo+m*n, n), ys.Narrow(0, lo+m*n, n)
+			h := torch.Linear(x, params[0], params[1]).Tanh()
+			loss := torch.MSELoss(torch.Linear(h, params[2], params[3]), y)
+			if c.accum > 1 {
+				loss = loss.DivScalar(float64(c.accum))
+			}
+			loss.Backward(nil)
+		}
 		err := g.AverageGradients(params)
 		if err == nil {
 			err = opt.Step()
@@ -83,8 +105,8 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 	return weights, nil
 }
 
-func weightsFile(dir string, rank int) string {
-	return filepath.Join(dir, fmt.Sprintf("weights-rank%d.bin", rank))
+func weightsFile(dir string, run, rank int) string {
+	return filepath.Join(dir, fmt.Sprintf("weights-run%d-rank%d.bin", run, rank))
 }
 
 func writeWeights(path string, w []float32) error {
@@ -116,12 +138,18 @@ func workerDataParallel() int {
 	}
 	defer g.Close()
 	live := torch.LiveTensors()
-	w, err := tiny.train(g)
-	if n := torch.LiveTensors() - live; err == nil && n != 0 {
-		err = fmt.Errorf("training leaked %d tensor handles", n)
-	}
-	if err == nil {
-		err = writeWeights(weightsFile(os.Getenv(dirEnv), g.Rank()), w)
+	for i, run := range tinyRuns {
+		var w []float32
+		w, err = run.train(g)
+		if n := torch.LiveTensors() - live; err == nil && n != 0 {
+			err = fmt.Errorf("training leaked %d tensor handles", n)
+		}
+		if err == nil {
+			err = writeWeights(weightsFile(os.Getenv(dirEnv), i, g.Rank()), w)
+		}
+		if err != nil {
+			break
+		}
 	}
 	if err == nil {
 		err = g.Barrier()

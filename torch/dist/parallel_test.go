@@ -2,6 +2,7 @@ package dist
 
 import (
 	"errors"
+	"math"
 
 	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/torch"
@@ -77,15 +78,20 @@ func deadPeer(t *testing.T, mode string) {
 	}
 }
 
-// TestDataParallelEquivalence: 2 processes with half the batch each reach
-// the weights of 1 process with the whole batch (float32 tolerance), and
-// both ranks hold identical weights.
+// TestDataParallelEquivalence: 2 processes with half of each global batch
+// reach the weights of 1 process with the whole batch (float32 tolerance),
+// with AdamW and with SGD + gradient accumulation, and both ranks hold
+// identical weights.
 func TestDataParallelEquivalence(t *testing.T) {
 	requireGloo(t)
 	testutil.NoLeak(t)
-	want, err := tiny.train(Single())
-	if err != nil {
-		t.Fatal(err)
+	var want [][]float32
+	for _, run := range tinyRuns {
+		w, err := run.train(Single())
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, w)
 	}
 	const world = 2
 	res, dir := launch(t, "dataparallel", world, 60*time.Second, "DP2O_DIST_TIMEOUT=30s")
@@ -93,42 +99,35 @@ func TestDataParallelEquivalence(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	var first []float32
-	for r := range world {
-		got, err := readWeights(weightsFile(dir, r))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(got) != len(want) {
-			t.Fatalf("rank %d: %d weights, want %d", r, len(got), len(want))
-		}
-		worst := 0.0
-		for i := range want {
-			d := float64(got[i] - want[i])
-			if d < 0 {
-				d = -d
+	for i, run := range tinyRuns {
+		var first []float32
+		for r := range world {
+			got, err := readWeights(weightsFile(dir, i, r))
+			if err != nil {
+				t.Fatal(err)
 			}
-			worst = max(worst, d)
-			if d > 1e-5+1e-4*float64(abs32(want[i])) {
-				t.Fatalf("rank %d weight %d: %g, one process %g (|diff| %g)", r, i, got[i], want[i], d)
+			if len(got) != len(want[i]) {
+				t.Fatalf("run %d rank %d: %d weights, want %d", i, r, len(got), len(want[i]))
 			}
-		}
-		t.Logf("rank %d: max |diff| to one process with the whole batch: %.3g", r, worst)
-		if r == 0 {
-			first = got
-			continue
-		}
-		for i := range got {
-			if got[i] != first[i] {
-				t.Fatalf("rank %d weight %d: %g, rank 0 has %g (ranks must agree exactly)", r, i, got[i], first[i])
+			worst := 0.0
+			for j, v := range want[i] {
+				d := math.Abs(float64(got[j] - v))
+				worst = max(worst, d)
+				if d > 1e-5+1e-4*math.Abs(float64(v)) {
+					t.Fatalf("run %d rank %d weight %d: %g, one process %g (|diff| %g)", i, r, j, got[j], v, d)
+				}
+			}
+			t.Logf("run %d (sgd %v, accumulation %d) rank %d: max |diff| to one process with the whole batch: %.3g",
+				i, run.sgd, run.accum, r, worst)
+			if r == 0 {
+				first = got
+				continue
+			}
+			for j := range got {
+				if got[j] != first[j] {
+					t.Fatalf("run %d rank %d weight %d: %g, rank 0 has %g (ranks must agree exactly)", i, r, j, got[j], first[j])
+				}
 			}
 		}
 	}
-}
-
-func abs32(x float32) float32 {
-	if x < 0 {
-		return -x
-	}
-	return x
 }
