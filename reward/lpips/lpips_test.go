@@ -432,7 +432,8 @@ func TestBadInput(t *testing.T) {
 		}
 	}
 	if fmt.Sprint(small.Shape()) == fmt.Sprint(big.Shape()) {
-		t.Skip("the inputs have one size")
+		// A fixture set whose inputs share one size: a crop of it.
+		small = big.Narrow(2, 0, big.Size(2)-1)
 	}
 	sc := fx.scorer
 	if _, err := sc.Score(ctx, small, big); err == nil || !strings.Contains(err.Error(), "differ in size") {
