@@ -134,7 +134,7 @@ func (a *attention) forward(x, ctx *torch.Tensor, r rope, imgOnly bool, txtLen i
 
 // attend is F.scaled_dot_product_attention for q (B, H, L, d), k and v
 // (B, H, S, d). On the CPU it is the math order softmax(q·kᵀ·d^−½)·v with
-// the scale applied by the product itself (one pass less over the scores),
+// the scale applied in place to the product,
 // computed for as many heads and query rows at a time as keep the scores
 // within chunkBytes; elsewhere libtorch's fused kernels where it has them.
 func (a *attention) attend(q, k, v *torch.Tensor) *torch.Tensor {
@@ -166,7 +166,11 @@ func (a *attention) attend(q, k, v *torch.Tensor) *torch.Tensor {
 			nl := min(ls, l-l0)
 			rows = append(rows, torch.Scoped(func() *torch.Tensor {
 				q3 := q.Narrow(1, h0, nh).Narrow(2, l0, nl).Reshape([]int64{b * nh, nl, d})
-				scores := torch.Empty([]int64{b * nh, nl, sl}, q.DType(), q.Device()).Baddbmm(q3, k3, 0, scale)
+				// Not baddbmm with beta 0: for small products libtorch 1.13's
+				// CPU kernel still computes 0·out over its uninitialised
+				// output, so a NaN left in reused memory reaches the scores.
+				scores := q3.Bmm(k3)
+				scores.MulScalar_(scale)
 				p := scores.Softmax(-1)
 				scores.Close()
 				return p.Bmm(v3).View([]int64{b, nh, nl, d})
