@@ -47,14 +47,20 @@ func TestBatch(t *testing.T) {
 	batch.EncoderHiddenStates = torch.Cat([]*torch.Tensor{one.EncoderHiddenStates, one.EncoderHiddenStates}, 0)
 	batch.PooledProjections = torch.Cat([]*torch.Tensor{one.PooledProjections, one.PooledProjections}, 0)
 	batch.Guidance = torch.Cat([]*torch.Tensor{one.Guidance, two.Guidance}, 0)
+	if one.Timestep.Numel() > 1 {
+		// A fixture batch of several rows has one timestep per row; a
+		// single one (0-d or (1)) is broadcast over the batch.
+		batch.Timestep = torch.Cat([]*torch.Tensor{one.Timestep, two.Timestep}, 0)
+	}
 	bcond := torch.Cat([]*torch.Tensor{cond, cond}, 0)
 	for _, pieces := range []bool{false, true} {
 		if pieces {
 			withTinyChunks(t)
 		}
-		got := run(batch, bcond) // timestep (1) broadcast over the batch
+		got := run(batch, bcond)
 		for i := range want {
-			testutil.AssertClose(t, fmt.Sprintf("batch item %d (pieces %v)", i, pieces), got.Narrow(0, int64(i), 1), want[i], transformerAtol, 0)
+			n := want[i].Size(0)
+			testutil.AssertClose(t, fmt.Sprintf("batch item %d (pieces %v)", i, pieces), got.Narrow(0, int64(i)*n, n), want[i], transformerAtol, 0)
 		}
 	}
 }
