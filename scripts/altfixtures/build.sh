@@ -1,10 +1,13 @@
 #!/bin/sh
-# Build an alternate fixture set: sd2/ (and flux/ where a generator exists)
-# regenerated with other configs, shapes and seeds; every other top-level
-# folder linked to the public set.
+# Build an alternate fixture set: sd2/ (and, with WITH_FLUX=1, flux/transformer
+# and flux/controlnet) regenerated with other configs, shapes and seeds; every
+# other top-level folder linked to the public set.
 #
 #   scripts/altfixtures/build.sh OUT_DIR [a|b] [PUBLIC_FIXTURES]
 #   DP2O_FIXTURES=OUT_DIR go test -count=1 ./diffusion/...
+#
+# flux/pipeline (and preference/train_*) were made from the public tiny models,
+# so a set with WITH_FLUX=1 is for ./flow/transformer, not ./flow.
 set -eu
 out=${1:?usage: build.sh OUT_DIR [a|b] [PUBLIC_FIXTURES]}
 variant=${2:-a}
@@ -15,7 +18,7 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 PYTHONPATH=$refenv HF_HUB_OFFLINE=1 /usr/bin/python3 "$here/gen_sd2.py" "$out" --variant "$variant" --public "$pub/sd2"
 python3 "$here/check_layout.py" "$out/sd2" "$pub/sd2"
-if [ -f "$here/gen_flux.py" ]; then
+if [ "${WITH_FLUX:-0}" = 1 ]; then
 	PYTHONPATH=$refenv HF_HUB_OFFLINE=1 /usr/bin/python3 "$here/gen_flux.py" "$out" --variant "$variant" --public "$pub/flux"
 	python3 "$here/check_layout.py" "$out/flux" "$pub/flux"
 fi
