@@ -8,6 +8,14 @@ package torch
 // #cgo nocallback dp2o_is_channels_last
 // #cgo noescape dp2o_relu_
 // #cgo nocallback dp2o_relu_
+// #cgo noescape dp2o_to_mkldnn
+// #cgo nocallback dp2o_to_mkldnn
+// #cgo noescape dp2o_to_dense
+// #cgo nocallback dp2o_to_dense
+// #cgo noescape dp2o_is_mkldnn
+// #cgo nocallback dp2o_is_mkldnn
+// #cgo noescape dp2o_mkldnn_available
+// #cgo nocallback dp2o_mkldnn_available
 // #include "csrc/dp2o.h"
 import "C"
 
@@ -38,4 +46,39 @@ func (t *Tensor) Relu_() {
 	err := C.dp2o_relu_(t.ptr())
 	runtime.KeepAlive(t)
 	must(err, "relu_")
+}
+
+// ToMkldnn converts a dense CPU float tensor to oneDNN's opaque (blocked) layout, as x.to_mkldnn(); convolutions, ReLU and max-pooling accept such tensors and return them, without the reorders of each NCHW call.
+func (t *Tensor) ToMkldnn() *Tensor {
+	var out C.dp2o_tensor
+	err := C.dp2o_to_mkldnn(t.ptr(), &out)
+	runtime.KeepAlive(t)
+	must(err, "to_mkldnn")
+	return newTensor(out)
+}
+
+// ToDense converts a oneDNN-layout tensor back to a dense one (NCHW), as x.to_dense().
+func (t *Tensor) ToDense() *Tensor {
+	var out C.dp2o_tensor
+	err := C.dp2o_to_dense(t.ptr(), &out)
+	runtime.KeepAlive(t)
+	must(err, "to_dense")
+	return newTensor(out)
+}
+
+// IsMkldnn reports whether self is in oneDNN's opaque layout.
+func (t *Tensor) IsMkldnn() bool {
+	var out C.int
+	err := C.dp2o_is_mkldnn(t.ptr(), &out)
+	runtime.KeepAlive(t)
+	must(err, "is_mkldnn")
+	return out != 0
+}
+
+// MkldnnAvailable reports whether libtorch was built with oneDNN (MKL-DNN) for the CPU.
+func MkldnnAvailable() bool {
+	var out C.int
+	err := C.dp2o_mkldnn_available(&out)
+	must(err, "mkldnn_available")
+	return out != 0
 }

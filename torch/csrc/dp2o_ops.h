@@ -203,6 +203,10 @@ dp2o_err dp2o_to_float(dp2o_tensor self_, dp2o_tensor *out);
 dp2o_err dp2o_contiguous_channels_last(dp2o_tensor self_, dp2o_tensor *out);
 dp2o_err dp2o_is_channels_last(dp2o_tensor self_, int *out);
 dp2o_err dp2o_relu_(dp2o_tensor self_);
+dp2o_err dp2o_to_mkldnn(dp2o_tensor self_, dp2o_tensor *out);
+dp2o_err dp2o_to_dense(dp2o_tensor self_, dp2o_tensor *out);
+dp2o_err dp2o_is_mkldnn(dp2o_tensor self_, int *out);
+dp2o_err dp2o_mkldnn_available(int *out);
 
 #ifdef __cplusplus
 }

@@ -24,4 +24,31 @@ dp2o_err dp2o_relu_(dp2o_tensor self_) {
   DP2O_CATCH
 }
 
+dp2o_err dp2o_to_mkldnn(dp2o_tensor self_, dp2o_tensor *out) {
+  DP2O_TRY
+  const at::Tensor &self = dp2o::T(self_);
+  *out = dp2o::wrap(self.to_mkldnn());
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_to_dense(dp2o_tensor self_, dp2o_tensor *out) {
+  DP2O_TRY
+  const at::Tensor &self = dp2o::T(self_);
+  *out = dp2o::wrap(self.to_dense());
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_is_mkldnn(dp2o_tensor self_, int *out) {
+  DP2O_TRY
+  const at::Tensor &self = dp2o::T(self_);
+  *out = (self.is_mkldnn()) ? 1 : 0;
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_mkldnn_available(int *out) {
+  DP2O_TRY
+  *out = (at::hasMKLDNN()) ? 1 : 0;
+  DP2O_CATCH
+}
+
 }  // extern "C"

@@ -11,6 +11,7 @@ import (
 
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/nn"
+	"github.com/dp2osr/dp2o/vision/internal/blocked"
 )
 
 // Pool marks a max-pool in a configuration.
@@ -115,7 +116,9 @@ func (f *Features) NumLayers() int { return len(f.kinds) }
 // and returns the output of each tapped layer, in the order of taps. The
 // tensors belong to the caller's scope; the other activations are freed as
 // soon as they are consumed, and a ReLU after an untapped convolution runs
-// in place (torchvision's ReLU(inplace=True)). Taps outside the Sequential
+// in place (torchvision's ReLU(inplace=True)). Float32 inference on the
+// CPU keeps the activations in oneDNN's blocked layout between layers
+// (vision/internal/blocked; bit-identical, fewer reorders). Taps outside the Sequential
 // panic with a *torch.Error.
 func (f *Features) Forward(x *torch.Tensor, taps ...int) []*torch.Tensor {
 	last := -1
@@ -129,6 +132,10 @@ func (f *Features) Forward(x *torch.Tensor, taps ...int) []*torch.Tensor {
 	}
 	outs := make(map[int]*torch.Tensor, len(taps))
 	h := x
+	mkl := blocked.Use(x)
+	if mkl {
+		h = x.ToMkldnn()
+	}
 	for i := 0; i <= last; i++ {
 		var next *torch.Tensor
 		switch f.kinds[i] {
@@ -150,6 +157,12 @@ func (f *Features) Forward(x *torch.Tensor, taps ...int) []*torch.Tensor {
 		h = next
 		if tapped[i] {
 			outs[i] = h
+		}
+	}
+	if mkl {
+		for i, t := range outs {
+			outs[i] = t.ToDense()
+			t.Close()
 		}
 	}
 	res := make([]*torch.Tensor, len(taps))

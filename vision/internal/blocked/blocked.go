@@ -1,0 +1,20 @@
+// Package blocked decides when the CPU backbones run their activations in
+// oneDNN's blocked layout (to_mkldnn), as torch.utils.mkldnn does: float32
+// inference on the CPU, where each NCHW convolution would otherwise reorder
+// its input to that layout and its output back. The convolution kernels
+// are the same, so the values are bit-identical to the NCHW path.
+package blocked
+
+import (
+	"os"
+
+	"github.com/dp2osr/dp2o/torch"
+)
+
+// Use reports whether a pass over x can run in the blocked layout: a
+// dense NCHW float32 CPU tensor, gradients off, libtorch built with oneDNN,
+// and DP2O_MKLDNN not set to 0.
+func Use(x *torch.Tensor) bool {
+	return os.Getenv("DP2O_MKLDNN") != "0" && !torch.GradEnabled() && x.Device().Type == torch.DeviceCPU &&
+		x.DType() == torch.Float32 && x.IsContiguous() && torch.MkldnnAvailable()
+}
