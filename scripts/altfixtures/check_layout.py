@@ -38,6 +38,7 @@ def keys(v, path=""):
     out = set()
     if isinstance(v, dict):
         for k, x in v.items():
+            k = "N" if k.isdigit() else k  # keys that are values (step counts)
             out.add(path + "/" + k)
             out |= keys(x, path + "/" + k)
     elif isinstance(v, list) and v and isinstance(v[0], dict):

@@ -1,25 +1,25 @@
 #!/usr/bin/env python3
 """Build an alternate sd2/ fixture set with the layout of the public one.
 
-    PYTHONPATH=/work/refenv-py HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/altfixtures/gen_sd2.py OUT_DIR [PUBLIC_SD2]
+    PYTHONPATH=/work/refenv-py HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/altfixtures/gen_sd2.py OUT_DIR [--variant a|b] [--public DIR]
 
-Writes OUT_DIR/sd2/{unet,controlnet,vae,clip_text,pipeline} from tiny models
+Writes OUT_DIR/sd2/{unet,controlnet,vae,clip_text,pipeline,scheduler} from tiny models
 whose configs, shapes, seeds and channel lists all differ from the public set
-(PUBLIC_SD2, default /work/shared/fixtures/sd2), with the file names, tensor
+(--public, default /work/shared/fixtures/sd2), with the file names, tensor
 names and dtypes that the public folders' READMEs describe. The folders that
 must stay the same (the real CLIP tokenizer, the full-size key layouts, the
-SD2-base scheduler config and its recorded chains, the colour fix) are copied.
+colour fix) are copied; the scheduler keeps SD2-base's config with other step
+counts, chains, shapes and seeds.
 Computation: torch 1.13 CPU, float32, one thread, diffusers 0.32.2 modules
-(`UNet2DConditionModel`, `ControlNetModel.from_unet`, `AutoencoderKL`,
-`StableDiffusionControlNetPipeline`); the CLIP text model is the same minimal
+(`UNet2DConditionModel`, `ControlNetModel.from_unet`, `AutoencoderKL`, the
+schedulers, and `StableDiffusionControlNetPipeline.__call__` transcribed because
+its module imports transformers); the CLIP text model is the same minimal
 re-implementation of transformers' eager CLIPTextModel that the public README
 describes (transformers is not installed here).
 """
 import json
 import os
 import shutil
-import struct
-import sys
 
 import numpy as np
 import torch
@@ -95,6 +95,9 @@ CLIP = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=6, intermed
 CLIP_CASES = ["ram_tags_food", "exclamation_issue_4153", "exact_76_tokens", "photo_prompt"]
 PIPE = dict(prompts=["ram_tags_city", "ram_tags_animal", "mixed_case"], negative="negative_prompt",
             steps=3, guidance=5.0, cond_scale=0.8, height=48, width=40)
+SCHED = dict(step_counts=[33, 13, 4], ddpm_chain=5, ddim_chain=6, single_from=33, single_index=[0, 16, 32],
+             shape=(3, 4, 6, 10), noise_shape=(5, 4, 5, 7), noise_timesteps=[0, 999, 500, 77, 1],
+             input_seed=3030, chain_seed=3031, single_seed=3032)
 
 
 if ARGS.variant == "b":
@@ -114,9 +117,12 @@ if ARGS.variant == "b":
     CLIP_CASES = ["single_word", "very_long_truncated"]
     PIPE = dict(prompts=["ram_tags_landscape"], negative="empty", steps=5, guidance=2.0, cond_scale=1.2,
                 height=32, width=40)
+    SCHED = dict(step_counts=[1, 2, 64, 999], ddpm_chain=2, ddim_chain=3, single_from=64, single_index=[63, 1],
+                 shape=(1, 4, 3, 3), noise_shape=(2, 4, 2, 3), noise_timesteps=[250, 998],
+                 input_seed=3130, chain_seed=3131, single_seed=3132)
 
 import diffusers  # noqa: E402
-from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel  # noqa: E402
+from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, DDPMScheduler, UNet2DConditionModel  # noqa: E402
 from diffusers.image_processor import VaeImageProcessor  # noqa: E402
 from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor2_0  # noqa: E402
@@ -629,6 +635,111 @@ def gen_pipeline(te, unet, cn, vae):
               f"{SEEDS['pipeline']}, image {H}x{W}, batch {B}. Tolerances as in the public README.")
 
 
+# ---------------------------------------------------------------- scheduler
+def gen_scheduler():
+    import diffusers.schedulers.scheduling_ddpm as sd
+
+    d = mkdir("scheduler")
+    shutil.copy(os.path.join(PUB, "scheduler", "scheduler_config.json"), d)
+    ddpm = DDPMScheduler.from_pretrained(d)
+    ddim = DDIMScheduler.from_pretrained(d)
+    eff = lambda s: {k: v for k, v in s.config.items() if not k.startswith("_")}  # noqa: E731
+    g = torch.Generator().manual_seed(SCHED["input_seed"])
+    t = {"betas": ddpm.betas, "alphas_cumprod": ddpm.alphas_cumprod,
+         "ddim_final_alpha_cumprod": ddim.final_alpha_cumprod.to(torch.float32).reshape(()),
+         "num_inference_steps": torch.tensor(SCHED["step_counts"], dtype=torch.int64)}
+    meta = {"ddpm_effective_config": eff(ddpm), "ddim_effective_config": eff(ddim), "timesteps": {}, "ddpm_steps": [],
+            "ddim_steps": []}
+    for k, n in enumerate(SCHED["step_counts"]):
+        ddpm.set_timesteps(n)
+        t[f"timesteps.{k}"] = ddpm.timesteps.to(torch.int64).clone()
+        meta["timesteps"][str(n)] = ddpm.timesteps.tolist()
+
+    drawn = []
+    orig = sd.randn_tensor
+
+    def tap(*a, **kw):
+        x = orig(*a, **kw)
+        drawn.append(x.clone())
+        return x
+    sd.randn_tensor = tap
+
+    def ddpm_meta(chain, index, ts):
+        prev = int(ddpm.previous_timestep(ts))
+        a = ddpm.alphas_cumprod[ts]
+        ap = ddpm.alphas_cumprod[prev] if prev >= 0 else ddpm.one
+        return {"chain": chain, "index": index, "timestep": ts, "prev_t": prev, "alpha_prod_t": float(a),
+                "alpha_prod_t_prev": float(ap), "variance": float(ddpm._get_variance(ts))}
+
+    # DDPM chain
+    shape = SCHED["shape"]
+    n = SCHED["ddpm_chain"]
+    ddpm.set_timesteps(n)
+    x = torch.randn(shape, generator=g)
+    t["ddpm_chain.initial_sample"] = x
+    t["ddpm_chain.num_inference_steps"] = torch.tensor(n, dtype=torch.int64)
+    t["ddpm_chain.timesteps"] = ddpm.timesteps.to(torch.int64).clone()
+    t["ddpm_chain.generator_seed"] = torch.tensor(SCHED["chain_seed"], dtype=torch.int64)
+    gen = torch.Generator().manual_seed(SCHED["chain_seed"])
+    for i, ts in enumerate(ddpm.timesteps):
+        eps = torch.randn(shape, generator=g)
+        out = ddpm.step(eps, ts, x, generator=gen)
+        p = f"ddpm_chain.{i}."
+        t.update({p + "sample": x, p + "model_output": eps, p + "prev_sample": out.prev_sample,
+                  p + "pred_original_sample": out.pred_original_sample, p + "variance_noise": drawn.pop()})
+        meta["ddpm_steps"].append(ddpm_meta("ddpm_chain", i, int(ts)))
+        x = out.prev_sample
+    # DDPM single steps
+    n = SCHED["single_from"]
+    ddpm.set_timesteps(n)
+    t["ddpm_single.num_inference_steps"] = torch.tensor(n, dtype=torch.int64)
+    t["ddpm_single.generator_seed"] = torch.tensor(SCHED["single_seed"], dtype=torch.int64)
+    gen = torch.Generator().manual_seed(SCHED["single_seed"])
+    for j, idx in enumerate(SCHED["single_index"]):
+        ts = ddpm.timesteps[idx]
+        x = torch.randn(shape, generator=g)
+        eps = torch.randn(shape, generator=g)
+        out = ddpm.step(eps, ts, x, generator=gen)
+        p = f"ddpm_single.{j}."
+        t.update({p + "index": torch.tensor(idx, dtype=torch.int64), p + "timestep": ts.to(torch.int64).clone().reshape(()),
+                  p + "sample": x, p + "model_output": eps, p + "prev_sample": out.prev_sample,
+                  p + "pred_original_sample": out.pred_original_sample, p + "variance_noise": drawn.pop()})
+        meta["ddpm_steps"].append(ddpm_meta(f"ddpm_single.{j} ({n} steps)", idx, int(ts)))
+    sd.randn_tensor = orig
+    assert not drawn
+    # DDIM chain (eta 0)
+    n = SCHED["ddim_chain"]
+    ddim.set_timesteps(n)
+    x = torch.randn(shape, generator=g)
+    t["ddim_chain.initial_sample"] = x
+    t["ddim_chain.num_inference_steps"] = torch.tensor(n, dtype=torch.int64)
+    t["ddim_chain.timesteps"] = ddim.timesteps.to(torch.int64).clone()
+    for i, ts in enumerate(ddim.timesteps):
+        eps = torch.randn(shape, generator=g)
+        out = ddim.step(eps, ts, x, eta=0.0)
+        p = f"ddim_chain.{i}."
+        t.update({p + "sample": x, p + "model_output": eps, p + "prev_sample": out.prev_sample,
+                  p + "pred_original_sample": out.pred_original_sample})
+        prev = int(ts) - ddim.config.num_train_timesteps // n
+        ap = ddim.alphas_cumprod[prev] if prev >= 0 else ddim.final_alpha_cumprod
+        meta["ddim_steps"].append({"index": i, "timestep": int(ts), "prev_timestep": prev, "alpha_prod_t_prev": float(ap)})
+        x = out.prev_sample
+    # add_noise / get_velocity
+    x0 = torch.randn(SCHED["noise_shape"], generator=g)
+    eps = torch.randn(SCHED["noise_shape"], generator=g)
+    tt = torch.tensor(SCHED["noise_timesteps"], dtype=torch.int64)
+    t.update({"add_noise.original_samples": x0, "add_noise.noise": eps, "add_noise.timesteps": tt,
+              "add_noise.noisy_samples": ddpm.add_noise(x0, eps, tt), "get_velocity.velocity": ddpm.get_velocity(x0, eps, tt)})
+    save(t, os.path.join(d, "io.safetensors"))
+    dump_json(meta, os.path.join(d, "meta.json"))
+    readme(d, f"DDPMScheduler / DDIMScheduler (diffusers {diffusers.__version__}) from SD2-base's scheduler_config.json "
+              f"(copied): step counts {SCHED['step_counts']}, DDPM chain of {SCHED['ddpm_chain']} steps (generator "
+              f"{SCHED['chain_seed']}), single steps at indices {SCHED['single_index']} of {SCHED['single_from']} "
+              f"(generator {SCHED['single_seed']}), DDIM chain of {SCHED['ddim_chain']} steps, shape {SCHED['shape']}, "
+              f"add_noise/get_velocity {SCHED['noise_shape']} at {SCHED['noise_timesteps']}; inputs from generator "
+              f"{SCHED['input_seed']}. Tolerances as in the public README.")
+
+
 def copy_public(name):
     dst = os.path.join(SD2, name)
     if os.path.lexists(dst):
@@ -642,12 +753,13 @@ def copy_public(name):
 
 def main():
     os.makedirs(SD2, exist_ok=True)
-    for name in ["clip_tokenizer", "keys", "scheduler", "colorfix", "README.md", "determinism.json"]:
+    for name in ["clip_tokenizer", "keys", "colorfix", "README.md", "determinism.json"]:
         copy_public(name)
-    for name in ["unet", "controlnet", "vae", "clip_text", "pipeline"]:
+    for name in ["unet", "controlnet", "vae", "clip_text", "pipeline", "scheduler"]:
         p = os.path.join(SD2, name)
         if os.path.isdir(p):
             shutil.rmtree(p)
+    gen_scheduler()
     unet, main_in, rep = gen_unet()
     cn = gen_controlnet(unet, main_in, rep)
     vae = gen_vae()
