@@ -323,13 +323,15 @@ func BenchmarkScore(b *testing.B) {
 				break
 			}
 		}
-		modes := map[string][2]*torch.Tensor{"nr": {iqatest.Repeat(b, images[c.Image], batch, dev), nil}}
+		var modes map[string][2]*torch.Tensor
 		if s.FullReference() {
 			img := iqatest.Repeat(b, images[c.Dist], batch, dev)
 			modes = map[string][2]*torch.Tensor{
 				"pairs": {img, iqatest.Repeat(b, images[c.Ref], batch, dev)},
 				"group": {img, iqatest.Expand(b, images[c.Ref], batch, dev)},
 			}
+		} else {
+			modes = map[string][2]*torch.Tensor{"nr": {iqatest.Repeat(b, images[c.Image], batch, dev), nil}}
 		}
 		for mode, in := range modes {
 			b.Run(name+"/"+mode, func(b *testing.B) {

@@ -330,13 +330,15 @@ func BenchmarkScore(b *testing.B) {
 		require.NoError(b, err)
 		images := f.Images(b)
 		c := f.Cases[0]
-		modes := map[string][2]*torch.Tensor{"nr": {iqatest.Repeat(b, images[c.Image], batch, dev), nil}}
+		var modes map[string][2]*torch.Tensor
 		if f.Mode == "FR" {
 			img := iqatest.Repeat(b, images[c.Dist], batch, dev)
 			modes = map[string][2]*torch.Tensor{
 				"pairs": {img, iqatest.Repeat(b, images[c.Ref], batch, dev)},
 				"group": {img, iqatest.Expand(b, images[c.Ref], batch, dev)},
 			}
+		} else {
+			modes = map[string][2]*torch.Tensor{"nr": {iqatest.Repeat(b, images[c.Image], batch, dev), nil}}
 		}
 		for mode, in := range modes {
 			b.Run(f.PyiqaName+"/"+mode, func(b *testing.B) {
