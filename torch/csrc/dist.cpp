@@ -263,12 +263,12 @@ dp2o_err dp2o_dist_tcp_store(const char *host, int port, int is_server, int worl
                              dp2o_store *out) {
   DP2O_TRY
   TORCH_CHECK(port > 0 && port < 65536, "dist: TCP store port ", port, " out of range");
-  TORCH_CHECK(world_size >= 1, "dist: world size ", world_size);
+  TORCH_CHECK(world_size >= 0, "dist: world size ", world_size);
   c10d::TCPStoreOptions o;
   o.port = static_cast<std::uint16_t>(port);
   o.isServer = is_server != 0;
-  o.numWorkers = static_cast<std::size_t>(world_size);
-  o.waitWorkers = true;
+  if (world_size > 0) o.numWorkers = static_cast<std::size_t>(world_size);
+  o.waitWorkers = world_size > 0;
   o.timeout = std::chrono::milliseconds(timeout_ms);
   auto s = c10::make_intrusive<c10d::TCPStore>(std::string(host), o);
   *out = new dp2o::dist::Store{s};

@@ -26,7 +26,8 @@ typedef void *dp2o_group;
 void dp2o_dist_backends(char *buf, int n);
 
 /* Stores. The TCP store's server runs in the process with is_server set
- * (rank 0), which waits up to timeout_ms for world_size clients. */
+ * (rank 0), which waits up to timeout_ms for world_size clients; with
+ * world_size 0 nobody waits (a launcher's store that outlives its workers). */
 dp2o_err dp2o_dist_tcp_store(const char *host, int port, int is_server, int world_size, int64_t timeout_ms,
                              dp2o_store *out);
 dp2o_err dp2o_dist_file_store(const char *path, int world_size, int64_t timeout_ms, dp2o_store *out);

@@ -8,6 +8,7 @@ import (
 	"github.com/dp2osr/dp2o/torch"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -32,6 +33,19 @@ func TestCollectives(t *testing.T) {
 	})
 	t.Run("3 ranks, TCP store", func(t *testing.T) {
 		res, _ := launch(t, "collectives", 3, 60*time.Second, "DP2O_DIST_TIMEOUT=30s")
+		requireAllOK(t, res)
+	})
+	t.Run("3 ranks, the launcher's TCP store", func(t *testing.T) {
+		// As torchrun with a static rendezvous: the agent serves the store
+		// on MASTER_PORT and every rank, rank 0 included, is a client.
+		port := freePort(t)
+		srv, err := ServeStore("127.0.0.1", port, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+		res, _ := launch(t, "collectives", 3, 60*time.Second, "DP2O_DIST_TIMEOUT=30s", "MASTER_PORT="+strconv.Itoa(port),
+			"TORCHELASTIC_USE_AGENT_STORE=True", "TORCHELASTIC_RESTART_COUNT=0")
 		requireAllOK(t, res)
 	})
 }
@@ -62,7 +76,7 @@ func TestDeadPeer(t *testing.T) {
 }
 
 func deadPeer(t *testing.T, mode string) {
-	const timeout = 5 * time.Second
+	const timeout = 4 * time.Second
 	res, _ := launch(t, "dead", 3, 6*timeout, "DP2O_DIST_TIMEOUT="+timeout.String(), "DP2O_DIST_TEST_PEER="+mode)
 	last := len(res) - 1
 	var ee *exec.ExitError

@@ -296,7 +296,7 @@ func workerDead() int {
 	}
 	if g.Rank() == g.WorldSize()-1 {
 		if os.Getenv("DP2O_DIST_TEST_PEER") == "stall" {
-			time.Sleep(g.Timeout() + 2*time.Second)
+			time.Sleep(g.Timeout() + time.Second)
 			os.Exit(0)
 		}
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
