@@ -95,6 +95,7 @@ CLIP = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=6, intermed
 CLIP_CASES = ["ram_tags_food", "exclamation_issue_4153", "exact_76_tokens", "photo_prompt"]
 PIPE = dict(prompts=["ram_tags_city", "ram_tags_animal", "mixed_case"], negative="negative_prompt",
             steps=3, guidance=5.0, cond_scale=0.8, height=48, width=40)
+COLORFIX = dict(h=37, w=70, seed=750)
 SCHED = dict(step_counts=[33, 13, 4], ddpm_chain=5, ddim_chain=6, single_from=33, single_index=[0, 16, 32],
              shape=(3, 4, 6, 10), noise_shape=(5, 4, 5, 7), noise_timesteps=[0, 999, 500, 77, 1],
              input_seed=3030, chain_seed=3031, single_seed=3032)
@@ -117,6 +118,7 @@ if ARGS.variant == "b":
     CLIP_CASES = ["single_word", "very_long_truncated"]
     PIPE = dict(prompts=["ram_tags_landscape"], negative="empty", steps=5, guidance=2.0, cond_scale=1.2,
                 height=32, width=40)
+    COLORFIX = dict(h=96, w=33, seed=850)
     SCHED = dict(step_counts=[1, 2, 64, 999], ddpm_chain=2, ddim_chain=3, single_from=64, single_index=[63, 1],
                  shape=(1, 4, 3, 3), noise_shape=(2, 4, 2, 3), noise_timesteps=[250, 998],
                  input_seed=3130, chain_seed=3131, single_seed=3132)
@@ -740,6 +742,86 @@ def gen_scheduler():
               f"{SCHED['input_seed']}. Tolerances as in the public README.")
 
 
+# ---------------------------------------------------------------- colour fix
+def gen_colorfix():
+    """The adain / wavelet colour fix of DP²O-SR (utils_self/wavelet_color_fix.py, from StableSR), written out as
+    the public README describes it, on another synthetic pair."""
+    d = mkdir("colorfix")
+    H, W = COLORFIX["h"], COLORFIX["w"]
+    g = torch.Generator().manual_seed(COLORFIX["seed"])
+    coarse = torch.rand(1, 3, max(H // 8, 2), max(W // 8, 2), generator=g)
+    src = F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)
+    tgt = 0.7 * src + torch.tensor([0.12, -0.05, 0.08]).view(1, 3, 1, 1) + 0.05 * torch.randn(1, 3, H, W, generator=g)
+    sat = torch.rand(1, 1, H, W, generator=g)
+    tgt = torch.where(sat < 0.01, torch.zeros_like(tgt), torch.where(sat > 0.99, torch.ones_like(tgt), tgt))
+    src_u8 = (src.clamp(0, 1) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).contiguous()
+    tgt_u8 = (tgt.clamp(0, 1) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).contiguous()
+
+    def to_tensor(u8):  # torchvision ToTensor
+        return u8.permute(2, 0, 1).contiguous().to(torch.float32).div(255).unsqueeze(0)
+
+    def to_image(x):  # torchvision ToPILImage on a float tensor: mul(255).byte(), HWC
+        return x.squeeze(0).clamp(0.0, 1.0).mul(255).byte().permute(1, 2, 0).contiguous()
+
+    def mean_std(f, eps=1e-5):
+        b, c = f.shape[:2]
+        var = f.view(b, c, -1).var(dim=2) + eps
+        return f.view(b, c, -1).mean(dim=2).view(b, c, 1, 1), var.sqrt().view(b, c, 1, 1)
+
+    def blur(x, r):
+        k = torch.tensor([[0.0625, 0.125, 0.0625], [0.125, 0.25, 0.125], [0.0625, 0.125, 0.0625]], dtype=x.dtype)
+        k = k[None, None].repeat(3, 1, 1, 1)
+        return F.conv2d(F.pad(x, (r, r, r, r), mode="replicate"), k, groups=3, dilation=r)
+
+    def decompose(x, levels=5):
+        high = torch.zeros_like(x)
+        for i in range(levels):
+            low = blur(x, 2 ** i)
+            high += x - low
+            x = low
+        return high, low
+
+    def fix(s, t):
+        sm, ss = mean_std(s)
+        tm, ts = mean_std(t)
+        adain = (t - tm.expand(t.shape)) / ts.expand(t.shape) * ss.expand(t.shape) + sm.expand(t.shape)
+        th, _ = decompose(t)
+        _, sl = decompose(s)
+        return adain, th + sl
+
+    # This transcription reproduces the public fixture (made with the official file) bit for bit.
+    pub = load_file(os.path.join(PUB, "colorfix", "io.safetensors"))
+    pa, pw = fix(to_tensor(pub["source_u8"]), to_tensor(pub["target_u8"]))
+    assert torch.equal(pa, pub["adain.result_float"]) and torch.equal(pw, pub["wavelet.result_float"])
+    assert torch.equal(to_image(pa), pub["adain.result_u8"]) and torch.equal(to_image(pw), pub["wavelet.result_u8"])
+
+    s, t = to_tensor(src_u8), to_tensor(tgt_u8)
+    sm, ss = mean_std(s)
+    tm, ts = mean_std(t)
+    adain = (t - tm.expand(t.shape)) / ts.expand(t.shape) * ss.expand(t.shape) + sm.expand(t.shape)
+    th, _ = decompose(t)
+    _, sl = decompose(s)
+    wave = th + sl
+    out = {"source_u8": src_u8, "target_u8": tgt_u8, "adain.source_mean": sm, "adain.source_std": ss,
+           "adain.target_mean": tm, "adain.target_std": ts, "adain.result_float": adain, "adain.result_u8": to_image(adain),
+           "wavelet.target_high": th, "wavelet.source_low": sl, "wavelet.result_float": wave,
+           "wavelet.result_u8": to_image(wave)}
+    save(out, os.path.join(d, "io.safetensors"))
+
+    def rounding_differs(x):
+        x = x.squeeze(0).clamp(0, 1).mul(255)
+        return int((x.round() != x.floor()).sum())
+    dump_json({"official_rev": None, "official_bit_identical": None, "H": H, "W": W,
+               "adain_pixels_where_round_differs": rounding_differs(adain),
+               "wavelet_pixels_where_round_differs": rounding_differs(wave),
+               "adain_clamped_fraction": float(((adain < 0) | (adain > 1)).float().mean()),
+               "wavelet_clamped_fraction": float(((wave < 0) | (wave > 1)).float().mean())},
+              os.path.join(d, "report.json"))
+    readme(d, f"adain / wavelet colour fix as the public README describes it (the generator checks that it reproduces "
+              f"the public fixture, made with the official file, bit for bit), synthetic pair {H}x{W} from generator "
+              f"{COLORFIX['seed']}.")
+
+
 def copy_public(name):
     dst = os.path.join(SD2, name)
     if os.path.lexists(dst):
@@ -753,13 +835,14 @@ def copy_public(name):
 
 def main():
     os.makedirs(SD2, exist_ok=True)
-    for name in ["clip_tokenizer", "keys", "colorfix", "README.md", "determinism.json"]:
+    for name in ["clip_tokenizer", "keys", "README.md", "determinism.json"]:
         copy_public(name)
-    for name in ["unet", "controlnet", "vae", "clip_text", "pipeline", "scheduler"]:
+    for name in ["unet", "controlnet", "vae", "clip_text", "pipeline", "scheduler", "colorfix"]:
         p = os.path.join(SD2, name)
         if os.path.isdir(p):
             shutil.rmtree(p)
     gen_scheduler()
+    gen_colorfix()
     unet, main_in, rep = gen_unet()
     cn = gen_controlnet(unet, main_in, rep)
     vae = gen_vae()
