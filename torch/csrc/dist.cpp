@@ -25,6 +25,12 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <memory>
+#include <mutex>
 #if TORCH_VERSION_MAJOR >= 2
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #endif
@@ -80,6 +86,10 @@ dp2o_err dp2o_dist_all_gather(dp2o_group, dp2o_tensor, int64_t, dp2o_tensor **, 
 dp2o_err dp2o_dist_barrier(dp2o_group, int64_t) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_broadcast_coalesced(dp2o_group, dp2o_tensor *, int, int, int64_t, int64_t) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_average_gradients(dp2o_group, dp2o_tensor *, int, int64_t, int64_t, int *) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_reducer_new(dp2o_group, dp2o_tensor *, int, int64_t, dp2o_reducer *, int *) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer, int) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_reducer_finish(dp2o_reducer, int64_t, int *) { DP2O_NO_C10D; }
+void dp2o_dist_reducer_free(dp2o_reducer) {}
 }
 
 #else
@@ -249,6 +259,64 @@ int run_buckets(Group &g, const char *what, std::vector<Bucket> buckets, std::ch
   while (!inflight.empty()) drain();
   return static_cast<int>(buckets.size());
 }
+
+// Reducer: gradient averaging started from autograd hooks (see dist.h).
+struct Reducer {
+  struct State {
+    std::mutex mu;
+    Group g;  // a copy: keeps the backend alive while hooks may fire
+    std::vector<at::Tensor> params;
+    std::vector<std::vector<int>> buckets;  // parameter indices, reverse order
+    std::vector<int> bucket_of;
+    std::vector<int> pending;  // per bucket: gradients still to come
+    std::vector<char> ready;   // per parameter
+    std::vector<Bucket> live;  // per bucket: flattened gradient and work
+    size_t next = 0;           // next bucket to start
+    int in_backward = 0;
+    bool armed = false;
+    bool closed = false;
+    std::chrono::milliseconds timeout{0};
+    std::string error;
+
+    // start launches bucket k: its gradients (zeros where a parameter got
+    // none) flattened, one all-reduce. Called with mu held.
+    void start(size_t k) {
+      auto &b = live[k];
+      b.members.clear();
+      for (int i : buckets[k]) {
+        at::Tensor &gr = params[i].mutable_grad();
+        if (!gr.defined()) gr = at::zeros_like(params[i], at::MemoryFormat::Contiguous);
+        b.members.push_back(gr);
+      }
+      flatten(b);
+      std::vector<at::Tensor> one{b.flat};
+      b.work = all_reduce_async(g, one, 0, timeout);
+    }
+
+    // mark is the hook: parameter i's gradient is accumulated.
+    void mark(int i) {
+      std::lock_guard<std::mutex> lock(mu);
+      if (!armed || closed || ready[i]) return;
+      ready[i] = 1;
+      pending[bucket_of[i]]--;
+      try {
+        at::NoGradGuard no_grad;
+        while (next < buckets.size() && pending[next] == 0) {
+          start(next++);
+          in_backward++;
+        }
+      } catch (const c10::Error &e) {
+        if (error.empty()) error = e.what_without_backtrace();
+        armed = false;
+      } catch (const std::exception &e) {
+        if (error.empty()) error = e.what();
+        armed = false;
+      }
+    }
+  };
+  std::shared_ptr<State> st;
+  std::vector<std::pair<std::shared_ptr<torch::autograd::Node>, uintptr_t>> hooks;
+};
 
 }  // namespace dist
 }  // namespace dp2o
@@ -506,6 +574,130 @@ dp2o_err dp2o_dist_average_gradients(dp2o_group h, dp2o_tensor *hs, int n, int64
       [world](dp2o::dist::Bucket &b) { b.flat.div_(world); });
   if (buckets) *buckets = nb;
   DP2O_CATCH
+}
+
+dp2o_err dp2o_dist_reducer_new(dp2o_group h, dp2o_tensor *hs, int n, int64_t bucket_bytes, dp2o_reducer *out,
+                               int *buckets) {
+  DP2O_TRY
+  using dp2o::dist::Reducer;
+  auto &g = G(h);
+  auto r = std::make_unique<Reducer>();
+  r->st = std::make_shared<Reducer::State>();
+  auto &st = *r->st;
+  st.g = g;
+  st.timeout = g.timeout;
+  st.params = dp2o::tensors_of(hs, n);
+  for (int i = 0; i < n; i++) {
+    auto &p = st.params[i];
+    TORCH_CHECK(p.defined() && p.is_leaf() && p.requires_grad(), "dist: reducer: parameter ", i,
+                " must be a leaf tensor that requires grad");
+    if (g.backend == "nccl") TORCH_CHECK(p.is_cuda(), "dist: an NCCL group needs CUDA parameters, got ", p.device());
+  }
+  // Buckets over the parameters in reverse order (gradients arrive roughly
+  // so), split by dtype and device, at most bucket_bytes each.
+  st.bucket_of.assign(n, 0);
+  int64_t bytes = 0;
+  for (int i = n - 1; i >= 0; i--) {
+    const auto &p = st.params[i];
+    int64_t b = p.numel() * static_cast<int64_t>(p.element_size());
+    bool fresh = st.buckets.empty() || st.params[st.buckets.back().front()].scalar_type() != p.scalar_type() ||
+                 st.params[st.buckets.back().front()].device() != p.device() ||
+                 (bucket_bytes > 0 && bytes + b > bucket_bytes);
+    if (fresh) {
+      st.buckets.emplace_back();
+      bytes = 0;
+    }
+    st.buckets.back().push_back(i);
+    st.bucket_of[i] = static_cast<int>(st.buckets.size()) - 1;
+    bytes += b;
+  }
+  st.live.resize(st.buckets.size());
+  st.pending.assign(st.buckets.size(), 0);
+  st.ready.assign(n, 0);
+  for (int i = 0; i < n; i++) {
+    auto acc = torch::autograd::impl::grad_accumulator(st.params[i]);
+    TORCH_CHECK(acc != nullptr, "dist: reducer: parameter ", i, " has no gradient accumulator");
+    std::weak_ptr<Reducer::State> weak = r->st;
+    auto key = acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+        [weak, i](const torch::autograd::variable_list &outputs, const torch::autograd::variable_list &) {
+          if (auto s = weak.lock()) s->mark(i);
+          return outputs;
+        }));
+    r->hooks.emplace_back(acc, key);
+  }
+  if (buckets) *buckets = static_cast<int>(st.buckets.size());
+  *out = r.release();
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync) {
+  DP2O_TRY
+  auto &st = *static_cast<dp2o::dist::Reducer *>(h)->st;
+  std::lock_guard<std::mutex> lock(st.mu);
+  TORCH_CHECK(st.next == 0 || !st.armed, "dist: reducer: prepare before the previous finish");
+  st.armed = sync != 0;
+  st.next = 0;
+  st.in_backward = 0;
+  st.error.clear();
+  std::fill(st.ready.begin(), st.ready.end(), 0);
+  for (size_t k = 0; k < st.buckets.size(); k++) {
+    st.pending[k] = static_cast<int>(st.buckets[k].size());
+    st.live[k] = dp2o::dist::Bucket();
+  }
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int *in_backward) {
+  DP2O_TRY
+  auto &st = *static_cast<dp2o::dist::Reducer *>(h)->st;
+  std::lock_guard<std::mutex> lock(st.mu);
+  TORCH_CHECK(st.armed || !st.error.empty(), "dist: reducer: finish without prepare(sync)");
+  st.armed = false;
+  auto timeout = dp2o::dist::timeout_of(st.g, timeout_ms);
+  at::NoGradGuard no_grad;
+  std::string err = st.error;
+  // Start what the backward pass did not (in order, so every rank issues
+  // the same sequence), then wait for every started bucket: a rank must
+  // not leave a collective its peers are in, even after an error.
+  if (err.empty()) {
+    try {
+      while (st.next < st.buckets.size()) st.start(st.next++);
+    } catch (const c10::Error &e) {
+      err = e.what_without_backtrace();
+    }
+  }
+  if (in_backward) *in_backward = st.in_backward;
+  for (size_t k = 0; k < st.next; k++) {
+    auto &b = st.live[k];
+    if (!b.work) continue;
+    try {
+      dp2o::dist::wait(st.g, "reducer", b.work, timeout);
+      if (err.empty()) {
+        b.flat.div_(st.g.size);
+        dp2o::dist::unflatten(b);
+      }
+    } catch (const c10::Error &e) {
+      if (err.empty()) err = e.what_without_backtrace();
+    }
+    b = dp2o::dist::Bucket();
+  }
+  st.next = 0;
+  TORCH_CHECK(err.empty(), err);
+  DP2O_CATCH
+}
+
+void dp2o_dist_reducer_free(dp2o_reducer h) {
+  auto *r = static_cast<dp2o::dist::Reducer *>(h);
+  if (!r) return;
+  try {
+    {
+      std::lock_guard<std::mutex> lock(r->st->mu);
+      r->st->closed = true;
+    }
+    for (auto &hk : r->hooks) hk.first->del_post_hook(hk.second);
+  } catch (...) {
+  }
+  delete r;
 }
 
 }  // extern "C"

@@ -67,6 +67,23 @@ dp2o_err dp2o_dist_broadcast_coalesced(dp2o_group g, dp2o_tensor *ts, int n, int
 dp2o_err dp2o_dist_average_gradients(dp2o_group g, dp2o_tensor *params, int n, int64_t bucket_bytes,
                                      int64_t timeout_ms, int *buckets);
 
+/* Gradient averaging overlapped with the backward pass, as DDP's reducer:
+ * a hook after each parameter's gradient accumulation marks it ready, and
+ * a bucket (parameters in reverse order, at most bucket_bytes) starts its
+ * all-reduce as soon as all its gradients are ready, buckets always in index
+ * order on every rank. prepare(sync) arms it for the next backward pass
+ * (sync 0: the hooks do nothing, as in the first micro-batches of an
+ * accumulated step); finish, after that backward, starts the buckets not
+ * yet started (a parameter that got no gradient contributes zeros), waits
+ * for all of them and writes the means into the parameters' .grad. */
+typedef void *dp2o_reducer;
+dp2o_err dp2o_dist_reducer_new(dp2o_group g, dp2o_tensor *params, int n, int64_t bucket_bytes, dp2o_reducer *out,
+                               int *buckets);
+dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer r, int sync);
+/* *in_backward: buckets whose all-reduce started during the backward pass. */
+dp2o_err dp2o_dist_reducer_finish(dp2o_reducer r, int64_t timeout_ms, int *in_backward);
+void dp2o_dist_reducer_free(dp2o_reducer r);
+
 #ifdef __cplusplus
 }
 #endif

@@ -24,11 +24,14 @@ type tinyRun struct {
 	seed            uint64
 	sgd             bool
 	accum           int
+	overlap         bool  // reduce with a Reducer during the backward pass
+	bucketBytes     int64 // 0: the default
 }
 
 var tinyRuns = []tinyRun{
 	{in: 4, hidden: 8, out: 3, globalBatch: 6, steps: 4, seed: 1234, accum: 1},
 	{in: 4, hidden: 8, out: 3, globalBatch: 12, steps: 3, seed: 99, sgd: true, accum: 3},
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 7, accum: 2, overlap: true, bucketBytes: 64},
 }
 
 // train builds the model (weights drawn from seed+rank, so only the
@@ -74,6 +77,17 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 		return nil, fmt.Errorf("a share of %d rows does not split into %d micro-batches", len(mine), c.accum)
 	}
 	lo, n := int64(mine[0]), int64(len(mine)/c.accum)
+	if c.bucketBytes > 0 {
+		g.SetBucketBytes(c.bucketBytes)
+		defer g.SetBucketBytes(DefaultBucketBytes)
+	}
+	var red *Reducer
+	if c.overlap {
+		if red, err = g.NewReducer(params); err != nil {
+			return nil, err
+		}
+		defer red.Close()
+	}
 	for step := range c.steps {
 		ss := torch.NewScope()
 		data := torch.MustGenerator(torch.CPU, c.seed+1000+uint64(step))
@@ -87,9 +101,22 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 			if c.accum > 1 {
 				loss = loss.DivScalar(float64(c.accum))
 			}
+			if red != nil {
+				if err := red.Prepare(m == int64(c.accum)-1); err != nil {
+					return nil, err
+				}
+			}
 			loss.Backward(nil)
 		}
-		err := g.AverageGradients(params)
+		var err error
+		if red != nil {
+			err = red.Finish()
+			if err == nil && g.WorldSize() > 1 && red.StartedInBackward() == 0 {
+				err = fmt.Errorf("none of %d buckets started during the backward pass", red.Buckets())
+			}
+		} else {
+			err = g.AverageGradients(params)
+		}
 		if err == nil {
 			err = opt.Step()
 		}

@@ -17,6 +17,10 @@
 //		if g.IsMain() { /* checkpoints and logs */ }
 //	}
 //
+// AverageGradients reduces after the backward pass. A Reducer (NewReducer)
+// instead starts each bucket's all-reduce from autograd hooks while the
+// backward pass still runs, as DistributedDataParallel does.
+//
 // Without torchrun's environment FromEnv returns a group of one process whose
 // collectives do nothing, so the same program runs unchanged on one device.
 //

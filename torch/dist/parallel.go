@@ -29,8 +29,8 @@ func (g *Group) BroadcastParameters(params []*torch.Tensor) error {
 // ranks: call it after the backward pass and before the optimizer step.
 // Gradients are flattened into buckets of about BucketBytes (25 MB, as
 // DistributedDataParallel), one all-reduce each, two in flight while the
-// next is packed; the reduction runs after the whole backward pass, not
-// overlapped with it. A parameter that has a gradient on some ranks only
+// next is packed; the reduction runs after the whole backward pass (a
+// Reducer overlaps it with the backward pass instead). A parameter that has a gradient on some ranks only
 // gets a zero gradient on the others first; one with no gradient anywhere
 // stays without. Every rank must pass the same list.
 func (g *Group) AverageGradients(params []*torch.Tensor) error {

@@ -237,6 +237,19 @@ func checkBuckets(c *checker, g *Group) {
 		}
 		p.SetGrad(onDevice(g, torch.FromSlice(gr, bucketShapes[k]...).To(p.DType())))
 	}
+	// A reducer used out of order fails on every rank alike.
+	if red, err := g.NewReducer(params); c.noErr("reducer", err) {
+		if err := red.Finish(); err == nil {
+			c.errorf("reducer: finish without prepare: no error")
+		}
+		red.Close()
+		if err := red.Prepare(true); err != ErrClosed {
+			c.errorf("reducer: prepare after close: %v, want ErrClosed", err)
+		}
+	}
+	if _, err := g.NewReducer([]*torch.Tensor{params[0].Detach()}); err == nil {
+		c.errorf("reducer over a tensor that does not require grad: no error")
+	}
 	nb, err := g.averageGradients(params)
 	if !c.noErr("average_gradients", err) {
 		return

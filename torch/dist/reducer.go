@@ -1,0 +1,127 @@
+package dist
+
+// #include "dist.h"
+import "C"
+
+import (
+	"sync"
+
+	"github.com/dp2osr/dp2o/torch"
+)
+
+// Reducer averages gradients over the ranks while the backward pass runs,
+// as DistributedDataParallel does: a hook after each parameter's gradient
+// accumulation marks it ready, and each bucket (the parameters in reverse
+// order, about BucketBytes each) starts its all-reduce as soon as all its
+// gradients are in, buckets always in the same order on every rank.
+//
+//	r, err := g.NewReducer(params) // once
+//	for step := range steps {
+//		for m := range accum {
+//			r.Prepare(m == accum-1) // only the last micro-batch's backward reduces
+//			loss.Backward(nil)
+//		}
+//		if err := r.Finish(); err != nil { ... } // means are in each .grad
+//		opt.Step()
+//	}
+//
+// Every parameter must be a leaf that requires grad, and every rank must
+// pass the same list. A parameter that got no gradient contributes zeros
+// (it gets a zero gradient). A reducer holds a copy of the bucketed
+// gradients while they are in flight: one extra gradient's worth of memory.
+type Reducer struct {
+	mu         sync.Mutex
+	r          C.dp2o_reducer
+	g          *Group
+	buckets    int
+	inBackward int
+	params     []*torch.Tensor
+}
+
+// NewReducer registers the hooks on params' gradient accumulators.
+func (g *Group) NewReducer(params []*torch.Tensor) (*Reducer, error) {
+	if err := g.lock(); err != nil {
+		return nil, err
+	}
+	defer g.mu.Unlock()
+	hs, err := handles("reducer", params)
+	if err != nil {
+		return nil, err
+	}
+	red := &Reducer{g: g, params: append([]*torch.Tensor(nil), params...)}
+	if g.g == nil {
+		return red, nil
+	}
+	var nb C.int
+	err = errOf(C.dp2o_dist_reducer_new(g.g, listPtr(hs), C.int(len(hs)), C.int64_t(g.opts.BucketBytes), &red.r, &nb))
+	keep(params)
+	if err != nil {
+		return nil, err
+	}
+	red.buckets = int(nb)
+	return red, nil
+}
+
+// Prepare arms the reducer for the next backward pass when sync is true
+// (the last micro-batch of an optimizer step); with sync false that
+// backward pass only accumulates.
+func (r *Reducer) Prepare(sync bool) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.r == nil {
+		if r.g.g != nil {
+			return ErrClosed
+		}
+		return nil
+	}
+	return errOf(C.dp2o_dist_reducer_prepare(r.r, cbool(sync)))
+}
+
+// Finish, after the armed backward pass, starts the buckets that have not
+// started, waits for all of them and leaves each gradient's mean over the
+// ranks in its .grad. An error leaves the group out of step.
+func (r *Reducer) Finish() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.r == nil {
+		if r.g.g != nil {
+			return ErrClosed
+		}
+		return nil
+	}
+	var in C.int
+	err := errOf(C.dp2o_dist_reducer_finish(r.r, millis(r.g.Timeout()), &in))
+	r.inBackward = int(in)
+	keep(r.params)
+	return err
+}
+
+// Buckets is the number of buckets the gradients are reduced in.
+func (r *Reducer) Buckets() int { return r.buckets }
+
+// StartedInBackward is how many buckets of the last Finish had started
+// during the backward pass (the overlapped ones).
+func (r *Reducer) StartedInBackward() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.inBackward
+}
+
+// Close removes the hooks. Close the reducer before its group.
+func (r *Reducer) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.r != nil {
+		C.dp2o_dist_reducer_free(r.r)
+		r.r = nil
+	}
+	r.params = nil
+	return nil
+}
+
+func cbool(b bool) C.int {
+	if b {
+		return 1
+	}
+	return 0
+}
