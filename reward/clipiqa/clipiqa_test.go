@@ -344,7 +344,7 @@ func BenchmarkScore(b *testing.B) {
 	batch := iqatest.BenchEnv(b)
 	f := iqatest.Load(b, folder)
 	dev := testutil.Device(b)
-	s, err := Open(reward.OpenOptions{Source: f.Weights(b), Device: dev})
+	s, err := Open(reward.OpenOptions{Source: weights(b, f), Device: dev})
 	require.NoError(b, err)
 	defer s.Close()
 	img := iqatest.Repeat(b, f.Images(b)[f.Cases[0].Image], batch, dev)
