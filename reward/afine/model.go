@@ -228,12 +228,12 @@ func softplus(x *torch.Tensor) *torch.Tensor {
 	return torch.Where(x.GtScalar(20), x, x.Exp().Log1p())
 }
 
-// NaturalScale is AFINENLM_NR_Fit.
+// naturalScale is AFINENLM_NR_Fit.
 func (m *Model) naturalScale(n *torch.Tensor) *torch.Tensor {
 	return logistic(n, m.nr3, m.nr4, yita1, yita2)
 }
 
-// fidelityScale is AFINENLM_FR_Fit_with_limit.
+// fidelityScale is AFINENLM_FR_Fit_with_limit (learned yita3/yita4 clamped).
 func (m *Model) fidelityScale(f *torch.Tensor) *torch.Tensor {
 	return logistic(f, m.fr3.Clamp(fr3Lo, fr3Hi), m.fr4.Clamp(fr4Lo, fr4Hi), yita1, yita2)
 }

@@ -43,7 +43,7 @@ var NRConfig = Config{UseRef: false, InterDim: 256, NumHeads: 4, NumAttnLayers: 
 var FRConfig = Config{UseRef: true, InterDim: 256, NumHeads: 4, NumAttnLayers: 1, DimFeedforward: 1024,
 	NumClass: 1, Mean: imageNetMean, Std: imageNetStd, Backbone: resnet.ResNet50}
 
-// conv3 is a 3×3 convolution with padding 1.
+// conv is a k×k convolution with padding k/2.
 func conv(b *nn.Builder, in, out, k int64) *nn.Conv2d {
 	return nn.NewConv2d(b, in, out, k, nn.Conv2dConfig{Padding: k / 2})
 }
