@@ -34,4 +34,38 @@
 // reference Diffusion-DPO form; NoiseEpsilon (SD2, DDPM ε target) and
 // NoiseFlow (FLUX, velocity target) make the noised latents and targets a
 // pair shares.
+//
+// # Training
+//
+// A Backbone holds the frozen base model, the trainable ControlNet (the
+// policy, float32 master weights) and π_ref, a frozen deep copy of the
+// policy's initial weights: SD2Backbone (UNet, DDPM noising, ε target) and
+// FluxBackbone (transformer, flow interpolation on packed latents, velocity
+// target). A Trainer runs on it: per Batch the doubled batch [winners;
+// losers] with one timestep and one noise per pair, the reference's and the
+// policy's predictions through the same kernels, DPOLoss (β, HPO weight per
+// pair) with the implicit accuracy and reward margins, backward (loss /
+// GradAccum), and per optimizer step clip_grad_norm_, AdamW (torch 1.13's
+// rule, package optim) and the learning-rate schedule; on CUDA the
+// forwards run under autocast (MixedPrecision). The forward and backward of
+// a batch run on one locked OS thread, which makes them deterministic.
+// The train_sd2 and train_flux fixtures check every step of it.
+//
+// A Loader turns a pair file into Batches: a per-epoch shuffle from
+// (seed, epoch), the winner, loser (and FLUX control) images VAE-encoded
+// through a cache of posterior moments keyed by the VAE's fingerprint and
+// the image's SHA-256, latents sampled from them, the LR control image and
+// the prompt embedding shared by the pair, and the noise levels (SD2:
+// uniform t; FLUX: the recipe's logit-normal density) from a CPU generator.
+// SD2Data / FluxData and NewSD2BackboneFrom / NewFluxBackboneFrom build
+// both sides from the inference pipelines.
+//
+// Trainer.SaveCheckpoint writes a folder atomically: model.safetensors (the
+// ControlNet as a flat float32 state dict, the layout DP²O-SR releases,
+// which diffusion.LoadSD2, flow.LoadCFLUX and the official scripts load),
+// optimizer.safetensors, random_states.safetensors (the loader's
+// generator) and trainer_state.json (step, data position, seed, the
+// reference's fingerprint). LoadCheckpoint restores all of it; a resumed
+// run reaches the same weights, bit for bit on the CPU, as an
+// uninterrupted one. examples/train is the command line.
 package preference

@@ -207,7 +207,9 @@ func runTrainFixture(t *testing.T, r trainRun) {
 						g.Close()
 						continue
 					}
-					scale := torch.Scoped(func() *torch.Tensor { return w.Abs().Max() }).Item()
+					m := torch.Scoped(func() *torch.Tensor { return w.Abs().Max() })
+					scale := m.Item()
+					m.Close()
 					gc := torch.Scoped(func() *torch.Tensor { return g.ToDevice(torch.CPU) })
 					testutil.AssertClose(t, "grad_step0 "+p.Name, gc, w, tolGrad0Rel*scale, 0)
 					gc.Close()
