@@ -537,6 +537,8 @@ dp2o_err dp2o_dist_average_gradients(dp2o_group h, dp2o_tensor *hs, int n, int64
   DP2O_TRY
   auto &g = G(h);
   auto timeout = dp2o::dist::timeout_of(g, timeout_ms);
+  if (buckets) *buckets = 0;
+  if (n == 0) return nullptr;  // the same empty list on every rank: nothing to exchange
   at::NoGradGuard no_grad;
   // Which parameters have a gradient on some rank: one small all-reduce
   // (max) of a 0/1 mask keeps every rank's buckets identical.

@@ -250,6 +250,9 @@ func checkBuckets(c *checker, g *Group) {
 	if _, err := g.NewReducer([]*torch.Tensor{params[0].Detach()}); err == nil {
 		c.errorf("reducer over a tensor that does not require grad: no error")
 	}
+	if nb, err := g.averageGradients(nil); err != nil || nb != 0 {
+		c.errorf("average_gradients of no parameters: %d buckets, %v", nb, err)
+	}
 	nb, err := g.averageGradients(params)
 	if !c.noErr("average_gradients", err) {
 		return
