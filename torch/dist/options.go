@@ -40,7 +40,9 @@ type Options struct {
 	MasterAddr string
 	MasterPort int
 	// StoreFile, when set, rendezvouses through a file every process can
-	// reach (a shared file system) instead of the TCP store.
+	// reach (a shared file system) instead of the TCP store. Use a fresh
+	// path for each run: c10d removes the file when every rank has closed
+	// the group, but a crashed run leaves it, and its keys, behind.
 	StoreFile string
 	// AgentStore says the launcher already serves the TCP store at
 	// MasterAddr:MasterPort (torchrun's TORCHELASTIC_USE_AGENT_STORE=True),
