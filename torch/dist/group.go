@@ -73,7 +73,7 @@ func New(o Options) (*Group, error) {
 	} else {
 		ca := C.CString(o.MasterAddr)
 		server := C.int(0)
-		if o.Rank == 0 && !o.AgentStore {
+		if o.Rank == 0 && !o.LauncherStore {
 			server = 1
 		}
 		err = errOf(C.dp2o_dist_tcp_store(ca, C.int(o.MasterPort), server, C.int(o.WorldSize), ms, &store))

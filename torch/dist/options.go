@@ -44,10 +44,10 @@ type Options struct {
 	// path for each run: c10d removes the file when every rank has closed
 	// the group, but a crashed run leaves it, and its keys, behind.
 	StoreFile string
-	// AgentStore says the launcher already serves the TCP store at
+	// LauncherStore says the launcher already serves the TCP store at
 	// MasterAddr:MasterPort (torchrun's TORCHELASTIC_USE_AGENT_STORE=True),
 	// so rank 0 connects to it instead of starting its own.
-	AgentStore bool
+	LauncherStore bool
 	// StorePrefix scopes the group's keys in the store; torchrun's restarts
 	// get their own ("attempt_<TORCHELASTIC_RESTART_COUNT>/").
 	StorePrefix string
@@ -105,7 +105,7 @@ func OptionsFromEnv() (Options, error) {
 	o.LocalRank = o.Rank
 	geti("LOCAL_RANK", &o.LocalRank, false)
 	o.StoreFile = os.Getenv("DP2O_DIST_STORE_FILE")
-	o.AgentStore = strings.EqualFold(os.Getenv("TORCHELASTIC_USE_AGENT_STORE"), "true")
+	o.LauncherStore = strings.EqualFold(os.Getenv("TORCHELASTIC_USE_AGENT_STORE"), "true")
 	if v := os.Getenv("TORCHELASTIC_RESTART_COUNT"); v != "" {
 		o.StorePrefix = "attempt_" + v + "/"
 	}

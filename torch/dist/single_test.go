@@ -82,7 +82,7 @@ func TestOptionsFromEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Options{Backend: Gloo, Rank: 2, WorldSize: 4, LocalRank: 0, MasterAddr: "10.0.0.1", MasterPort: 29500,
-		Timeout: 90 * time.Second, BucketBytes: 50 << 20, GlooInterface: "eth1", AgentStore: true, StorePrefix: "attempt_3/"}
+		Timeout: 90 * time.Second, BucketBytes: 50 << 20, GlooInterface: "eth1", LauncherStore: true, StorePrefix: "attempt_3/"}
 	if o != want {
 		t.Fatalf("options from env:\n got %+v\nwant %+v", o, want)
 	}

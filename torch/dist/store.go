@@ -12,7 +12,7 @@ import (
 )
 
 // StoreServer is a TCP store served by a launcher for the workers it
-// starts, as torchrun's agent does: the workers get
+// starts, as torchrun itself does: the workers get
 // TORCHELASTIC_USE_AGENT_STORE=True with MASTER_ADDR/MASTER_PORT pointing at
 // it, and rank 0 connects to it instead of serving its own.
 type StoreServer struct {
