@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Build an alternate flux/ fixture set (transformer + contronet) with the public layout.
+"""Build an alternate flux/ fixture set (transformer, contronet, vae) with the public layout.
 
     PYTHONPATH=/work/refenv-py HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/altfixtures/gen_flux.py OUT_DIR [--public DIR]
 
-Writes OUT_DIR/flux/transformer and OUT_DIR/flux/controlnet from a tiny diffusers
-FluxTransformer2DModel / FluxControlNetModel.from_transformer whose depths, head
+Writes OUT_DIR/flux/{transformer,controlnet,vae} from a tiny diffusers
+FluxTransformer2DModel / FluxControlNetModel.from_transformer / AutoencoderKL whose depths, head
 sizes, RoPE axes, text widths, batch, token counts, timesteps and seeds all
 differ from the public set, with the file names, tensor names and dtypes the
 public READMEs describe. Weights follow DETINIT ("dp2o-init-v1") with another
@@ -40,6 +40,12 @@ SEED, REINIT_SEED, INPUT_SEED = 4400, 4401, 4402
 B, GRID, T = 2, (3, 5), 7
 TIMESTEP, GUIDANCE = [0.4, 0.9], [3.5, 3.5]
 SCALES = [1.0, 0.45]
+VAE = dict(block_out_channels=[6, 12, 24, 24], layers_per_block=2, norm_num_groups=3, latent_channels=16,
+           scaling_factor=0.41, shift_factor=-0.07, sample_size=96)
+VAE_SEED, VAE_INPUT_SEED, VAE_NOISE_SEED = 5100, 5101, 5102
+VAE_IMAGE = (2, 48, 32)     # batch, H, W of the encode input
+VAE_LATENT = (1, 5, 3)      # batch, h, w of the decode input
+PACK_LATENT = (3, 6, 10)    # batch, h, w of the packing input (even sides)
 if ARGS.variant == "b":
     CONFIG.update(num_layers=4, num_single_layers=1, attention_head_dim=8, num_attention_heads=4,
                   joint_attention_dim=24, pooled_projection_dim=6, axes_dims_rope=[4, 2, 2])
@@ -48,8 +54,14 @@ if ARGS.variant == "b":
     B, GRID, T = 1, (6, 2), 13
     TIMESTEP, GUIDANCE = [0.05], [1.0]
     SCALES = [1.0, 1.6]
+    VAE = dict(block_out_channels=[8, 8, 16], layers_per_block=1, norm_num_groups=4, latent_channels=4,
+               scaling_factor=1.5, shift_factor=0.2, sample_size=64)
+    VAE_SEED, VAE_INPUT_SEED, VAE_NOISE_SEED = 5200, 5201, 5202
+    VAE_IMAGE = (1, 20, 28)
+    VAE_LATENT = (2, 6, 4)
+    PACK_LATENT = (1, 4, 2)
 
-from diffusers import FluxControlNetModel, FluxTransformer2DModel  # noqa: E402
+from diffusers import AutoencoderKL, FluxControlNetModel, FluxTransformer2DModel  # noqa: E402
 from diffusers.models.attention_processor import FluxAttnProcessor2_0  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
@@ -123,12 +135,107 @@ def common_taps(model, prefix, taps):
         taps.on(blk, dbl)
 
 
+# FluxControlNetPipeline's static latent helpers, as diffusers 0.32.2 writes them (the pipeline module imports
+# transformers, which is not installed here).
+def pack_latents(latents, batch_size, num_channels_latents, height, width):
+    latents = latents.view(batch_size, num_channels_latents, height // 2, 2, width // 2, 2)
+    latents = latents.permute(0, 2, 4, 1, 3, 5)
+    return latents.reshape(batch_size, (height // 2) * (width // 2), num_channels_latents * 4)
+
+
+def unpack_latents(latents, height, width, vae_scale_factor):
+    batch_size, num_patches, channels = latents.shape
+    height = 2 * (int(height) // (vae_scale_factor * 2))
+    width = 2 * (int(width) // (vae_scale_factor * 2))
+    latents = latents.view(batch_size, height // 2, width // 2, channels // 4, 2, 2)
+    latents = latents.permute(0, 3, 1, 4, 2, 5)
+    return latents.reshape(batch_size, channels // (2 * 2), height, width)
+
+
+def prepare_latent_image_ids(batch_size, height, width, device, dtype):
+    ids = torch.zeros(height, width, 3)
+    ids[..., 1] = ids[..., 1] + torch.arange(height)[:, None]
+    ids[..., 2] = ids[..., 2] + torch.arange(width)[None, :]
+    hh, ww, cc = ids.shape
+    return ids.reshape(hh * ww, cc).to(device=device, dtype=dtype)
+
+
+def gen_vae():
+    """flux/vae: a tiny AutoencoderKL with the FLUX VAE structure (no quant convs, shift factor) and the
+    pipeline's latent helpers (FluxControlNetPipeline's static _pack_latents / _unpack_latents /
+    _prepare_latent_image_ids, transcribed above)."""
+    d = os.path.join(OUT, "vae")
+    if os.path.isdir(d):
+        shutil.rmtree(d)
+    n = len(VAE["block_out_channels"])
+    cfg = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * n,
+               up_block_types=["UpDecoderBlock2D"] * n, act_fn="silu", latents_mean=None, latents_std=None,
+               force_upcast=True, use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=True, **VAE)
+    vae = AutoencoderKL(**cfg)
+    detinit(vae, VAE_SEED)
+    vae.eval()
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    vae.set_attn_processor(AttnProcessor2_0())
+    vae.save_pretrained(d, safe_serialization=True)
+    g = torch.Generator().manual_seed(VAE_INPUT_SEED)
+    B, H, W = VAE_IMAGE
+    image = torch.rand(B, 3, H, W, generator=g) * 2 - 1
+    b, h, w = VAE_LATENT
+    z = torch.randn(b, VAE["latent_channels"], h, w, generator=g)
+    pb, ph, pw = PACK_LATENT
+    pack_in = torch.randn(pb, VAE["latent_channels"], ph, pw, generator=g)
+    taps = Taps()
+    for name in ["encoder.conv_in", "encoder.mid_block", "encoder.conv_out", "decoder.conv_in", "decoder.mid_block"]:
+        taps.on(vae.get_submodule(name), lambda x, name=name: taps.out.__setitem__("inter." + name, x.clone()))
+    for i, blk in enumerate(vae.encoder.down_blocks):
+        taps.on(blk, lambda x, i=i: taps.out.__setitem__(f"inter.encoder.down_blocks.{i}", x.clone()))
+    for i, blk in enumerate(vae.decoder.up_blocks):
+        taps.on(blk, lambda x, i=i: taps.out.__setitem__(f"inter.decoder.up_blocks.{i}", x.clone()))
+    with torch.no_grad():
+        dist = vae.encode(image).latent_dist
+        noise = torch.randn(dist.mean.shape, generator=torch.Generator().manual_seed(VAE_NOISE_SEED))
+        sample = dist.sample(torch.Generator().manual_seed(VAE_NOISE_SEED))
+        dec = vae.decode(z).sample
+    taps.close()
+    assert torch.equal(sample, dist.mean + dist.std * noise)
+    sf, sh = VAE["scaling_factor"], VAE["shift_factor"]
+    packed = pack_latents(pack_in, pb, VAE["latent_channels"], ph, pw)
+    vsf = 2 ** (n - 1)
+    unpacked = unpack_latents(packed, ph * vsf, pw * vsf, vsf)
+    assert torch.equal(unpacked, pack_in)
+    ids = prepare_latent_image_ids(pb, ph // 2, pw // 2, torch.device("cpu"), torch.float32)
+    t = dict(taps.out)
+    t.update({"image": image, "decode_input": z, "decode_output": dec, "latent_mean": dist.mean,
+              "latent_logvar": dist.logvar, "latent_std": dist.std, "posterior_noise": noise, "posterior_sample": sample,
+              "control_latents": (sample - sh) * sf, "decode_input_from_transformer_space": z / sf + sh,
+              "pack_input": pack_in, "packed": packed, "latent_image_ids": ids})
+    save(t, os.path.join(d, "io.safetensors"))
+    v64 = vae.double()
+    with torch.no_grad():
+        d64 = v64.encode(image.double()).latent_dist
+        dec64 = v64.decode(z.double()).sample
+    vae.float()
+    dec_d = (dec64.float() - dec).abs().max().item()
+    dump_json({"seed": VAE_SEED, "params": sum(p.numel() for p in vae.parameters()),
+               "config": {k: v for k, v in cfg.items()}, "attn_processor": "AttnProcessor2_0",
+               "f64_mean_max_abs": (d64.mean.float() - dist.mean).abs().max().item(),
+               "f64_logvar_max_abs": (d64.logvar.float() - dist.logvar).abs().max().item(),
+               "f64_decode_max_abs": dec_d, "f64_decode_rel": dec_d / dec.abs().max().item(),
+               "absmax_mean": dist.mean.abs().max().item(), "absmax_logvar": dist.logvar.abs().max().item(),
+               "absmax_decode": dec.abs().max().item()}, os.path.join(d, "report.json"))
+    with open(os.path.join(d, "README.md"), "w") as f:
+        f.write(f"# vae — ALTERNATE set\n\nWritten by `scripts/altfixtures/gen_flux.py` (variant {ARGS.variant}); same "
+                f"layout and tensor names as the public folder. AutoencoderKL {VAE}, DETINIT seed {VAE_SEED}; image "
+                f"{VAE_IMAGE}, decode latent {VAE_LATENT}, packing input {PACK_LATENT}; inputs seed {VAE_INPUT_SEED}, "
+                f"posterior generator {VAE_NOISE_SEED}.\n")
+
+
 def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     os.makedirs(OUT)
     for name in sorted(os.listdir(PUB)):
-        if name in ("transformer", "controlnet"):
+        if name in ("transformer", "controlnet", "vae"):
             continue
         src = os.path.join(PUB, name)
         (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(OUT, name))
@@ -281,6 +388,7 @@ def main():
                     f"(variant {ARGS.variant}); same layout and tensor names as the public folder (see its README). "
                     f"{what}. Inputs: batch {B}, packed grid {h}x{w}, {T} text tokens, timestep {TIMESTEP}, guidance "
                     f"{GUIDANCE}, input seed {INPUT_SEED}; ControlNet scales {SCALES}.\n")
+    gen_vae()
     print("wrote", OUT)
 
 
