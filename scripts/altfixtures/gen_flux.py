@@ -164,6 +164,14 @@ def gen_vae():
     """flux/vae: a tiny AutoencoderKL with the FLUX VAE structure (no quant convs, shift factor) and the
     pipeline's latent helpers (FluxControlNetPipeline's static _pack_latents / _unpack_latents /
     _prepare_latent_image_ids, transcribed above)."""
+    # The transcribed helpers reproduce the public fixture's packing and ids.
+    pub = load_file(os.path.join(PUB, "vae", "io.safetensors"))
+    pz = pub["pack_input"]
+    pp = pack_latents(pz, *pz.shape)
+    assert torch.equal(pp, pub["packed"]) and torch.equal(unpack_latents(pp, pz.shape[2] * 8, pz.shape[3] * 8, 8), pz)
+    assert torch.equal(prepare_latent_image_ids(pz.shape[0], pz.shape[2] // 2, pz.shape[3] // 2, "cpu", torch.float32),
+                       pub["latent_image_ids"])
+
     d = os.path.join(OUT, "vae")
     if os.path.isdir(d):
         shutil.rmtree(d)
