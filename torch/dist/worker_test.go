@@ -296,10 +296,10 @@ func checkBuckets(c *checker, g *Group) {
 	}
 }
 
-// workerDead: once the group is up, the last rank kills itself
-// (DP2O_DIST_TEST_PEER=kill) or stalls past the timeout without joining the
-// collective (stall); the others must get an error from their next
-// collective within the timeout.
+// workerDead: once the group is up, the last rank kills itself while the
+// others wait in a collective (DP2O_DIST_TEST_PEER=kill), or stalls past
+// the timeout without joining it (stall); the others must get an error from
+// that collective within the timeout.
 func workerDead() int {
 	g, err := FromEnv()
 	if err != nil {
@@ -315,6 +315,9 @@ func workerDead() int {
 			time.Sleep(g.Timeout() + time.Second)
 			os.Exit(0)
 		}
+		// Let the others leave the barrier and enter the collective first:
+		// the peer dies while they wait in it.
+		time.Sleep(300 * time.Millisecond)
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {}
 	}
