@@ -5,9 +5,9 @@
 
 For every file of PUBLIC_DIR (recursively): the file must exist in ALT_DIR;
 io safetensors files must hold the same tensor names with the same dtypes and
-ranks (shapes may differ; numbered families such as step.N.* or
-hidden_states.N may have another count, so names are compared with every
-".<number>" replaced by ".N"); weight files are skipped (their keys follow the
+ranks (shapes may differ; numbered families such as step.N.*, hidden_states.N or
+case names like flux_512x512_25 may have other numbers and counts, so names
+are compared with every run of digits replaced by "N"); weight files are skipped (their keys follow the
 config); JSON files other than report.json / crosscheck.json must have the same
 keys at every level (values and list lengths may differ). Prints each difference; exit status 1
 when there is one. Pure Python (reads the safetensors header only).
@@ -30,7 +30,7 @@ def header(path):
 def family(h):
     out = {}
     for k, v in h.items():
-        out.setdefault(re.sub(r"\.\d+", ".N", k), v)
+        out.setdefault(re.sub(r"\d+", "N", k), v)
     return out
 
 

@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
-"""Build an alternate flux/ fixture set (transformer, contronet, vae) with the public layout.
+"""Build an alternate flux/ fixture set (transformer, controlnet, vae, scheduler) with the public layout.
 
     PYTHONPATH=/work/refenv-py HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/altfixtures/gen_flux.py OUT_DIR [--public DIR]
 
-Writes OUT_DIR/flux/{transformer,controlnet,vae} from a tiny diffusers
-FluxTransformer2DModel / FluxControlNetModel.from_transformer / AutoencoderKL whose depths, head
+Writes OUT_DIR/flux/{transformer,controlnet,vae,scheduler} from a tiny diffusers
+FluxTransformer2DModel / FluxControlNetModel.from_transformer / AutoencoderKL and
+FlowMatchEulerDiscreteScheduler whose depths, head
 sizes, RoPE axes, text widths, batch, token counts, timesteps and seeds all
 differ from the public set, with the file names, tensor names and dtypes the
 public READMEs describe. Weights follow DETINIT ("dp2o-init-v1") with another
 seed; the ControlNet's zero layers are re-drawn as the public README says.
 Every other flux/ folder is copied from the public set — NOTE: flux/pipeline
 was made with the public transformer and ControlNet, so it only matches the
-public set (run ./flow/transformer, not ./flow, on this set).
+public set (run ./flow/transformer, ./flow/scheduler and ./diffusion/vae, not
+./flow, on this set).
 """
 import argparse
 import json
@@ -46,6 +48,10 @@ VAE_SEED, VAE_INPUT_SEED, VAE_NOISE_SEED = 5100, 5101, 5102
 VAE_IMAGE = (2, 48, 32)     # batch, H, W of the encode input
 VAE_LATENT = (1, 5, 3)      # batch, h, w of the decode input
 PACK_LATENT = (3, 6, 10)    # batch, h, w of the packing input (even sides)
+SCHED = dict(cases={"flux_768x768_30": (768, 768, 30), "flux_h520_w200_9": (520, 200, 9),
+                    "flux_h2048_w1024_12": (2048, 1024, 12), "pipeline_h32_w80_5": (32, 80, 5)},
+             step_case="flux_768x768_30", step_indices=[0, 7, 28, 29], tokens=5, channels=32,
+             scale_noise_indices=[0, 15, 29], batch=3, loop_steps=4, seed=2124)
 if ARGS.variant == "b":
     CONFIG.update(num_layers=4, num_single_layers=1, attention_head_dim=8, num_attention_heads=4,
                   joint_attention_dim=24, pooled_projection_dim=6, axes_dims_rope=[4, 2, 2])
@@ -60,8 +66,12 @@ if ARGS.variant == "b":
     VAE_IMAGE = (1, 20, 28)
     VAE_LATENT = (2, 6, 4)
     PACK_LATENT = (1, 4, 2)
+    SCHED = dict(cases={"pipeline_h16_w16_1": (16, 16, 1), "flux_h1008_w1040_50": (1008, 1040, 50),
+                        "flux_64x64_2": (64, 64, 2)},
+                 step_case="flux_h1008_w1040_50", step_indices=[49, 3], tokens=11, channels=16,
+                 scale_noise_indices=[49], batch=1, loop_steps=2, seed=2224)
 
-from diffusers import AutoencoderKL, FluxControlNetModel, FluxTransformer2DModel  # noqa: E402
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxControlNetModel, FluxTransformer2DModel  # noqa: E402
 from diffusers.models.attention_processor import FluxAttnProcessor2_0  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
@@ -238,12 +248,111 @@ def gen_vae():
                 f"posterior generator {VAE_NOISE_SEED}.\n")
 
 
+def calculate_shift(image_seq_len, base_seq_len=256, max_seq_len=4096, base_shift=0.5, max_shift=1.16):
+    """pipeline_flux.calculate_shift of diffusers 0.32.2 (the module imports transformers)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    b = base_shift - m * base_seq_len
+    return image_seq_len * m + b
+
+
+def pipeline_schedule(folder, height, width, steps):
+    """What FluxControlNetPipeline.__call__ does to the scheduler for an image of height×width."""
+    sched = FlowMatchEulerDiscreteScheduler.from_pretrained(folder)
+    seq = (int(height) // 16) * (int(width) // 16)
+    sigmas = np.linspace(1.0, 1 / steps, steps)
+    c = sched.config
+    mu = calculate_shift(seq, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
+                         c.get("base_shift", 0.5), c.get("max_shift", 1.16))
+    sched.set_timesteps(sigmas=sigmas, mu=mu, device="cpu")
+    return sched, seq, mu
+
+
+def schedule_tensors(sched, name):
+    ts = sched.timesteps
+    div = ts.to(torch.float32) / 1000
+    return {name + ".sigmas": sched.sigmas.clone(), name + ".timesteps": ts.clone(), name + ".timestep_div_1000": div,
+            name + ".timestep_seen_by_model": div * 1000,
+            name + ".timestep_seen_by_model_fp16": (ts.to(torch.float16) / 1000) * 1000}
+
+
+def gen_scheduler():
+    """flux/scheduler: FLUX.1-dev's scheduler config (copied) driven as the pipeline drives it, other cases."""
+    d = os.path.join(OUT, "scheduler")
+    if os.path.isdir(d):
+        shutil.rmtree(d)
+    os.makedirs(os.path.join(d, "scheduler"))
+    cfg_dir = os.path.join(d, "scheduler")
+    shutil.copy(os.path.join(PUB, "scheduler", "scheduler", "scheduler_config.json"), cfg_dir)
+    # The transcription reproduces the public cases bit for bit.
+    with open(os.path.join(PUB, "scheduler", "report.json")) as f:
+        prep = json.load(f)
+    pio = load_file(os.path.join(PUB, "scheduler", "io.safetensors"))
+    for name, c in prep["cases"].items():
+        sched, seq, mu = pipeline_schedule(cfg_dir, c["height"], c["width"], c["num_inference_steps"])
+        assert seq == c["image_seq_len"] and mu == c["mu"]
+        for k, v in schedule_tensors(sched, name).items():
+            assert torch.equal(v, pio[k]), k
+
+    t, cases = {}, {}
+    init = FlowMatchEulerDiscreteScheduler.from_pretrained(cfg_dir)
+    t["init.sigmas"], t["init.timesteps"] = init.sigmas.clone(), init.timesteps.clone()
+    for name, (h, w, n) in SCHED["cases"].items():
+        sched, seq, mu = pipeline_schedule(cfg_dir, h, w, n)
+        t.update(schedule_tensors(sched, name))
+        rt = (sched.timesteps / 1000 * 1000 != sched.timesteps).sum().item()
+        cases[name] = {"height": h, "width": w, "image_seq_len": seq, "num_inference_steps": n, "mu": mu,
+                       "exp_mu_float32": float(np.float32(math.exp(mu))), "timestep_roundtrip_mismatches": rt}
+    g = torch.Generator().manual_seed(SCHED["seed"])
+    shape = (1, SCHED["tokens"], SCHED["channels"])
+    h, w, n = SCHED["cases"][SCHED["step_case"]]
+    for i in SCHED["step_indices"]:
+        x = torch.randn(shape, generator=g)
+        v = torch.randn(shape, generator=g)
+        p = f"step.{i}."
+        for suffix, xx, vv in [("", x, v), ("_fp16", x.half(), v.half())]:
+            sched, _, _ = pipeline_schedule(cfg_dir, h, w, n)
+            sched.set_begin_index(i)
+            out = sched.step(vv, sched.timesteps[i], xx, return_dict=False)[0]
+            t.update({p + "sample" + suffix: xx, p + "model_output" + suffix: vv, p + "prev_sample" + suffix: out})
+    sched, _, _ = pipeline_schedule(cfg_dir, h, w, n)
+    x = torch.randn(shape, generator=g)
+    t["loop.x0"] = x
+    for k in range(SCHED["loop_steps"]):
+        v = torch.randn(shape, generator=g)
+        x = sched.step(v, sched.timesteps[k], x, return_dict=False)[0]
+        t[f"loop.model_output.{k}"], t[f"loop.x{k + 1}"] = v, x
+    B = SCHED["batch"]
+    nshape = (B, SCHED["tokens"], SCHED["channels"])
+    x0 = torch.randn(nshape, generator=g)
+    eps = torch.randn(nshape, generator=g)
+    t["scale_noise.sample"], t["scale_noise.noise"] = x0, eps
+    for i in SCHED["scale_noise_indices"]:
+        sched, _, _ = pipeline_schedule(cfg_dir, h, w, n)
+        ts = sched.timesteps[i].repeat(B)
+        t[f"scale_noise.{i}.timestep"] = ts
+        t[f"scale_noise.{i}.output"] = sched.scale_noise(x0, ts, eps)
+    idx = torch.randint(0, len(init.sigmas), (B,), generator=g)
+    sigma = init.sigmas[idx].to(torch.float32)
+    sg = sigma.view(B, 1, 1)
+    t.update({"train.sigma": sigma, "train.x_sigma": (1.0 - sg) * x0 + sg * eps, "train.target_v": eps - x0})
+    save(t, os.path.join(d, "io.safetensors"))
+    dump_json({"step_case": SCHED["step_case"], "step_case_mu": cases[SCHED["step_case"]]["mu"],
+               "step_indices": SCHED["step_indices"], "tokens": SCHED["tokens"],
+               "scale_noise_indices": SCHED["scale_noise_indices"], "cases": cases}, os.path.join(d, "report.json"))
+    with open(os.path.join(d, "README.md"), "w") as f:
+        f.write(f"# scheduler — ALTERNATE set\n\nWritten by `scripts/altfixtures/gen_flux.py` (variant {ARGS.variant}): "
+                f"diffusers FlowMatchEulerDiscreteScheduler with FLUX.1-dev's config (copied), driven as "
+                f"FluxControlNetPipeline does (transcribed; checked bit for bit on the public cases). Cases "
+                f"{SCHED['cases']}; steps at {SCHED['step_indices']} of {SCHED['step_case']}, tensors "
+                f"(1, {SCHED['tokens']}, {SCHED['channels']}), seed {SCHED['seed']}.\n")
+
+
 def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
     os.makedirs(OUT)
     for name in sorted(os.listdir(PUB)):
-        if name in ("transformer", "controlnet", "vae"):
+        if name in ("transformer", "controlnet", "vae", "scheduler"):
             continue
         src = os.path.join(PUB, name)
         (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(OUT, name))
@@ -397,6 +506,7 @@ def main():
                     f"{what}. Inputs: batch {B}, packed grid {h}x{w}, {T} text tokens, timestep {TIMESTEP}, guidance "
                     f"{GUIDANCE}, input seed {INPUT_SEED}; ControlNet scales {SCALES}.\n")
     gen_vae()
+    gen_scheduler()
     print("wrote", OUT)
 
 
