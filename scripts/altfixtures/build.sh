@@ -1,14 +1,14 @@
 #!/bin/sh
 # Build an alternate fixture set: sd2/ (and, with WITH_FLUX=1, flux/transformer,
-# flux/controlnet, flux/vae and flux/scheduler) regenerated with other configs, shapes and seeds; every
+# flux/controlnet, flux/vae, flux/scheduler and flux/clip_l) regenerated with other configs, shapes and seeds; every
 # other top-level folder linked to the public set.
 #
 #   scripts/altfixtures/build.sh OUT_DIR [a|b] [PUBLIC_FIXTURES]
 #   DP2O_FIXTURES=OUT_DIR go test -count=1 ./diffusion/...
 #
 # flux/pipeline (and preference/train_*) were made from the public tiny models,
-# so a set with WITH_FLUX=1 is for ./flow/transformer, ./flow/scheduler and
-# ./diffusion/vae, not ./flow.
+# so a set with WITH_FLUX=1 is for ./flow/transformer, ./flow/scheduler,
+# ./diffusion/vae and ./diffusion/clip, not ./flow.
 set -eu
 out=${1:?usage: build.sh OUT_DIR [a|b] [PUBLIC_FIXTURES]}
 variant=${2:-a}

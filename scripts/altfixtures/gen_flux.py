@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Build an alternate flux/ fixture set (transformer, controlnet, vae, scheduler) with the public layout.
+"""Build an alternate flux/ fixture set (transformer, controlnet, vae, scheduler, clip_l) with the public layout.
 
     PYTHONPATH=/work/refenv-py HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/altfixtures/gen_flux.py OUT_DIR [--public DIR]
 
-Writes OUT_DIR/flux/{transformer,controlnet,vae,scheduler} from a tiny diffusers
+Writes OUT_DIR/flux/{transformer,controlnet,vae,scheduler,clip_l} from a tiny diffusers
 FluxTransformer2DModel / FluxControlNetModel.from_transformer / AutoencoderKL and
 FlowMatchEulerDiscreteScheduler whose depths, head
 sizes, RoPE axes, text widths, batch, token counts, timesteps and seeds all
@@ -12,14 +12,15 @@ public READMEs describe. Weights follow DETINIT ("dp2o-init-v1") with another
 seed; the ControlNet's zero layers are re-drawn as the public README says.
 Every other flux/ folder is copied from the public set — NOTE: flux/pipeline
 was made with the public transformer and ControlNet, so it only matches the
-public set (run ./flow/transformer, ./flow/scheduler and ./diffusion/vae, not
-./flow, on this set).
+public set (run ./flow/transformer, ./flow/scheduler, ./diffusion/vae and
+./diffusion/clip, not ./flow, on this set).
 """
 import argparse
 import json
 import math
 import os
 import shutil
+import sys
 
 import numpy as np
 import torch
@@ -48,6 +49,8 @@ VAE_SEED, VAE_INPUT_SEED, VAE_NOISE_SEED = 5100, 5101, 5102
 VAE_IMAGE = (2, 48, 32)     # batch, H, W of the encode input
 VAE_LATENT = (1, 5, 3)      # batch, h, w of the decode input
 PACK_LATENT = (3, 6, 10)    # batch, h, w of the packing input (even sides)
+CLIP_L = dict(hidden_size=12, num_hidden_layers=3, num_attention_heads=3, intermediate_size=20, seed=3100,
+              cases=["ram_tags_city", "apostrophes", "exact_76_tokens", "empty", "emoji"])
 SCHED = dict(cases={"flux_768x768_30": (768, 768, 30), "flux_h520_w200_9": (520, 200, 9),
                     "flux_h2048_w1024_12": (2048, 1024, 12), "pipeline_h32_w80_5": (32, 80, 5)},
              step_case="flux_768x768_30", step_indices=[0, 7, 28, 29], tokens=5, channels=32,
@@ -66,6 +69,8 @@ if ARGS.variant == "b":
     VAE_IMAGE = (1, 20, 28)
     VAE_LATENT = (2, 6, 4)
     PACK_LATENT = (1, 4, 2)
+    CLIP_L = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=4, intermediate_size=24, seed=3200,
+                  cases=["very_long_truncated"])
     SCHED = dict(cases={"pipeline_h16_w16_1": (16, 16, 1), "flux_h1008_w1040_50": (1008, 1040, 50),
                         "flux_64x64_2": (64, 64, 2)},
                  step_case="flux_h1008_w1040_50", step_indices=[49, 3], tokens=11, channels=16,
@@ -74,6 +79,9 @@ if ARGS.variant == "b":
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxControlNetModel, FluxTransformer2DModel  # noqa: E402
 from diffusers.models.attention_processor import FluxAttnProcessor2_0  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from clipref import CLIPText  # noqa: E402
 
 
 def save(t, path, metadata=None):
@@ -347,6 +355,44 @@ def gen_scheduler():
                 f"(1, {SCHED['tokens']}, {SCHED['channels']}), seed {SCHED['seed']}.\n")
 
 
+def gen_clip_l():
+    """flux/clip_l: tiny quick_gelu CLIPTextModel (FLUX's text_encoder), DETINIT weights, ids of
+    ../../sd2/clip_tokenizer/cases.json in the CLIP-L convention (pad = eos)."""
+    d = os.path.join(OUT, "clip_l")
+    shutil.rmtree(d)
+    shutil.copytree(os.path.join(PUB, "clip_l", "tokenizer"), os.path.join(d, "tokenizer"))
+    with open(os.path.join(PUB, "clip_l", "config.json")) as f:
+        cfg = json.load(f)
+    cfg.update({k: CLIP_L[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")})
+    cfg["projection_dim"] = CLIP_L["hidden_size"]
+    dump_json(cfg, os.path.join(d, "config.json"))
+    m = CLIPText(cfg).eval()
+    detinit(m, CLIP_L["seed"])
+    save(m.state_dict(), os.path.join(d, "model.safetensors"), {"format": "pt"})
+    with open(os.path.join(os.path.dirname(PUB), "sd2", "clip_tokenizer", "cases.json")) as f:
+        cs = {c["name"]: c for c in json.load(f)["cases"]}
+    ids = torch.tensor([cs[n]["ids_clip_l"] for n in CLIP_L["cases"]], dtype=torch.int64)
+    with torch.no_grad():
+        last, pooled, hs = m(ids)
+        l64, p64, _ = m.double()(ids)
+    m.float()
+    t = {"input_ids": ids, "eos_index": ids.argmax(-1), "last_hidden_state": last, "pooler_output": pooled}
+    for i, h in enumerate(hs):
+        t[f"hidden_states.{i}"] = h
+    save(t, os.path.join(d, "io.safetensors"))
+    with open(os.path.join(PUB, "clip_l", "report.json")) as f:
+        sha = json.load(f)["flux_tokenizer_files_sha256"]
+    dl = (l64.float() - last).abs().max().item()
+    dump_json({"seed": CLIP_L["seed"], "params": sum(p.numel() for p in m.parameters()), "case_names": CLIP_L["cases"],
+               "texts": [cs[n]["text"] for n in CLIP_L["cases"]], "f64_last_max_abs": dl,
+               "f64_last_rel": dl / last.abs().max().item(), "f64_pooled_max_abs": (p64.float() - pooled).abs().max().item(),
+               "absmax_last": last.abs().max().item(), "flux_tokenizer_files_sha256": sha}, os.path.join(d, "report.json"))
+    with open(os.path.join(d, "README.md"), "w") as f:
+        f.write(f"# clip_l — ALTERNATE set\n\nWritten by `scripts/altfixtures/gen_flux.py` (variant {ARGS.variant}): "
+                f"CLIPTextModel re-implementation (quick_gelu) {dict((k, v) for k, v in CLIP_L.items() if k != 'cases')}, "
+                f"DETINIT weights; rows = cases {CLIP_L['cases']} of ../../sd2/clip_tokenizer/cases.json.\n")
+
+
 def main():
     if os.path.isdir(OUT):
         shutil.rmtree(OUT)
@@ -507,6 +553,7 @@ def main():
                     f"{GUIDANCE}, input seed {INPUT_SEED}; ControlNet scales {SCALES}.\n")
     gen_vae()
     gen_scheduler()
+    gen_clip_l()
     print("wrote", OUT)
 
 
