@@ -403,6 +403,15 @@ def main():
         src = os.path.join(PUB, name)
         (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, os.path.join(OUT, name))
 
+    # The DETINIT transcription reproduces the public transformer's weights from its seed.
+    with open(os.path.join(PUB, "transformer", "report.json")) as f:
+        prep = json.load(f)
+    ptr = FluxTransformer2DModel(**prep["config"])
+    detinit(ptr, prep["seed"])
+    pw = load_file(os.path.join(PUB, "transformer", "diffusion_pytorch_model.safetensors"))
+    assert set(pw) == set(ptr.state_dict()) and all(torch.equal(v, pw[k]) for k, v in ptr.state_dict().items())
+    del ptr, pw
+
     tr = FluxTransformer2DModel(**CONFIG)
     detinit(tr, SEED)
     tr.eval()
