@@ -73,7 +73,13 @@ func NoGrad(f func()) {
 	withGrad(false, f)
 }
 
-// EnableGrad runs f with autograd recording on (inside a NoGrad, say).
+// EnableGrad runs f with autograd recording on (inside a NoGrad, say), on
+// one OS thread. Run a training step's forward and backward inside it (or
+// with the goroutine locked to its thread): libtorch numbers autograd nodes
+// per OS thread and orders the backward pass by those numbers, so a
+// goroutine that migrates between threads mid-forward gets another
+// summation order, and gradients that differ in their last bits from run
+// to run.
 func EnableGrad(f func()) {
 	withGrad(true, f)
 }
