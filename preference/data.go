@@ -88,6 +88,9 @@ type Loader struct {
 	// Gen draws timesteps, noise and VAE samples.
 	Gen *torch.Generator
 
+	// rank and world shard every batch (SetShard); world ≤ 1: no sharding.
+	rank, world int
+
 	vaeKey  string
 	order   []int
 	cache   map[string]moments
@@ -192,6 +195,25 @@ func (l *Loader) SetPosition(epoch, pos int) error {
 	}
 	l.Epoch, l.Pos = epoch, pos
 	l.shuffle()
+	return nil
+}
+
+// SetShard makes the loader one of world data-parallel ranks: each batch
+// of PairsPerBatch pairs (the global batch) is read, checked and drawn for
+// exactly as without sharding, every random draw included, but Next
+// returns only this rank's contiguous share of world-th of its pairs (the
+// VAE encodes only those) with Batch.LossScale set so that the average of
+// the ranks' gradients is the global batch's. So world ranks with the same
+// seed train like one process with the whole batch. PairsPerBatch must be
+// a multiple of world; world 1 is no sharding.
+func (l *Loader) SetShard(rank, world int) error {
+	if world < 1 || rank < 0 || rank >= world {
+		return fmt.Errorf("preference: loader: rank %d of %d", rank, world)
+	}
+	if l.PairsPerBatch%world != 0 {
+		return fmt.Errorf("preference: loader: a batch of %d pairs does not split over %d ranks", l.PairsPerBatch, world)
+	}
+	l.rank, l.world = rank, world
 	return nil
 }
 
@@ -352,6 +374,13 @@ func (l *Loader) assemble(pairs []loadedPair, w, h int) (*Batch, error) {
 	p := int64(len(pairs))
 	kind := l.Config.Kind
 	b := &Batch{}
+	// This rank's pairs [lo, hi) of the batch (all of them unsharded).
+	sharded := l.world > 1
+	lo, hi := 0, len(pairs)
+	if sharded {
+		n := len(pairs) / l.world
+		lo, hi = l.rank*n, (l.rank+1)*n
+	}
 	var sig []float32
 	if kind == KindSD2 {
 		b.Timesteps = torch.Randint(0, int64(l.Config.NumTrainTimesteps), []int64{p}, l.Gen, torch.Int64, torch.CPU)
@@ -377,10 +406,35 @@ func (l *Loader) assemble(pairs []loadedPair, w, h int) (*Batch, error) {
 		noise = pk
 	}
 	b.Noise = noise
+	if sharded {
+		b.Timesteps = b.Timesteps.Narrow(0, int64(lo), int64(hi-lo))
+		b.Noise = b.Noise.Narrow(0, int64(lo), int64(hi-lo))
+		if sig != nil {
+			sig = sig[lo:hi]
+		}
+	}
+	// The VAE samples' shape: other ranks' pairs draw their samples from
+	// Gen too (discarded), so the generator advances as without sharding.
+	latent := []int64{1, c, int64(h) / f, int64(w) / f}
 	var xw, xl, ctrl, text, pooled []*torch.Tensor
 	weights := make([]float32, p)
 	for k, lp := range pairs {
 		weights[k] = float32(lp.im.Weight)
+		if k < lo || k >= hi {
+			draws := 2
+			if kind == KindFlux {
+				draws = 3
+			}
+			for range draws {
+				torch.RandnFor(latent, l.Gen, torch.Float32, torch.CPU)
+			}
+			continue
+		}
+		if sharded {
+			if m := l.encodeMoments(lp.wKey, imageTensor(lp.winner)); fmt.Sprint(m.mean.Shape()) != fmt.Sprint(latent) {
+				return nil, fmt.Errorf("the VAE's latents are %v, sharding expects %v", m.mean.Shape(), latent)
+			}
+		}
 		xw = append(xw, l.sampleLatent(l.encodeMoments(lp.wKey, imageTensor(lp.winner))))
 		xl = append(xl, l.sampleLatent(l.encodeMoments(lp.lKey, imageTensor(lp.loser))))
 		lr := lp.lr
@@ -403,7 +457,23 @@ func (l *Loader) assemble(pairs []loadedPair, w, h int) (*Batch, error) {
 		}
 	}
 	b.X0W, b.X0L, b.Control, b.Text = torch.Cat(xw, 0), torch.Cat(xl, 0), torch.Cat(ctrl, 0), torch.Cat(text, 0)
-	b.Weight = torch.FromSlice(weights, p)
+	if sharded {
+		// Σ_rank w·ℓ / Σ_batch w, times world: the mean over the ranks is
+		// the global batch's weighted mean loss.
+		var all, mine float64
+		for k, v := range weights {
+			all += float64(v)
+			if k >= lo && k < hi {
+				mine += float64(v)
+			}
+		}
+		if !(all > 0) {
+			return nil, fmt.Errorf("the pair weights of the batch sum to %v", all)
+		}
+		b.LossScale = float64(l.world) * mine / all
+		weights = weights[lo:hi]
+	}
+	b.Weight = torch.FromSlice(weights, int64(len(weights)))
 	if kind == KindFlux {
 		b.Pooled = torch.Cat(pooled, 0)
 		b.Sigmas = sig

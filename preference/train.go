@@ -39,6 +39,12 @@ type Batch struct {
 	ImgIDs, TxtIDs *torch.Tensor
 	// Weight is the HPO weight of each pair (P,).
 	Weight *torch.Tensor
+	// LossScale, when neither 0 nor 1, multiplies the batch's loss before
+	// the backward pass (and in MicroStats.Loss): a data-parallel rank's
+	// share of a global batch carries world·Σ(its weights)/Σ(the global
+	// batch's weights) (Loader.SetShard), so that the ranks' averaged
+	// gradients are those of the global batch's weighted mean loss.
+	LossScale float64
 }
 
 // Pairs is the number of pairs in the batch.
@@ -230,6 +236,11 @@ type Trainer struct {
 	// BeforeClip, when set, sees the parameters with their accumulated
 	// gradients right before clipping.
 	BeforeClip func(params []optim.Param)
+	// ReduceGradients, when set, runs first in Update, before BeforeClip
+	// and clipping: data-parallel training averages the ranks' gradients
+	// there (dist.Group.AverageGradients). An error aborts the step before
+	// the optimizer changes anything.
+	ReduceGradients func(params []optim.Param) error
 
 	// CheckpointFiles are extra files written into every checkpoint
 	// folder (name → content), e.g. the ControlNet's config.json.
@@ -364,8 +375,12 @@ func (t *Trainer) run(b *Batch, backward bool) (ms *MicroStats, err error) {
 			t.tap("loss", res.Loss.Detach())
 		})
 	}
+	scaled := b.LossScale != 0 && b.LossScale != 1
 	if backward {
 		loss := res.Loss
+		if scaled {
+			loss = loss.MulScalar(b.LossScale)
+		}
 		if t.Config.GradAccum > 1 {
 			loss = loss.DivScalar(float64(t.Config.GradAccum))
 		}
@@ -374,6 +389,9 @@ func (t *Trainer) run(b *Batch, backward bool) (ms *MicroStats, err error) {
 	ms = &MicroStats{Loss: res.Loss.Item(), Accuracy: res.Accuracy, ModelMargin: res.ModelMargin,
 		RefMargin: res.RefMargin, RewardMargin: res.RewardMargin,
 		Inside: res.Inside.Float64s(), PerPair: res.PerPair.Float64s()}
+	if scaled {
+		ms.Loss *= b.LossScale
+	}
 	torch.NoGrad(func() {
 		ms.MSEModel = torch.Cat([]*torch.Tensor{res.ModelMSEW, res.ModelMSEL}, 0).Float64s()
 		ms.MSERef = torch.Cat([]*torch.Tensor{res.RefMSEW, res.RefMSEL}, 0).Float64s()
@@ -420,6 +438,12 @@ func (t *Trainer) reference(xt *torch.Tensor, b *Batch) (out *torch.Tensor, err 
 // clipping, the clipping factor and the learning rate used.
 func (t *Trainer) Update() (gradNorm, clipCoef, lr float64, err error) {
 	params := t.Opt.Params()
+	if t.ReduceGradients != nil {
+		if err := t.ReduceGradients(params); err != nil {
+			t.Opt.ZeroGrad()
+			return 0, 0, 0, fmt.Errorf("preference: train: reducing gradients: %w", err)
+		}
+	}
 	if t.BeforeClip != nil {
 		t.BeforeClip(params)
 	}

@@ -1,0 +1,139 @@
+package preference
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/dp2osr/dp2o/internal/testutil"
+	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/optim"
+)
+
+// TestLoaderShard: the shards of world loaders (SetShard) are, bit for bit,
+// the matching rows of one unsharded loader's batches over several batches
+// (the generator advances alike), and their loss scales average to 1 and
+// weigh each share by its part of the batch's weight.
+func TestLoaderShard(t *testing.T) {
+	tinySD2Pipeline(t)
+	testutil.NoLeak(t)
+	const world, perRank, batches = 2, 2, 3
+	dir := t.TempDir()
+	pairs := writeToyPairs(t, dir, 2, 4, 2, 32)
+	pf, err := LoadPairs(pairs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range pf.Pairs {
+		pf.Pairs[i].Weight = 0.5 + float64(i%3)
+	}
+	if err := pf.Save(pairs); err != nil {
+		t.Fatal(err)
+	}
+	whole := newToySD2(t, pairs, DefaultTrainConfig(), world*perRank, 9)
+	defer whole.close()
+	ranks := make([]*toySD2, world)
+	for r := range ranks {
+		ranks[r] = newToySD2(t, pairs, DefaultTrainConfig(), world*perRank, 9)
+		defer ranks[r].close()
+		if err := ranks[r].loader.SetShard(r, world); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := whole.loader.SetShard(0, 3); err == nil {
+		t.Error("a batch of 4 split over 3 ranks was accepted")
+	}
+	if err := whole.loader.SetShard(2, 2); err == nil {
+		t.Error("rank 2 of 2 was accepted")
+	}
+	for i := range batches {
+		w, err := whole.loader.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w.LossScale != 0 {
+			t.Errorf("batch %d: an unsharded batch has loss scale %v", i, w.LossScale)
+		}
+		ws := w.Weight.Float64s()
+		var total, scales float64
+		for _, v := range ws {
+			total += v
+		}
+		for r, rl := range ranks {
+			b, err := rl.loader.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			lo := int64(r * perRank)
+			if b.Pairs() != perRank {
+				t.Fatalf("batch %d rank %d: %d pairs, want %d", i, r, b.Pairs(), perRank)
+			}
+			for _, c := range []struct {
+				n    string
+				a, b *torch.Tensor
+			}{{"x0_w", b.X0W, w.X0W}, {"x0_l", b.X0L, w.X0L}, {"noise", b.Noise, w.Noise}, {"timesteps", b.Timesteps, w.Timesteps},
+				{"control", b.Control, w.Control}, {"text", b.Text, w.Text}, {"weight", b.Weight, w.Weight}} {
+				s := torch.NewScope()
+				testutil.AssertEqual(t, fmt.Sprintf("batch %d rank %d %s", i, r, c.n), c.a.Contiguous(), c.b.Narrow(0, lo, perRank).Contiguous())
+				s.Close()
+			}
+			var mine float64
+			for _, v := range ws[lo : lo+perRank] {
+				mine += v
+			}
+			if d := b.LossScale - world*mine/total; d > 1e-12 || d < -1e-12 {
+				t.Errorf("batch %d rank %d: loss scale %v, want %v", i, r, b.LossScale, world*mine/total)
+			}
+			scales += b.LossScale
+			b.Close()
+		}
+		if d := scales/world - 1; d > 1e-12 || d < -1e-12 {
+			t.Errorf("batch %d: the loss scales average to %v, want 1", i, scales/world)
+		}
+		w.Close()
+	}
+}
+
+// TestTrainReduceGradientsError: a failing ReduceGradients (a collective
+// that broke) aborts the step before the optimizer: no weight changes, no
+// step counted; it runs before clipping and sees the
+// accumulated gradients.
+func TestTrainReduceGradientsError(t *testing.T) {
+	tinySD2Pipeline(t)
+	dir := t.TempDir()
+	pairs := writeToyPairs(t, dir, 2, 4, 1, 32)
+	toy := newToySD2(t, pairs, DefaultTrainConfig(), 1, 4)
+	defer toy.close()
+	before := policyBytes(t, toy.bb.PolicyParams())
+	sawGrad := false
+	toy.tr.ReduceGradients = func(ps []optim.Param) error {
+		for _, p := range ps {
+			if g := p.Tensor.Grad(); g != nil {
+				sawGrad = true
+				g.Close()
+			}
+		}
+		return errors.New("peer gone")
+	}
+	b, err := toy.loader.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_, err = toy.tr.Step([]*Batch{b})
+	if err == nil || !strings.Contains(err.Error(), "peer gone") {
+		t.Fatalf("Step with a failing ReduceGradients: %v", err)
+	}
+	if !sawGrad {
+		t.Error("ReduceGradients saw no gradient")
+	}
+	if toy.tr.StepsDone != 0 {
+		t.Errorf("%d steps counted", toy.tr.StepsDone)
+	}
+	for _, p := range toy.bb.PolicyParams() {
+		got := torch.Scoped(func() *torch.Tensor { return p.Tensor.Detach().ToDevice(torch.CPU) })
+		testutil.AssertEqual(t, p.Name, got, before[p.Name])
+		got.Close()
+	}
+}
