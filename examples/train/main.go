@@ -15,6 +15,13 @@
 // to the same numbers as an uninterrupted run. output_dir also gets
 // model.safetensors (the final ControlNet), train_log.csv (one row per
 // step) and train_curves.png (loss and implicit accuracy).
+//
+// Launched by torchrun (one process per device: RANK, WORLD_SIZE, ...),
+// the ranks form a process group (package torch/dist): rank 0's ControlNet
+// is broadcast, each step's global batch of train_batch_size ×
+// gradient_accumulation_steps × WORLD_SIZE pairs is split over the ranks,
+// gradients are averaged before clipping, and rank 0 alone writes the
+// outputs. Without torchrun's environment it is one process, as above.
 package main
 
 import (
@@ -44,7 +51,7 @@ func newApp() *cli.App {
 			&cli.StringFlag{Name: "output_dir", Value: "dpo-output", Usage: "where checkpoints, the final model.safetensors, the CSV log and the curves go"},
 			&cli.Float64Flag{Name: "learning_rate", Value: 2e-5, Usage: "AdamW learning rate (the paper: 2e-5)"},
 			&cli.Float64Flag{Name: "beta_dpo", Value: 5000, Usage: "DPO β (the paper: 5000)"},
-			&cli.IntFlag{Name: "train_batch_size", Value: 1, Usage: "pairs per batch (each pair runs its winner and loser)"},
+			&cli.IntFlag{Name: "train_batch_size", Value: 1, Usage: "pairs per batch, per process under torchrun (each pair runs its winner and loser)"},
 			&cli.IntFlag{Name: "gradient_accumulation_steps", Value: 1, Usage: "batches per optimizer step (the paper's 1024 pairs = batch × accumulation × GPUs)"},
 			&cli.IntFlag{Name: "max_train_steps", Value: 1000, Usage: "optimizer steps to train for (the paper: 1000)"},
 			&cli.IntFlag{Name: "checkpointing_steps", Value: 500, Usage: "save a checkpoint every this many steps (and at the end)"},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"github.com/dp2osr/dp2o/flow/transformer"
 	"github.com/dp2osr/dp2o/preference"
 	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/dist"
 	"github.com/dp2osr/dp2o/torch/optim"
 )
 
@@ -168,9 +170,22 @@ func loadFlux(s *session, c *cli.Context, base, cnPath string, dev torch.Device,
 	return preference.FluxData(p)
 }
 
+// policyTensors are the trained ControlNet's weights in the optimizer's
+// order (the same list on every rank).
+func policyTensors(ps []optim.Param) []*torch.Tensor {
+	ts := make([]*torch.Tensor, len(ps))
+	for i, p := range ps {
+		ts[i] = p.Tensor
+	}
+	return ts
+}
+
 // setup loads the models and the data and, with --resume_from_checkpoint,
-// restores a checkpoint.
-func setup(c *cli.Context) (s *session, err error) {
+// restores a checkpoint. Under torchrun (g of several ranks) every rank
+// does the same, then takes rank 0's ControlNet weights, reads its share of
+// each global batch of --train_batch_size × world pairs and averages the
+// gradients before clipping.
+func setup(c *cli.Context, g *dist.Group) (s *session, err error) {
 	kind := c.String("model")
 	d, ok := defaults[kind]
 	if !ok {
@@ -189,6 +204,10 @@ func setup(c *cli.Context) (s *session, err error) {
 	dev, dtype, err := deviceAndDType(c.String("device"), c.String("mixed_precision"))
 	if err != nil {
 		return nil, err
+	}
+	if g.WorldSize() > 1 && dev.IsCUDA() && g.Device().IsCUDA() {
+		// One process per GPU: cuda:$LOCAL_RANK, not every rank on cuda:0.
+		dev = g.Device()
 	}
 	pf, err := preference.LoadPairs(c.String("pairs"))
 	if err != nil {
@@ -223,10 +242,17 @@ func setup(c *cli.Context) (s *session, err error) {
 		s.tr.CheckpointFiles = map[string][]byte{"config.json": b}
 	}
 	s.closes = append(s.closes, s.tr.Close)
-	if s.loader, err = preference.NewLoader(dc, pf, filepath.Dir(c.String("pairs")), c.Int("train_batch_size"), c.Uint64("seed")); err != nil {
+	world := g.WorldSize()
+	if s.loader, err = preference.NewLoader(dc, pf, filepath.Dir(c.String("pairs")), c.Int("train_batch_size")*world, c.Uint64("seed")); err != nil {
 		return nil, err
 	}
 	s.closes = append(s.closes, s.loader.Close)
+	if world > 1 {
+		if err = s.loader.SetShard(g.Rank(), world); err != nil {
+			return nil, err
+		}
+		s.tr.ReduceGradients = func(ps []optim.Param) error { return g.AverageGradients(policyTensors(ps)) }
+	}
 	if r := c.String("resume_from_checkpoint"); r != "" {
 		dir := r
 		if r == "latest" {
@@ -242,58 +268,115 @@ func setup(c *cli.Context) (s *session, err error) {
 			fmt.Fprintf(c.App.ErrWriter, "resumed from %s at step %d\n", dir, s.tr.StepsDone)
 		}
 	}
+	if world > 1 {
+		if err = g.BroadcastParameters(policyTensors(s.bb.PolicyParams())); err != nil {
+			return nil, fmt.Errorf("broadcasting the ControlNet from rank 0: %w", err)
+		}
+	}
 	return s, nil
 }
 
-func run(c *cli.Context) error {
-	s, err := setup(c)
+func run(c *cli.Context) (err error) {
+	// Under torchrun: one rank of WORLD_SIZE; otherwise a group of one
+	// whose collectives do nothing.
+	g, err := dist.FromEnv()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := g.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}()
+	s, err := setup(c, g)
 	if err != nil {
 		return err
 	}
 	defer s.close()
+	// Rank 0 alone writes the checkpoints, the log, the curves and the
+	// final model, and shows the progress.
+	isMain, world := g.IsMain(), g.WorldSize()
 	out := c.String("output_dir")
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		return err
-	}
+	var log *trainLog
 	logPath := filepath.Join(out, "train_log.csv")
-	log, err := openLog(logPath, s.tr.StepsDone)
-	if err != nil {
-		return err
+	if isMain {
+		if err := os.MkdirAll(out, 0o755); err != nil {
+			return err
+		}
+		if log, err = openLog(logPath, s.tr.StepsDone); err != nil {
+			return err
+		}
+		defer log.Close()
 	}
-	defer log.Close()
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt)
 	defer stop()
 
 	maxSteps, every := c.Int("max_train_steps"), c.Int("checkpointing_steps")
 	var bar *progressbar.ProgressBar
-	if !c.Bool("no_progress") {
+	if isMain && !c.Bool("no_progress") {
 		bar = progressbar.NewOptions(maxSteps, progressbar.OptionSetDescription("dpo"), progressbar.OptionShowCount(),
 			progressbar.OptionSetWriter(errWriter(c)), progressbar.OptionSetPredictTime(true))
 		bar.Set(s.tr.StepsDone)
 	}
 	save := func() error {
-		dir := filepath.Join(out, fmt.Sprintf("checkpoint-%d", s.tr.StepsDone))
-		if err := s.tr.SaveCheckpoint(dir, s.loader); err != nil {
-			return err
+		if isMain {
+			dir := filepath.Join(out, fmt.Sprintf("checkpoint-%d", s.tr.StepsDone))
+			if err := s.tr.SaveCheckpoint(dir, s.loader); err != nil {
+				return err
+			}
+		}
+		if world > 1 {
+			// No rank runs ahead of a checkpoint it might resume from.
+			if err := g.Barrier(); err != nil {
+				return fmt.Errorf("barrier after checkpoint %d: %w", s.tr.StepsDone, err)
+			}
 		}
 		return nil
 	}
-	pairsPerStep := c.Int("train_batch_size") * c.Int("gradient_accumulation_steps")
+	pairsPerStep := c.Int("train_batch_size") * c.Int("gradient_accumulation_steps") * world
 	for s.tr.StepsDone < maxSteps {
-		if ctx.Err() != nil {
+		interrupted := ctx.Err() != nil
+		if world > 1 {
+			// The ranks stop together: one interrupted rank stops them all.
+			flag := 0.0
+			if interrupted {
+				flag = 1
+			}
+			v, err := g.AllReduceFloat64s(dist.Max, flag)
+			if err != nil {
+				return err
+			}
+			interrupted = v[0] > 0
+		}
+		if interrupted {
 			if err := save(); err != nil {
 				return err
 			}
-			return fmt.Errorf("interrupted at step %d (checkpoint saved): %w", s.tr.StepsDone, ctx.Err())
+			cause := ctx.Err()
+			if cause == nil { // another rank was interrupted
+				cause = context.Canceled
+			}
+			return fmt.Errorf("interrupted at step %d (checkpoint saved): %w", s.tr.StepsDone, cause)
 		}
 		start := time.Now()
 		st, err := step(s)
 		if err != nil {
 			return err
 		}
+		if world > 1 {
+			// The global batch's numbers: the ranks' shares are equal, and
+			// their losses carry the weight scale (Batch.LossScale).
+			v, err := g.AllReduceFloat64s(dist.Average, st.Loss, st.Accuracy, st.ModelMargin, st.RefMargin, st.RewardMargin)
+			if err != nil {
+				return err
+			}
+			st.Loss, st.Accuracy, st.ModelMargin, st.RefMargin, st.RewardMargin = v[0], v[1], v[2], v[3], v[4]
+		}
 		rate := float64(pairsPerStep) / time.Since(start).Seconds()
-		if err := log.write(st, rate); err != nil {
-			return err
+		if isMain {
+			if err := log.write(st, rate); err != nil {
+				return err
+			}
 		}
 		if bar != nil {
 			bar.Describe(fmt.Sprintf("loss %.4f acc %.2f", st.Loss, st.Accuracy))
@@ -304,6 +387,9 @@ func run(c *cli.Context) error {
 				return err
 			}
 		}
+	}
+	if !isMain {
+		return nil
 	}
 	if bar != nil {
 		bar.Finish()

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dp2osr/dp2o/internal/testutil"
+	"github.com/dp2osr/dp2o/preference"
+	"github.com/dp2osr/dp2o/torch/dist"
+)
+
+// The test binary is also the data-parallel worker: started with
+// distWorkerEnv set to a JSON list of flags it runs the train program with
+// them as one rank (torchrun's environment) and exits.
+const distWorkerEnv = "DP2O_TRAIN_DIST_WORKER"
+
+func TestMain(m *testing.M) {
+	if a := os.Getenv(distWorkerEnv); a != "" {
+		var args []string
+		if err := json.Unmarshal([]byte(a), &args); err != nil {
+			os.Stderr.WriteString("worker flags: " + err.Error() + "\n")
+			os.Exit(2)
+		}
+		msg, err := runApp(args...)
+		os.Stderr.WriteString(msg)
+		if err != nil {
+			os.Stderr.WriteString("train: " + err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestTrainSD2DataParallel runs the train program as 2 Gloo processes on
+// localhost (the environment torchrun gives: RANK, WORLD_SIZE, LOCAL_RANK,
+// MASTER_ADDR, MASTER_PORT) with per-rank batch b and gradient accumulation,
+// and as 1 process with batch 2b. Both consume the same pairs, timesteps,
+// noise and VAE samples, so the final ControlNets agree to float32
+// tolerance and the logged global losses agree. Each rank gets its own
+// --output_dir here so the test can see who wrote what: rank 0's holds
+// the checkpoints, the log, the curves and the model; rank 1's stays empty.
+// One process with 2b then resumes rank 0's first checkpoint and ends with
+// the same weights (the data position is counted in global pairs).
+//
+// The run is set up to compare gradients, not to amplify rounding: AdamW's
+// first steps move every weight by about ±lr whatever the gradient's size
+// (a last-bit difference in a near-zero gradient flips a whole step), so
+// ε is 1 (an update ≈ lr·g) with a large lr; and β is 50, not the paper's
+// 5000, whose factor on the MSE differences turns float32 rounding of the
+// different batch shapes into 1e-4 relative loss differences by step 2.
+func TestTrainSD2DataParallel(t *testing.T) {
+	const (
+		world, perRank, accum, steps = 2, 1, 2, 2
+		atol, rtol                   = 1e-6, 1e-5
+	)
+	if !dist.HasBackend(dist.Gloo) {
+		t.Skipf("this libtorch build has no Gloo backend (backends: %v)", dist.Backends())
+	}
+	dir := t.TempDir()
+	pairs := writePairs(t, dir, 2, 4, 1, 64)
+	// Unequal HPO weights: a rank's share of the weighted mean loss then
+	// depends on the other rank's weights (Batch.LossScale).
+	pf, err := preference.LoadPairs(pairs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range pf.Pairs {
+		pf.Pairs[i].Weight = 0.25 + float64(i%3)
+	}
+	if err := pf.Save(pairs); err != nil {
+		t.Fatal(err)
+	}
+	common := []string{"--model", "sd2", "--pretrained_model_name_or_path", assets + "/tiny-sd2",
+		"--controlnet_model_name_or_path", assets + "/tiny-sd2/controlnet/model.safetensors", "--pairs", pairs,
+		"--learning_rate", "0.1", "--adam_epsilon", "1", "--beta_dpo", "50", "--gradient_accumulation_steps", strconv.Itoa(accum), "--seed", "5",
+		"--max_train_steps", strconv.Itoa(steps), "--checkpointing_steps", "1", "--device", "cpu", "--no_progress"}
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmds := make([]*exec.Cmd, world)
+	outs := make([]*bytes.Buffer, world)
+	for r := range world {
+		args := append(append([]string{}, common...), "--train_batch_size", strconv.Itoa(perRank),
+			"--output_dir", filepath.Join(dir, "rank"+strconv.Itoa(r)))
+		js, err := json.Marshal(args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), distWorkerEnv+"="+string(js),
+			"RANK="+strconv.Itoa(r), "LOCAL_RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(world),
+			"MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port),
+			"GLOO_SOCKET_IFNAME=lo", "OMP_NUM_THREADS=1", "DP2O_DIST_BACKEND=gloo", "DP2O_DIST_TIMEOUT=2m")
+		outs[r] = &bytes.Buffer{}
+		cmd.Stdout, cmd.Stderr = outs[r], outs[r]
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("start rank %d: %v", r, err)
+		}
+		cmds[r] = cmd
+	}
+	failed := false
+	for r, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("rank %d: %v\n%s", r, err, outs[r])
+			failed = true
+		}
+	}
+	if failed {
+		t.FailNow()
+	}
+
+	single := filepath.Join(dir, "single")
+	if msg, err := runApp(append(common, "--train_batch_size", strconv.Itoa(world*perRank), "--output_dir", single)...); err != nil {
+		t.Fatalf("one process: %v\n%s", err, msg)
+	}
+
+	rank0 := filepath.Join(dir, "rank0")
+	for s := 1; s <= steps; s++ {
+		mustExist(t, filepath.Join(rank0, "checkpoint-"+strconv.Itoa(s), preference.CheckpointModel))
+	}
+	mustExist(t, filepath.Join(rank0, "train_log.csv"), filepath.Join(rank0, "train_curves.png"))
+	if ents, err := os.ReadDir(filepath.Join(dir, "rank1")); err == nil && len(ents) > 0 {
+		t.Errorf("rank 1 wrote %d entries into its output folder (only rank 0 writes), first %s", len(ents), ents[0].Name())
+	}
+
+	got := testutil.Tensors(t, filepath.Join(rank0, preference.CheckpointModel))
+	want := testutil.Tensors(t, filepath.Join(single, preference.CheckpointModel))
+	init := testutil.Tensors(t, assets+"/tiny-sd2/controlnet/model.safetensors")
+	if len(got) != len(want) || len(want) == 0 {
+		t.Fatalf("the 2-process ControlNet has %d tensors, the 1-process one %d", len(got), len(want))
+	}
+	moved, maxDiff := false, 0.0
+	for name, w := range want {
+		g, ok := got[name]
+		if !ok {
+			t.Fatalf("the 2-process ControlNet lacks %s", name)
+		}
+		d, worst, err := testutil.Diff(g, w, atol, rtol)
+		if err != nil || worst > 0 {
+			testutil.AssertClose(t, name, g, w, atol, rtol) // fails, naming the tensor
+		}
+		maxDiff = max(maxDiff, d)
+		if i, ok := init[name]; ok && !moved {
+			if d, _, err := testutil.Diff(w, i, 0, 0); err == nil && d > 0 {
+				moved = true
+			}
+		}
+	}
+	t.Logf("%d ControlNet tensors, max |diff| %.3g (atol %g, rtol %g)", len(want), maxDiff, atol, rtol)
+	if !moved {
+		t.Error("training did not change the ControlNet: the comparison shows nothing")
+	}
+	// Resuming across world sizes: rank 0's first checkpoint (2 ranks ×
+	// b) continued by 1 process × 2b ends where 1 process × 2b does.
+	resumed := filepath.Join(dir, "resumed")
+	if err := os.CopyFS(filepath.Join(resumed, "checkpoint-1"), os.DirFS(filepath.Join(rank0, "checkpoint-1"))); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := runApp(append(common, "--train_batch_size", strconv.Itoa(world*perRank), "--output_dir", resumed,
+		"--resume_from_checkpoint", "latest")...); err != nil || !strings.Contains(msg, "resumed from") {
+		t.Fatalf("one process resuming the 2-process checkpoint: %v\n%s", err, msg)
+	}
+	res := testutil.Tensors(t, filepath.Join(resumed, preference.CheckpointModel))
+	resDiff := 0.0
+	for name, w := range want {
+		g, ok := res[name]
+		if !ok {
+			t.Fatalf("the resumed ControlNet lacks %s", name)
+		}
+		d, worst, err := testutil.Diff(g, w, atol, rtol)
+		if err != nil || worst > 0 {
+			testutil.AssertClose(t, "resumed "+name, g, w, atol, rtol) // fails, naming the tensor
+		}
+		resDiff = max(resDiff, d)
+	}
+	t.Logf("resumed across world sizes: max |diff| %.3g", resDiff)
+	// The logged loss is the global batch's (the ranks' losses averaged).
+	rd, rs := logRows(t, filepath.Join(rank0, "train_log.csv")), logRows(t, filepath.Join(single, "train_log.csv"))
+	if len(rd) != steps || len(rs) != steps {
+		t.Fatalf("log rows: %d with 2 processes, %d with 1, want %d", len(rd), len(rs), steps)
+	}
+	for i := range rd {
+		for _, col := range []int{1, 6} { // loss, grad_norm
+			a, _ := strconv.ParseFloat(rd[i][col], 64)
+			b, _ := strconv.ParseFloat(rs[i][col], 64)
+			if d := a - b; d > 1e-5*(1+abs(b)) || -d > 1e-5*(1+abs(b)) {
+				t.Errorf("step %s %s: %v with 2 processes, %v with 1", rs[i][0], logHeader[col], a, b)
+			}
+		}
+	}
+}
+
+func abs(x float64) float64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
