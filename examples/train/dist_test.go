@@ -58,7 +58,13 @@ func TestMain(m *testing.M) {
 // ε is 1 (an update ≈ lr·g) with a large lr; and β is 50, not the paper's
 // 5000, whose factor on the MSE differences turns float32 rounding of the
 // different batch shapes into 1e-4 relative loss differences by step 2.
-func TestTrainSD2DataParallel(t *testing.T) {
+func TestTrainSD2DataParallel(t *testing.T) { testDataParallel(t, "sd2", "tiny-sd2") }
+
+// TestTrainFluxDataParallel is TestTrainSD2DataParallel for C-FLUX (three
+// VAE samples per pair, flow-matching σ per pair).
+func TestTrainFluxDataParallel(t *testing.T) { testDataParallel(t, "flux", "tiny-flux") }
+
+func testDataParallel(t *testing.T, model, asset string) {
 	const (
 		world, perRank, accum, steps = 2, 1, 2, 2
 		atol, rtol                   = 1e-6, 1e-5
@@ -80,8 +86,9 @@ func TestTrainSD2DataParallel(t *testing.T) {
 	if err := pf.Save(pairs); err != nil {
 		t.Fatal(err)
 	}
-	common := []string{"--model", "sd2", "--pretrained_model_name_or_path", assets + "/tiny-sd2",
-		"--controlnet_model_name_or_path", assets + "/tiny-sd2/controlnet/model.safetensors", "--pairs", pairs,
+	cn := assets + "/" + asset + "/controlnet/model.safetensors"
+	common := []string{"--model", model, "--pretrained_model_name_or_path", assets + "/" + asset,
+		"--controlnet_model_name_or_path", cn, "--pairs", pairs,
 		"--learning_rate", "0.1", "--adam_epsilon", "1", "--beta_dpo", "50", "--gradient_accumulation_steps", strconv.Itoa(accum), "--seed", "5",
 		"--max_train_steps", strconv.Itoa(steps), "--checkpointing_steps", "1", "--device", "cpu", "--no_progress"}
 
@@ -141,7 +148,7 @@ func TestTrainSD2DataParallel(t *testing.T) {
 
 	got := testutil.Tensors(t, filepath.Join(rank0, preference.CheckpointModel))
 	want := testutil.Tensors(t, filepath.Join(single, preference.CheckpointModel))
-	init := testutil.Tensors(t, assets+"/tiny-sd2/controlnet/model.safetensors")
+	init := testutil.Tensors(t, cn)
 	if len(got) != len(want) || len(want) == 0 {
 		t.Fatalf("the 2-process ControlNet has %d tensors, the 1-process one %d", len(got), len(want))
 	}
