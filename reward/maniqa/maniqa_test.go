@@ -124,17 +124,22 @@ func TestSwinBuffers(t *testing.T) {
 	require.Positive(t, n)
 }
 
-// TestFixtures runs every case (ViT-B/8 on 20 crops each: the slowest
-// test of the module on a small CPU) and checks every stored intermediate
-// in forward order.
+// TestFixtures checks every case and every stored intermediate in forward
+// order. A case runs ViT-B/8 on 20 crops (about 2.6 TFLOP: minutes on a
+// small CPU, and far more with the reference BLAS), but no stage mixes
+// crops and the fixture stores its intermediates for a few of them
+// (io.json's slice on the crop axis). So by default the preprocessing runs
+// on the whole image, the network on exactly the stored crops, whose
+// intermediates and per-patch scores and weights are compared, and the
+// pooling on the fixture's per-patch scores and weights of all crops,
+// compared with the stored score. DP2O_IQA_FULL=1 runs every crop through
+// the scorer end to end as well.
 func TestFixtures(t *testing.T) {
-	if testing.Short() {
-		t.Skip("MANIQA runs ViT-B/8 on 20 crops per image (about 2.6 TFLOP): run without -short")
-	}
 	f := iqatest.Load(t, folder)
 	exp := f.Expected(t)
 	images := f.Images(t)
 	s := scorer(t, f)
+	full := os.Getenv("DP2O_IQA_FULL") == "1"
 	for _, c := range f.Cases {
 		t.Run(c.Name, func(t *testing.T) {
 			testutil.NoLeak(t)
@@ -142,15 +147,19 @@ func TestFixtures(t *testing.T) {
 			defer img.Close()
 			require.Equal(t, c.Shape, img.Shape())
 			checked := map[string]bool{}
-			got, err := s.ScoreTap(context.Background(), img, func(name string, x *torch.Tensor) {
-				if full := c.Name + "." + name; exp.Has(full) {
-					exp.Check(t, full, x)
-					checked[full] = true
-				}
-			})
-			require.NoError(t, err)
-			exp.CheckScores(t, c.Score, got)
-			checked[c.Score] = true
+			if full {
+				got, err := s.ScoreTap(context.Background(), img, func(name string, x *torch.Tensor) {
+					if n := c.Name + "." + name; exp.Has(n) {
+						exp.Check(t, n, x)
+						checked[n] = true
+					}
+				})
+				require.NoError(t, err)
+				exp.CheckScores(t, c.Score, got)
+				checked[c.Score] = true
+			} else {
+				checkStoredCrops(t, s.Model(), exp, c.Name, c.Score, img, checked)
+			}
 			for name := range exp.Meta {
 				if !strings.HasPrefix(name, c.Name+".") || strings.HasSuffix(name, ".stats") {
 					continue
@@ -167,6 +176,104 @@ func TestFixtures(t *testing.T) {
 			}
 		})
 	}
+}
+
+// cropAxis reads the crop indices a stored intermediate keeps from its
+// io.json slice on axis 0 (nil: every crop).
+func cropAxis(t *testing.T, m iqatest.TensorMeta) []int64 {
+	t.Helper()
+	if len(m.Slice) == 0 || string(m.Slice[0]) == "null" {
+		return nil
+	}
+	var v []int64
+	require.NoError(t, json.Unmarshal(m.Slice[0], &v))
+	require.True(t, len(v) == 2 || len(v) == 3, "slice %v", v)
+	step := int64(1)
+	if len(v) == 3 {
+		step = v[2]
+	}
+	var idx []int64
+	for i := v[0]; i < min(v[1], m.Shape[0]); i += step {
+		idx = append(idx, i)
+	}
+	return idx
+}
+
+// checkStoredCrops is TestFixtures' default path for one case (see there).
+func checkStoredCrops(t *testing.T, m *Model, exp *iqatest.Expected, name, scoreKey string, img *torch.Tensor, checked map[string]bool) {
+	sc := torch.NewScope()
+	defer sc.Close()
+	// The crops stored for the network's intermediates, taken from the
+	// first ViT tensor's slice (every per-crop tensor stores the same);
+	// a case that stores none of them is checked on its first and last
+	// crops through the per-patch scores and weights.
+	var idx []int64
+	for k, meta := range exp.Meta {
+		if strings.HasPrefix(k, name+".vit.") {
+			idx = cropAxis(t, meta)
+			break
+		}
+	}
+	// The same tensors for a batch of just those crops: their slice on the
+	// crop axis becomes "all", and whole-tensor stats no longer apply.
+	sub := &iqatest.Expected{Tensors: exp.Tensors, Meta: map[string]iqatest.TensorMeta{}}
+	for k, meta := range exp.Meta {
+		if !strings.HasPrefix(k, name+".") || len(meta.Slice) == 0 {
+			continue
+		}
+		if ci := cropAxis(t, meta); ci != nil && len(ci) == len(idx) {
+			mm := meta
+			mm.Shape = append([]int64{int64(len(idx))}, meta.Shape[1:]...)
+			mm.Slice = append([]json.RawMessage{json.RawMessage("null")}, meta.Slice[1:]...)
+			mm.Stats = ""
+			sub.Meta[k] = mm
+		}
+	}
+	var ps, pw *torch.Tensor
+	err := torch.Try(func() {
+		torch.NoGrad(func() {
+			crops := m.cropBatch(img, func(n string, x *torch.Tensor) {
+				if k := name + "." + n; exp.Has(k) {
+					exp.Check(t, k, x)
+					checked[k] = true
+				}
+			})
+			if idx == nil {
+				idx = []int64{0, crops.Size(0) - 1}
+			}
+			picked := crops.IndexSelect(0, torch.FromSlice(idx).ToDevice(crops.Device()))
+			ps, pw = m.forwardCrops(picked, 1, func(n string, x *torch.Tensor) {
+				k := name + "." + n
+				if _, ok := sub.Meta[k]; ok {
+					sub.Check(t, k, x)
+					checked[k] = true
+				}
+			})
+		})
+	})
+	require.NoError(t, err)
+	// Per-patch scores and weights: the stored crops' segments of the
+	// stored rows (every crop's patches consecutive).
+	perCrop := ps.Size(1) / int64(len(idx))
+	for _, k := range []string{"per_patch_score", "per_patch_weight"} {
+		want := exp.Tensors[name+"."+k]
+		require.NotNil(t, want, k)
+		var segs []*torch.Tensor
+		for _, i := range idx {
+			segs = append(segs, want.Narrow(1, i*perCrop, perCrop))
+		}
+		got := ps
+		if k == "per_patch_weight" {
+			got = pw
+		}
+		w := torch.Cat(segs, 1).To(torch.Float64)
+		testutil.AssertClose(t, name+"."+k, got.ToDevice(torch.CPU).To(torch.Float64), w, iqatest.RelTol*w.Abs().Max().Item(), 0)
+		checked[name+"."+k] = true
+	}
+	// The pooling over all crops, on the stored per-patch values.
+	score := pool(exp.Tensors[name+".per_patch_score"], exp.Tensors[name+".per_patch_weight"])
+	exp.CheckScores(t, scoreKey, score.Float64s())
+	checked[scoreKey] = true
 }
 
 // TestPublishedCheckpoint writes the weights as the published checkpoint (a

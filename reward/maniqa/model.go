@@ -216,9 +216,17 @@ func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	}
 	s := torch.NewScope()
 	defer s.Close()
+	crops := m.cropBatch(x, tap)
+	ps, pw := m.forwardCrops(crops, x.Size(0), tap)
+	return s.Keep(pool(ps, pw).Unsqueeze(1))
+}
+
+// cropBatch is the test-time preprocessing: normalise, upscale when the
+// image is small, and cut the uniform crops ((N·n, 3, crop, crop), the
+// crops of each image consecutive).
+func (m *Model) cropBatch(x *torch.Tensor, tap Tap) *torch.Tensor {
 	cfg := m.cfg
 	dt := m.conv1.Weight.DType()
-	bsz := x.Size(0)
 	x = x.To(dt).Sub(m.mean.To(dt)).Div(m.std.To(dt))
 	l := cfg.Layout(x.Size(2), x.Size(3))
 	if l.Upscaled {
@@ -227,6 +235,14 @@ func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	}
 	crops := cfg.crops(x, l)
 	tap("crops", crops)
+	return crops
+}
+
+// forwardCrops runs the network on a batch of crops, every crop on its own
+// (no stage mixes crops), and returns the per-patch scores and weights as
+// (bsz, crops/bsz · patches): the crops of one image in a row.
+func (m *Model) forwardCrops(crops *torch.Tensor, bsz int64, tap Tap) (ps, pw *torch.Tensor) {
+	cfg := m.cfg
 	last := 0
 	for _, i := range cfg.ViTBlocks {
 		last = max(last, i+1)
@@ -258,10 +274,15 @@ func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	h = m.swin2.forward(h, "swintransformer2", tap)
 	tap("swintransformer2", h)
 	tok := h.Flatten(2, -1).Transpose(1, 2) // b c h w -> b (h w) c
-	ps := m.score[1].Forward(m.score[0].Forward(tok).Relu()).Relu().Reshape([]int64{bsz, -1})
-	pw := m.weight[1].Forward(m.weight[0].Forward(tok).Relu()).Sigmoid().Reshape([]int64{bsz, -1})
+	ps = m.score[1].Forward(m.score[0].Forward(tok).Relu()).Relu().Reshape([]int64{bsz, -1})
+	pw = m.weight[1].Forward(m.weight[0].Forward(tok).Relu()).Sigmoid().Reshape([]int64{bsz, -1})
 	tap("per_patch_score", ps)
 	tap("per_patch_weight", pw)
-	score := pw.Mul(ps).SumDims([]int64{-1}, false).Div(pw.SumDims([]int64{-1}, false).AddScalar(1e-8))
-	return s.Keep(score.Unsqueeze(1))
+	return ps, pw
+}
+
+// pool is MANIQA's score: Σ w·s / (Σ w + 1e-8) over all patches of an
+// image's crops jointly, (bsz,).
+func pool(ps, pw *torch.Tensor) *torch.Tensor {
+	return pw.Mul(ps).SumDims([]int64{-1}, false).Div(pw.SumDims([]int64{-1}, false).AddScalar(1e-8))
 }
