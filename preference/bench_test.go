@@ -15,7 +15,7 @@ import (
 // same step with diffusers' models on the same files:
 //
 //	OPENBLAS_NUM_THREADS=1 go test ./preference -run '^$' -bench DPOStep
-//	OPENBLAS_NUM_THREADS=1 PYTHONPATH=/work/refenv-py HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/bench_dpo_step.py
+//	OPENBLAS_NUM_THREADS=1 PYTHONPATH=<refenv> HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/bench_dpo_step.py
 func benchDPOStep(b *testing.B, r trainRun) {
 	prev := torch.NumThreads()
 	torch.SetNumThreads(1)

@@ -4,7 +4,7 @@ the library a user runs instead of this project, on the libtorch the Go shim
 links (Debian's python3-torch 1.13). The Go side, in the same units:
 
     OPENBLAS_NUM_THREADS=1 go test ./preference -run '^$' -bench DPOStep -benchtime 20x
-    OPENBLAS_NUM_THREADS=1 PYTHONPATH=/work/refenv-py HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/bench_dpo_step.py
+    OPENBLAS_NUM_THREADS=1 PYTHONPATH=<refenv> HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/bench_dpo_step.py
 
 Both build the tiny fixture models of preference/testdata (or
 $DP2O_FIXTURES): SD2 — UNet2DConditionModel + ControlNetModel.from_unet with

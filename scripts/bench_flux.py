@@ -17,7 +17,7 @@ It times the step (ControlNet forward, then the transformer with the
 residuals) with one intra-op thread (--threads) and prints ms/step and the
 output's mean |v| and sum, which the Go benchmark logs too.
 
-    OPENBLAS_NUM_THREADS=1 PYTHONPATH=/work/refenv-py HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/bench_flux.py
+    OPENBLAS_NUM_THREADS=1 PYTHONPATH=<refenv> HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/bench_flux.py
     OPENBLAS_NUM_THREADS=1 go test ./flow/transformer -run '^$' -bench FluxControlNetStep -benchtime 1x
 
 (libtorch does not set OpenBLAS's own thread count, which defaults to the number of cores.)

@@ -12,7 +12,7 @@ as the fixture pipeline did; inputs: step 0 of flux/pipeline/io.safetensors.
 It prints wall-clock and process CPU time per step (the latter is the
 steadier number on a shared machine). Before timing it checks the step's noise_pred and latents_out against the fixture.
 
-    PYTHONPATH=/work/refenv-py HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/bench_flux_pipeline_step.py
+    PYTHONPATH=<refenv> HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/bench_flux_pipeline_step.py
     go test ./flow -run '^$' -bench PipelineStep
 """
 import argparse

@@ -11,8 +11,8 @@ side keeps its best round. The Go side is `go test ./reward/<pkg> -run '^$' -ben
 feeds one reference expanded over the batch (the reward's case; pyiqa has no such path: compared with the same pyiqa
 number).
 
-Run from the repository root, with pyiqa set up by /work/shared/refenv/setup-iqa.sh into OUT_DIR:
-  PYTHONPATH=OUT_DIR:/work/refenv-py TIMM_FUSED_ATTN=0 HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/bench_iqa_models.py \
+Run from the repository root, with pyiqa set up by ../shared/refenv/setup-iqa.sh into OUT_DIR:
+  PYTHONPATH=OUT_DIR:<refenv> TIMM_FUSED_ATTN=0 HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/bench_iqa_models.py \
       [--metrics topiq_nr,musiq] [--rounds 2] [--iters 2]
 """
 import argparse

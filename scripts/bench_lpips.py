@@ -10,8 +10,8 @@ its best round, to damp the load of a shared machine. Each side also reports ima
 group of candidates, the reward's case; pyiqa has no such path, so it is compared with the same pyiqa number);
 "exact" is the default path (pyiqa's kernels, bit for bit), "fast" the channels-last one (OpenOptions.Fast).
 
-Run from the repository root, with pyiqa set up by /work/shared/refenv/setup-iqa.sh into OUT_DIR:
-  PYTHONPATH=OUT_DIR:/work/refenv-py TIMM_FUSED_ATTN=0 HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/bench_lpips.py [--rounds 3]
+Run from the repository root, with pyiqa set up by ../shared/refenv/setup-iqa.sh into OUT_DIR:
+  PYTHONPATH=OUT_DIR:<refenv> TIMM_FUSED_ATTN=0 HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/bench_lpips.py [--rounds 3]
 """
 import argparse
 import json

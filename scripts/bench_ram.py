@@ -10,7 +10,7 @@ after the eval() merge are plain nn.Linear products, which is what they compute 
 random: the timing does not depend on them. The Go side is `go test ./tagger -bench Tag` (the fixture
 weights, DAPE merged), run from this script with the same thread count.
 
-    PYTHONPATH=/work/refenv-py /usr/bin/python3 scripts/bench_ram.py --ram-repo /path/to/DP2O-SR [--threads 1] [--iters 3]
+    PYTHONPATH=<refenv> /usr/bin/python3 scripts/bench_ram.py --ram-repo /path/to/DP2O-SR [--threads 1] [--iters 3]
 """
 import argparse
 import dataclasses

@@ -6,8 +6,8 @@ relu3 features) on every case of those folders, and writes reward/lpips/testdata
 the weights and images from the repository's copies (reward/lpips/testdata, the shared inputs in testdata/), not
 from $DP2O_FIXTURES: these values belong to those files.
 
-Run from the repository root (pyiqa set up by /work/shared/refenv/setup-iqa.sh into OUT_DIR):
-  PYTHONPATH=OUT_DIR:/work/refenv-py TIMM_FUSED_ATTN=0 HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/iqa_lpips_plus.py
+Run from the repository root (pyiqa set up by ../shared/refenv/setup-iqa.sh into OUT_DIR):
+  PYTHONPATH=OUT_DIR:<refenv> TIMM_FUSED_ATTN=0 HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/iqa_lpips_plus.py
 """
 import json
 import os

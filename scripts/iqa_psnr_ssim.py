@@ -6,8 +6,8 @@ pyiqa.create_metric(...) (psnr, psnry, ssim, ssimc and the Y-of-YCbCr variants).
 recomputed by an independent torch port of pyiqa's psnr()/ssim() below, and the script fails if the two
 disagree; without pyiqa importable it stores the port's values (the JSON says which).
 
-Run (pyiqa set up with /work/shared/refenv/setup-iqa.sh into OUT_DIR):
-  PYTHONPATH=OUT_DIR:/work/refenv-py TIMM_FUSED_ATTN=0 HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/iqa_psnr_ssim.py \
+Run (pyiqa set up with ../shared/refenv/setup-iqa.sh into OUT_DIR):
+  PYTHONPATH=OUT_DIR:<refenv> TIMM_FUSED_ATTN=0 HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/iqa_psnr_ssim.py \
       reward/testdata/fidelity
 """
 import hashlib

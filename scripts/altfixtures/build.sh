@@ -12,9 +12,9 @@
 set -eu
 out=${1:?usage: build.sh OUT_DIR [a|b] [PUBLIC_FIXTURES]}
 variant=${2:-a}
-pub=${3:-/work/shared/fixtures}
+pub=${3:-$(cd "$(dirname "$0")/../../.." && pwd)/shared/fixtures}
 here=$(cd "$(dirname "$0")" && pwd)
-refenv=${REFENV:-/work/refenv-py}
+refenv=${REFENV:?set REFENV to the reference Python environment (../shared/refenv)}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 PYTHONPATH=$refenv HF_HUB_OFFLINE=1 /usr/bin/python3 "$here/gen_sd2.py" "$out" --variant "$variant" --public "$pub/sd2"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build an alternate flux/ fixture set (transformer, controlnet, vae, scheduler, clip_l) with the public layout.
 
-    PYTHONPATH=/work/refenv-py HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/altfixtures/gen_flux.py OUT_DIR [--public DIR]
+    PYTHONPATH=<refenv> HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/altfixtures/gen_flux.py OUT_DIR [--public DIR]
 
 Writes OUT_DIR/flux/{transformer,controlnet,vae,scheduler,clip_l} from a tiny diffusers
 FluxTransformer2DModel / FluxControlNetModel.from_transformer / AutoencoderKL and
@@ -29,7 +29,7 @@ torch.set_num_threads(1)
 
 ap = argparse.ArgumentParser(description="alternate flux/ fixture set")
 ap.add_argument("out")
-ap.add_argument("--public", default="/work/shared/fixtures/flux")
+ap.add_argument("--public", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "fixtures", "flux"))
 ap.add_argument("--variant", default="a", choices=["a", "b"])
 ARGS = ap.parse_args()
 OUT = os.path.join(os.path.abspath(ARGS.out), "flux")

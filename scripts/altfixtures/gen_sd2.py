@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Build an alternate sd2/ fixture set with the layout of the public one.
 
-    PYTHONPATH=/work/refenv-py HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/altfixtures/gen_sd2.py OUT_DIR [--variant a|b] [--public DIR]
+    PYTHONPATH=<refenv> HF_HUB_OFFLINE=1 /usr/bin/python3 scripts/altfixtures/gen_sd2.py OUT_DIR [--variant a|b] [--public DIR]
 
 Writes OUT_DIR/sd2/{unet,controlnet,vae,clip_text,pipeline,scheduler} from tiny models
 whose configs, shapes, seeds and channel lists all differ from the public set
-(--public, default /work/shared/fixtures/sd2), with the file names, tensor
+(--public, default ../shared/fixtures/sd2 beside the repository), with the file names, tensor
 names and dtypes that the public folders' READMEs describe. The folders that
 must stay the same (the real CLIP tokenizer, the full-size key layouts, the
 colour fix) are copied; the scheduler keeps SD2-base's config with other step
@@ -33,7 +33,7 @@ import argparse  # noqa: E402
 
 ap = argparse.ArgumentParser(description="alternate sd2/ fixture set")
 ap.add_argument("out", help="output root (sd2/ is written under it)")
-ap.add_argument("--public", default="/work/shared/fixtures/sd2", help="the public sd2/ folder (copied parts, cases.json)")
+ap.add_argument("--public", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared", "fixtures", "sd2"), help="the public sd2/ folder (copied parts, cases.json)")
 ap.add_argument("--variant", default="a", choices=["a", "b"],
                 help="a: other channels/heads/groups/shapes/seeds; b: also other depths (1 resnet per UNet block, "
                      "2 transformer layers, 3-block VAE and ControlNet embedding: scale factor 4)")

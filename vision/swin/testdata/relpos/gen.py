@@ -2,7 +2,7 @@
 interpolate_relative_pos_embed recipe (BEiT) with scipy's interp2d(kind='cubic'),
 run on random tables. Needs numpy, scipy < 1.14 (interp2d), torch, safetensors.
 
-    PYTHONPATH=/work/refenv-py /usr/bin/python3 vision/swin/testdata/relpos/gen.py
+    PYTHONPATH=<refenv> /usr/bin/python3 vision/swin/testdata/relpos/gen.py
 """
 import json
 import os
