@@ -2,16 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/urfave/cli/v2"
 
 	"github.com/dp2osr/dp2o/diffusion"
@@ -89,73 +86,11 @@ func run(c *cli.Context) error {
 	pipe.VAE.Tiling.Enabled = c.Bool("vae_tiling")
 	fmt.Printf("loaded %s on %v (%v) in %.1fs\n", base, dev, dtype, time.Since(start).Seconds())
 
-	prompts, err := newPrompter(c, dev)
-	if err != nil {
-		return err
-	}
-	defer prompts.Close()
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	// One generator for all images and samples, as the official script.
-	gen, err := torch.NewGenerator(generatorDevice(dev), uint64(c.Int64("seed")))
-	if err != nil {
-		return err
-	}
-
-	var failed []error
-	for i, in := range inputs {
-		for k := 0; k < samples; k++ {
-			out := outputPath(outDir, in, k, samples)
-			label := fmt.Sprintf("[%d/%d] %s", i+1, len(inputs), filepath.Base(in))
-			if samples > 1 {
-				label += fmt.Sprintf(" sample %d/%d", k+1, samples)
-			}
-			if err := upscaleOne(ctx, pipe, prompts, in, out, label, opts, gen, c.Bool("quiet")); err != nil {
-				if errors.Is(err, context.Canceled) {
-					return err
-				}
-				fmt.Fprintf(os.Stderr, "%s: %v\n", label, err)
-				failed = append(failed, err)
-				break
-			}
-		}
-	}
-	if len(failed) > 0 {
-		return fmt.Errorf("%d of %d images failed: %w", len(failed), len(inputs), errors.Join(failed...))
-	}
-	return nil
-}
-
-// upscaleOne loads, super-resolves and writes one image; the output file
-// appears only when complete.
-func upscaleOne(ctx context.Context, pipe *diffusion.SD2, prompts *prompter, in, out, label string, o diffusion.UpscaleOptions, gen *torch.Generator, quiet bool) error {
-	img, err := imageio.Load(in)
-	if err != nil {
-		return err
-	}
-	if o.Prompt, err = prompts.prompt(img); err != nil {
-		return err
-	}
-	var bar *progressbar.ProgressBar
-	if !quiet {
-		bar = progressbar.NewOptions(o.Steps, progressbar.OptionSetDescription(label),
-			progressbar.OptionShowCount(), progressbar.OptionSetWriter(os.Stderr),
-			progressbar.OptionClearOnFinish())
-		o.Progress = func(step, total int) { _ = bar.Set(step) }
-	}
-	res, err := pipe.Upscale(ctx, img, o, gen)
-	if bar != nil {
-		_ = bar.Finish()
-	}
-	if err != nil {
-		return err
-	}
-	if err := imageio.SavePNG(out, res); err != nil {
-		return err
-	}
-	fmt.Printf("%s → %s (%d×%d)\n", label, out, res.W, res.H)
-	return nil
+	return upscaleAll(c, dev, inputs, outDir, samples, opts.Steps, func(ctx context.Context, img *imageio.RGB8, prompt string, progress func(step, total int), gen *torch.Generator) (*imageio.RGB8, error) {
+		o := opts
+		o.Prompt, o.Progress = prompt, progress
+		return pipe.Upscale(ctx, img, o, gen)
+	})
 }
 
 // outputPath is <output_dir>/<basename>.png, basename being the file name
