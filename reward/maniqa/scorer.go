@@ -3,13 +3,10 @@ package maniqa
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 
 	"github.com/dp2osr/dp2o/reward"
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/nn"
-	"github.com/dp2osr/dp2o/torch/pickle"
 )
 
 // WeightsFile is the published checkpoint (pyiqa's weights repository).
@@ -34,22 +31,11 @@ var _ reward.Scorer = (*Scorer)(nil)
 // WeightsFile.
 func Open(o reward.OpenOptions) (*Scorer, error) {
 	const name = "maniqa"
-	src := o.Source
-	if src == nil {
-		if o.Weights == "" {
-			return nil, fmt.Errorf("%s: no weights: set OpenOptions.Weights to %s or its directory", name, WeightsFile)
-		}
-		path := o.Weights
-		if st, err := os.Stat(path); err == nil && st.IsDir() {
-			path = filepath.Join(path, WeightsFile)
-		}
-		ms, err := nn.LoadPth(path, pickle.WithKey(""))
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-		defer ms.Close()
-		src = ms
+	src, release, err := o.StateDict(name, WeightsFile, "")
+	if err != nil {
+		return nil, err
 	}
+	defer release()
 	b := nn.NewBuilder(src, o.ComputeDType(), o.Device)
 	m, err := New(b, KonIQ)
 	if err != nil {

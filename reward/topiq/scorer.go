@@ -3,13 +3,10 @@ package topiq
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 
 	"github.com/dp2osr/dp2o/reward"
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/nn"
-	"github.com/dp2osr/dp2o/torch/pickle"
 )
 
 // Published checkpoint file names (pyiqa's weights repository).
@@ -49,22 +46,11 @@ func Open(name string, o reward.OpenOptions) (*Scorer, error) {
 	default:
 		return nil, fmt.Errorf("topiq: unknown metric %q", name)
 	}
-	src := o.Source
-	if src == nil {
-		if o.Weights == "" {
-			return nil, fmt.Errorf("%s: no weights: set OpenOptions.Weights to %s or its directory", name, file)
-		}
-		path := o.Weights
-		if st, err := os.Stat(path); err == nil && st.IsDir() {
-			path = filepath.Join(path, file)
-		}
-		ms, err := nn.LoadPth(path, pickle.WithKey("params"))
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
-		}
-		defer ms.Close()
-		src = ms
+	src, release, err := o.StateDict(name, file, "params")
+	if err != nil {
+		return nil, err
 	}
+	defer release()
 	b := nn.NewBuilder(src, o.ComputeDType(), o.Device)
 	m, err := New(b, cfg)
 	if err != nil {
