@@ -4,23 +4,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
-// SentencePiece piece types used here (sentencepiece_model.proto; 5 is
-// UNUSED, 6 BYTE).
+// Piece and model types, as the tokenizer names them (ModelProto's).
 const (
-	pieceNormal      = 1
-	pieceUnknown     = 2
-	pieceControl     = 3
-	pieceUserDefined = 4
+	pieceNormal      = PieceNormal
+	pieceUnknown     = PieceUnknown
+	pieceControl     = PieceControl
+	pieceUserDefined = PieceUserDefined
+	modelTypeUnigram = ModelUnigram
 )
-
-// modelTypeUnigram is TrainerSpec.ModelType UNIGRAM.
-const modelTypeUnigram = 1
 
 // spieceModel is the part of a SentencePiece ModelProto the tokenizer uses.
 type spieceModel struct {
@@ -36,65 +32,19 @@ type spieceModel struct {
 	normName     string
 }
 
-// parseSpiece decodes a serialised ModelProto with TrainerSpec's defaults
-// (unigram, unk 0, bos 1, eos 2, pad −1).
+// parseSpiece decodes a serialised ModelProto (ParseModelProto, with its
+// defaults) into the tokenizer's view of it.
 func parseSpiece(b []byte) (*spieceModel, error) {
-	m := &spieceModel{modelType: modelTypeUnigram, unkID: 0, eosID: 2, padID: -1}
-	err := walkProto(b, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
-		switch {
-		case num == 1 && typ == protowire.BytesType: // pieces
-			piece, score, ptype := "", float32(0), pieceNormal
-			err := walkProto(v, func(num protowire.Number, typ protowire.Type, v []byte, x uint64) error {
-				switch {
-				case num == 1 && typ == protowire.BytesType:
-					piece = string(v)
-				case num == 2 && typ == protowire.Fixed32Type:
-					score = math.Float32frombits(uint32(x))
-				case num == 3 && typ == protowire.VarintType:
-					ptype = int(x)
-				}
-				return nil
-			})
-			if err != nil {
-				return fmt.Errorf("piece %d: %w", len(m.pieces), err)
-			}
-			m.pieces = append(m.pieces, piece)
-			m.scores = append(m.scores, float64(score))
-			m.types = append(m.types, ptype)
-		case num == 2 && typ == protowire.BytesType: // trainer_spec
-			return walkProto(v, func(num protowire.Number, typ protowire.Type, _ []byte, x uint64) error {
-				if typ != protowire.VarintType {
-					return nil
-				}
-				switch num {
-				case 3:
-					m.modelType = int(x)
-				case 35:
-					m.byteFallback = x != 0
-				case 40:
-					m.unkID = int64(int32(x))
-				case 42:
-					m.eosID = int64(int32(x))
-				case 43:
-					m.padID = int64(int32(x))
-				}
-				return nil
-			})
-		case num == 3 && typ == protowire.BytesType: // normalizer_spec
-			return walkProto(v, func(num protowire.Number, typ protowire.Type, v []byte, _ uint64) error {
-				switch {
-				case num == 1 && typ == protowire.BytesType:
-					m.normName = string(v)
-				case num == 2 && typ == protowire.BytesType:
-					m.charsmap = append([]byte(nil), v...)
-				}
-				return nil
-			})
-		}
-		return nil
-	})
+	p, err := ParseModelProto(b)
 	if err != nil {
-		return nil, fmt.Errorf("not a SentencePiece model: %w", err)
+		return nil, err
+	}
+	m := &spieceModel{pieces: p.Pieces, types: p.Types, modelType: p.ModelType, unkID: p.UnkID,
+		eosID: p.EOSID, padID: p.PadID, byteFallback: p.ByteFallback, charsmap: p.PrecompiledCharsmap,
+		normName: p.NormalizerName}
+	m.scores = make([]float64, len(p.Scores))
+	for i, v := range p.Scores {
+		m.scores[i] = float64(v)
 	}
 	return m, nil
 }
