@@ -87,3 +87,26 @@ func ScoresOf(t *torch.Tensor) (out []float64, err error) {
 	})
 	return out, err
 }
+
+// RunScores runs a scorer's forward pass f in a scope, without autograd,
+// and returns its (N) or (N,1) scores as float64s; a libtorch error in f
+// comes back as an error prefixed with the metric's name. It is the body
+// every network-backed Scorer.Score shares once its inputs are checked
+// (CheckInputs).
+func RunScores(metric string, f func() *torch.Tensor) (out []float64, err error) {
+	var scoreErr error
+	err = torch.Try(func() {
+		s := torch.NewScope()
+		defer s.Close()
+		torch.NoGrad(func() {
+			out, scoreErr = ScoresOf(f())
+		})
+	})
+	if err == nil {
+		err = scoreErr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", metric, err)
+	}
+	return out, nil
+}

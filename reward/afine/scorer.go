@@ -125,27 +125,15 @@ func (s *Scorer) ScoreTap(ctx context.Context, img, ref *torch.Tensor, tap Tap) 
 	if err := checkSize(img.Shape(), s.model.vit.Patch()); err != nil {
 		return nil, fmt.Errorf("%s: %w", s.name, err)
 	}
-	var scoreErr error
-	err = torch.Try(func() {
-		sc := torch.NewScope()
-		defer sc.Close()
-		torch.NoGrad(func() {
-			var y *torch.Tensor
-			if s.fr {
-				y = s.model.ForwardFR(img.ToDevice(s.dev), ref.ToDevice(s.dev), tap)
-			} else {
-				y = s.model.ForwardNR(img.ToDevice(s.dev), tap)
-			}
-			out, scoreErr = reward.ScoresOf(y)
-		})
+	return reward.RunScores(s.name, func() *torch.Tensor {
+		var y *torch.Tensor
+		if s.fr {
+			y = s.model.ForwardFR(img.ToDevice(s.dev), ref.ToDevice(s.dev), tap)
+		} else {
+			y = s.model.ForwardNR(img.ToDevice(s.dev), tap)
+		}
+		return y
 	})
-	if err == nil {
-		err = scoreErr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", s.name, err)
-	}
-	return out, nil
 }
 
 // Close frees the weights.

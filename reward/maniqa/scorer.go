@@ -75,21 +75,7 @@ func (s *Scorer) ScoreTap(ctx context.Context, img *torch.Tensor, tap Tap) (out 
 	if err := reward.CheckInputs(ctx, s, img, nil); err != nil {
 		return nil, err
 	}
-	var scoreErr error
-	err = torch.Try(func() {
-		sc := torch.NewScope()
-		defer sc.Close()
-		torch.NoGrad(func() {
-			out, scoreErr = reward.ScoresOf(s.model.Forward(img.ToDevice(s.dev), tap))
-		})
-	})
-	if err == nil {
-		err = scoreErr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("maniqa: %w", err)
-	}
-	return out, nil
+	return reward.RunScores("maniqa", func() *torch.Tensor { return s.model.Forward(img.ToDevice(s.dev), tap) })
 }
 
 // Close frees the weights.

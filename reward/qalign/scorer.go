@@ -279,22 +279,10 @@ func (s *Scorer) ScoreTap(ctx context.Context, img *torch.Tensor, tap Tap) (out 
 	if err := ctxErr(ctx); err != nil {
 		return nil, err
 	}
-	var scoreErr error
-	err = torch.Try(func() {
-		sc := torch.NewScope()
-		defer sc.Close()
-		torch.NoGrad(func() {
-			x := pix.To(s.dtype).ToDevice(s.dev)
-			out, scoreErr = reward.ScoresOf(s.model.Score(x, s.prompt, tap))
-		})
+	return reward.RunScores("qalign", func() *torch.Tensor {
+		x := pix.To(s.dtype).ToDevice(s.dev)
+		return s.model.Score(x, s.prompt, tap)
 	})
-	if err == nil {
-		err = scoreErr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("qalign: %w", err)
-	}
-	return out, nil
 }
 
 func ctxErr(ctx context.Context) error {

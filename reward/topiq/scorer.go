@@ -94,26 +94,14 @@ func (s *Scorer) ScoreTap(ctx context.Context, img, ref *torch.Tensor, tap Tap) 
 	if !s.model.cfg.UseRef {
 		ref = nil
 	}
-	var scoreErr error
-	err = torch.Try(func() {
-		sc := torch.NewScope()
-		defer sc.Close()
-		torch.NoGrad(func() {
-			x := img.ToDevice(s.dev)
-			var y *torch.Tensor
-			if ref != nil {
-				y = ref.ToDevice(s.dev)
-			}
-			out, scoreErr = reward.ScoresOf(s.model.Forward(x, y, tap))
-		})
+	return reward.RunScores(s.name, func() *torch.Tensor {
+		x := img.ToDevice(s.dev)
+		var y *torch.Tensor
+		if ref != nil {
+			y = ref.ToDevice(s.dev)
+		}
+		return s.model.Forward(x, y, tap)
 	})
-	if err == nil {
-		err = scoreErr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", s.name, err)
-	}
-	return out, nil
 }
 
 // Close frees the weights.
