@@ -156,11 +156,7 @@ func TestFixtures(t *testing.T) {
 			exp.CheckScores(t, c.Score, got)
 			checked[c.Score] = true
 			testutil.AssertEqual(t, "input after scoring (pyiqa normalises in place; the port must not)", img, before)
-			for n := range exp.Meta {
-				if strings.HasPrefix(n, p) && !strings.HasSuffix(n, ".stats") {
-					require.True(t, checked[n], "%s: stored but not produced", n)
-				}
-			}
+			exp.RequireProduced(t, p, checked)
 		})
 	}
 }
@@ -335,16 +331,10 @@ func BenchmarkScore(b *testing.B) {
 		}
 		for mode, in := range modes {
 			b.Run(name+"/"+mode, func(b *testing.B) {
-				if _, err := s.Score(context.Background(), in[0], in[1]); err != nil { // warm-up
-					b.Fatal(err)
-				}
-				b.ResetTimer()
-				for i := 0; i < b.N; i++ {
-					if _, err := s.Score(context.Background(), in[0], in[1]); err != nil {
-						b.Fatal(err)
-					}
-				}
-				b.ReportMetric(float64(int64(b.N)*batch)/b.Elapsed().Seconds(), "images/s")
+				iqatest.BenchScore(b, batch, func() error {
+					_, err := s.Score(context.Background(), in[0], in[1])
+					return err
+				})
 			})
 		}
 		require.NoError(b, s.Close())

@@ -3,7 +3,6 @@ package clipiqa
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -164,41 +163,17 @@ func TestFixtures(t *testing.T) {
 			require.NoError(t, err)
 			exp.CheckScores(t, c.Score, got)
 			checked[c.Score] = true
-			for name := range exp.Meta {
-				if strings.HasPrefix(name, c.Name+".") && !strings.HasSuffix(name, ".stats") {
-					require.True(t, checked[name], "%s: stored but not produced", name)
-				}
-			}
+			exp.RequireProduced(t, c.Name+".", checked)
 		})
 	}
 }
 
 func TestBatch(t *testing.T) {
 	f := iqatest.Load(t, folder)
-	exp := f.Expected(t)
-	images := f.Images(t)
 	s := scorer(t, f)
-	groups := map[string][]iqatest.Case{}
-	for _, c := range f.Cases {
-		groups[fmt.Sprint(c.Shape)] = append(groups[fmt.Sprint(c.Shape)], c)
-	}
-	for _, cs := range groups {
-		if len(cs) < 2 {
-			continue
-		}
-		testutil.NoLeak(t)
-		var imgs []*torch.Tensor
-		for _, c := range cs {
-			imgs = append(imgs, images[c.Image])
-		}
-		img := torch.Unscope(torch.Scoped(func() *torch.Tensor { return torch.Cat(imgs, 0).ToDevice(testutil.Device(t)) }))
-		got, err := s.Score(context.Background(), img, nil)
-		img.Close()
-		require.NoError(t, err)
-		for i, c := range cs {
-			exp.CheckScores(t, c.Score, got[i:i+1])
-		}
-	}
+	f.CheckSameShapeBatches(t, f.Expected(t), f.Images(t), func(ctx context.Context, img *torch.Tensor) ([]float64, error) {
+		return s.Score(ctx, img, nil)
+	})
 }
 
 // TestPublishedFiles writes the weights as the published files (the learned
@@ -348,14 +323,8 @@ func BenchmarkScore(b *testing.B) {
 	require.NoError(b, err)
 	defer s.Close()
 	img := iqatest.Repeat(b, f.Images(b)[f.Cases[0].Image], batch, dev)
-	if _, err := s.Score(context.Background(), img, nil); err != nil { // warm-up
-		b.Fatal(err)
-	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := s.Score(context.Background(), img, nil); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(int64(b.N)*batch)/b.Elapsed().Seconds(), "images/s")
+	iqatest.BenchScore(b, batch, func() error {
+		_, err := s.Score(context.Background(), img, nil)
+		return err
+	})
 }

@@ -375,14 +375,8 @@ func BenchmarkScore(b *testing.B) {
 	require.NoError(b, err)
 	defer s.Close()
 	img := iqatest.Repeat(b, f.Images(b)[f.Cases[0].Image], batch, dev)
-	if _, err := s.Score(context.Background(), img, nil); err != nil { // warm-up
-		b.Fatal(err)
-	}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := s.Score(context.Background(), img, nil); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(int64(b.N)*batch)/b.Elapsed().Seconds(), "images/s")
+	iqatest.BenchScore(b, batch, func() error {
+		_, err := s.Score(context.Background(), img, nil)
+		return err
+	})
 }

@@ -3,7 +3,6 @@ package qalign
 import (
 	"context"
 	"fmt"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -125,11 +124,7 @@ func TestFixtures(t *testing.T) {
 			for _, st := range []string{"input_u8", "square_u8", "resized_u8", "pixel_values"} {
 				checked[c.Name+"."+st] = true // TestPreprocess
 			}
-			for name := range exp.Meta {
-				if strings.HasPrefix(name, c.Name+".") && !strings.HasSuffix(name, ".stats") {
-					require.True(t, checked[name], "%s: stored but not produced", name)
-				}
-			}
+			exp.RequireProduced(t, c.Name+".", checked)
 		})
 	}
 }

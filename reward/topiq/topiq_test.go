@@ -342,16 +342,10 @@ func BenchmarkScore(b *testing.B) {
 		}
 		for mode, in := range modes {
 			b.Run(f.PyiqaName+"/"+mode, func(b *testing.B) {
-				if _, err := s.Score(context.Background(), in[0], in[1]); err != nil { // warm-up
-					b.Fatal(err)
-				}
-				b.ResetTimer()
-				for i := 0; i < b.N; i++ {
-					if _, err := s.Score(context.Background(), in[0], in[1]); err != nil {
-						b.Fatal(err)
-					}
-				}
-				b.ReportMetric(float64(int64(b.N)*batch)/b.Elapsed().Seconds(), "images/s")
+				iqatest.BenchScore(b, batch, func() error {
+					_, err := s.Score(context.Background(), in[0], in[1])
+					return err
+				})
 			})
 		}
 		require.NoError(b, s.Close())

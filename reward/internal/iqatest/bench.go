@@ -50,3 +50,19 @@ func Expand(b *testing.B, img *torch.Tensor, n int64, dev torch.Device) *torch.T
 	b.Cleanup(t.Close)
 	return t
 }
+
+// BenchScore times score on one batch of batch images (one warm-up call
+// first) and reports images per second.
+func BenchScore(b *testing.B, batch int64, score func() error) {
+	b.Helper()
+	if err := score(); err != nil { // warm-up
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := score(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(int64(b.N)*batch)/b.Elapsed().Seconds(), "images/s")
+}
