@@ -1,7 +1,6 @@
 package t5
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -21,28 +20,6 @@ import (
 	"github.com/dp2osr/dp2o/torch/detinit"
 	"github.com/dp2osr/dp2o/torch/nn"
 )
-
-// procStatus reads the kB fields of /proc/self/status.
-func procStatus(tb testing.TB) map[string]int64 {
-	tb.Helper()
-	f, err := os.Open("/proc/self/status")
-	require.NoError(tb, err)
-	defer f.Close()
-	out := map[string]int64{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		fs := strings.Fields(v)
-		if !ok || len(fs) != 2 || fs[1] != "kB" {
-			continue
-		}
-		n, err := strconv.ParseInt(fs[0], 10, 64)
-		if err == nil {
-			out[k] = n << 10
-		}
-	}
-	return out
-}
 
 // BenchmarkLoadSharded writes a sharded bfloat16 checkpoint of FLUX's
 // T5-XXL truncated to DP2O_BENCH_LOAD_LAYERS blocks (default 2; 24 is the
@@ -124,14 +101,14 @@ func BenchmarkLoadSharded(b *testing.B) {
 	for range b.N {
 		// Reset the peak resident set (Linux: clear_refs 5).
 		require.NoError(b, os.WriteFile("/proc/self/clear_refs", []byte("5"), 0))
-		before := procStatus(b)
+		before := testutil.ProcStatus(b)
 		var ms0, ms1 runtime.MemStats
 		runtime.ReadMemStats(&ms0)
 		start := time.Now()
 		e, err := LoadEncoder(dir, torch.BFloat16, torch.CPU)
 		require.NoError(b, err)
 		elapsed := time.Since(start)
-		after := procStatus(b)
+		after := testutil.ProcStatus(b)
 		runtime.ReadMemStats(&ms1)
 		mib := func(n int64) float64 { return float64(n) / (1 << 20) }
 		b.ReportMetric(mib(size), "ckpt-MiB")

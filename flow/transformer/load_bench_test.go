@@ -1,7 +1,6 @@
 package transformer
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -22,27 +21,6 @@ import (
 	"github.com/dp2osr/dp2o/torch/nn"
 	"github.com/dp2osr/dp2o/torch/safetensors"
 )
-
-// procStatus reads the kB fields of /proc/self/status.
-func procStatus(tb testing.TB) map[string]int64 {
-	tb.Helper()
-	f, err := os.Open("/proc/self/status")
-	require.NoError(tb, err)
-	defer f.Close()
-	out := map[string]int64{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		fs := strings.Fields(v)
-		if !ok || len(fs) != 2 || fs[1] != "kB" {
-			continue
-		}
-		if n, err := strconv.ParseInt(fs[0], 10, 64); err == nil {
-			out[k] = n << 10
-		}
-	}
-	return out
-}
 
 func envInt(b *testing.B, name string, def int) int {
 	s := os.Getenv(name)
@@ -130,14 +108,14 @@ func BenchmarkLoadSharded(b *testing.B) {
 	for range b.N {
 		// Reset the peak resident set (Linux: clear_refs 5).
 		require.NoError(b, os.WriteFile("/proc/self/clear_refs", []byte("5"), 0))
-		before := procStatus(b)
+		before := testutil.ProcStatus(b)
 		var ms0, ms1 runtime.MemStats
 		runtime.ReadMemStats(&ms0)
 		start := time.Now()
 		f, err := LoadFlux(dir, torch.BFloat16, torch.CPU)
 		require.NoError(b, err)
 		elapsed := time.Since(start)
-		after := procStatus(b)
+		after := testutil.ProcStatus(b)
 		runtime.ReadMemStats(&ms1)
 		mib := func(n int64) float64 { return float64(n) / (1 << 20) }
 		b.ReportMetric(mib(size), "ckpt-MiB")

@@ -1,7 +1,12 @@
 package testutil
 
 import (
+	"bufio"
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -15,4 +20,28 @@ func CPUTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// ProcStatus reads the kB fields of /proc/self/status (VmRSS, VmHWM, …),
+// in bytes, for the load benchmarks' memory figures.
+func ProcStatus(tb testing.TB) map[string]int64 {
+	tb.Helper()
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	out := map[string]int64{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		fs := strings.Fields(v)
+		if !ok || len(fs) != 2 || fs[1] != "kB" {
+			continue
+		}
+		if n, err := strconv.ParseInt(fs[0], 10, 64); err == nil {
+			out[k] = n << 10
+		}
+	}
+	return out
 }
