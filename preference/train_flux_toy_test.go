@@ -1,7 +1,6 @@
 package preference
 
 import (
-	"math"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -132,56 +131,6 @@ func TestTrainFluxToyLearns(t *testing.T) {
 	cfg.AdamW.LR = 3e-6
 	toy := newToyFlux(t, pairs, cfg, 2, 7)
 	defer toy.close()
-	frozen := fluxFrozenFingerprints(t, toy.bb, p)
-	policy0 := fingerprint(t, toy.bb.PolicyParams())
-
-	const draws, epochs = 2, 2
-	var batches []*Batch
-	defer func() {
-		for _, b := range batches {
-			b.Close()
-		}
-	}()
-	for range draws {
-		b, err := toy.loader.Next()
-		if err != nil {
-			t.Fatal(err)
-		}
-		batches = append(batches, b)
-	}
-	evaluate := func() (loss, acc float64) {
-		for _, b := range batches {
-			ms, err := toy.tr.Evaluate(b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			loss += ms.Loss / draws
-			acc += ms.Accuracy / draws
-		}
-		return loss, acc
-	}
-	loss0, acc0 := evaluate()
-	if math.Abs(loss0-math.Ln2) > 1e-7 || acc0 != 0 {
-		t.Fatalf("before training: loss %v accuracy %v, want ln 2 and 0 (policy = reference)", loss0, acc0)
-	}
-	for range epochs {
-		for _, b := range batches {
-			if _, err := toy.tr.Step([]*Batch{b}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	loss1, acc1 := evaluate()
-	t.Logf("%d steps: loss %.4f → %.4f, implicit accuracy %.2f → %.2f", draws*epochs, loss0, loss1, acc0, acc1)
-	if !(loss1 < loss0) || !(acc1 > acc0) {
-		t.Fatalf("no learning: loss %v → %v, accuracy %v → %v", loss0, loss1, acc0, acc1)
-	}
-	if fingerprint(t, toy.bb.PolicyParams()) == policy0 {
-		t.Fatal("the ControlNet did not move")
-	}
-	for k, fp := range fluxFrozenFingerprints(t, toy.bb, p) {
-		if fp != frozen[k] {
-			t.Fatalf("frozen %s changed", k)
-		}
-	}
+	toyLearns(t, toy.tr, toy.loader, toy.bb.PolicyParams,
+		func() map[string]Fingerprint { return fluxFrozenFingerprints(t, toy.bb, p) }, 2, 2)
 }
