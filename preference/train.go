@@ -347,12 +347,18 @@ func (t *Trainer) run(b *Batch, backward bool) (ms *MicroStats, err error) {
 	}
 	t.tap("xt", xt)
 	t.tap("target", target)
+	// Policy and reference compute with the same kernels, the autograd
+	// path's (at step 0 they are equal bit for bit: inside = 0, loss =
+	// ln 2), so the CPU fast paths (on with the reference BLAS only) are
+	// off for both.
 	var model, ref *torch.Tensor
-	t.region(func() {
-		if ref, err = t.reference(xt, b); err != nil {
-			return
-		}
-		model, err = t.Backbone.predict(false, xt, b)
+	torch.PlainKernels(func() {
+		t.region(func() {
+			if ref, err = t.reference(xt, b); err != nil {
+				return
+			}
+			model, err = t.Backbone.predict(false, xt, b)
+		})
 	})
 	if err != nil {
 		return nil, err
@@ -404,33 +410,10 @@ func (t *Trainer) run(b *Batch, backward bool) (ms *MicroStats, err error) {
 	return ms, nil
 }
 
-// reference is the frozen reference's prediction, detached. It must come
-// out of the same kernels as the policy's (at step 0 the two are equal bit
-// for bit, inside = 0, loss = ln 2): where the shim's XNNPACK fast paths
-// are on (the reference BLAS), they run for tensors autograd does not
-// record, so the reference then runs with grad mode on and its weights
-// marked as requiring gradients for the call, exactly like the policy,
-// and its graph is dropped. Otherwise it runs under no_grad.
+// reference is the frozen reference's prediction, under no_grad.
 func (t *Trainer) reference(xt *torch.Tensor, b *Batch) (out *torch.Tensor, err error) {
-	if !torch.GradEnabled() || !torch.FastPathAvailable() {
-		torch.NoGrad(func() { out, err = t.Backbone.predict(true, xt, b) })
-		return out, err
-	}
-	ps := t.Backbone.ReferenceParams()
-	for _, p := range ps {
-		p.Tensor.SetRequiresGrad(true)
-	}
-	defer func() {
-		for _, p := range ps {
-			p.Tensor.SetRequiresGrad(false)
-		}
-	}()
-	s := torch.NewScope()
-	defer s.Close()
-	if out, err = t.Backbone.predict(true, xt, b); err != nil {
-		return nil, err
-	}
-	return s.Keep(out.Detach()), nil
+	torch.NoGrad(func() { out, err = t.Backbone.predict(true, xt, b) })
+	return out, err
 }
 
 // Update clips the accumulated gradients, applies AdamW, clears the

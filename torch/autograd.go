@@ -113,3 +113,18 @@ func Autocast(dev DeviceType, dtype DType, f func()) {
 // AutocastEnabled reports whether autocast is on for the device type on the
 // calling goroutine's current OS thread.
 func AutocastEnabled(dev DeviceType) bool { return C.dp2o_autocast_enabled(C.int(dev)) != 0 }
+
+// PlainKernels runs f with the CPU fast paths (the XNNPACK kernels that
+// FastLinear, FusedAttention and GEGLUFeedForward take where autograd
+// records nothing) off on the goroutine's OS thread, so that f computes
+// with exactly the kernels the autograd path uses: for a frozen model
+// whose outputs must match a trained copy's bit for bit (a DPO reference
+// at step 0). Like grad mode, the setting is per OS thread, so the
+// goroutine is locked to its thread for the extent of f.
+func PlainKernels(f func()) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	prev := C.dp2o_set_fast_paths(0)
+	defer C.dp2o_set_fast_paths(prev)
+	f()
+}

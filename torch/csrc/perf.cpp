@@ -122,13 +122,17 @@ const Xnn &xnn() {
   return x;
 }
 
+// fast_paths_off is set on a thread by dp2o_set_fast_paths: a region that
+// must use the plain ATen kernels (the same ones as the autograd path).
+thread_local bool fast_paths_off = false;
+
 // fast_ok: float32 CPU strided tensors on which autograd records nothing,
 // with one intra-op thread. With more, XNNPACK would split its work over
 // its own thread pool beside ATen's OpenMP team, whose workers spin after
 // each parallel region: on a machine with few free cores the pool's
 // workers then wait for a time slice (milliseconds) on every call.
 bool fast_ok(std::initializer_list<const at::Tensor *> ts) {
-  if (!xnn().ok || at::get_num_threads() != 1) return false;
+  if (fast_paths_off || !xnn().ok || at::get_num_threads() != 1) return false;
   bool grad = at::GradMode::is_enabled();
   for (const at::Tensor *t : ts) {
     if (!t || !t->defined()) continue;
@@ -315,3 +319,14 @@ at::Tensor geglu_ff(const at::Tensor &x, const at::Tensor &w1, const c10::option
 }
 
 }  // namespace dp2o
+
+extern "C" {
+
+// dp2o_set_fast_paths turns the XNNPACK fast paths on (1) or off (0) on the
+// calling OS thread and returns the previous setting.
+int dp2o_set_fast_paths(int on) {
+  int prev = dp2o::fast_paths_off ? 0 : 1;
+  dp2o::fast_paths_off = on == 0;
+  return prev;
+}
+}
