@@ -140,14 +140,18 @@ func DPOLoss(b DPOBatch, beta float64) (res *DPOResult, err error) {
 	res.PerPair = perPair.Detach()
 	res.Inside = inside.Detach()
 	res.ModelMSEW, res.ModelMSEL = mw.Detach(), ml.Detach()
-	var acc, mMargin, rMargin, iMargin *torch.Tensor
+	// The four logged statistics come to the host in one copy (one device
+	// sync per step, not four).
+	var stats []float64
 	torch.NoGrad(func() {
-		acc = res.Inside.GtScalar(0).To(torch.Float32).Mean()
-		mMargin = res.ModelMSEL.Sub(res.ModelMSEW).Mean()
-		rMargin = res.RefMSEL.Sub(res.RefMSEW).Mean()
-		iMargin = res.Inside.Mean()
+		stats = torch.Stack([]*torch.Tensor{
+			res.Inside.GtScalar(0).To(torch.Float32).Mean(),
+			res.ModelMSEL.Sub(res.ModelMSEW).Mean(),
+			res.RefMSEL.Sub(res.RefMSEW).Mean(),
+			res.Inside.Mean(),
+		}, 0).To(torch.Float64).ToDevice(torch.CPU).Float64s()
 	})
-	res.Accuracy, res.ModelMargin, res.RefMargin, res.RewardMargin = acc.Item(), mMargin.Item(), rMargin.Item(), iMargin.Item()
+	res.Accuracy, res.ModelMargin, res.RefMargin, res.RewardMargin = stats[0], stats[1], stats[2], stats[3]
 	s.Keep(res.Loss, res.PerPair, res.Inside, res.ModelMSEW, res.ModelMSEL, res.RefMSEW, res.RefMSEL)
 	return res, nil
 }
