@@ -2,7 +2,6 @@ package flow
 
 import (
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
 
@@ -12,17 +11,6 @@ import (
 	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/torch"
 )
-
-// processCPU is the CPU time of the process (user + system, all threads):
-// on a loaded machine it measures the work of a one-thread step better
-// than the wall clock.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // BenchmarkPipelineStep times one denoising step of the fixture pipeline
 // (ControlNet forward, transformer forward with the residuals, Euler
@@ -67,7 +55,7 @@ func BenchmarkPipelineStep(b *testing.B) {
 				}
 				step() // warm-up
 				b.ResetTimer()
-				cpu0 := processCPU()
+				cpu0 := testutil.CPUTime()
 				start := time.Now()
 				for range b.N {
 					step()
@@ -76,7 +64,7 @@ func BenchmarkPipelineStep(b *testing.B) {
 					require.NoError(b, torch.CUDASynchronize(dev.Index))
 				}
 				b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/step")
-				b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/1000/float64(b.N), "cpu-ms/step")
+				b.ReportMetric(float64((testutil.CPUTime()-cpu0).Microseconds())/1000/float64(b.N), "cpu-ms/step")
 			})
 		})
 	}

@@ -6,11 +6,10 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/dp2osr/dp2o/imageio"
+	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/torch"
 )
 
@@ -85,7 +84,7 @@ func BenchmarkTag(b *testing.B) {
 	if _, err := t.Tag(img); err != nil { // warm-up
 		b.Fatal(err)
 	}
-	c0 := processCPU()
+	c0 := testutil.CPUTime()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, err := t.Tag(img); err != nil {
@@ -98,14 +97,5 @@ func BenchmarkTag(b *testing.B) {
 	b.StopTimer()
 	// Process CPU time per image: on a shared machine the wall time
 	// mostly measures the other processes.
-	b.ReportMetric(float64(processCPU()-c0)/1e6/float64(b.N), "cpu-ms/op")
-}
-
-// processCPU is the process's user + system CPU time.
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	b.ReportMetric(float64(testutil.CPUTime()-c0)/1e6/float64(b.N), "cpu-ms/op")
 }

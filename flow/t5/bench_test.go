@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -53,7 +52,7 @@ func BenchmarkEncoder(b *testing.B) {
 					}
 					run() // warm-up
 					b.ResetTimer()
-					start, cpu := time.Now(), cpuTime()
+					start, cpu := time.Now(), testutil.CPUTime()
 					for range b.N {
 						run()
 					}
@@ -61,22 +60,11 @@ func BenchmarkEncoder(b *testing.B) {
 						require.NoError(b, torch.CUDASynchronize(dev.Index))
 					}
 					b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/op")
-					b.ReportMetric(float64((cpuTime()-cpu).Microseconds())/1000/float64(b.N), "cpu-ms/op")
+					b.ReportMetric(float64((testutil.CPUTime()-cpu).Microseconds())/1000/float64(b.N), "cpu-ms/op")
 				})
 			})
 		}
 	}
-}
-
-// cpuTime is the process's CPU time (user + system): on a shared machine
-// other load inflates wall time, not the process's own CPU time (with one
-// intra-op thread the two agree on an idle machine).
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkTokenizer times encoding every prompt of the tokenizer fixture

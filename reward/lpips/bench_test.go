@@ -6,10 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
-	"time"
 
+	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/reward"
 	"github.com/dp2osr/dp2o/reward/internal/iqatest"
 	"github.com/dp2osr/dp2o/torch"
@@ -49,14 +48,14 @@ func BenchmarkLPIPS(b *testing.B) {
 				torch.Unscope(ref)
 				name := fmt.Sprintf("metric=%s/path=%s/mode=%s/batch=%d/threads=%d/size=%dx%d", filepath.Base(rel), path, mode, batch, threads, c.Shape[3], c.Shape[2])
 				b.Run(name, func(b *testing.B) {
-					cpu0 := cpuSeconds(b)
+					cpu0 := testutil.CPUTime().Seconds()
 					for b.Loop() {
 						if _, err := s.Score(context.Background(), dist, ref); err != nil {
 							b.Fatal(err)
 						}
 					}
 					b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "images/s")
-					b.ReportMetric(float64(b.N*batch)/(cpuSeconds(b)-cpu0), "images/cpu-s")
+					b.ReportMetric(float64(b.N*batch)/(testutil.CPUTime().Seconds()-cpu0), "images/cpu-s")
 				})
 				ref.Close()
 			}
@@ -64,17 +63,6 @@ func BenchmarkLPIPS(b *testing.B) {
 		}
 		dist.Close()
 	}
-}
-
-// cpuSeconds is the process's user + system CPU time: on a loaded machine
-// it measures the work done better than the wall clock (with one libtorch
-// thread, the work of one core).
-func cpuSeconds(b *testing.B) float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 func envInt(b *testing.B, name string, def int) int {
