@@ -312,31 +312,9 @@ func TestPublishedCheckpoint(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	f := iqatest.Load(t, folder)
 	s := scorer(t, f)
-	dev := testutil.Device(t)
 	testutil.NoLeak(t)
-	mk := func(shape ...int64) *torch.Tensor {
-		x := torch.Unscope(torch.Full(shape, 0.5, torch.Float32, dev))
-		t.Cleanup(x.Close)
-		return x
-	}
-	ctx := context.Background()
-	for _, tc := range []struct {
-		name string
-		img  *torch.Tensor
-		msg  string
-	}{
-		{"gray", mk(1, 1, 64, 64), "want (N,3,H,W)"},
-		{"rgba", mk(1, 4, 64, 64), "want (N,3,H,W)"},
-		{"3-d", mk(3, 64, 64), "want (N,3,H,W)"},
-	} {
-		_, err := s.Score(ctx, tc.img, nil)
-		require.ErrorContains(t, err, tc.msg, tc.name)
-		require.ErrorContains(t, err, "maniqa", tc.name)
-	}
-	cancelled, cancel := context.WithCancel(ctx)
-	cancel()
-	_, err := s.Score(cancelled, mk(1, 3, 64, 64), nil)
-	require.ErrorIs(t, err, context.Canceled)
+	iqatest.CheckNRInputErrors(t, s)
+	var err error
 	// A tiny image is upscaled as pyiqa does: its shorter side becomes 225.
 	l := KonIQ.Layout(1, 7)
 	require.True(t, l.Upscaled)
