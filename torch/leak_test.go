@@ -34,7 +34,7 @@ func TestNoLeakTrainingLoop(t *testing.T) {
 	startTensors, startBytes := torch.LiveTensors(), torch.LiveBytes()
 	dev := torch.CPU
 	gen := torch.MustGenerator(dev, 1)
-	w := torch.Unscope(torch.Randn([]int64{32, 32}, gen, torch.Float32, dev).MulScalar(0.1))
+	w := torch.Scoped(func() *torch.Tensor { return torch.Randn([]int64{32, 32}, gen, torch.Float32, dev).MulScalar(0.1) })
 	b := torch.Unscope(torch.Zeros([]int64{32}, torch.Float32, dev))
 	lw := torch.Unscope(torch.Ones([]int64{32}, torch.Float32, dev))
 	lb := torch.Unscope(torch.Zeros([]int64{32}, torch.Float32, dev))

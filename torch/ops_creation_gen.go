@@ -48,145 +48,129 @@ var _ = runtime.KeepAlive
 // zeros Tensor factories. The exported wrappers (factory.go) add dtype and device options.
 func zeros(shape []int64, dtype DType, devType int64, devIndex int64) *Tensor {
 	shapeP, shapeN := intList(shape)
-	var out C.dp2o_tensor
-	err := C.dp2o_zeros(shapeP, shapeN, C.int(dtype), C.int64_t(devType), C.int64_t(devIndex), &out)
-	must(err, "zeros")
-	return newTensor(out)
+	res := C.dp2o_zeros(shapeP, shapeN, C.int(dtype), C.int64_t(devType), C.int64_t(devIndex))
+	must(res.err, "zeros")
+	return newTensor(res.t)
 }
 
 // ones calls libtorch's at::ones.
 func ones(shape []int64, dtype DType, devType int64, devIndex int64) *Tensor {
 	shapeP, shapeN := intList(shape)
-	var out C.dp2o_tensor
-	err := C.dp2o_ones(shapeP, shapeN, C.int(dtype), C.int64_t(devType), C.int64_t(devIndex), &out)
-	must(err, "ones")
-	return newTensor(out)
+	res := C.dp2o_ones(shapeP, shapeN, C.int(dtype), C.int64_t(devType), C.int64_t(devIndex))
+	must(res.err, "ones")
+	return newTensor(res.t)
 }
 
 // empty calls libtorch's at::empty.
 func empty(shape []int64, dtype DType, devType int64, devIndex int64) *Tensor {
 	shapeP, shapeN := intList(shape)
-	var out C.dp2o_tensor
-	err := C.dp2o_empty(shapeP, shapeN, C.int(dtype), C.int64_t(devType), C.int64_t(devIndex), &out)
-	must(err, "empty")
-	return newTensor(out)
+	res := C.dp2o_empty(shapeP, shapeN, C.int(dtype), C.int64_t(devType), C.int64_t(devIndex))
+	must(res.err, "empty")
+	return newTensor(res.t)
 }
 
 // full calls libtorch's at::full.
 func full(shape []int64, value float64, dtype DType, devType int64, devIndex int64) *Tensor {
 	shapeP, shapeN := intList(shape)
-	var out C.dp2o_tensor
-	err := C.dp2o_full(shapeP, shapeN, C.double(value), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex), &out)
-	must(err, "full")
-	return newTensor(out)
+	res := C.dp2o_full(shapeP, shapeN, C.double(value), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex))
+	must(res.err, "full")
+	return newTensor(res.t)
 }
 
 // arange calls libtorch's at::arange.
 func arange(start float64, end float64, step float64, dtype DType, devType int64, devIndex int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_arange(C.double(start), C.double(end), C.double(step), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex), &out)
-	must(err, "arange")
-	return newTensor(out)
+	res := C.dp2o_arange(C.double(start), C.double(end), C.double(step), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex))
+	must(res.err, "arange")
+	return newTensor(res.t)
 }
 
 // linspace calls libtorch's at::linspace.
 func linspace(start float64, end float64, steps int64, dtype DType, devType int64, devIndex int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_linspace(C.double(start), C.double(end), C.int64_t(steps), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex), &out)
-	must(err, "linspace")
-	return newTensor(out)
+	res := C.dp2o_linspace(C.double(start), C.double(end), C.int64_t(steps), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex))
+	must(res.err, "linspace")
+	return newTensor(res.t)
 }
 
 // eye calls libtorch's at::eye.
 func eye(n int64, m int64, dtype DType, devType int64, devIndex int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_eye(C.int64_t(n), C.int64_t(m), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex), &out)
-	must(err, "eye")
-	return newTensor(out)
+	res := C.dp2o_eye(C.int64_t(n), C.int64_t(m), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex))
+	must(res.err, "eye")
+	return newTensor(res.t)
 }
 
 // scalarTensor calls libtorch's at::scalar_tensor.
 func scalarTensor(value float64, dtype DType, devType int64, devIndex int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_scalar_tensor(C.double(value), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex), &out)
-	must(err, "scalar_tensor")
-	return newTensor(out)
+	res := C.dp2o_scalar_tensor(C.double(value), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex))
+	must(res.err, "scalar_tensor")
+	return newTensor(res.t)
 }
 
 // randn calls libtorch's at::randn.
 func randn(shape []int64, gen *Generator, dtype DType, devType int64, devIndex int64) *Tensor {
 	shapeP, shapeN := intList(shape)
-	var out C.dp2o_tensor
-	err := C.dp2o_randn(shapeP, shapeN, gen.cptr(), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex), &out)
+	res := C.dp2o_randn(shapeP, shapeN, gen.cptr(), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex))
 	runtime.KeepAlive(gen)
-	must(err, "randn")
-	return newTensor(out)
+	must(res.err, "randn")
+	return newTensor(res.t)
 }
 
 // rand calls libtorch's at::rand.
 func rand(shape []int64, gen *Generator, dtype DType, devType int64, devIndex int64) *Tensor {
 	shapeP, shapeN := intList(shape)
-	var out C.dp2o_tensor
-	err := C.dp2o_rand(shapeP, shapeN, gen.cptr(), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex), &out)
+	res := C.dp2o_rand(shapeP, shapeN, gen.cptr(), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex))
 	runtime.KeepAlive(gen)
-	must(err, "rand")
-	return newTensor(out)
+	must(res.err, "rand")
+	return newTensor(res.t)
 }
 
 // randint calls libtorch's at::randint.
 func randint(low int64, high int64, shape []int64, gen *Generator, dtype DType, devType int64, devIndex int64) *Tensor {
 	shapeP, shapeN := intList(shape)
-	var out C.dp2o_tensor
-	err := C.dp2o_randint(C.int64_t(low), C.int64_t(high), shapeP, shapeN, gen.cptr(), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex), &out)
+	res := C.dp2o_randint(C.int64_t(low), C.int64_t(high), shapeP, shapeN, gen.cptr(), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex))
 	runtime.KeepAlive(gen)
-	must(err, "randint")
-	return newTensor(out)
+	must(res.err, "randint")
+	return newTensor(res.t)
 }
 
 // randperm calls libtorch's at::randperm.
 func randperm(n int64, gen *Generator, dtype DType, devType int64, devIndex int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_randperm(C.int64_t(n), gen.cptr(), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex), &out)
+	res := C.dp2o_randperm(C.int64_t(n), gen.cptr(), C.int(dtype), C.int64_t(devType), C.int64_t(devIndex))
 	runtime.KeepAlive(gen)
-	must(err, "randperm")
-	return newTensor(out)
+	must(res.err, "randperm")
+	return newTensor(res.t)
 }
 
 // ZerosLike returns zeros with self's shape, dtype and device.
 func (t *Tensor) ZerosLike() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_zeros_like(t.ptr(), &out)
+	res := C.dp2o_zeros_like(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "zeros_like")
-	return newTensor(out)
+	must(res.err, "zeros_like")
+	return newTensor(res.t)
 }
 
 // OnesLike returns ones with self's shape, dtype and device.
 func (t *Tensor) OnesLike() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_ones_like(t.ptr(), &out)
+	res := C.dp2o_ones_like(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "ones_like")
-	return newTensor(out)
+	must(res.err, "ones_like")
+	return newTensor(res.t)
 }
 
 // FullLike returns a tensor of value with self's shape, dtype and device.
 func (t *Tensor) FullLike(value float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_full_like(t.ptr(), C.double(value), &out)
+	res := C.dp2o_full_like(t.ptr(), C.double(value))
 	runtime.KeepAlive(t)
-	must(err, "full_like")
-	return newTensor(out)
+	must(res.err, "full_like")
+	return newTensor(res.t)
 }
 
 // RandnLike draws N(0,1) with self's shape, dtype and device from gen (nil: the default generator).
 func (t *Tensor) RandnLike(gen *Generator) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_randn_like(t.ptr(), gen.cptr(), &out)
+	res := C.dp2o_randn_like(t.ptr(), gen.cptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(gen)
-	must(err, "randn_like")
-	return newTensor(out)
+	must(res.err, "randn_like")
+	return newTensor(res.t)
 }
 
 // Normal_ fills self in place with N(mean, std²) drawn from gen (nil: the default generator), like Tensor.normal_.

@@ -22,43 +22,39 @@ var _ = runtime.KeepAlive
 // UpsampleBilinear2dScales is upsample_bilinear2d with the output size and the scale factors F.interpolate(scale_factor=) passes: the source coordinate of output pixel d is (d+0.5)/scale−0.5, not (d+0.5)·in/out−0.5.
 func (t *Tensor) UpsampleBilinear2dScales(size []int64, alignCorners bool, scaleH float64, scaleW float64) *Tensor {
 	sizeP, sizeN := intList(size)
-	var out C.dp2o_tensor
-	err := C.dp2o_upsample_bilinear2d_scales(t.ptr(), sizeP, sizeN, cbool(alignCorners), C.double(scaleH), C.double(scaleW), &out)
+	res := C.dp2o_upsample_bilinear2d_scales(t.ptr(), sizeP, sizeN, cbool(alignCorners), C.double(scaleH), C.double(scaleW))
 	runtime.KeepAlive(t)
-	must(err, "upsample_bilinear2d_scales")
-	return newTensor(out)
+	must(res.err, "upsample_bilinear2d_scales")
+	return newTensor(res.t)
 }
 
 // UpsampleBicubic2dScales is upsample_bicubic2d with the output size and the scale factors F.interpolate(scale_factor=) passes.
 func (t *Tensor) UpsampleBicubic2dScales(size []int64, alignCorners bool, scaleH float64, scaleW float64) *Tensor {
 	sizeP, sizeN := intList(size)
-	var out C.dp2o_tensor
-	err := C.dp2o_upsample_bicubic2d_scales(t.ptr(), sizeP, sizeN, cbool(alignCorners), C.double(scaleH), C.double(scaleW), &out)
+	res := C.dp2o_upsample_bicubic2d_scales(t.ptr(), sizeP, sizeN, cbool(alignCorners), C.double(scaleH), C.double(scaleW))
 	runtime.KeepAlive(t)
-	must(err, "upsample_bicubic2d_scales")
-	return newTensor(out)
+	must(res.err, "upsample_bicubic2d_scales")
+	return newTensor(res.t)
 }
 
 // Poisson draws a Poisson count for every rate in self from gen (nil: the default generator), like torch.poisson.
 func (t *Tensor) Poisson(gen *Generator) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_poisson(t.ptr(), gen.cptr(), &out)
+	res := C.dp2o_poisson(t.ptr(), gen.cptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(gen)
-	must(err, "poisson")
-	return newTensor(out)
+	must(res.err, "poisson")
+	return newTensor(res.t)
 }
 
 // Tensordot is torch.tensordot contracting dimsA of self with dimsB of other.
 func (t *Tensor) Tensordot(other *Tensor, dimsA []int64, dimsB []int64) *Tensor {
 	dimsAP, dimsAN := intList(dimsA)
 	dimsBP, dimsBN := intList(dimsB)
-	var out C.dp2o_tensor
-	err := C.dp2o_tensordot(t.ptr(), other.ptr(), dimsAP, dimsAN, dimsBP, dimsBN, &out)
+	res := C.dp2o_tensordot(t.ptr(), other.ptr(), dimsAP, dimsAN, dimsBP, dimsBN)
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "tensordot")
-	return newTensor(out)
+	must(res.err, "tensordot")
+	return newTensor(res.t)
 }
 
 // UniqueCount is len(torch.unique(self)): the number of distinct values.

@@ -159,561 +159,501 @@ var _ = runtime.KeepAlive
 
 // Add is self + other with broadcasting.
 func (t *Tensor) Add(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_add(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_add(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "add")
-	return newTensor(out)
+	must(res.err, "add")
+	return newTensor(res.t)
 }
 
 // AddScaled is self + alpha·other.
 func (t *Tensor) AddScaled(other *Tensor, alpha float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_add_alpha(t.ptr(), other.ptr(), C.double(alpha), &out)
+	res := C.dp2o_add_alpha(t.ptr(), other.ptr(), C.double(alpha))
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "add_alpha")
-	return newTensor(out)
+	must(res.err, "add_alpha")
+	return newTensor(res.t)
 }
 
 // Sub is self − other.
 func (t *Tensor) Sub(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_sub(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_sub(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "sub")
-	return newTensor(out)
+	must(res.err, "sub")
+	return newTensor(res.t)
 }
 
 // Mul is self · other.
 func (t *Tensor) Mul(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_mul(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_mul(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "mul")
-	return newTensor(out)
+	must(res.err, "mul")
+	return newTensor(res.t)
 }
 
 // Div is self / other (true division).
 func (t *Tensor) Div(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_div(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_div(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "div")
-	return newTensor(out)
+	must(res.err, "div")
+	return newTensor(res.t)
 }
 
 // AddScalar is self + v.
 func (t *Tensor) AddScalar(v float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_add_scalar(t.ptr(), C.double(v), &out)
+	res := C.dp2o_add_scalar(t.ptr(), C.double(v))
 	runtime.KeepAlive(t)
-	must(err, "add_scalar")
-	return newTensor(out)
+	must(res.err, "add_scalar")
+	return newTensor(res.t)
 }
 
 // SubScalar is self − v.
 func (t *Tensor) SubScalar(v float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_sub_scalar(t.ptr(), C.double(v), &out)
+	res := C.dp2o_sub_scalar(t.ptr(), C.double(v))
 	runtime.KeepAlive(t)
-	must(err, "sub_scalar")
-	return newTensor(out)
+	must(res.err, "sub_scalar")
+	return newTensor(res.t)
 }
 
 // MulScalar is self · v.
 func (t *Tensor) MulScalar(v float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_mul_scalar(t.ptr(), C.double(v), &out)
+	res := C.dp2o_mul_scalar(t.ptr(), C.double(v))
 	runtime.KeepAlive(t)
-	must(err, "mul_scalar")
-	return newTensor(out)
+	must(res.err, "mul_scalar")
+	return newTensor(res.t)
 }
 
 // DivScalar is self / v.
 func (t *Tensor) DivScalar(v float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_div_scalar(t.ptr(), C.double(v), &out)
+	res := C.dp2o_div_scalar(t.ptr(), C.double(v))
 	runtime.KeepAlive(t)
-	must(err, "div_scalar")
-	return newTensor(out)
+	must(res.err, "div_scalar")
+	return newTensor(res.t)
 }
 
 // RSub is v − self.
 func (t *Tensor) RSub(v float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_rsub_scalar(t.ptr(), C.double(v), &out)
+	res := C.dp2o_rsub_scalar(t.ptr(), C.double(v))
 	runtime.KeepAlive(t)
-	must(err, "rsub_scalar")
-	return newTensor(out)
+	must(res.err, "rsub_scalar")
+	return newTensor(res.t)
 }
 
 // Neg is −self.
 func (t *Tensor) Neg() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_neg(t.ptr(), &out)
+	res := C.dp2o_neg(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "neg")
-	return newTensor(out)
+	must(res.err, "neg")
+	return newTensor(res.t)
 }
 
 // Abs is |self|.
 func (t *Tensor) Abs() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_abs(t.ptr(), &out)
+	res := C.dp2o_abs(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "abs")
-	return newTensor(out)
+	must(res.err, "abs")
+	return newTensor(res.t)
 }
 
 // Exp is eˣ.
 func (t *Tensor) Exp() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_exp(t.ptr(), &out)
+	res := C.dp2o_exp(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "exp")
-	return newTensor(out)
+	must(res.err, "exp")
+	return newTensor(res.t)
 }
 
 // Log is the natural logarithm.
 func (t *Tensor) Log() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_log(t.ptr(), &out)
+	res := C.dp2o_log(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "log")
-	return newTensor(out)
+	must(res.err, "log")
+	return newTensor(res.t)
 }
 
 // Log1p is log(1+x).
 func (t *Tensor) Log1p() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_log1p(t.ptr(), &out)
+	res := C.dp2o_log1p(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "log1p")
-	return newTensor(out)
+	must(res.err, "log1p")
+	return newTensor(res.t)
 }
 
 // Sqrt is √x.
 func (t *Tensor) Sqrt() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_sqrt(t.ptr(), &out)
+	res := C.dp2o_sqrt(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "sqrt")
-	return newTensor(out)
+	must(res.err, "sqrt")
+	return newTensor(res.t)
 }
 
 // Rsqrt is 1/√x.
 func (t *Tensor) Rsqrt() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_rsqrt(t.ptr(), &out)
+	res := C.dp2o_rsqrt(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "rsqrt")
-	return newTensor(out)
+	must(res.err, "rsqrt")
+	return newTensor(res.t)
 }
 
 // Pow is selfᵉ for a scalar exponent.
 func (t *Tensor) Pow(e float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_pow_scalar(t.ptr(), C.double(e), &out)
+	res := C.dp2o_pow_scalar(t.ptr(), C.double(e))
 	runtime.KeepAlive(t)
-	must(err, "pow_scalar")
-	return newTensor(out)
+	must(res.err, "pow_scalar")
+	return newTensor(res.t)
 }
 
 // PowT is selfᵉ elementwise.
 func (t *Tensor) PowT(e *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_pow_tensor(t.ptr(), e.ptr(), &out)
+	res := C.dp2o_pow_tensor(t.ptr(), e.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(e)
-	must(err, "pow_tensor")
-	return newTensor(out)
+	must(res.err, "pow_tensor")
+	return newTensor(res.t)
 }
 
 // Square is x².
 func (t *Tensor) Square() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_square(t.ptr(), &out)
+	res := C.dp2o_square(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "square")
-	return newTensor(out)
+	must(res.err, "square")
+	return newTensor(res.t)
 }
 
 // Reciprocal is 1/x.
 func (t *Tensor) Reciprocal() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_reciprocal(t.ptr(), &out)
+	res := C.dp2o_reciprocal(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "reciprocal")
-	return newTensor(out)
+	must(res.err, "reciprocal")
+	return newTensor(res.t)
 }
 
 // Sin is sin x.
 func (t *Tensor) Sin() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_sin(t.ptr(), &out)
+	res := C.dp2o_sin(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "sin")
-	return newTensor(out)
+	must(res.err, "sin")
+	return newTensor(res.t)
 }
 
 // Cos is cos x.
 func (t *Tensor) Cos() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_cos(t.ptr(), &out)
+	res := C.dp2o_cos(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "cos")
-	return newTensor(out)
+	must(res.err, "cos")
+	return newTensor(res.t)
 }
 
 // Tanh is tanh x.
 func (t *Tensor) Tanh() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_tanh(t.ptr(), &out)
+	res := C.dp2o_tanh(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "tanh")
-	return newTensor(out)
+	must(res.err, "tanh")
+	return newTensor(res.t)
 }
 
 // Erf is the error function.
 func (t *Tensor) Erf() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_erf(t.ptr(), &out)
+	res := C.dp2o_erf(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "erf")
-	return newTensor(out)
+	must(res.err, "erf")
+	return newTensor(res.t)
 }
 
 // Sigmoid is 1/(1+e⁻ˣ).
 func (t *Tensor) Sigmoid() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_sigmoid(t.ptr(), &out)
+	res := C.dp2o_sigmoid(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "sigmoid")
-	return newTensor(out)
+	must(res.err, "sigmoid")
+	return newTensor(res.t)
 }
 
 // Silu is x·sigmoid(x).
 func (t *Tensor) Silu() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_silu(t.ptr(), &out)
+	res := C.dp2o_silu(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "silu")
-	return newTensor(out)
+	must(res.err, "silu")
+	return newTensor(res.t)
 }
 
 // Gelu is the exact (erf) GELU.
 func (t *Tensor) Gelu() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_gelu(t.ptr(), &out)
+	res := C.dp2o_gelu(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "gelu")
-	return newTensor(out)
+	must(res.err, "gelu")
+	return newTensor(res.t)
 }
 
 // GeluTanh is the tanh approximation of GELU.
 func (t *Tensor) GeluTanh() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_gelu_tanh(t.ptr(), &out)
+	res := C.dp2o_gelu_tanh(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "gelu_tanh")
-	return newTensor(out)
+	must(res.err, "gelu_tanh")
+	return newTensor(res.t)
 }
 
 // Relu is max(x, 0).
 func (t *Tensor) Relu() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_relu(t.ptr(), &out)
+	res := C.dp2o_relu(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "relu")
-	return newTensor(out)
+	must(res.err, "relu")
+	return newTensor(res.t)
 }
 
 // LeakyRelu is F.leaky_relu.
 func (t *Tensor) LeakyRelu(slope float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_leaky_relu(t.ptr(), C.double(slope), &out)
+	res := C.dp2o_leaky_relu(t.ptr(), C.double(slope))
 	runtime.KeepAlive(t)
-	must(err, "leaky_relu")
-	return newTensor(out)
+	must(res.err, "leaky_relu")
+	return newTensor(res.t)
 }
 
 // Softmax is softmax along dim.
 func (t *Tensor) Softmax(dim int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_softmax(t.ptr(), C.int64_t(dim), &out)
+	res := C.dp2o_softmax(t.ptr(), C.int64_t(dim))
 	runtime.KeepAlive(t)
-	must(err, "softmax")
-	return newTensor(out)
+	must(res.err, "softmax")
+	return newTensor(res.t)
 }
 
 // LogSoftmax is log-softmax along dim.
 func (t *Tensor) LogSoftmax(dim int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_log_softmax(t.ptr(), C.int64_t(dim), &out)
+	res := C.dp2o_log_softmax(t.ptr(), C.int64_t(dim))
 	runtime.KeepAlive(t)
-	must(err, "log_softmax")
-	return newTensor(out)
+	must(res.err, "log_softmax")
+	return newTensor(res.t)
 }
 
 // LogSigmoid is log(sigmoid(x)), computed stably.
 func (t *Tensor) LogSigmoid() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_log_sigmoid(t.ptr(), &out)
+	res := C.dp2o_log_sigmoid(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "log_sigmoid")
-	return newTensor(out)
+	must(res.err, "log_sigmoid")
+	return newTensor(res.t)
 }
 
 // Clamp limits self to [min, max].
 func (t *Tensor) Clamp(min float64, max float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_clamp(t.ptr(), C.double(min), C.double(max), &out)
+	res := C.dp2o_clamp(t.ptr(), C.double(min), C.double(max))
 	runtime.KeepAlive(t)
-	must(err, "clamp")
-	return newTensor(out)
+	must(res.err, "clamp")
+	return newTensor(res.t)
 }
 
 // ClampMin limits self from below.
 func (t *Tensor) ClampMin(min float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_clamp_min(t.ptr(), C.double(min), &out)
+	res := C.dp2o_clamp_min(t.ptr(), C.double(min))
 	runtime.KeepAlive(t)
-	must(err, "clamp_min")
-	return newTensor(out)
+	must(res.err, "clamp_min")
+	return newTensor(res.t)
 }
 
 // ClampMax limits self from above.
 func (t *Tensor) ClampMax(max float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_clamp_max(t.ptr(), C.double(max), &out)
+	res := C.dp2o_clamp_max(t.ptr(), C.double(max))
 	runtime.KeepAlive(t)
-	must(err, "clamp_max")
-	return newTensor(out)
+	must(res.err, "clamp_max")
+	return newTensor(res.t)
 }
 
 // Floor rounds down.
 func (t *Tensor) Floor() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_floor(t.ptr(), &out)
+	res := C.dp2o_floor(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "floor")
-	return newTensor(out)
+	must(res.err, "floor")
+	return newTensor(res.t)
 }
 
 // Ceil rounds up.
 func (t *Tensor) Ceil() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_ceil(t.ptr(), &out)
+	res := C.dp2o_ceil(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "ceil")
-	return newTensor(out)
+	must(res.err, "ceil")
+	return newTensor(res.t)
 }
 
 // Round rounds half to even, like torch.round.
 func (t *Tensor) Round() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_round(t.ptr(), &out)
+	res := C.dp2o_round(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "round")
-	return newTensor(out)
+	must(res.err, "round")
+	return newTensor(res.t)
 }
 
 // Trunc rounds toward zero.
 func (t *Tensor) Trunc() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_trunc(t.ptr(), &out)
+	res := C.dp2o_trunc(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "trunc")
-	return newTensor(out)
+	must(res.err, "trunc")
+	return newTensor(res.t)
 }
 
 // Sign is the sign of x.
 func (t *Tensor) Sign() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_sign(t.ptr(), &out)
+	res := C.dp2o_sign(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "sign")
-	return newTensor(out)
+	must(res.err, "sign")
+	return newTensor(res.t)
 }
 
 // Minimum is the elementwise minimum.
 func (t *Tensor) Minimum(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_minimum(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_minimum(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "minimum")
-	return newTensor(out)
+	must(res.err, "minimum")
+	return newTensor(res.t)
 }
 
 // Maximum is the elementwise maximum.
 func (t *Tensor) Maximum(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_maximum(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_maximum(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "maximum")
-	return newTensor(out)
+	must(res.err, "maximum")
+	return newTensor(res.t)
 }
 
 // Lerp is self + weight·(end − self).
 func (t *Tensor) Lerp(end *Tensor, weight float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_lerp(t.ptr(), end.ptr(), C.double(weight), &out)
+	res := C.dp2o_lerp(t.ptr(), end.ptr(), C.double(weight))
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(end)
-	must(err, "lerp")
-	return newTensor(out)
+	must(res.err, "lerp")
+	return newTensor(res.t)
 }
 
 // Where picks self where cond is true, else other.
 func Where(cond *Tensor, t *Tensor, other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_where(cond.ptr(), t.ptr(), other.ptr(), &out)
+	res := C.dp2o_where(cond.ptr(), t.ptr(), other.ptr())
 	runtime.KeepAlive(cond)
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "where")
-	return newTensor(out)
+	must(res.err, "where")
+	return newTensor(res.t)
 }
 
 // MaskedFill sets value where mask is true.
 func (t *Tensor) MaskedFill(mask *Tensor, value float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_masked_fill(t.ptr(), mask.ptr(), C.double(value), &out)
+	res := C.dp2o_masked_fill(t.ptr(), mask.ptr(), C.double(value))
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(mask)
-	must(err, "masked_fill")
-	return newTensor(out)
+	must(res.err, "masked_fill")
+	return newTensor(res.t)
 }
 
 // Eq is self == other (bool).
 func (t *Tensor) Eq(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_eq(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_eq(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "eq")
-	return newTensor(out)
+	must(res.err, "eq")
+	return newTensor(res.t)
 }
 
 // Ne is self != other.
 func (t *Tensor) Ne(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_ne(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_ne(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "ne")
-	return newTensor(out)
+	must(res.err, "ne")
+	return newTensor(res.t)
 }
 
 // Lt is self < other.
 func (t *Tensor) Lt(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_lt(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_lt(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "lt")
-	return newTensor(out)
+	must(res.err, "lt")
+	return newTensor(res.t)
 }
 
 // Le is self <= other.
 func (t *Tensor) Le(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_le(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_le(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "le")
-	return newTensor(out)
+	must(res.err, "le")
+	return newTensor(res.t)
 }
 
 // Gt is self > other.
 func (t *Tensor) Gt(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_gt(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_gt(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "gt")
-	return newTensor(out)
+	must(res.err, "gt")
+	return newTensor(res.t)
 }
 
 // Ge is self >= other.
 func (t *Tensor) Ge(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_ge(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_ge(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "ge")
-	return newTensor(out)
+	must(res.err, "ge")
+	return newTensor(res.t)
 }
 
 // EqScalar is self == v.
 func (t *Tensor) EqScalar(v float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_eq_scalar(t.ptr(), C.double(v), &out)
+	res := C.dp2o_eq_scalar(t.ptr(), C.double(v))
 	runtime.KeepAlive(t)
-	must(err, "eq_scalar")
-	return newTensor(out)
+	must(res.err, "eq_scalar")
+	return newTensor(res.t)
 }
 
 // LtScalar is self < v.
 func (t *Tensor) LtScalar(v float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_lt_scalar(t.ptr(), C.double(v), &out)
+	res := C.dp2o_lt_scalar(t.ptr(), C.double(v))
 	runtime.KeepAlive(t)
-	must(err, "lt_scalar")
-	return newTensor(out)
+	must(res.err, "lt_scalar")
+	return newTensor(res.t)
 }
 
 // GtScalar is self > v.
 func (t *Tensor) GtScalar(v float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_gt_scalar(t.ptr(), C.double(v), &out)
+	res := C.dp2o_gt_scalar(t.ptr(), C.double(v))
 	runtime.KeepAlive(t)
-	must(err, "gt_scalar")
-	return newTensor(out)
+	must(res.err, "gt_scalar")
+	return newTensor(res.t)
 }
 
 // LogicalNot is !self.
 func (t *Tensor) LogicalNot() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_logical_not(t.ptr(), &out)
+	res := C.dp2o_logical_not(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "logical_not")
-	return newTensor(out)
+	must(res.err, "logical_not")
+	return newTensor(res.t)
 }
 
 // LogicalAnd is self && other.
 func (t *Tensor) LogicalAnd(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_logical_and(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_logical_and(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "logical_and")
-	return newTensor(out)
+	must(res.err, "logical_and")
+	return newTensor(res.t)
 }
 
 // Isnan marks NaN entries.
 func (t *Tensor) Isnan() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_isnan(t.ptr(), &out)
+	res := C.dp2o_isnan(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "isnan")
-	return newTensor(out)
+	must(res.err, "isnan")
+	return newTensor(res.t)
 }
 
 // Isfinite marks finite entries.
 func (t *Tensor) Isfinite() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_isfinite(t.ptr(), &out)
+	res := C.dp2o_isfinite(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "isfinite")
-	return newTensor(out)
+	must(res.err, "isfinite")
+	return newTensor(res.t)
 }
 
 // Add_ adds alpha·other to self in place.

@@ -53,54 +53,49 @@ var _ = runtime.KeepAlive
 
 // Matmul is torch.matmul (batched, broadcasting).
 func (t *Tensor) Matmul(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_matmul(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_matmul(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "matmul")
-	return newTensor(out)
+	must(res.err, "matmul")
+	return newTensor(res.t)
 }
 
 // Mm is a 2-d matrix product.
 func (t *Tensor) Mm(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_mm(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_mm(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "mm")
-	return newTensor(out)
+	must(res.err, "mm")
+	return newTensor(res.t)
 }
 
 // Bmm is a batched 3-d matrix product.
 func (t *Tensor) Bmm(other *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_bmm(t.ptr(), other.ptr(), &out)
+	res := C.dp2o_bmm(t.ptr(), other.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(other)
-	must(err, "bmm")
-	return newTensor(out)
+	must(res.err, "bmm")
+	return newTensor(res.t)
 }
 
 // Baddbmm is beta·self + alpha·(b1 @ b2).
 func (t *Tensor) Baddbmm(b1 *Tensor, b2 *Tensor, beta float64, alpha float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_baddbmm(t.ptr(), b1.ptr(), b2.ptr(), C.double(beta), C.double(alpha), &out)
+	res := C.dp2o_baddbmm(t.ptr(), b1.ptr(), b2.ptr(), C.double(beta), C.double(alpha))
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(b1)
 	runtime.KeepAlive(b2)
-	must(err, "baddbmm")
-	return newTensor(out)
+	must(res.err, "baddbmm")
+	return newTensor(res.t)
 }
 
 // Linear is F.linear: input·weightᵀ + bias (bias may be nil).
 func Linear(input *Tensor, weight *Tensor, bias *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_linear(input.ptr(), weight.ptr(), optPtr(bias), &out)
+	res := C.dp2o_linear(input.ptr(), weight.ptr(), optPtr(bias))
 	runtime.KeepAlive(input)
 	runtime.KeepAlive(weight)
 	runtime.KeepAlive(bias)
-	must(err, "linear")
-	return newTensor(out)
+	must(res.err, "linear")
+	return newTensor(res.t)
 }
 
 // Conv2d is F.conv2d (bias may be nil).
@@ -108,13 +103,12 @@ func Conv2d(input *Tensor, weight *Tensor, bias *Tensor, stride []int64, padding
 	strideP, strideN := intList(stride)
 	paddingP, paddingN := intList(padding)
 	dilationP, dilationN := intList(dilation)
-	var out C.dp2o_tensor
-	err := C.dp2o_conv2d(input.ptr(), weight.ptr(), optPtr(bias), strideP, strideN, paddingP, paddingN, dilationP, dilationN, C.int64_t(groups), &out)
+	res := C.dp2o_conv2d(input.ptr(), weight.ptr(), optPtr(bias), strideP, strideN, paddingP, paddingN, dilationP, dilationN, C.int64_t(groups))
 	runtime.KeepAlive(input)
 	runtime.KeepAlive(weight)
 	runtime.KeepAlive(bias)
-	must(err, "conv2d")
-	return newTensor(out)
+	must(res.err, "conv2d")
+	return newTensor(res.t)
 }
 
 // ConvTranspose2d is F.conv_transpose2d (bias may be nil).
@@ -123,97 +117,88 @@ func ConvTranspose2d(input *Tensor, weight *Tensor, bias *Tensor, stride []int64
 	paddingP, paddingN := intList(padding)
 	outputPaddingP, outputPaddingN := intList(outputPadding)
 	dilationP, dilationN := intList(dilation)
-	var out C.dp2o_tensor
-	err := C.dp2o_conv_transpose2d(input.ptr(), weight.ptr(), optPtr(bias), strideP, strideN, paddingP, paddingN, outputPaddingP, outputPaddingN, C.int64_t(groups), dilationP, dilationN, &out)
+	res := C.dp2o_conv_transpose2d(input.ptr(), weight.ptr(), optPtr(bias), strideP, strideN, paddingP, paddingN, outputPaddingP, outputPaddingN, C.int64_t(groups), dilationP, dilationN)
 	runtime.KeepAlive(input)
 	runtime.KeepAlive(weight)
 	runtime.KeepAlive(bias)
-	must(err, "conv_transpose2d")
-	return newTensor(out)
+	must(res.err, "conv_transpose2d")
+	return newTensor(res.t)
 }
 
 // GroupNorm is F.group_norm (weight and bias may be nil).
 func GroupNorm(input *Tensor, groups int64, weight *Tensor, bias *Tensor, eps float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_group_norm(input.ptr(), C.int64_t(groups), optPtr(weight), optPtr(bias), C.double(eps), &out)
+	res := C.dp2o_group_norm(input.ptr(), C.int64_t(groups), optPtr(weight), optPtr(bias), C.double(eps))
 	runtime.KeepAlive(input)
 	runtime.KeepAlive(weight)
 	runtime.KeepAlive(bias)
-	must(err, "group_norm")
-	return newTensor(out)
+	must(res.err, "group_norm")
+	return newTensor(res.t)
 }
 
 // LayerNorm is F.layer_norm over the last len(shape) dims (weight and bias may be nil).
 func LayerNorm(input *Tensor, shape []int64, weight *Tensor, bias *Tensor, eps float64) *Tensor {
 	shapeP, shapeN := intList(shape)
-	var out C.dp2o_tensor
-	err := C.dp2o_layer_norm(input.ptr(), shapeP, shapeN, optPtr(weight), optPtr(bias), C.double(eps), &out)
+	res := C.dp2o_layer_norm(input.ptr(), shapeP, shapeN, optPtr(weight), optPtr(bias), C.double(eps))
 	runtime.KeepAlive(input)
 	runtime.KeepAlive(weight)
 	runtime.KeepAlive(bias)
-	must(err, "layer_norm")
-	return newTensor(out)
+	must(res.err, "layer_norm")
+	return newTensor(res.t)
 }
 
 // RMSNorm is diffusers' RMSNorm over the last dim: mean of squares in float32, then the weight (may be nil).
 func RMSNorm(input *Tensor, weight *Tensor, eps float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_rms_norm(input.ptr(), optPtr(weight), C.double(eps), &out)
+	res := C.dp2o_rms_norm(input.ptr(), optPtr(weight), C.double(eps))
 	runtime.KeepAlive(input)
 	runtime.KeepAlive(weight)
-	must(err, "rms_norm")
-	return newTensor(out)
+	must(res.err, "rms_norm")
+	return newTensor(res.t)
 }
 
 // Embedding looks up rows of weight by int64 indices.
 func Embedding(weight *Tensor, indices *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_embedding(weight.ptr(), indices.ptr(), &out)
+	res := C.dp2o_embedding(weight.ptr(), indices.ptr())
 	runtime.KeepAlive(weight)
 	runtime.KeepAlive(indices)
-	must(err, "embedding")
-	return newTensor(out)
+	must(res.err, "embedding")
+	return newTensor(res.t)
 }
 
 // Dropout zeroes entries with probability p and scales the rest by 1/(1−p) when train is true.
 func Dropout(input *Tensor, p float64, train bool) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_dropout(input.ptr(), C.double(p), cbool(train), &out)
+	res := C.dp2o_dropout(input.ptr(), C.double(p), cbool(train))
 	runtime.KeepAlive(input)
-	must(err, "dropout")
-	return newTensor(out)
+	must(res.err, "dropout")
+	return newTensor(res.t)
 }
 
 // interpolate calls libtorch's dp2o::interpolate.
 func (t *Tensor) interpolate(size []int64, mode int64, alignCorners bool, antialias bool) *Tensor {
 	sizeP, sizeN := intList(size)
-	var out C.dp2o_tensor
-	err := C.dp2o_interpolate(t.ptr(), sizeP, sizeN, C.int64_t(mode), cbool(alignCorners), cbool(antialias), &out)
+	res := C.dp2o_interpolate(t.ptr(), sizeP, sizeN, C.int64_t(mode), cbool(alignCorners), cbool(antialias))
 	runtime.KeepAlive(t)
-	must(err, "interpolate")
-	return newTensor(out)
+	must(res.err, "interpolate")
+	return newTensor(res.t)
 }
 
 // pad calls libtorch's dp2o::pad.
 func (t *Tensor) pad(pad []int64, mode int64, value float64) *Tensor {
 	padP, padN := intList(pad)
-	var out C.dp2o_tensor
-	err := C.dp2o_pad(t.ptr(), padP, padN, C.int64_t(mode), C.double(value), &out)
+	res := C.dp2o_pad(t.ptr(), padP, padN, C.int64_t(mode), C.double(value))
 	runtime.KeepAlive(t)
-	must(err, "pad")
-	return newTensor(out)
+	must(res.err, "pad")
+	return newTensor(res.t)
 }
 
 // sdpa calls libtorch's dp2o::sdpa.
 func sdpa(q *Tensor, k *Tensor, v *Tensor, mask *Tensor, causal bool, scale float64, math bool) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_sdpa(q.ptr(), k.ptr(), v.ptr(), optPtr(mask), cbool(causal), C.double(scale), cbool(math), &out)
+	res := C.dp2o_sdpa(q.ptr(), k.ptr(), v.ptr(), optPtr(mask), cbool(causal), C.double(scale), cbool(math))
 	runtime.KeepAlive(q)
 	runtime.KeepAlive(k)
 	runtime.KeepAlive(v)
 	runtime.KeepAlive(mask)
-	must(err, "sdpa")
-	return newTensor(out)
+	must(res.err, "sdpa")
+	return newTensor(res.t)
 }
 
 // AvgPool2d is F.avg_pool2d.
@@ -221,11 +206,10 @@ func AvgPool2d(input *Tensor, kernel []int64, stride []int64, padding []int64) *
 	kernelP, kernelN := intList(kernel)
 	strideP, strideN := intList(stride)
 	paddingP, paddingN := intList(padding)
-	var out C.dp2o_tensor
-	err := C.dp2o_avg_pool2d(input.ptr(), kernelP, kernelN, strideP, strideN, paddingP, paddingN, &out)
+	res := C.dp2o_avg_pool2d(input.ptr(), kernelP, kernelN, strideP, strideN, paddingP, paddingN)
 	runtime.KeepAlive(input)
-	must(err, "avg_pool2d")
-	return newTensor(out)
+	must(res.err, "avg_pool2d")
+	return newTensor(res.t)
 }
 
 // MaxPool2d is F.max_pool2d.
@@ -233,41 +217,37 @@ func MaxPool2d(input *Tensor, kernel []int64, stride []int64, padding []int64) *
 	kernelP, kernelN := intList(kernel)
 	strideP, strideN := intList(stride)
 	paddingP, paddingN := intList(padding)
-	var out C.dp2o_tensor
-	err := C.dp2o_max_pool2d(input.ptr(), kernelP, kernelN, strideP, strideN, paddingP, paddingN, &out)
+	res := C.dp2o_max_pool2d(input.ptr(), kernelP, kernelN, strideP, strideN, paddingP, paddingN)
 	runtime.KeepAlive(input)
-	must(err, "max_pool2d")
-	return newTensor(out)
+	must(res.err, "max_pool2d")
+	return newTensor(res.t)
 }
 
 // AdaptiveAvgPool2d is F.adaptive_avg_pool2d.
 func AdaptiveAvgPool2d(input *Tensor, size []int64) *Tensor {
 	sizeP, sizeN := intList(size)
-	var out C.dp2o_tensor
-	err := C.dp2o_adaptive_avg_pool2d(input.ptr(), sizeP, sizeN, &out)
+	res := C.dp2o_adaptive_avg_pool2d(input.ptr(), sizeP, sizeN)
 	runtime.KeepAlive(input)
-	must(err, "adaptive_avg_pool2d")
-	return newTensor(out)
+	must(res.err, "adaptive_avg_pool2d")
+	return newTensor(res.t)
 }
 
 // MSELoss is F.mse_loss with mean reduction.
 func MSELoss(input *Tensor, target *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_mse_loss(input.ptr(), target.ptr(), &out)
+	res := C.dp2o_mse_loss(input.ptr(), target.ptr())
 	runtime.KeepAlive(input)
 	runtime.KeepAlive(target)
-	must(err, "mse_loss")
-	return newTensor(out)
+	must(res.err, "mse_loss")
+	return newTensor(res.t)
 }
 
 // clipGradNorm calls libtorch's dp2o::clip_grad_norm.
 func clipGradNorm(params []*Tensor, maxNorm float64, normType float64) *Tensor {
 	paramsP, paramsN := tensorList(params)
-	var out C.dp2o_tensor
-	err := C.dp2o_clip_grad_norm(paramsP, paramsN, C.double(maxNorm), C.double(normType), &out)
+	res := C.dp2o_clip_grad_norm(paramsP, paramsN, C.double(maxNorm), C.double(normType))
 	runtime.KeepAlive(params)
-	must(err, "clip_grad_norm")
-	return newTensor(out)
+	must(res.err, "clip_grad_norm")
+	return newTensor(res.t)
 }
 
 // adamwStep calls libtorch's dp2o::adamw_step.

@@ -21,19 +21,17 @@ var _ = runtime.KeepAlive
 
 // FastLinear is F.linear (bias may be nil).
 func FastLinear(input *Tensor, weight *Tensor, bias *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_fast_linear(input.ptr(), weight.ptr(), optPtr(bias), &out)
+	res := C.dp2o_fast_linear(input.ptr(), weight.ptr(), optPtr(bias))
 	runtime.KeepAlive(input)
 	runtime.KeepAlive(weight)
 	runtime.KeepAlive(bias)
-	must(err, "fast_linear")
-	return newTensor(out)
+	must(res.err, "fast_linear")
+	return newTensor(res.t)
 }
 
 // FusedAttention is diffusers' Attention in the math order for x (B, L, C) and ctx (B, S, Ck), nil for self-attention: softmax(q·kᵀ/√d)·v over heads heads of q = x·wqᵀ, k = ctx·wkᵀ, v = ctx·wvᵀ, then ·woᵀ + bo (bo may be nil).
 func FusedAttention(x *Tensor, ctx *Tensor, wq *Tensor, wk *Tensor, wv *Tensor, wo *Tensor, bo *Tensor, heads int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_fused_attention(x.ptr(), optPtr(ctx), wq.ptr(), wk.ptr(), wv.ptr(), wo.ptr(), optPtr(bo), C.int64_t(heads), &out)
+	res := C.dp2o_fused_attention(x.ptr(), optPtr(ctx), wq.ptr(), wk.ptr(), wv.ptr(), wo.ptr(), optPtr(bo), C.int64_t(heads))
 	runtime.KeepAlive(x)
 	runtime.KeepAlive(ctx)
 	runtime.KeepAlive(wq)
@@ -41,21 +39,20 @@ func FusedAttention(x *Tensor, ctx *Tensor, wq *Tensor, wk *Tensor, wv *Tensor, 
 	runtime.KeepAlive(wv)
 	runtime.KeepAlive(wo)
 	runtime.KeepAlive(bo)
-	must(err, "fused_attention")
-	return newTensor(out)
+	must(res.err, "fused_attention")
+	return newTensor(res.t)
 }
 
 // GEGLUFeedForward is diffusers' FeedForward with GEGLU: a, gate = (x·w1ᵀ + b1).chunk(2, -1); (a·gelu(gate))·w2ᵀ + b2.
 func GEGLUFeedForward(x *Tensor, w1 *Tensor, b1 *Tensor, w2 *Tensor, b2 *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_geglu_feed_forward(x.ptr(), w1.ptr(), optPtr(b1), w2.ptr(), optPtr(b2), &out)
+	res := C.dp2o_geglu_feed_forward(x.ptr(), w1.ptr(), optPtr(b1), w2.ptr(), optPtr(b2))
 	runtime.KeepAlive(x)
 	runtime.KeepAlive(w1)
 	runtime.KeepAlive(b1)
 	runtime.KeepAlive(w2)
 	runtime.KeepAlive(b2)
-	must(err, "geglu_feed_forward")
-	return newTensor(out)
+	must(res.err, "geglu_feed_forward")
+	return newTensor(res.t)
 }
 
 // FastPathAvailable reports whether the XNNPACK kernels of the fast paths work in this libtorch.

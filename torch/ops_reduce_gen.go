@@ -63,96 +63,86 @@ var _ = runtime.KeepAlive
 
 // Sum sums every entry (0-d result).
 func (t *Tensor) Sum() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_sum(t.ptr(), &out)
+	res := C.dp2o_sum(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "sum")
-	return newTensor(out)
+	must(res.err, "sum")
+	return newTensor(res.t)
 }
 
 // SumDims sums over dims.
 func (t *Tensor) SumDims(dims []int64, keepdim bool) *Tensor {
 	dimsP, dimsN := intList(dims)
-	var out C.dp2o_tensor
-	err := C.dp2o_sum_dims(t.ptr(), dimsP, dimsN, cbool(keepdim), &out)
+	res := C.dp2o_sum_dims(t.ptr(), dimsP, dimsN, cbool(keepdim))
 	runtime.KeepAlive(t)
-	must(err, "sum_dims")
-	return newTensor(out)
+	must(res.err, "sum_dims")
+	return newTensor(res.t)
 }
 
 // Mean averages every entry.
 func (t *Tensor) Mean() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_mean(t.ptr(), &out)
+	res := C.dp2o_mean(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "mean")
-	return newTensor(out)
+	must(res.err, "mean")
+	return newTensor(res.t)
 }
 
 // MeanDims averages over dims.
 func (t *Tensor) MeanDims(dims []int64, keepdim bool) *Tensor {
 	dimsP, dimsN := intList(dims)
-	var out C.dp2o_tensor
-	err := C.dp2o_mean_dims(t.ptr(), dimsP, dimsN, cbool(keepdim), &out)
+	res := C.dp2o_mean_dims(t.ptr(), dimsP, dimsN, cbool(keepdim))
 	runtime.KeepAlive(t)
-	must(err, "mean_dims")
-	return newTensor(out)
+	must(res.err, "mean_dims")
+	return newTensor(res.t)
 }
 
 // Var is the variance over dims (unbiased: divide by n−1).
 func (t *Tensor) Var(dims []int64, unbiased bool, keepdim bool) *Tensor {
 	dimsP, dimsN := intList(dims)
-	var out C.dp2o_tensor
-	err := C.dp2o_var_dims(t.ptr(), dimsP, dimsN, cbool(unbiased), cbool(keepdim), &out)
+	res := C.dp2o_var_dims(t.ptr(), dimsP, dimsN, cbool(unbiased), cbool(keepdim))
 	runtime.KeepAlive(t)
-	must(err, "var_dims")
-	return newTensor(out)
+	must(res.err, "var_dims")
+	return newTensor(res.t)
 }
 
 // Std is the standard deviation over dims (unbiased: divide by n−1).
 func (t *Tensor) Std(dims []int64, unbiased bool, keepdim bool) *Tensor {
 	dimsP, dimsN := intList(dims)
-	var out C.dp2o_tensor
-	err := C.dp2o_std_dims(t.ptr(), dimsP, dimsN, cbool(unbiased), cbool(keepdim), &out)
+	res := C.dp2o_std_dims(t.ptr(), dimsP, dimsN, cbool(unbiased), cbool(keepdim))
 	runtime.KeepAlive(t)
-	must(err, "std_dims")
-	return newTensor(out)
+	must(res.err, "std_dims")
+	return newTensor(res.t)
 }
 
 // VarAll is the variance of every entry.
 func (t *Tensor) VarAll(unbiased bool) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_var_all(t.ptr(), cbool(unbiased), &out)
+	res := C.dp2o_var_all(t.ptr(), cbool(unbiased))
 	runtime.KeepAlive(t)
-	must(err, "var_all")
-	return newTensor(out)
+	must(res.err, "var_all")
+	return newTensor(res.t)
 }
 
 // StdAll is the standard deviation of every entry.
 func (t *Tensor) StdAll(unbiased bool) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_std_all(t.ptr(), cbool(unbiased), &out)
+	res := C.dp2o_std_all(t.ptr(), cbool(unbiased))
 	runtime.KeepAlive(t)
-	must(err, "std_all")
-	return newTensor(out)
+	must(res.err, "std_all")
+	return newTensor(res.t)
 }
 
 // Max is the largest entry (0-d).
 func (t *Tensor) Max() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_max_all(t.ptr(), &out)
+	res := C.dp2o_max_all(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "max_all")
-	return newTensor(out)
+	must(res.err, "max_all")
+	return newTensor(res.t)
 }
 
 // Min is the smallest entry (0-d).
 func (t *Tensor) Min() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_min_all(t.ptr(), &out)
+	res := C.dp2o_min_all(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "min_all")
-	return newTensor(out)
+	must(res.err, "min_all")
+	return newTensor(res.t)
 }
 
 // MaxDim returns the largest values along dim and their indices.
@@ -175,20 +165,18 @@ func (t *Tensor) MinDim(dim int64, keepdim bool) (*Tensor, *Tensor) {
 
 // Argmax is the index of the largest entry along dim.
 func (t *Tensor) Argmax(dim int64, keepdim bool) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_argmax(t.ptr(), C.int64_t(dim), cbool(keepdim), &out)
+	res := C.dp2o_argmax(t.ptr(), C.int64_t(dim), cbool(keepdim))
 	runtime.KeepAlive(t)
-	must(err, "argmax")
-	return newTensor(out)
+	must(res.err, "argmax")
+	return newTensor(res.t)
 }
 
 // Argmin is the index of the smallest entry along dim.
 func (t *Tensor) Argmin(dim int64, keepdim bool) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_argmin(t.ptr(), C.int64_t(dim), cbool(keepdim), &out)
+	res := C.dp2o_argmin(t.ptr(), C.int64_t(dim), cbool(keepdim))
 	runtime.KeepAlive(t)
-	must(err, "argmin")
-	return newTensor(out)
+	must(res.err, "argmin")
+	return newTensor(res.t)
 }
 
 // Sort sorts along dim, returning values and indices.
@@ -202,11 +190,10 @@ func (t *Tensor) Sort(dim int64, descending bool) (*Tensor, *Tensor) {
 
 // Argsort returns the indices that sort self along dim.
 func (t *Tensor) Argsort(dim int64, descending bool) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_argsort(t.ptr(), C.int64_t(dim), cbool(descending), &out)
+	res := C.dp2o_argsort(t.ptr(), C.int64_t(dim), cbool(descending))
 	runtime.KeepAlive(t)
-	must(err, "argsort")
-	return newTensor(out)
+	must(res.err, "argsort")
+	return newTensor(res.t)
 }
 
 // Topk returns the k largest (or smallest) entries along dim and their indices.
@@ -220,49 +207,44 @@ func (t *Tensor) Topk(k int64, dim int64, largest bool) (*Tensor, *Tensor) {
 
 // Norm is the p-norm of every entry.
 func (t *Tensor) Norm(p float64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_norm(t.ptr(), C.double(p), &out)
+	res := C.dp2o_norm(t.ptr(), C.double(p))
 	runtime.KeepAlive(t)
-	must(err, "norm")
-	return newTensor(out)
+	must(res.err, "norm")
+	return newTensor(res.t)
 }
 
 // NormDims is the p-norm over dims.
 func (t *Tensor) NormDims(p float64, dims []int64, keepdim bool) *Tensor {
 	dimsP, dimsN := intList(dims)
-	var out C.dp2o_tensor
-	err := C.dp2o_norm_dims(t.ptr(), C.double(p), dimsP, dimsN, cbool(keepdim), &out)
+	res := C.dp2o_norm_dims(t.ptr(), C.double(p), dimsP, dimsN, cbool(keepdim))
 	runtime.KeepAlive(t)
-	must(err, "norm_dims")
-	return newTensor(out)
+	must(res.err, "norm_dims")
+	return newTensor(res.t)
 }
 
 // Cumsum is the running sum along dim.
 func (t *Tensor) Cumsum(dim int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_cumsum(t.ptr(), C.int64_t(dim), &out)
+	res := C.dp2o_cumsum(t.ptr(), C.int64_t(dim))
 	runtime.KeepAlive(t)
-	must(err, "cumsum")
-	return newTensor(out)
+	must(res.err, "cumsum")
+	return newTensor(res.t)
 }
 
 // Cumprod is the running product along dim.
 func (t *Tensor) Cumprod(dim int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_cumprod(t.ptr(), C.int64_t(dim), &out)
+	res := C.dp2o_cumprod(t.ptr(), C.int64_t(dim))
 	runtime.KeepAlive(t)
-	must(err, "cumprod")
-	return newTensor(out)
+	must(res.err, "cumprod")
+	return newTensor(res.t)
 }
 
 // Logsumexp is log Σ exp over dims.
 func (t *Tensor) Logsumexp(dims []int64, keepdim bool) *Tensor {
 	dimsP, dimsN := intList(dims)
-	var out C.dp2o_tensor
-	err := C.dp2o_logsumexp(t.ptr(), dimsP, dimsN, cbool(keepdim), &out)
+	res := C.dp2o_logsumexp(t.ptr(), dimsP, dimsN, cbool(keepdim))
 	runtime.KeepAlive(t)
-	must(err, "logsumexp")
-	return newTensor(out)
+	must(res.err, "logsumexp")
+	return newTensor(res.t)
 }
 
 // Any is true when any entry is non-zero.

@@ -88,107 +88,96 @@ var _ = runtime.KeepAlive
 // View returns a view with a new shape (one dim may be -1); the data must be compatible.
 func (t *Tensor) View(shape []int64) *Tensor {
 	shapeP, shapeN := intList(shape)
-	var out C.dp2o_tensor
-	err := C.dp2o_view(t.ptr(), shapeP, shapeN, &out)
+	res := C.dp2o_view(t.ptr(), shapeP, shapeN)
 	runtime.KeepAlive(t)
-	must(err, "view")
-	return newTensor(out)
+	must(res.err, "view")
+	return newTensor(res.t)
 }
 
 // Reshape returns self with a new shape, copying only when needed.
 func (t *Tensor) Reshape(shape []int64) *Tensor {
 	shapeP, shapeN := intList(shape)
-	var out C.dp2o_tensor
-	err := C.dp2o_reshape(t.ptr(), shapeP, shapeN, &out)
+	res := C.dp2o_reshape(t.ptr(), shapeP, shapeN)
 	runtime.KeepAlive(t)
-	must(err, "reshape")
-	return newTensor(out)
+	must(res.err, "reshape")
+	return newTensor(res.t)
 }
 
 // Permute reorders the dims.
 func (t *Tensor) Permute(dims []int64) *Tensor {
 	dimsP, dimsN := intList(dims)
-	var out C.dp2o_tensor
-	err := C.dp2o_permute(t.ptr(), dimsP, dimsN, &out)
+	res := C.dp2o_permute(t.ptr(), dimsP, dimsN)
 	runtime.KeepAlive(t)
-	must(err, "permute")
-	return newTensor(out)
+	must(res.err, "permute")
+	return newTensor(res.t)
 }
 
 // Transpose swaps two dims.
 func (t *Tensor) Transpose(dim0 int64, dim1 int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_transpose(t.ptr(), C.int64_t(dim0), C.int64_t(dim1), &out)
+	res := C.dp2o_transpose(t.ptr(), C.int64_t(dim0), C.int64_t(dim1))
 	runtime.KeepAlive(t)
-	must(err, "transpose")
-	return newTensor(out)
+	must(res.err, "transpose")
+	return newTensor(res.t)
 }
 
 // Narrow returns length elements of dim starting at start (a view).
 func (t *Tensor) Narrow(dim int64, start int64, length int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_narrow(t.ptr(), C.int64_t(dim), C.int64_t(start), C.int64_t(length), &out)
+	res := C.dp2o_narrow(t.ptr(), C.int64_t(dim), C.int64_t(start), C.int64_t(length))
 	runtime.KeepAlive(t)
-	must(err, "narrow")
-	return newTensor(out)
+	must(res.err, "narrow")
+	return newTensor(res.t)
 }
 
 // Slice is self[start:end:step] along dim (a view); negative bounds count from the end.
 func (t *Tensor) Slice(dim int64, start int64, end int64, step int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_slice(t.ptr(), C.int64_t(dim), C.int64_t(start), C.int64_t(end), C.int64_t(step), &out)
+	res := C.dp2o_slice(t.ptr(), C.int64_t(dim), C.int64_t(start), C.int64_t(end), C.int64_t(step))
 	runtime.KeepAlive(t)
-	must(err, "slice")
-	return newTensor(out)
+	must(res.err, "slice")
+	return newTensor(res.t)
 }
 
 // Select is self[index] along dim, removing that dim.
 func (t *Tensor) Select(dim int64, index int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_select(t.ptr(), C.int64_t(dim), C.int64_t(index), &out)
+	res := C.dp2o_select(t.ptr(), C.int64_t(dim), C.int64_t(index))
 	runtime.KeepAlive(t)
-	must(err, "select")
-	return newTensor(out)
+	must(res.err, "select")
+	return newTensor(res.t)
 }
 
 // IndexSelect picks the entries of index (int64) along dim.
 func (t *Tensor) IndexSelect(dim int64, index *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_index_select(t.ptr(), C.int64_t(dim), index.ptr(), &out)
+	res := C.dp2o_index_select(t.ptr(), C.int64_t(dim), index.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(index)
-	must(err, "index_select")
-	return newTensor(out)
+	must(res.err, "index_select")
+	return newTensor(res.t)
 }
 
 // Gather is torch.gather.
 func (t *Tensor) Gather(dim int64, index *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_gather(t.ptr(), C.int64_t(dim), index.ptr(), &out)
+	res := C.dp2o_gather(t.ptr(), C.int64_t(dim), index.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(index)
-	must(err, "gather")
-	return newTensor(out)
+	must(res.err, "gather")
+	return newTensor(res.t)
 }
 
 // Cat concatenates tensors along dim.
 func Cat(tensors []*Tensor, dim int64) *Tensor {
 	tensorsP, tensorsN := tensorList(tensors)
-	var out C.dp2o_tensor
-	err := C.dp2o_cat(tensorsP, tensorsN, C.int64_t(dim), &out)
+	res := C.dp2o_cat(tensorsP, tensorsN, C.int64_t(dim))
 	runtime.KeepAlive(tensors)
-	must(err, "cat")
-	return newTensor(out)
+	must(res.err, "cat")
+	return newTensor(res.t)
 }
 
 // Stack stacks tensors along a new dim.
 func Stack(tensors []*Tensor, dim int64) *Tensor {
 	tensorsP, tensorsN := tensorList(tensors)
-	var out C.dp2o_tensor
-	err := C.dp2o_stack(tensorsP, tensorsN, C.int64_t(dim), &out)
+	res := C.dp2o_stack(tensorsP, tensorsN, C.int64_t(dim))
 	runtime.KeepAlive(tensors)
-	must(err, "stack")
-	return newTensor(out)
+	must(res.err, "stack")
+	return newTensor(res.t)
 }
 
 // Chunk splits self into chunks pieces along dim (views).
@@ -225,160 +214,143 @@ func (t *Tensor) SplitSizes(sizes []int64, dim int64) []*Tensor {
 // Expand broadcasts size-1 dims to shape (-1 keeps a dim) without copying.
 func (t *Tensor) Expand(shape []int64) *Tensor {
 	shapeP, shapeN := intList(shape)
-	var out C.dp2o_tensor
-	err := C.dp2o_expand(t.ptr(), shapeP, shapeN, &out)
+	res := C.dp2o_expand(t.ptr(), shapeP, shapeN)
 	runtime.KeepAlive(t)
-	must(err, "expand")
-	return newTensor(out)
+	must(res.err, "expand")
+	return newTensor(res.t)
 }
 
 // Repeat tiles self repeats times along each dim.
 func (t *Tensor) Repeat(repeats []int64) *Tensor {
 	repeatsP, repeatsN := intList(repeats)
-	var out C.dp2o_tensor
-	err := C.dp2o_repeat(t.ptr(), repeatsP, repeatsN, &out)
+	res := C.dp2o_repeat(t.ptr(), repeatsP, repeatsN)
 	runtime.KeepAlive(t)
-	must(err, "repeat")
-	return newTensor(out)
+	must(res.err, "repeat")
+	return newTensor(res.t)
 }
 
 // RepeatInterleave repeats each element repeats times along dim.
 func (t *Tensor) RepeatInterleave(repeats int64, dim int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_repeat_interleave(t.ptr(), C.int64_t(repeats), C.int64_t(dim), &out)
+	res := C.dp2o_repeat_interleave(t.ptr(), C.int64_t(repeats), C.int64_t(dim))
 	runtime.KeepAlive(t)
-	must(err, "repeat_interleave")
-	return newTensor(out)
+	must(res.err, "repeat_interleave")
+	return newTensor(res.t)
 }
 
 // Flatten merges dims start..end.
 func (t *Tensor) Flatten(start int64, end int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_flatten(t.ptr(), C.int64_t(start), C.int64_t(end), &out)
+	res := C.dp2o_flatten(t.ptr(), C.int64_t(start), C.int64_t(end))
 	runtime.KeepAlive(t)
-	must(err, "flatten")
-	return newTensor(out)
+	must(res.err, "flatten")
+	return newTensor(res.t)
 }
 
 // Unflatten splits dim into sizes.
 func (t *Tensor) Unflatten(dim int64, sizes []int64) *Tensor {
 	sizesP, sizesN := intList(sizes)
-	var out C.dp2o_tensor
-	err := C.dp2o_unflatten(t.ptr(), C.int64_t(dim), sizesP, sizesN, &out)
+	res := C.dp2o_unflatten(t.ptr(), C.int64_t(dim), sizesP, sizesN)
 	runtime.KeepAlive(t)
-	must(err, "unflatten")
-	return newTensor(out)
+	must(res.err, "unflatten")
+	return newTensor(res.t)
 }
 
 // Squeeze removes every size-1 dim.
 func (t *Tensor) Squeeze() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_squeeze(t.ptr(), &out)
+	res := C.dp2o_squeeze(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "squeeze")
-	return newTensor(out)
+	must(res.err, "squeeze")
+	return newTensor(res.t)
 }
 
 // SqueezeDim removes dim if it has size 1.
 func (t *Tensor) SqueezeDim(dim int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_squeeze_dim(t.ptr(), C.int64_t(dim), &out)
+	res := C.dp2o_squeeze_dim(t.ptr(), C.int64_t(dim))
 	runtime.KeepAlive(t)
-	must(err, "squeeze_dim")
-	return newTensor(out)
+	must(res.err, "squeeze_dim")
+	return newTensor(res.t)
 }
 
 // Unsqueeze inserts a size-1 dim at dim.
 func (t *Tensor) Unsqueeze(dim int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_unsqueeze(t.ptr(), C.int64_t(dim), &out)
+	res := C.dp2o_unsqueeze(t.ptr(), C.int64_t(dim))
 	runtime.KeepAlive(t)
-	must(err, "unsqueeze")
-	return newTensor(out)
+	must(res.err, "unsqueeze")
+	return newTensor(res.t)
 }
 
 // Contiguous returns self in row-major layout (self's data when already so).
 func (t *Tensor) Contiguous() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_contiguous(t.ptr(), &out)
+	res := C.dp2o_contiguous(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "contiguous")
-	return newTensor(out)
+	must(res.err, "contiguous")
+	return newTensor(res.t)
 }
 
 // Clone copies self (autograd-tracked).
 func (t *Tensor) Clone() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_clone(t.ptr(), &out)
+	res := C.dp2o_clone(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "clone")
-	return newTensor(out)
+	must(res.err, "clone")
+	return newTensor(res.t)
 }
 
 // Detach returns a view that autograd does not track.
 func (t *Tensor) Detach() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_detach(t.ptr(), &out)
+	res := C.dp2o_detach(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "detach")
-	return newTensor(out)
+	must(res.err, "detach")
+	return newTensor(res.t)
 }
 
 // Flip reverses the order along dims.
 func (t *Tensor) Flip(dims []int64) *Tensor {
 	dimsP, dimsN := intList(dims)
-	var out C.dp2o_tensor
-	err := C.dp2o_flip(t.ptr(), dimsP, dimsN, &out)
+	res := C.dp2o_flip(t.ptr(), dimsP, dimsN)
 	runtime.KeepAlive(t)
-	must(err, "flip")
-	return newTensor(out)
+	must(res.err, "flip")
+	return newTensor(res.t)
 }
 
 // Roll rolls along dims by shifts.
 func (t *Tensor) Roll(shifts []int64, dims []int64) *Tensor {
 	shiftsP, shiftsN := intList(shifts)
 	dimsP, dimsN := intList(dims)
-	var out C.dp2o_tensor
-	err := C.dp2o_roll(t.ptr(), shiftsP, shiftsN, dimsP, dimsN, &out)
+	res := C.dp2o_roll(t.ptr(), shiftsP, shiftsN, dimsP, dimsN)
 	runtime.KeepAlive(t)
-	must(err, "roll")
-	return newTensor(out)
+	must(res.err, "roll")
+	return newTensor(res.t)
 }
 
 // Tril keeps the lower triangle (diagonal offset k).
 func (t *Tensor) Tril(k int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_tril(t.ptr(), C.int64_t(k), &out)
+	res := C.dp2o_tril(t.ptr(), C.int64_t(k))
 	runtime.KeepAlive(t)
-	must(err, "tril")
-	return newTensor(out)
+	must(res.err, "tril")
+	return newTensor(res.t)
 }
 
 // Triu keeps the upper triangle (diagonal offset k).
 func (t *Tensor) Triu(k int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_triu(t.ptr(), C.int64_t(k), &out)
+	res := C.dp2o_triu(t.ptr(), C.int64_t(k))
 	runtime.KeepAlive(t)
-	must(err, "triu")
-	return newTensor(out)
+	must(res.err, "triu")
+	return newTensor(res.t)
 }
 
 // PixelShuffle is F.pixel_shuffle: (N, C·r², H, W) → (N, C, H·r, W·r).
 func (t *Tensor) PixelShuffle(r int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_pixel_shuffle(t.ptr(), C.int64_t(r), &out)
+	res := C.dp2o_pixel_shuffle(t.ptr(), C.int64_t(r))
 	runtime.KeepAlive(t)
-	must(err, "pixel_shuffle")
-	return newTensor(out)
+	must(res.err, "pixel_shuffle")
+	return newTensor(res.t)
 }
 
 // PixelUnshuffle is F.pixel_unshuffle: (N, C, H·r, W·r) → (N, C·r², H, W).
 func (t *Tensor) PixelUnshuffle(r int64) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_pixel_unshuffle(t.ptr(), C.int64_t(r), &out)
+	res := C.dp2o_pixel_unshuffle(t.ptr(), C.int64_t(r))
 	runtime.KeepAlive(t)
-	must(err, "pixel_unshuffle")
-	return newTensor(out)
+	must(res.err, "pixel_unshuffle")
+	return newTensor(res.t)
 }
 
 // IndexPut_ writes values at index (int64) along dim 0 in place, like self[index] = values.
@@ -401,46 +373,41 @@ func (t *Tensor) IndexAdd_(dim int64, index *Tensor, source *Tensor) {
 
 // MaskedSelect returns the entries where mask is true, flattened.
 func (t *Tensor) MaskedSelect(mask *Tensor) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_masked_select(t.ptr(), mask.ptr(), &out)
+	res := C.dp2o_masked_select(t.ptr(), mask.ptr())
 	runtime.KeepAlive(t)
 	runtime.KeepAlive(mask)
-	must(err, "masked_select")
-	return newTensor(out)
+	must(res.err, "masked_select")
+	return newTensor(res.t)
 }
 
 // Nonzero returns the indices of non-zero entries, (n, ndim) int64.
 func (t *Tensor) Nonzero() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_nonzero(t.ptr(), &out)
+	res := C.dp2o_nonzero(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "nonzero")
-	return newTensor(out)
+	must(res.err, "nonzero")
+	return newTensor(res.t)
 }
 
 // toDType calls libtorch's self.to.
 func (t *Tensor) toDType(dtype DType) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_to_dtype(t.ptr(), C.int(dtype), &out)
+	res := C.dp2o_to_dtype(t.ptr(), C.int(dtype))
 	runtime.KeepAlive(t)
-	must(err, "to_dtype")
-	return newTensor(out)
+	must(res.err, "to_dtype")
+	return newTensor(res.t)
 }
 
 // toDevice calls libtorch's self.to.
 func (t *Tensor) toDevice(devType int64, devIndex int64, nonBlocking bool) *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_to_device(t.ptr(), C.int64_t(devType), C.int64_t(devIndex), cbool(nonBlocking), &out)
+	res := C.dp2o_to_device(t.ptr(), C.int64_t(devType), C.int64_t(devIndex), cbool(nonBlocking))
 	runtime.KeepAlive(t)
-	must(err, "to_device")
-	return newTensor(out)
+	must(res.err, "to_device")
+	return newTensor(res.t)
 }
 
 // Float is To(Float32).
 func (t *Tensor) Float() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_to_float(t.ptr(), &out)
+	res := C.dp2o_to_float(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "to_float")
-	return newTensor(out)
+	must(res.err, "to_float")
+	return newTensor(res.t)
 }

@@ -25,11 +25,10 @@ var _ = runtime.KeepAlive
 
 // ContiguousChannelsLast returns the 4-d self in channels-last order (NHWC strides, the logical shape unchanged), copying only when needed, as x.contiguous(memory_format=torch.channels_last); convolutions on CPU then take oneDNN's NHWC kernels without reordering activations.
 func (t *Tensor) ContiguousChannelsLast() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_contiguous_channels_last(t.ptr(), &out)
+	res := C.dp2o_contiguous_channels_last(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "contiguous_channels_last")
-	return newTensor(out)
+	must(res.err, "contiguous_channels_last")
+	return newTensor(res.t)
 }
 
 // IsChannelsLast reports whether self is contiguous in channels-last order.
@@ -50,20 +49,18 @@ func (t *Tensor) Relu_() {
 
 // ToMkldnn converts a dense CPU float tensor to oneDNN's opaque (blocked) layout, as x.to_mkldnn(); convolutions, ReLU and max-pooling accept such tensors and return them, without the reorders of each NCHW call.
 func (t *Tensor) ToMkldnn() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_to_mkldnn(t.ptr(), &out)
+	res := C.dp2o_to_mkldnn(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "to_mkldnn")
-	return newTensor(out)
+	must(res.err, "to_mkldnn")
+	return newTensor(res.t)
 }
 
 // ToDense converts a oneDNN-layout tensor back to a dense one (NCHW), as x.to_dense().
 func (t *Tensor) ToDense() *Tensor {
-	var out C.dp2o_tensor
-	err := C.dp2o_to_dense(t.ptr(), &out)
+	res := C.dp2o_to_dense(t.ptr())
 	runtime.KeepAlive(t)
-	must(err, "to_dense")
-	return newTensor(out)
+	must(res.err, "to_dense")
+	return newTensor(res.t)
 }
 
 // IsMkldnn reports whether self is in oneDNN's opaque layout.

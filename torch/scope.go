@@ -6,6 +6,7 @@ import "C"
 import (
 	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/petermattis/goid"
 )
@@ -110,11 +111,8 @@ func (s *Scope) Close() {
 	hs := make([]C.uintptr_t, 0, len(s.tensors))
 	for _, t := range s.tensors {
 		if t.scope == s && t.h != nil {
-			if t.guarded { // not expected for a scoped tensor; kept for safety
-				t.cleanup.Stop()
-				t.guarded = false
-			}
-			hs = append(hs, C.uintptr_t(uintptr(t.h)))
+			t.unguard() // a no-op for a scoped tensor, kept for safety
+			hs = append(hs, C.uintptr_t(uintptr(unsafe.Pointer(t.h))))
 			t.h = nil
 			t.scope = nil
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -21,8 +22,8 @@ import (
 type Tensor struct {
 	h       C.dp2o_tensor
 	scope   *Scope
-	cleanup runtime.Cleanup
-	guarded bool // cleanup is registered
+	cleanup runtime.Cleanup // registered when guard_ is guardCleanup
+	guard_  atomic.Uint32   // the safety net's state (guard.go)
 }
 
 func freeHandle(h C.dp2o_tensor) { C.dp2o_tensor_free(h) }
@@ -45,19 +46,6 @@ func newTensor(h C.dp2o_tensor) *Tensor {
 	return t
 }
 
-// guard registers the garbage collector's safety net for a tensor that no
-// scope owns. A tensor in an open scope needs none (the scope references it
-// until Close frees it), and skipping runtime.AddCleanup there is what
-// keeps the per-op cost low; Keep and Unscope guard a tensor as it leaves
-// its last scope.
-func (t *Tensor) guard() {
-	if t.guarded || t.h == nil {
-		return
-	}
-	t.cleanup = runtime.AddCleanup(t, freeHandle, t.h)
-	t.guarded = true
-}
-
 // ptr returns the handle, panicking with a *Error for a nil or closed tensor.
 func (t *Tensor) ptr() C.dp2o_tensor {
 	if t == nil {
@@ -74,10 +62,7 @@ func (t *Tensor) Close() {
 	if t == nil || t.h == nil {
 		return
 	}
-	if t.guarded {
-		t.cleanup.Stop()
-		t.guarded = false
-	}
+	t.unguard()
 	C.dp2o_tensor_free(t.h)
 	t.h = nil
 	t.scope = nil

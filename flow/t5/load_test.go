@@ -93,7 +93,7 @@ func TestLoadEncoderBadFiles(t *testing.T) {
 				case reshaped == "" && strings.HasSuffix(k, "SelfAttention.q.weight"):
 					reshaped = k
 					old := m[k]
-					m[k] = torch.Unscope(old.Narrow(0, 0, old.Size(0)-1).Contiguous())
+					m[k] = torch.Scoped(func() *torch.Tensor { return old.Narrow(0, 0, old.Size(0)-1).Contiguous() })
 					old.Close()
 				}
 			}

@@ -217,7 +217,7 @@ func TestPublishedFiles(t *testing.T) {
 	require.NoError(t, rs.Close())
 
 	// A 2-D context is shared by both prompts (pyiqa expands it).
-	shared2d := torch.Unscope(src[CtxKey].Select(0, 0).Contiguous())
+	shared2d := torch.Scoped(func() *torch.Tensor { return src[CtxKey].Select(0, 0).Contiguous() })
 	defer shared2d.Close()
 	iqatest.WriteTensorPth(t, filepath.Join(dir, PromptFile), shared2d)
 	s, err := Open(reward.OpenOptions{Weights: dir, Device: testutil.Device(t)})

@@ -10,8 +10,6 @@
 #include <sstream>
 
 namespace dp2o {
-std::atomic<int64_t> g_live_tensors{0};
-std::atomic<int64_t> g_live_bytes{0};
 std::atomic<int> g_threads_gen{0};
 std::atomic<int> g_threads{0};
 
@@ -133,8 +131,6 @@ dp2o_err dp2o_autocast_exit(int device_type, int prev_enabled, int prev_dtype) {
 
 int dp2o_autocast_enabled(int device_type) { return autocast_enabled(static_cast<at::DeviceType>(device_type)) ? 1 : 0; }
 
-int64_t dp2o_live_tensors(void) { return dp2o::g_live_tensors.load(); }
-int64_t dp2o_live_bytes(void) { return dp2o::g_live_bytes.load(); }
 
 int dp2o_grad_enabled(void) { return c10::GradMode::is_enabled() ? 1 : 0; }
 void dp2o_set_grad_enabled(int on) { c10::GradMode::set_enabled(on != 0); }
@@ -142,8 +138,7 @@ void dp2o_set_grad_enabled(int on) { c10::GradMode::set_enabled(on != 0); }
 void dp2o_tensor_free(dp2o_tensor h) {
   if (!h) return;
   auto *o = static_cast<dp2o::Owned *>(h);
-  dp2o::g_live_tensors.fetch_sub(1, std::memory_order_relaxed);
-  dp2o::g_live_bytes.fetch_sub(o->bytes, std::memory_order_relaxed);
+  dp2o::live_add(-1, -o->bytes);
   delete o;
 }
 

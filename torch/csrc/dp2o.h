@@ -15,9 +15,19 @@
 extern "C" {
 #endif
 
-typedef void *dp2o_tensor;
+/* A tensor handle points to an opaque struct rather than void: cgo then knows
+ * the pointee holds no Go pointers and skips its per-argument pointer check
+ * on every call that passes a handle (the shim's hottest path). */
+typedef struct dp2o_owned *dp2o_tensor;
 typedef void *dp2o_gen;
 typedef char *dp2o_err;
+
+/* dp2o_result is what an op returning one tensor gives back by value: the
+ * new handle, or NULL and the error. */
+typedef struct {
+  dp2o_tensor t;
+  dp2o_err err;
+} dp2o_result;
 
 /* library and devices */
 dp2o_err dp2o_version(char *buf, int n);

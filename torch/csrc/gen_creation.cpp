@@ -3,136 +3,136 @@
 
 extern "C" {
 
-dp2o_err dp2o_zeros(const int64_t *shape_p, int shape_n, int dtype_, int64_t devType, int64_t devIndex, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_zeros(const int64_t *shape_p, int shape_n, int dtype_, int64_t devType, int64_t devIndex) {
+  DP2O_TRY_R
   at::IntArrayRef shape(shape_p, shape_n);
   at::ScalarType dtype = static_cast<at::ScalarType>(dtype_);
-  *out = dp2o::wrap(at::zeros(shape, dp2o::opts(dtype, devType, devIndex)));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::zeros(shape, dp2o::opts(dtype, devType, devIndex)));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_ones(const int64_t *shape_p, int shape_n, int dtype_, int64_t devType, int64_t devIndex, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_ones(const int64_t *shape_p, int shape_n, int dtype_, int64_t devType, int64_t devIndex) {
+  DP2O_TRY_R
   at::IntArrayRef shape(shape_p, shape_n);
   at::ScalarType dtype = static_cast<at::ScalarType>(dtype_);
-  *out = dp2o::wrap(at::ones(shape, dp2o::opts(dtype, devType, devIndex)));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::ones(shape, dp2o::opts(dtype, devType, devIndex)));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_empty(const int64_t *shape_p, int shape_n, int dtype_, int64_t devType, int64_t devIndex, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_empty(const int64_t *shape_p, int shape_n, int dtype_, int64_t devType, int64_t devIndex) {
+  DP2O_TRY_R
   at::IntArrayRef shape(shape_p, shape_n);
   at::ScalarType dtype = static_cast<at::ScalarType>(dtype_);
-  *out = dp2o::wrap(at::empty(shape, dp2o::opts(dtype, devType, devIndex)));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::empty(shape, dp2o::opts(dtype, devType, devIndex)));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_full(const int64_t *shape_p, int shape_n, double value_, int dtype_, int64_t devType, int64_t devIndex, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_full(const int64_t *shape_p, int shape_n, double value_, int dtype_, int64_t devType, int64_t devIndex) {
+  DP2O_TRY_R
   at::IntArrayRef shape(shape_p, shape_n);
   at::Scalar value(value_);
   at::ScalarType dtype = static_cast<at::ScalarType>(dtype_);
-  *out = dp2o::wrap(at::full(shape, value, dp2o::opts(dtype, devType, devIndex)));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::full(shape, value, dp2o::opts(dtype, devType, devIndex)));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_arange(double start_, double end_, double step_, int dtype_, int64_t devType, int64_t devIndex, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_arange(double start_, double end_, double step_, int dtype_, int64_t devType, int64_t devIndex) {
+  DP2O_TRY_R
   at::Scalar start(start_);
   at::Scalar end(end_);
   at::Scalar step(step_);
   at::ScalarType dtype = static_cast<at::ScalarType>(dtype_);
-  *out = dp2o::wrap(at::arange(start, end, step, dp2o::opts(dtype, devType, devIndex)));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::arange(start, end, step, dp2o::opts(dtype, devType, devIndex)));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_linspace(double start_, double end_, int64_t steps, int dtype_, int64_t devType, int64_t devIndex, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_linspace(double start_, double end_, int64_t steps, int dtype_, int64_t devType, int64_t devIndex) {
+  DP2O_TRY_R
   at::Scalar start(start_);
   at::Scalar end(end_);
   at::ScalarType dtype = static_cast<at::ScalarType>(dtype_);
-  *out = dp2o::wrap(at::linspace(start, end, steps, dp2o::opts(dtype, devType, devIndex)));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::linspace(start, end, steps, dp2o::opts(dtype, devType, devIndex)));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_eye(int64_t n, int64_t m, int dtype_, int64_t devType, int64_t devIndex, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_eye(int64_t n, int64_t m, int dtype_, int64_t devType, int64_t devIndex) {
+  DP2O_TRY_R
   at::ScalarType dtype = static_cast<at::ScalarType>(dtype_);
-  *out = dp2o::wrap(at::eye(n, m, dp2o::opts(dtype, devType, devIndex)));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::eye(n, m, dp2o::opts(dtype, devType, devIndex)));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_scalar_tensor(double value_, int dtype_, int64_t devType, int64_t devIndex, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_scalar_tensor(double value_, int dtype_, int64_t devType, int64_t devIndex) {
+  DP2O_TRY_R
   at::Scalar value(value_);
   at::ScalarType dtype = static_cast<at::ScalarType>(dtype_);
-  *out = dp2o::wrap(at::scalar_tensor(value, dp2o::opts(dtype, devType, devIndex)));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::scalar_tensor(value, dp2o::opts(dtype, devType, devIndex)));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_randn(const int64_t *shape_p, int shape_n, dp2o_gen gen_, int dtype_, int64_t devType, int64_t devIndex, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_randn(const int64_t *shape_p, int shape_n, dp2o_gen gen_, int dtype_, int64_t devType, int64_t devIndex) {
+  DP2O_TRY_R
   at::IntArrayRef shape(shape_p, shape_n);
   c10::optional<at::Generator> gen = gen_ ? c10::optional<at::Generator>(*static_cast<at::Generator *>(gen_)) : c10::nullopt;
   at::ScalarType dtype = static_cast<at::ScalarType>(dtype_);
-  *out = dp2o::wrap(at::randn(shape, gen, dp2o::opts(dtype, devType, devIndex)));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::randn(shape, gen, dp2o::opts(dtype, devType, devIndex)));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_rand(const int64_t *shape_p, int shape_n, dp2o_gen gen_, int dtype_, int64_t devType, int64_t devIndex, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_rand(const int64_t *shape_p, int shape_n, dp2o_gen gen_, int dtype_, int64_t devType, int64_t devIndex) {
+  DP2O_TRY_R
   at::IntArrayRef shape(shape_p, shape_n);
   c10::optional<at::Generator> gen = gen_ ? c10::optional<at::Generator>(*static_cast<at::Generator *>(gen_)) : c10::nullopt;
   at::ScalarType dtype = static_cast<at::ScalarType>(dtype_);
-  *out = dp2o::wrap(at::rand(shape, gen, dp2o::opts(dtype, devType, devIndex)));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::rand(shape, gen, dp2o::opts(dtype, devType, devIndex)));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_randint(int64_t low, int64_t high, const int64_t *shape_p, int shape_n, dp2o_gen gen_, int dtype_, int64_t devType, int64_t devIndex, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_randint(int64_t low, int64_t high, const int64_t *shape_p, int shape_n, dp2o_gen gen_, int dtype_, int64_t devType, int64_t devIndex) {
+  DP2O_TRY_R
   at::IntArrayRef shape(shape_p, shape_n);
   c10::optional<at::Generator> gen = gen_ ? c10::optional<at::Generator>(*static_cast<at::Generator *>(gen_)) : c10::nullopt;
   at::ScalarType dtype = static_cast<at::ScalarType>(dtype_);
-  *out = dp2o::wrap(at::randint(low, high, shape, gen, dp2o::opts(dtype, devType, devIndex)));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::randint(low, high, shape, gen, dp2o::opts(dtype, devType, devIndex)));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_randperm(int64_t n, dp2o_gen gen_, int dtype_, int64_t devType, int64_t devIndex, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_randperm(int64_t n, dp2o_gen gen_, int dtype_, int64_t devType, int64_t devIndex) {
+  DP2O_TRY_R
   c10::optional<at::Generator> gen = gen_ ? c10::optional<at::Generator>(*static_cast<at::Generator *>(gen_)) : c10::nullopt;
   at::ScalarType dtype = static_cast<at::ScalarType>(dtype_);
-  *out = dp2o::wrap(at::randperm(n, gen, dp2o::opts(dtype, devType, devIndex)));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::randperm(n, gen, dp2o::opts(dtype, devType, devIndex)));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_zeros_like(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_zeros_like(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::zeros_like(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::zeros_like(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_ones_like(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_ones_like(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::ones_like(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::ones_like(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_full_like(dp2o_tensor self_, double value_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_full_like(dp2o_tensor self_, double value_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar value(value_);
-  *out = dp2o::wrap(at::full_like(self, value));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::full_like(self, value));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_randn_like(dp2o_tensor self_, dp2o_gen gen_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_randn_like(dp2o_tensor self_, dp2o_gen gen_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   c10::optional<at::Generator> gen = gen_ ? c10::optional<at::Generator>(*static_cast<at::Generator *>(gen_)) : c10::nullopt;
-  *out = dp2o::wrap(at::randn(self.sizes(), gen, self.options()));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::randn(self.sizes(), gen, self.options()));
+  DP2O_CATCH_R
 }
 
 dp2o_err dp2o_normal_(dp2o_tensor self_, double mean_, double std_, dp2o_gen gen_) {

@@ -3,44 +3,44 @@
 
 extern "C" {
 
-dp2o_err dp2o_upsample_bilinear2d_scales(dp2o_tensor self_, const int64_t *size_p, int size_n, int alignCorners_, double scaleH_, double scaleW_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_upsample_bilinear2d_scales(dp2o_tensor self_, const int64_t *size_p, int size_n, int alignCorners_, double scaleH_, double scaleW_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef size(size_p, size_n);
   bool alignCorners = alignCorners_ != 0;
   double scaleH = scaleH_;
   double scaleW = scaleW_;
-  *out = dp2o::wrap(at::upsample_bilinear2d(self, size, alignCorners, scaleH, scaleW));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::upsample_bilinear2d(self, size, alignCorners, scaleH, scaleW));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_upsample_bicubic2d_scales(dp2o_tensor self_, const int64_t *size_p, int size_n, int alignCorners_, double scaleH_, double scaleW_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_upsample_bicubic2d_scales(dp2o_tensor self_, const int64_t *size_p, int size_n, int alignCorners_, double scaleH_, double scaleW_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef size(size_p, size_n);
   bool alignCorners = alignCorners_ != 0;
   double scaleH = scaleH_;
   double scaleW = scaleW_;
-  *out = dp2o::wrap(at::upsample_bicubic2d(self, size, alignCorners, scaleH, scaleW));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::upsample_bicubic2d(self, size, alignCorners, scaleH, scaleW));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_poisson(dp2o_tensor self_, dp2o_gen gen_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_poisson(dp2o_tensor self_, dp2o_gen gen_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   c10::optional<at::Generator> gen = gen_ ? c10::optional<at::Generator>(*static_cast<at::Generator *>(gen_)) : c10::nullopt;
-  *out = dp2o::wrap(at::poisson(self, gen));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::poisson(self, gen));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_tensordot(dp2o_tensor self_, dp2o_tensor other_, const int64_t *dimsA_p, int dimsA_n, const int64_t *dimsB_p, int dimsB_n, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_tensordot(dp2o_tensor self_, dp2o_tensor other_, const int64_t *dimsA_p, int dimsA_n, const int64_t *dimsB_p, int dimsB_n) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
   at::IntArrayRef dimsA(dimsA_p, dimsA_n);
   at::IntArrayRef dimsB(dimsB_p, dimsB_n);
-  *out = dp2o::wrap(at::tensordot(self, other, dimsA, dimsB));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::tensordot(self, other, dimsA, dimsB));
+  DP2O_CATCH_R
 }
 
 dp2o_err dp2o_unique_count(dp2o_tensor self_, int64_t *out) {

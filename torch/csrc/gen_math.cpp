@@ -3,460 +3,460 @@
 
 extern "C" {
 
-dp2o_err dp2o_add(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_add(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::add(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::add(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_add_alpha(dp2o_tensor self_, dp2o_tensor other_, double alpha_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_add_alpha(dp2o_tensor self_, dp2o_tensor other_, double alpha_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
   at::Scalar alpha(alpha_);
-  *out = dp2o::wrap(at::add(self, other, alpha));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::add(self, other, alpha));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_sub(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_sub(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::sub(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::sub(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_mul(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_mul(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::mul(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::mul(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_div(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_div(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::div(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::div(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_add_scalar(dp2o_tensor self_, double v_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_add_scalar(dp2o_tensor self_, double v_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar v(v_);
-  *out = dp2o::wrap(at::add(self, v));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::add(self, v));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_sub_scalar(dp2o_tensor self_, double v_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_sub_scalar(dp2o_tensor self_, double v_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar v(v_);
-  *out = dp2o::wrap(at::sub(self, v));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::sub(self, v));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_mul_scalar(dp2o_tensor self_, double v_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_mul_scalar(dp2o_tensor self_, double v_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar v(v_);
-  *out = dp2o::wrap(at::mul(self, v));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::mul(self, v));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_div_scalar(dp2o_tensor self_, double v_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_div_scalar(dp2o_tensor self_, double v_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar v(v_);
-  *out = dp2o::wrap(at::div(self, v));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::div(self, v));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_rsub_scalar(dp2o_tensor self_, double v_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_rsub_scalar(dp2o_tensor self_, double v_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar v(v_);
-  *out = dp2o::wrap(at::rsub(self, v));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::rsub(self, v));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_neg(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_neg(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::neg(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::neg(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_abs(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_abs(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::abs(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::abs(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_exp(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_exp(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::exp(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::exp(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_log(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_log(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::log(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::log(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_log1p(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_log1p(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::log1p(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::log1p(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_sqrt(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_sqrt(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::sqrt(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::sqrt(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_rsqrt(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_rsqrt(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::rsqrt(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::rsqrt(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_pow_scalar(dp2o_tensor self_, double e_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_pow_scalar(dp2o_tensor self_, double e_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar e(e_);
-  *out = dp2o::wrap(at::pow(self, e));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::pow(self, e));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_pow_tensor(dp2o_tensor self_, dp2o_tensor e_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_pow_tensor(dp2o_tensor self_, dp2o_tensor e_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &e = dp2o::T(e_);
-  *out = dp2o::wrap(at::pow(self, e));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::pow(self, e));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_square(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_square(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::square(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::square(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_reciprocal(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_reciprocal(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::reciprocal(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::reciprocal(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_sin(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_sin(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::sin(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::sin(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_cos(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_cos(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::cos(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::cos(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_tanh(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_tanh(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::tanh(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::tanh(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_erf(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_erf(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::erf(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::erf(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_sigmoid(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_sigmoid(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::sigmoid(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::sigmoid(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_silu(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_silu(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::silu(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::silu(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_gelu(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_gelu(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::gelu(self, "none"));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::gelu(self, "none"));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_gelu_tanh(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_gelu_tanh(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::gelu(self, "tanh"));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::gelu(self, "tanh"));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_relu(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_relu(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::relu(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::relu(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_leaky_relu(dp2o_tensor self_, double slope_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_leaky_relu(dp2o_tensor self_, double slope_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar slope(slope_);
-  *out = dp2o::wrap(at::leaky_relu(self, slope));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::leaky_relu(self, slope));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_softmax(dp2o_tensor self_, int64_t dim, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_softmax(dp2o_tensor self_, int64_t dim) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::softmax(self, dim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::softmax(self, dim));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_log_softmax(dp2o_tensor self_, int64_t dim, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_log_softmax(dp2o_tensor self_, int64_t dim) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::log_softmax(self, dim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::log_softmax(self, dim));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_log_sigmoid(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_log_sigmoid(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::log_sigmoid(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::log_sigmoid(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_clamp(dp2o_tensor self_, double min_, double max_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_clamp(dp2o_tensor self_, double min_, double max_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar min(min_);
   at::Scalar max(max_);
-  *out = dp2o::wrap(at::clamp(self, min, max));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::clamp(self, min, max));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_clamp_min(dp2o_tensor self_, double min_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_clamp_min(dp2o_tensor self_, double min_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar min(min_);
-  *out = dp2o::wrap(at::clamp_min(self, min));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::clamp_min(self, min));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_clamp_max(dp2o_tensor self_, double max_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_clamp_max(dp2o_tensor self_, double max_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar max(max_);
-  *out = dp2o::wrap(at::clamp_max(self, max));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::clamp_max(self, max));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_floor(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_floor(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::floor(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::floor(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_ceil(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_ceil(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::ceil(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::ceil(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_round(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_round(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::round(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::round(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_trunc(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_trunc(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::trunc(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::trunc(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_sign(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_sign(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::sign(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::sign(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_minimum(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
-  const at::Tensor &self = dp2o::T(self_);
-  const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::minimum(self, other));
-  DP2O_CATCH
-}
-
-dp2o_err dp2o_maximum(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_minimum(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::maximum(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::minimum(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_lerp(dp2o_tensor self_, dp2o_tensor end_, double weight_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_maximum(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
+  const at::Tensor &self = dp2o::T(self_);
+  const at::Tensor &other = dp2o::T(other_);
+  r_.t = dp2o::wrap(at::maximum(self, other));
+  DP2O_CATCH_R
+}
+
+dp2o_result dp2o_lerp(dp2o_tensor self_, dp2o_tensor end_, double weight_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &end = dp2o::T(end_);
   at::Scalar weight(weight_);
-  *out = dp2o::wrap(at::lerp(self, end, weight));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::lerp(self, end, weight));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_where(dp2o_tensor cond_, dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_where(dp2o_tensor cond_, dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &cond = dp2o::T(cond_);
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::where(cond, self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::where(cond, self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_masked_fill(dp2o_tensor self_, dp2o_tensor mask_, double value_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_masked_fill(dp2o_tensor self_, dp2o_tensor mask_, double value_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &mask = dp2o::T(mask_);
   at::Scalar value(value_);
-  *out = dp2o::wrap(self.masked_fill(mask, value));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.masked_fill(mask, value));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_eq(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_eq(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::eq(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::eq(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_ne(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_ne(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::ne(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::ne(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_lt(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_lt(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::lt(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::lt(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_le(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_le(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::le(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::le(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_gt(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_gt(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::gt(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::gt(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_ge(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_ge(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::ge(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::ge(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_eq_scalar(dp2o_tensor self_, double v_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_eq_scalar(dp2o_tensor self_, double v_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar v(v_);
-  *out = dp2o::wrap(at::eq(self, v));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::eq(self, v));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_lt_scalar(dp2o_tensor self_, double v_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_lt_scalar(dp2o_tensor self_, double v_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar v(v_);
-  *out = dp2o::wrap(at::lt(self, v));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::lt(self, v));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_gt_scalar(dp2o_tensor self_, double v_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_gt_scalar(dp2o_tensor self_, double v_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar v(v_);
-  *out = dp2o::wrap(at::gt(self, v));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::gt(self, v));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_logical_not(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_logical_not(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::logical_not(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::logical_not(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_logical_and(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_logical_and(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::logical_and(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::logical_and(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_isnan(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_isnan(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::isnan(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::isnan(self));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_isfinite(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_isfinite(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::isfinite(self));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::isfinite(self));
+  DP2O_CATCH_R
 }
 
 dp2o_err dp2o_add_(dp2o_tensor self_, dp2o_tensor other_, double alpha_) {

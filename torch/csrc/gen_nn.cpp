@@ -3,64 +3,64 @@
 
 extern "C" {
 
-dp2o_err dp2o_matmul(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_matmul(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::matmul(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::matmul(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_mm(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_mm(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::mm(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::mm(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_bmm(dp2o_tensor self_, dp2o_tensor other_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_bmm(dp2o_tensor self_, dp2o_tensor other_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  *out = dp2o::wrap(at::bmm(self, other));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::bmm(self, other));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_baddbmm(dp2o_tensor self_, dp2o_tensor b1_, dp2o_tensor b2_, double beta_, double alpha_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_baddbmm(dp2o_tensor self_, dp2o_tensor b1_, dp2o_tensor b2_, double beta_, double alpha_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &b1 = dp2o::T(b1_);
   const at::Tensor &b2 = dp2o::T(b2_);
   at::Scalar beta(beta_);
   at::Scalar alpha(alpha_);
-  *out = dp2o::wrap(at::baddbmm(self, b1, b2, beta, alpha));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::baddbmm(self, b1, b2, beta, alpha));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_linear(dp2o_tensor input_, dp2o_tensor weight_, dp2o_tensor bias_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_linear(dp2o_tensor input_, dp2o_tensor weight_, dp2o_tensor bias_) {
+  DP2O_TRY_R
   const at::Tensor &input = dp2o::T(input_);
   const at::Tensor &weight = dp2o::T(weight_);
   c10::optional<at::Tensor> bias = dp2o::opt_tensor(bias_);
-  *out = dp2o::wrap(at::linear(input, weight, bias));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::linear(input, weight, bias));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_conv2d(dp2o_tensor input_, dp2o_tensor weight_, dp2o_tensor bias_, const int64_t *stride_p, int stride_n, const int64_t *padding_p, int padding_n, const int64_t *dilation_p, int dilation_n, int64_t groups, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_conv2d(dp2o_tensor input_, dp2o_tensor weight_, dp2o_tensor bias_, const int64_t *stride_p, int stride_n, const int64_t *padding_p, int padding_n, const int64_t *dilation_p, int dilation_n, int64_t groups) {
+  DP2O_TRY_R
   const at::Tensor &input = dp2o::T(input_);
   const at::Tensor &weight = dp2o::T(weight_);
   c10::optional<at::Tensor> bias = dp2o::opt_tensor(bias_);
   at::IntArrayRef stride(stride_p, stride_n);
   at::IntArrayRef padding(padding_p, padding_n);
   at::IntArrayRef dilation(dilation_p, dilation_n);
-  *out = dp2o::wrap(at::conv2d(input, weight, bias, stride, padding, dilation, groups));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::conv2d(input, weight, bias, stride, padding, dilation, groups));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_conv_transpose2d(dp2o_tensor input_, dp2o_tensor weight_, dp2o_tensor bias_, const int64_t *stride_p, int stride_n, const int64_t *padding_p, int padding_n, const int64_t *outputPadding_p, int outputPadding_n, int64_t groups, const int64_t *dilation_p, int dilation_n, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_conv_transpose2d(dp2o_tensor input_, dp2o_tensor weight_, dp2o_tensor bias_, const int64_t *stride_p, int stride_n, const int64_t *padding_p, int padding_n, const int64_t *outputPadding_p, int outputPadding_n, int64_t groups, const int64_t *dilation_p, int dilation_n) {
+  DP2O_TRY_R
   const at::Tensor &input = dp2o::T(input_);
   const at::Tensor &weight = dp2o::T(weight_);
   c10::optional<at::Tensor> bias = dp2o::opt_tensor(bias_);
@@ -68,78 +68,78 @@ dp2o_err dp2o_conv_transpose2d(dp2o_tensor input_, dp2o_tensor weight_, dp2o_ten
   at::IntArrayRef padding(padding_p, padding_n);
   at::IntArrayRef outputPadding(outputPadding_p, outputPadding_n);
   at::IntArrayRef dilation(dilation_p, dilation_n);
-  *out = dp2o::wrap(at::conv_transpose2d(input, weight, bias, stride, padding, outputPadding, groups, dilation));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::conv_transpose2d(input, weight, bias, stride, padding, outputPadding, groups, dilation));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_group_norm(dp2o_tensor input_, int64_t groups, dp2o_tensor weight_, dp2o_tensor bias_, double eps_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_group_norm(dp2o_tensor input_, int64_t groups, dp2o_tensor weight_, dp2o_tensor bias_, double eps_) {
+  DP2O_TRY_R
   const at::Tensor &input = dp2o::T(input_);
   c10::optional<at::Tensor> weight = dp2o::opt_tensor(weight_);
   c10::optional<at::Tensor> bias = dp2o::opt_tensor(bias_);
   double eps = eps_;
-  *out = dp2o::wrap(at::group_norm(input, groups, weight, bias, eps));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::group_norm(input, groups, weight, bias, eps));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_layer_norm(dp2o_tensor input_, const int64_t *shape_p, int shape_n, dp2o_tensor weight_, dp2o_tensor bias_, double eps_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_layer_norm(dp2o_tensor input_, const int64_t *shape_p, int shape_n, dp2o_tensor weight_, dp2o_tensor bias_, double eps_) {
+  DP2O_TRY_R
   const at::Tensor &input = dp2o::T(input_);
   at::IntArrayRef shape(shape_p, shape_n);
   c10::optional<at::Tensor> weight = dp2o::opt_tensor(weight_);
   c10::optional<at::Tensor> bias = dp2o::opt_tensor(bias_);
   double eps = eps_;
-  *out = dp2o::wrap(at::layer_norm(input, shape, weight, bias, eps));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::layer_norm(input, shape, weight, bias, eps));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_rms_norm(dp2o_tensor input_, dp2o_tensor weight_, double eps_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_rms_norm(dp2o_tensor input_, dp2o_tensor weight_, double eps_) {
+  DP2O_TRY_R
   const at::Tensor &input = dp2o::T(input_);
   c10::optional<at::Tensor> weight = dp2o::opt_tensor(weight_);
   double eps = eps_;
-  *out = dp2o::wrap(dp2o::rms_norm(input, weight, eps));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(dp2o::rms_norm(input, weight, eps));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_embedding(dp2o_tensor weight_, dp2o_tensor indices_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_embedding(dp2o_tensor weight_, dp2o_tensor indices_) {
+  DP2O_TRY_R
   const at::Tensor &weight = dp2o::T(weight_);
   const at::Tensor &indices = dp2o::T(indices_);
-  *out = dp2o::wrap(at::embedding(weight, indices));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::embedding(weight, indices));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_dropout(dp2o_tensor input_, double p_, int train_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_dropout(dp2o_tensor input_, double p_, int train_) {
+  DP2O_TRY_R
   const at::Tensor &input = dp2o::T(input_);
   double p = p_;
   bool train = train_ != 0;
-  *out = dp2o::wrap(at::dropout(input, p, train));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::dropout(input, p, train));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_interpolate(dp2o_tensor self_, const int64_t *size_p, int size_n, int64_t mode, int alignCorners_, int antialias_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_interpolate(dp2o_tensor self_, const int64_t *size_p, int size_n, int64_t mode, int alignCorners_, int antialias_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef size(size_p, size_n);
   bool alignCorners = alignCorners_ != 0;
   bool antialias = antialias_ != 0;
-  *out = dp2o::wrap(dp2o::interpolate(self, size, mode, alignCorners, antialias));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(dp2o::interpolate(self, size, mode, alignCorners, antialias));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_pad(dp2o_tensor self_, const int64_t *pad_p, int pad_n, int64_t mode, double value_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_pad(dp2o_tensor self_, const int64_t *pad_p, int pad_n, int64_t mode, double value_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef pad(pad_p, pad_n);
   double value = value_;
-  *out = dp2o::wrap(dp2o::pad(self, pad, mode, value));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(dp2o::pad(self, pad, mode, value));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_sdpa(dp2o_tensor q_, dp2o_tensor k_, dp2o_tensor v_, dp2o_tensor mask_, int causal_, double scale_, int math_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_sdpa(dp2o_tensor q_, dp2o_tensor k_, dp2o_tensor v_, dp2o_tensor mask_, int causal_, double scale_, int math_) {
+  DP2O_TRY_R
   const at::Tensor &q = dp2o::T(q_);
   const at::Tensor &k = dp2o::T(k_);
   const at::Tensor &v = dp2o::T(v_);
@@ -147,53 +147,53 @@ dp2o_err dp2o_sdpa(dp2o_tensor q_, dp2o_tensor k_, dp2o_tensor v_, dp2o_tensor m
   bool causal = causal_ != 0;
   double scale = scale_;
   bool math = math_ != 0;
-  *out = dp2o::wrap(dp2o::sdpa(q, k, v, mask, causal, scale, math));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(dp2o::sdpa(q, k, v, mask, causal, scale, math));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_avg_pool2d(dp2o_tensor input_, const int64_t *kernel_p, int kernel_n, const int64_t *stride_p, int stride_n, const int64_t *padding_p, int padding_n, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_avg_pool2d(dp2o_tensor input_, const int64_t *kernel_p, int kernel_n, const int64_t *stride_p, int stride_n, const int64_t *padding_p, int padding_n) {
+  DP2O_TRY_R
   const at::Tensor &input = dp2o::T(input_);
   at::IntArrayRef kernel(kernel_p, kernel_n);
   at::IntArrayRef stride(stride_p, stride_n);
   at::IntArrayRef padding(padding_p, padding_n);
-  *out = dp2o::wrap(at::avg_pool2d(input, kernel, stride, padding));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::avg_pool2d(input, kernel, stride, padding));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_max_pool2d(dp2o_tensor input_, const int64_t *kernel_p, int kernel_n, const int64_t *stride_p, int stride_n, const int64_t *padding_p, int padding_n, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_max_pool2d(dp2o_tensor input_, const int64_t *kernel_p, int kernel_n, const int64_t *stride_p, int stride_n, const int64_t *padding_p, int padding_n) {
+  DP2O_TRY_R
   const at::Tensor &input = dp2o::T(input_);
   at::IntArrayRef kernel(kernel_p, kernel_n);
   at::IntArrayRef stride(stride_p, stride_n);
   at::IntArrayRef padding(padding_p, padding_n);
-  *out = dp2o::wrap(at::max_pool2d(input, kernel, stride, padding));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::max_pool2d(input, kernel, stride, padding));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_adaptive_avg_pool2d(dp2o_tensor input_, const int64_t *size_p, int size_n, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_adaptive_avg_pool2d(dp2o_tensor input_, const int64_t *size_p, int size_n) {
+  DP2O_TRY_R
   const at::Tensor &input = dp2o::T(input_);
   at::IntArrayRef size(size_p, size_n);
-  *out = dp2o::wrap(at::adaptive_avg_pool2d(input, size));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::adaptive_avg_pool2d(input, size));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_mse_loss(dp2o_tensor input_, dp2o_tensor target_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_mse_loss(dp2o_tensor input_, dp2o_tensor target_) {
+  DP2O_TRY_R
   const at::Tensor &input = dp2o::T(input_);
   const at::Tensor &target = dp2o::T(target_);
-  *out = dp2o::wrap(at::mse_loss(input, target));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::mse_loss(input, target));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_clip_grad_norm(dp2o_tensor *params_p, int params_n, double maxNorm_, double normType_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_clip_grad_norm(dp2o_tensor *params_p, int params_n, double maxNorm_, double normType_) {
+  DP2O_TRY_R
   std::vector<at::Tensor> params = dp2o::tensors_of(params_p, params_n);
   double maxNorm = maxNorm_;
   double normType = normType_;
-  *out = dp2o::wrap(dp2o::clip_grad_norm(params, maxNorm, normType));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(dp2o::clip_grad_norm(params, maxNorm, normType));
+  DP2O_CATCH_R
 }
 
 dp2o_err dp2o_adamw_step(dp2o_tensor param_, dp2o_tensor grad_, dp2o_tensor expAvg_, dp2o_tensor expAvgSq_, int64_t step, double lr_, double beta1_, double beta2_, double eps_, double weightDecay_) {

@@ -3,17 +3,17 @@
 
 extern "C" {
 
-dp2o_err dp2o_fast_linear(dp2o_tensor input_, dp2o_tensor weight_, dp2o_tensor bias_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_fast_linear(dp2o_tensor input_, dp2o_tensor weight_, dp2o_tensor bias_) {
+  DP2O_TRY_R
   const at::Tensor &input = dp2o::T(input_);
   const at::Tensor &weight = dp2o::T(weight_);
   c10::optional<at::Tensor> bias = dp2o::opt_tensor(bias_);
-  *out = dp2o::wrap(dp2o::fast_linear(input, weight, bias));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(dp2o::fast_linear(input, weight, bias));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_fused_attention(dp2o_tensor x_, dp2o_tensor ctx_, dp2o_tensor wq_, dp2o_tensor wk_, dp2o_tensor wv_, dp2o_tensor wo_, dp2o_tensor bo_, int64_t heads, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_fused_attention(dp2o_tensor x_, dp2o_tensor ctx_, dp2o_tensor wq_, dp2o_tensor wk_, dp2o_tensor wv_, dp2o_tensor wo_, dp2o_tensor bo_, int64_t heads) {
+  DP2O_TRY_R
   const at::Tensor &x = dp2o::T(x_);
   c10::optional<at::Tensor> ctx = dp2o::opt_tensor(ctx_);
   const at::Tensor &wq = dp2o::T(wq_);
@@ -21,19 +21,19 @@ dp2o_err dp2o_fused_attention(dp2o_tensor x_, dp2o_tensor ctx_, dp2o_tensor wq_,
   const at::Tensor &wv = dp2o::T(wv_);
   const at::Tensor &wo = dp2o::T(wo_);
   c10::optional<at::Tensor> bo = dp2o::opt_tensor(bo_);
-  *out = dp2o::wrap(dp2o::attention(x, ctx, wq, wk, wv, wo, bo, heads));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(dp2o::attention(x, ctx, wq, wk, wv, wo, bo, heads));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_geglu_feed_forward(dp2o_tensor x_, dp2o_tensor w1_, dp2o_tensor b1_, dp2o_tensor w2_, dp2o_tensor b2_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_geglu_feed_forward(dp2o_tensor x_, dp2o_tensor w1_, dp2o_tensor b1_, dp2o_tensor w2_, dp2o_tensor b2_) {
+  DP2O_TRY_R
   const at::Tensor &x = dp2o::T(x_);
   const at::Tensor &w1 = dp2o::T(w1_);
   c10::optional<at::Tensor> b1 = dp2o::opt_tensor(b1_);
   const at::Tensor &w2 = dp2o::T(w2_);
   c10::optional<at::Tensor> b2 = dp2o::opt_tensor(b2_);
-  *out = dp2o::wrap(dp2o::geglu_ff(x, w1, b1, w2, b2));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(dp2o::geglu_ff(x, w1, b1, w2, b2));
+  DP2O_CATCH_R
 }
 
 dp2o_err dp2o_fast_path_available(int *out) {

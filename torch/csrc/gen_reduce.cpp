@@ -3,86 +3,86 @@
 
 extern "C" {
 
-dp2o_err dp2o_sum(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_sum(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.sum());
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.sum());
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_sum_dims(dp2o_tensor self_, const int64_t *dims_p, int dims_n, int keepdim_, dp2o_tensor *out) {
-  DP2O_TRY
-  const at::Tensor &self = dp2o::T(self_);
-  at::IntArrayRef dims(dims_p, dims_n);
-  bool keepdim = keepdim_ != 0;
-  *out = dp2o::wrap(self.sum(dims, keepdim));
-  DP2O_CATCH
-}
-
-dp2o_err dp2o_mean(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
-  const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.mean());
-  DP2O_CATCH
-}
-
-dp2o_err dp2o_mean_dims(dp2o_tensor self_, const int64_t *dims_p, int dims_n, int keepdim_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_sum_dims(dp2o_tensor self_, const int64_t *dims_p, int dims_n, int keepdim_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef dims(dims_p, dims_n);
   bool keepdim = keepdim_ != 0;
-  *out = dp2o::wrap(self.mean(dims, keepdim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.sum(dims, keepdim));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_var_dims(dp2o_tensor self_, const int64_t *dims_p, int dims_n, int unbiased_, int keepdim_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_mean(dp2o_tensor self_) {
+  DP2O_TRY_R
+  const at::Tensor &self = dp2o::T(self_);
+  r_.t = dp2o::wrap(self.mean());
+  DP2O_CATCH_R
+}
+
+dp2o_result dp2o_mean_dims(dp2o_tensor self_, const int64_t *dims_p, int dims_n, int keepdim_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef dims(dims_p, dims_n);
-  bool unbiased = unbiased_ != 0;
   bool keepdim = keepdim_ != 0;
-  *out = dp2o::wrap(at::var(self, dims, unbiased, keepdim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.mean(dims, keepdim));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_std_dims(dp2o_tensor self_, const int64_t *dims_p, int dims_n, int unbiased_, int keepdim_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_var_dims(dp2o_tensor self_, const int64_t *dims_p, int dims_n, int unbiased_, int keepdim_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef dims(dims_p, dims_n);
   bool unbiased = unbiased_ != 0;
   bool keepdim = keepdim_ != 0;
-  *out = dp2o::wrap(at::std(self, dims, unbiased, keepdim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::var(self, dims, unbiased, keepdim));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_var_all(dp2o_tensor self_, int unbiased_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_std_dims(dp2o_tensor self_, const int64_t *dims_p, int dims_n, int unbiased_, int keepdim_) {
+  DP2O_TRY_R
+  const at::Tensor &self = dp2o::T(self_);
+  at::IntArrayRef dims(dims_p, dims_n);
+  bool unbiased = unbiased_ != 0;
+  bool keepdim = keepdim_ != 0;
+  r_.t = dp2o::wrap(at::std(self, dims, unbiased, keepdim));
+  DP2O_CATCH_R
+}
+
+dp2o_result dp2o_var_all(dp2o_tensor self_, int unbiased_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   bool unbiased = unbiased_ != 0;
-  *out = dp2o::wrap(at::var(self, unbiased));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::var(self, unbiased));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_std_all(dp2o_tensor self_, int unbiased_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_std_all(dp2o_tensor self_, int unbiased_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   bool unbiased = unbiased_ != 0;
-  *out = dp2o::wrap(at::std(self, unbiased));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::std(self, unbiased));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_max_all(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_max_all(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.max());
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.max());
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_min_all(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_min_all(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.min());
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.min());
+  DP2O_CATCH_R
 }
 
 dp2o_err dp2o_max_dim(dp2o_tensor self_, int64_t dim, int keepdim_, dp2o_tensor *out0, dp2o_tensor *out1) {
@@ -105,20 +105,20 @@ dp2o_err dp2o_min_dim(dp2o_tensor self_, int64_t dim, int keepdim_, dp2o_tensor 
   DP2O_CATCH
 }
 
-dp2o_err dp2o_argmax(dp2o_tensor self_, int64_t dim, int keepdim_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_argmax(dp2o_tensor self_, int64_t dim, int keepdim_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   bool keepdim = keepdim_ != 0;
-  *out = dp2o::wrap(self.argmax(dim, keepdim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.argmax(dim, keepdim));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_argmin(dp2o_tensor self_, int64_t dim, int keepdim_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_argmin(dp2o_tensor self_, int64_t dim, int keepdim_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   bool keepdim = keepdim_ != 0;
-  *out = dp2o::wrap(self.argmin(dim, keepdim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.argmin(dim, keepdim));
+  DP2O_CATCH_R
 }
 
 dp2o_err dp2o_sort(dp2o_tensor self_, int64_t dim, int descending_, dp2o_tensor *out0, dp2o_tensor *out1) {
@@ -131,12 +131,12 @@ dp2o_err dp2o_sort(dp2o_tensor self_, int64_t dim, int descending_, dp2o_tensor 
   DP2O_CATCH
 }
 
-dp2o_err dp2o_argsort(dp2o_tensor self_, int64_t dim, int descending_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_argsort(dp2o_tensor self_, int64_t dim, int descending_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   bool descending = descending_ != 0;
-  *out = dp2o::wrap(self.argsort(dim, descending));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.argsort(dim, descending));
+  DP2O_CATCH_R
 }
 
 dp2o_err dp2o_topk(dp2o_tensor self_, int64_t k, int64_t dim, int largest_, dp2o_tensor *out0, dp2o_tensor *out1) {
@@ -149,45 +149,45 @@ dp2o_err dp2o_topk(dp2o_tensor self_, int64_t k, int64_t dim, int largest_, dp2o
   DP2O_CATCH
 }
 
-dp2o_err dp2o_norm(dp2o_tensor self_, double p_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_norm(dp2o_tensor self_, double p_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar p(p_);
-  *out = dp2o::wrap(at::norm(self, p));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::norm(self, p));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_norm_dims(dp2o_tensor self_, double p_, const int64_t *dims_p, int dims_n, int keepdim_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_norm_dims(dp2o_tensor self_, double p_, const int64_t *dims_p, int dims_n, int keepdim_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::Scalar p(p_);
   at::IntArrayRef dims(dims_p, dims_n);
   bool keepdim = keepdim_ != 0;
-  *out = dp2o::wrap(at::norm(self, p, dims, keepdim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::norm(self, p, dims, keepdim));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_cumsum(dp2o_tensor self_, int64_t dim, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_cumsum(dp2o_tensor self_, int64_t dim) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.cumsum(dim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.cumsum(dim));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_cumprod(dp2o_tensor self_, int64_t dim, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_cumprod(dp2o_tensor self_, int64_t dim) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.cumprod(dim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.cumprod(dim));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_logsumexp(dp2o_tensor self_, const int64_t *dims_p, int dims_n, int keepdim_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_logsumexp(dp2o_tensor self_, const int64_t *dims_p, int dims_n, int keepdim_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef dims(dims_p, dims_n);
   bool keepdim = keepdim_ != 0;
-  *out = dp2o::wrap(at::logsumexp(self, dims, keepdim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::logsumexp(self, dims, keepdim));
+  DP2O_CATCH_R
 }
 
 dp2o_err dp2o_any(dp2o_tensor self_, int *out) {

@@ -3,86 +3,86 @@
 
 extern "C" {
 
-dp2o_err dp2o_view(dp2o_tensor self_, const int64_t *shape_p, int shape_n, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_view(dp2o_tensor self_, const int64_t *shape_p, int shape_n) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef shape(shape_p, shape_n);
-  *out = dp2o::wrap(self.view(shape));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.view(shape));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_reshape(dp2o_tensor self_, const int64_t *shape_p, int shape_n, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_reshape(dp2o_tensor self_, const int64_t *shape_p, int shape_n) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef shape(shape_p, shape_n);
-  *out = dp2o::wrap(self.reshape(shape));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.reshape(shape));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_permute(dp2o_tensor self_, const int64_t *dims_p, int dims_n, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_permute(dp2o_tensor self_, const int64_t *dims_p, int dims_n) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef dims(dims_p, dims_n);
-  *out = dp2o::wrap(self.permute(dims));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.permute(dims));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_transpose(dp2o_tensor self_, int64_t dim0, int64_t dim1, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_transpose(dp2o_tensor self_, int64_t dim0, int64_t dim1) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.transpose(dim0, dim1));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.transpose(dim0, dim1));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_narrow(dp2o_tensor self_, int64_t dim, int64_t start, int64_t length, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_narrow(dp2o_tensor self_, int64_t dim, int64_t start, int64_t length) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.narrow(dim, start, length));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.narrow(dim, start, length));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_slice(dp2o_tensor self_, int64_t dim, int64_t start, int64_t end, int64_t step, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_slice(dp2o_tensor self_, int64_t dim, int64_t start, int64_t end, int64_t step) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.slice(dim, start, end, step));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.slice(dim, start, end, step));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_select(dp2o_tensor self_, int64_t dim, int64_t index, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_select(dp2o_tensor self_, int64_t dim, int64_t index) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.select(dim, index));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.select(dim, index));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_index_select(dp2o_tensor self_, int64_t dim, dp2o_tensor index_, dp2o_tensor *out) {
-  DP2O_TRY
-  const at::Tensor &self = dp2o::T(self_);
-  const at::Tensor &index = dp2o::T(index_);
-  *out = dp2o::wrap(self.index_select(dim, index));
-  DP2O_CATCH
-}
-
-dp2o_err dp2o_gather(dp2o_tensor self_, int64_t dim, dp2o_tensor index_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_index_select(dp2o_tensor self_, int64_t dim, dp2o_tensor index_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &index = dp2o::T(index_);
-  *out = dp2o::wrap(self.gather(dim, index));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.index_select(dim, index));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_cat(dp2o_tensor *tensors_p, int tensors_n, int64_t dim, dp2o_tensor *out) {
-  DP2O_TRY
-  std::vector<at::Tensor> tensors = dp2o::tensors_of(tensors_p, tensors_n);
-  *out = dp2o::wrap(at::cat(tensors, dim));
-  DP2O_CATCH
+dp2o_result dp2o_gather(dp2o_tensor self_, int64_t dim, dp2o_tensor index_) {
+  DP2O_TRY_R
+  const at::Tensor &self = dp2o::T(self_);
+  const at::Tensor &index = dp2o::T(index_);
+  r_.t = dp2o::wrap(self.gather(dim, index));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_stack(dp2o_tensor *tensors_p, int tensors_n, int64_t dim, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_cat(dp2o_tensor *tensors_p, int tensors_n, int64_t dim) {
+  DP2O_TRY_R
   std::vector<at::Tensor> tensors = dp2o::tensors_of(tensors_p, tensors_n);
-  *out = dp2o::wrap(at::stack(tensors, dim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::cat(tensors, dim));
+  DP2O_CATCH_R
+}
+
+dp2o_result dp2o_stack(dp2o_tensor *tensors_p, int tensors_n, int64_t dim) {
+  DP2O_TRY_R
+  std::vector<at::Tensor> tensors = dp2o::tensors_of(tensors_p, tensors_n);
+  r_.t = dp2o::wrap(at::stack(tensors, dim));
+  DP2O_CATCH_R
 }
 
 dp2o_err dp2o_chunk(dp2o_tensor self_, int64_t chunks, int64_t dim, dp2o_tensor **out, int *out_n) {
@@ -107,129 +107,129 @@ dp2o_err dp2o_split_with_sizes(dp2o_tensor self_, const int64_t *sizes_p, int si
   DP2O_CATCH
 }
 
-dp2o_err dp2o_expand(dp2o_tensor self_, const int64_t *shape_p, int shape_n, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_expand(dp2o_tensor self_, const int64_t *shape_p, int shape_n) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef shape(shape_p, shape_n);
-  *out = dp2o::wrap(self.expand(shape));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.expand(shape));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_repeat(dp2o_tensor self_, const int64_t *repeats_p, int repeats_n, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_repeat(dp2o_tensor self_, const int64_t *repeats_p, int repeats_n) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef repeats(repeats_p, repeats_n);
-  *out = dp2o::wrap(self.repeat(repeats));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.repeat(repeats));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_repeat_interleave(dp2o_tensor self_, int64_t repeats, int64_t dim, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_repeat_interleave(dp2o_tensor self_, int64_t repeats, int64_t dim) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.repeat_interleave(repeats, dim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.repeat_interleave(repeats, dim));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_flatten(dp2o_tensor self_, int64_t start, int64_t end, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_flatten(dp2o_tensor self_, int64_t start, int64_t end) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.flatten(start, end));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.flatten(start, end));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_unflatten(dp2o_tensor self_, int64_t dim, const int64_t *sizes_p, int sizes_n, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_unflatten(dp2o_tensor self_, int64_t dim, const int64_t *sizes_p, int sizes_n) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef sizes(sizes_p, sizes_n);
-  *out = dp2o::wrap(self.unflatten(dim, sizes));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.unflatten(dim, sizes));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_squeeze(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_squeeze(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.squeeze());
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.squeeze());
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_squeeze_dim(dp2o_tensor self_, int64_t dim, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_squeeze_dim(dp2o_tensor self_, int64_t dim) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.squeeze(dim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.squeeze(dim));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_unsqueeze(dp2o_tensor self_, int64_t dim, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_unsqueeze(dp2o_tensor self_, int64_t dim) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.unsqueeze(dim));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.unsqueeze(dim));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_contiguous(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_contiguous(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.contiguous());
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.contiguous());
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_clone(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_clone(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.clone());
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.clone());
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_detach(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_detach(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.detach());
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.detach());
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_flip(dp2o_tensor self_, const int64_t *dims_p, int dims_n, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_flip(dp2o_tensor self_, const int64_t *dims_p, int dims_n) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef dims(dims_p, dims_n);
-  *out = dp2o::wrap(self.flip(dims));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.flip(dims));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_roll(dp2o_tensor self_, const int64_t *shifts_p, int shifts_n, const int64_t *dims_p, int dims_n, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_roll(dp2o_tensor self_, const int64_t *shifts_p, int shifts_n, const int64_t *dims_p, int dims_n) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::IntArrayRef shifts(shifts_p, shifts_n);
   at::IntArrayRef dims(dims_p, dims_n);
-  *out = dp2o::wrap(self.roll(shifts, dims));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.roll(shifts, dims));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_tril(dp2o_tensor self_, int64_t k, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_tril(dp2o_tensor self_, int64_t k) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.tril(k));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.tril(k));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_triu(dp2o_tensor self_, int64_t k, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_triu(dp2o_tensor self_, int64_t k) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.triu(k));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.triu(k));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_pixel_shuffle(dp2o_tensor self_, int64_t r, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_pixel_shuffle(dp2o_tensor self_, int64_t r) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::pixel_shuffle(self, r));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::pixel_shuffle(self, r));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_pixel_unshuffle(dp2o_tensor self_, int64_t r, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_pixel_unshuffle(dp2o_tensor self_, int64_t r) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(at::pixel_unshuffle(self, r));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(at::pixel_unshuffle(self, r));
+  DP2O_CATCH_R
 }
 
 dp2o_err dp2o_index_put_(dp2o_tensor self_, dp2o_tensor index_, dp2o_tensor values_) {
@@ -250,42 +250,42 @@ dp2o_err dp2o_index_add_(dp2o_tensor self_, int64_t dim, dp2o_tensor index_, dp2
   DP2O_CATCH
 }
 
-dp2o_err dp2o_masked_select(dp2o_tensor self_, dp2o_tensor mask_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_masked_select(dp2o_tensor self_, dp2o_tensor mask_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &mask = dp2o::T(mask_);
-  *out = dp2o::wrap(self.masked_select(mask));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.masked_select(mask));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_nonzero(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_nonzero(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.nonzero());
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.nonzero());
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_to_dtype(dp2o_tensor self_, int dtype_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_to_dtype(dp2o_tensor self_, int dtype_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   at::ScalarType dtype = static_cast<at::ScalarType>(dtype_);
-  *out = dp2o::wrap(self.to(dtype));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.to(dtype));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_to_device(dp2o_tensor self_, int64_t devType, int64_t devIndex, int nonBlocking_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_to_device(dp2o_tensor self_, int64_t devType, int64_t devIndex, int nonBlocking_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   bool nonBlocking = nonBlocking_ != 0;
-  *out = dp2o::wrap(self.to(dp2o::dev(devType, devIndex), nonBlocking));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.to(dp2o::dev(devType, devIndex), nonBlocking));
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_to_float(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_to_float(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.to(at::kFloat));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.to(at::kFloat));
+  DP2O_CATCH_R
 }
 
 }  // extern "C"

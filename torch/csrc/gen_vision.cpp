@@ -3,11 +3,11 @@
 
 extern "C" {
 
-dp2o_err dp2o_contiguous_channels_last(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_contiguous_channels_last(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.contiguous(at::MemoryFormat::ChannelsLast));
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.contiguous(at::MemoryFormat::ChannelsLast));
+  DP2O_CATCH_R
 }
 
 dp2o_err dp2o_is_channels_last(dp2o_tensor self_, int *out) {
@@ -24,18 +24,18 @@ dp2o_err dp2o_relu_(dp2o_tensor self_) {
   DP2O_CATCH
 }
 
-dp2o_err dp2o_to_mkldnn(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_to_mkldnn(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.to_mkldnn());
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.to_mkldnn());
+  DP2O_CATCH_R
 }
 
-dp2o_err dp2o_to_dense(dp2o_tensor self_, dp2o_tensor *out) {
-  DP2O_TRY
+dp2o_result dp2o_to_dense(dp2o_tensor self_) {
+  DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
-  *out = dp2o::wrap(self.to_dense());
-  DP2O_CATCH
+  r_.t = dp2o::wrap(self.to_dense());
+  DP2O_CATCH_R
 }
 
 dp2o_err dp2o_is_mkldnn(dp2o_tensor self_, int *out) {

@@ -12,23 +12,26 @@
 
 #include "dp2o.h"
 
-namespace dp2o {
-
-extern std::atomic<int64_t> g_live_tensors;
-extern std::atomic<int64_t> g_live_bytes;
-
-// Owned is the heap object behind a dp2o_tensor: the tensor and the byte size
-// counted for it when it was created, so the live-byte counter stays exact
-// even if the tensor is later resized in place.
-struct Owned {
+// dp2o_owned is the heap object behind a dp2o_tensor: the tensor and the
+// byte size counted for it when it was created, so the live-byte counter
+// stays exact even if the tensor is later resized in place.
+struct dp2o_owned {
   at::Tensor t;
   int64_t bytes;
 };
 
+namespace dp2o {
+
+// live_add moves the live-handle counters (live.cpp) by tensors handles of
+// bytes bytes in all; live_totals reads them.
+void live_add(int64_t tensors, int64_t bytes);
+void live_totals(int64_t *tensors, int64_t *bytes);
+
+using Owned = dp2o_owned;
+
 inline dp2o_tensor wrap(at::Tensor t) {
   int64_t b = t.defined() ? static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size()) : 0;
-  g_live_tensors.fetch_add(1, std::memory_order_relaxed);
-  g_live_bytes.fetch_add(b, std::memory_order_relaxed);
+  live_add(1, b);
   return new Owned{std::move(t), b};
 }
 
@@ -104,6 +107,25 @@ inline void sync_num_threads() {
     return dp2o::dup_err("unknown C++ exception");   \
   }                                                  \
   return nullptr;
+
+// DP2O_TRY_R / DP2O_CATCH_R bracket a function returning a dp2o_result: the
+// body stores the new handle in r_.t; an exception becomes r_.err.
+#define DP2O_TRY_R                  \
+  dp2o_result r_{nullptr, nullptr}; \
+  try {                             \
+    dp2o::sync_num_threads();
+#define DP2O_CATCH_R                                 \
+  }                                                  \
+  catch (const c10::Error &e) {                      \
+    r_.err = dp2o::err_of(e);                        \
+  }                                                  \
+  catch (const std::exception &e) {                  \
+    r_.err = dp2o::err_of(e);                        \
+  }                                                  \
+  catch (...) {                                      \
+    r_.err = dp2o::dup_err("unknown C++ exception"); \
+  }                                                  \
+  return r_;
 
 namespace dp2o {
 

@@ -141,7 +141,7 @@ func cLocal(a arg) string {
 func cOuts(ret string) []string {
 	switch ret {
 	case "T":
-		return []string{"dp2o_tensor *out"}
+		return nil // returned by value in a dp2o_result (see cSig)
 	case "TL":
 		return []string{"dp2o_tensor **out", "int *out_n"}
 	case "T2":
@@ -169,12 +169,21 @@ func cSig(o op) string {
 	if len(ps) == 0 {
 		ps = []string{"void"}
 	}
+	// A single tensor comes back by value with the error, not through an
+	// out parameter: a Go pointer argument costs cgo a check per call.
+	if o.ret == "T" {
+		return fmt.Sprintf("dp2o_result dp2o_%s(%s)", o.cName, strings.Join(ps, ", "))
+	}
 	return fmt.Sprintf("dp2o_err dp2o_%s(%s)", o.cName, strings.Join(ps, ", "))
 }
 
 func cBody(o op) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s {\n  DP2O_TRY\n", cSig(o))
+	try, catch := "DP2O_TRY", "DP2O_CATCH"
+	if o.ret == "T" {
+		try, catch = "DP2O_TRY_R", "DP2O_CATCH_R"
+	}
+	fmt.Fprintf(&b, "%s {\n  %s\n", cSig(o), try)
 	for _, a := range o.args {
 		if l := cLocal(a); l != "" {
 			fmt.Fprintf(&b, "  %s\n", l)
@@ -182,7 +191,7 @@ func cBody(o op) string {
 	}
 	switch o.ret {
 	case "T":
-		fmt.Fprintf(&b, "  *out = dp2o::wrap(%s);\n", o.expr)
+		fmt.Fprintf(&b, "  r_.t = dp2o::wrap(%s);\n", o.expr)
 	case "TL":
 		fmt.Fprintf(&b, "  *out = dp2o::out_list(%s, out_n);\n", o.expr)
 	case "T2", "T3":
@@ -200,7 +209,7 @@ func cBody(o op) string {
 	case "void":
 		fmt.Fprintf(&b, "  %s;\n", strings.TrimSuffix(o.expr, ";"))
 	}
-	b.WriteString("  DP2O_CATCH\n}\n")
+	fmt.Fprintf(&b, "  %s\n}\n", catch)
 	return b.String()
 }
 
@@ -319,9 +328,6 @@ func goFunc(o op) string {
 		}
 	}
 	switch o.ret {
-	case "T":
-		b.WriteString("\tvar out C.dp2o_tensor\n")
-		cargs = append(cargs, "&out")
 	case "TL":
 		b.WriteString("\tvar out *C.dp2o_tensor\n\tvar outN C.int\n")
 		cargs = append(cargs, "&out", "&outN")
@@ -341,14 +347,22 @@ func goFunc(o op) string {
 		b.WriteString("\tvar out C.int\n")
 		cargs = append(cargs, "&out")
 	}
-	fmt.Fprintf(&b, "\terr := C.dp2o_%s(%s)\n", o.cName, strings.Join(cargs, ", "))
+	if o.ret == "T" {
+		fmt.Fprintf(&b, "\tres := C.dp2o_%s(%s)\n", o.cName, strings.Join(cargs, ", "))
+	} else {
+		fmt.Fprintf(&b, "\terr := C.dp2o_%s(%s)\n", o.cName, strings.Join(cargs, ", "))
+	}
 	for _, k := range keep {
 		fmt.Fprintf(&b, "\truntime.KeepAlive(%s)\n", k)
 	}
-	fmt.Fprintf(&b, "\tmust(err, %q)\n", o.cName)
+	if o.ret == "T" {
+		fmt.Fprintf(&b, "\tmust(res.err, %q)\n", o.cName)
+	} else {
+		fmt.Fprintf(&b, "\tmust(err, %q)\n", o.cName)
+	}
 	switch o.ret {
 	case "T":
-		b.WriteString("\treturn newTensor(out)\n")
+		b.WriteString("\treturn newTensor(res.t)\n")
 	case "TL":
 		b.WriteString("\treturn takeList(out, outN)\n")
 	case "T2":

@@ -1,0 +1,72 @@
+package torch_test
+
+import (
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dp2osr/dp2o/torch"
+)
+
+// Unscoped tensors first wait in a nursery and get their runtime cleanup
+// only if still open when they leave it, which happens on other goroutines
+// (those pushing newer tensors in, and the sweep after each collection).
+// Closing, forgetting and keeping tensors from several goroutines at once,
+// with collections running, must free every handle exactly once.
+func TestNurseryConcurrentCloseAndSweep(t *testing.T) {
+	before := torch.LiveTensors()
+	stop := make(chan struct{})
+	var gcDone sync.WaitGroup
+	gcDone.Add(1)
+	go func() {
+		defer gcDone.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				runtime.GC()
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	kept := make([][]*torch.Tensor, 4)
+	for g := range kept {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 5000 {
+				x := torch.Ones([]int64{2}, torch.Float32, torch.CPU)
+				switch i % 3 {
+				case 0:
+					x.Close()
+				case 1:
+					kept[g] = append(kept[g], x) // closed at the end
+				}
+				// case 2: forgotten, for the runtime cleanup
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	gcDone.Wait()
+	for _, ks := range kept {
+		for _, x := range ks {
+			require.False(t, x.Closed())
+			sum := x.Sum()
+			require.Equal(t, 2.0, sum.Item())
+			sum.Close()
+			x.Close()
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for torch.LiveTensors() > before && time.Now().Before(deadline) {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.Equal(t, before, torch.LiveTensors(), "every handle is freed once: closed, or by its cleanup")
+}
