@@ -137,3 +137,100 @@ func TestTrainReduceGradientsError(t *testing.T) {
 		got.Close()
 	}
 }
+
+// recordingSync is a GradientSync that logs the calls the trainer makes
+// and checks, at Finish, that the last backward has left gradients.
+type recordingSync struct {
+	calls     []string
+	params    []optim.Param
+	finishErr error
+}
+
+func (r *recordingSync) Prepare(sync bool) error {
+	r.calls = append(r.calls, fmt.Sprintf("prepare(%v)", sync))
+	return nil
+}
+
+func (r *recordingSync) Finish() error {
+	grads := 0
+	for _, p := range r.params {
+		if g := p.Tensor.Grad(); g != nil {
+			grads++
+			g.Close()
+		}
+	}
+	r.calls = append(r.calls, fmt.Sprintf("finish(grads=%v)", grads == len(r.params)))
+	return r.finishErr
+}
+
+// TestTrainSyncProtocol: with Trainer.Sync set (the overlapped reducer's
+// place), Step arms it before every accumulated batch, reducing only on
+// the last one, and Update waits for it before ReduceGradients and
+// clipping. A failing Finish aborts the step before the optimizer, and
+// Update outside Step is refused.
+func TestTrainSyncProtocol(t *testing.T) {
+	tinySD2Pipeline(t)
+	dir := t.TempDir()
+	pairs := writeToyPairs(t, dir, 2, 4, 1, 32)
+	cfg := DefaultTrainConfig()
+	cfg.GradAccum = 3
+	toy := newToySD2(t, pairs, cfg, 1, 4)
+	defer toy.close()
+	rec := &recordingSync{params: toy.bb.PolicyParams()}
+	toy.tr.Sync = rec
+	toy.tr.ReduceGradients = func([]optim.Param) error {
+		rec.calls = append(rec.calls, "reduce")
+		return nil
+	}
+	batches := func() []*Batch {
+		var bs []*Batch
+		for range cfg.GradAccum {
+			b, err := toy.loader.Next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			bs = append(bs, b)
+		}
+		return bs
+	}
+	bs := batches()
+	if _, err := toy.tr.Step(bs); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range bs {
+		b.Close()
+	}
+	var want []string
+	for i := range cfg.GradAccum {
+		want = append(want, fmt.Sprintf("prepare(%v)", i == cfg.GradAccum-1))
+	}
+	want = append(want, "finish(grads=true)", "reduce")
+	if strings.Join(rec.calls, " ") != strings.Join(want, " ") {
+		t.Errorf("calls %v, want %v", rec.calls, want)
+	}
+	if toy.tr.StepsDone != 1 {
+		t.Errorf("%d steps counted", toy.tr.StepsDone)
+	}
+
+	before := policyBytes(t, toy.bb.PolicyParams())
+	rec.finishErr = errors.New("peer gone")
+	bs = batches()
+	_, err := toy.tr.Step(bs)
+	for _, b := range bs {
+		b.Close()
+	}
+	if err == nil || !strings.Contains(err.Error(), "peer gone") {
+		t.Fatalf("Step with a failing Finish: %v", err)
+	}
+	if toy.tr.StepsDone != 1 {
+		t.Errorf("%d steps counted after the failed one", toy.tr.StepsDone)
+	}
+	for _, p := range toy.bb.PolicyParams() {
+		got := torch.Scoped(func() *torch.Tensor { return p.Tensor.Detach().ToDevice(torch.CPU) })
+		testutil.AssertEqual(t, p.Name, got, before[p.Name])
+		got.Close()
+	}
+	if _, _, _, err := toy.tr.Update(); err == nil || !strings.Contains(err.Error(), "Step") {
+		t.Errorf("Update outside Step with Sync set: %v", err)
+	}
+}

@@ -241,12 +241,31 @@ type Trainer struct {
 	// there (dist.Group.AverageGradients). An error aborts the step before
 	// the optimizer changes anything.
 	ReduceGradients func(params []optim.Param) error
+	// Sync, when set, averages the gradients over data-parallel ranks
+	// while the backward pass runs, as DistributedDataParallel does
+	// (dist.Reducer): Step arms it before each batch's backward (sync only
+	// for the step's last batch) and Update waits for it before anything
+	// else. Take steps with Step when Sync is set.
+	Sync GradientSync
 
 	// CheckpointFiles are extra files written into every checkpoint
 	// folder (name → content), e.g. the ControlNet's config.json.
 	CheckpointFiles map[string][]byte
 
 	refFP *Fingerprint // the reference's fingerprint, computed once
+	armed bool         // Sync was armed for the current step's last backward
+}
+
+// GradientSync averages gradients across ranks during the backward pass;
+// *dist.Reducer implements it.
+type GradientSync interface {
+	// Prepare comes before each backward pass: sync is true for the last
+	// batch of an optimizer step, whose backward reduces; the others only
+	// accumulate.
+	Prepare(sync bool) error
+	// Finish, after that last backward, leaves the mean over the ranks in
+	// each parameter's gradient.
+	Finish() error
 }
 
 // NewTrainer sets up the optimizer and the schedule over the backbone's
@@ -421,6 +440,17 @@ func (t *Trainer) reference(xt *torch.Tensor, b *Batch) (out *torch.Tensor, err 
 // clipping, the clipping factor and the learning rate used.
 func (t *Trainer) Update() (gradNorm, clipCoef, lr float64, err error) {
 	params := t.Opt.Params()
+	if t.Sync != nil {
+		if !t.armed {
+			t.Opt.ZeroGrad()
+			return 0, 0, 0, errors.New("preference: train: with Sync set, take optimizer steps with Step (the reduction is armed there)")
+		}
+		t.armed = false
+		if err := t.Sync.Finish(); err != nil {
+			t.Opt.ZeroGrad()
+			return 0, 0, 0, fmt.Errorf("preference: train: synchronising gradients: %w", err)
+		}
+	}
 	if t.ReduceGradients != nil {
 		if err := t.ReduceGradients(params); err != nil {
 			t.Opt.ZeroGrad()
@@ -463,6 +493,14 @@ func (t *Trainer) Step(batches []*Batch) (*StepStats, error) {
 	}
 	st := &StepStats{Step: t.StepsDone}
 	for i, b := range batches {
+		if t.Sync != nil {
+			last := i == len(batches)-1
+			if err := t.Sync.Prepare(last); err != nil {
+				t.Opt.ZeroGrad()
+				return nil, fmt.Errorf("preference: train: step %d, batch %d: arming the gradient sync: %w", t.StepsDone, i, err)
+			}
+			t.armed = last
+		}
 		ms, err := t.Accumulate(b)
 		if err != nil {
 			t.Opt.ZeroGrad()

@@ -16,6 +16,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -40,7 +41,9 @@ func newApp() *cli.App {
 			"(input, seed, model, settings, prompt, file, sha256) once their batch is complete: a killed run loses at most that\n" +
 			"batch, a rerun continues, and a finished set is left as it is. OUTPUT/sample.json holds the settings: a folder made\n" +
 			"with others is refused, never mixed. With --num_shards 1 the run ends with the merge (OUTPUT/manifest.jsonl); with\n" +
-			"more, run `sample merge` once every shard is done.",
+			"more, run `sample merge` once every shard is done. Under torchrun (one process per GPU:\n" +
+			"torchrun --nproc_per_node N --no_python sample …) each rank samples shard $RANK of $WORLD_SIZE on cuda:$LOCAL_RANK,\n" +
+			"the ranks wait for each other through libtorch's c10d (Gloo), and rank 0 merges.",
 		Flags:  append(append(candidates.InputFlags(), outputFlag), append(candidates.ModelFlags("0: the paper's, 32 for sd2 and 64 for flux"), runFlags...)...),
 		Action: run,
 		Commands: []*cli.Command{{
@@ -59,8 +62,9 @@ var outputFlag = &cli.StringFlag{Name: "output_dir", Usage: "the candidate folde
 
 // runFlags are sample's own.
 var runFlags = []cli.Flag{
-	&cli.IntFlag{Name: "shard", Value: 0, Usage: "this process's shard, 0 ≤ shard < num_shards (inputs are split by a hash of their name)"},
-	&cli.IntFlag{Name: "num_shards", Value: 1, Usage: "number of processes sharing the inputs"},
+	&cli.IntFlag{Name: "shard", Value: 0, Usage: "this process's shard, 0 ≤ shard < num_shards (inputs are split by a hash of their name); under torchrun: $RANK"},
+	&cli.IntFlag{Name: "num_shards", Value: 1, Usage: "number of processes sharing the inputs; under torchrun: $WORLD_SIZE"},
+	&cli.DurationFlag{Name: "merge_wait", Value: 48 * time.Hour, Usage: "under torchrun: how long the ranks that are done wait for the others before rank 0 merges"},
 	&cli.StringFlag{Name: "on_error", Value: "fail", Usage: "an unreadable LR image: fail (stop with an error) or skip (warn and record it in the manifest)"},
 	&cli.BoolFlag{Name: "quiet", Usage: "no progress bar"},
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/dp2osr/dp2o/examples/internal/candidates"
 	"github.com/dp2osr/dp2o/preference/sample"
+	"github.com/dp2osr/dp2o/torch/dist"
 )
 
 func outputDir(c *cli.Context) (string, error) {
@@ -45,9 +46,30 @@ func run(c *cli.Context) error {
 		return err
 	}
 	onError := c.String("on_error")
+	shard, numShards := c.Int("shard"), c.Int("num_shards")
+	// Under torchrun every rank takes the shard of its rank, and they
+	// meet in a c10d group before the merge.
+	var g *dist.Group
+	if dist.Launched() {
+		if c.IsSet("shard") || c.IsSet("num_shards") {
+			return errors.New("under torchrun the shard is the rank ($RANK of $WORLD_SIZE): drop --shard and --num_shards")
+		}
+		o, err := dist.OptionsFromEnv()
+		if err != nil {
+			return err
+		}
+		// Gloo whatever the device: the group only waits for the ranks
+		// and never carries a tensor.
+		o.Backend = dist.Gloo
+		if g, err = dist.New(o); err != nil {
+			return fmt.Errorf("joining the other ranks: %w", err)
+		}
+		defer g.Close()
+		shard, numShards = g.Rank(), g.WorldSize()
+	}
 	switch {
-	case c.Int("num_shards") < 1 || c.Int("shard") < 0 || c.Int("shard") >= c.Int("num_shards"):
-		return fmt.Errorf("--shard %d --num_shards %d: want 0 ≤ shard < num_shards", c.Int("shard"), c.Int("num_shards"))
+	case numShards < 1 || shard < 0 || shard >= numShards:
+		return fmt.Errorf("--shard %d --num_shards %d: want 0 ≤ shard < num_shards", shard, numShards)
 	case onError != "fail" && onError != "skip":
 		return fmt.Errorf("--on_error %q: want fail or skip", onError)
 	}
@@ -56,7 +78,7 @@ func run(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	job.Shard, job.NumShards = c.Int("shard"), c.Int("num_shards")
+	job.Shard, job.NumShards = shard, numShards
 	job.SkipBadInputs = onError == "skip"
 	var bar *progressbar.ProgressBar
 	if !c.Bool("quiet") {
@@ -80,6 +102,18 @@ func run(c *cli.Context) error {
 		job.Shard, job.NumShards, sum.Inputs, m, sum.Sampled, sum.Existing-len(sum.Skipped)*m, len(sum.Skipped))
 	if job.NumShards == 1 {
 		return runMerge(c)
+	}
+	if g != nil {
+		// Every rank waits until all are done (or one failed); rank 0
+		// then merges.
+		g.SetTimeout(c.Duration("merge_wait"))
+		if err := g.Barrier(); err != nil {
+			return fmt.Errorf("waiting for the other ranks before the merge: %w", err)
+		}
+		if g.IsMain() {
+			return runMerge(c)
+		}
+		return nil
 	}
 	fmt.Fprintf(c.App.Writer, "sample: when every shard is done: sample merge --output_dir %s (with the same inputs)\n", job.Dir)
 	return nil

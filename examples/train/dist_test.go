@@ -58,13 +58,17 @@ func TestMain(m *testing.M) {
 // ε is 1 (an update ≈ lr·g) with a large lr; and β is 50, not the paper's
 // 5000, whose factor on the MSE differences turns float32 rounding of the
 // different batch shapes into 1e-4 relative loss differences by step 2.
-func TestTrainSD2DataParallel(t *testing.T) { testDataParallel(t, "sd2", "tiny-sd2") }
+//
+// The ranks average their gradients with the overlapped reducer (the
+// default --grad_sync overlap, DDP's way) here and with one all-reduce
+// after the backward pass (--grad_sync after) in the FLUX test.
+func TestTrainSD2DataParallel(t *testing.T) { testDataParallel(t, "sd2", "tiny-sd2", "overlap") }
 
 // TestTrainFluxDataParallel is TestTrainSD2DataParallel for C-FLUX (three
 // VAE samples per pair, flow-matching σ per pair).
-func TestTrainFluxDataParallel(t *testing.T) { testDataParallel(t, "flux", "tiny-flux") }
+func TestTrainFluxDataParallel(t *testing.T) { testDataParallel(t, "flux", "tiny-flux", "after") }
 
-func testDataParallel(t *testing.T, model, asset string) {
+func testDataParallel(t *testing.T, model, asset, gradSync string) {
 	const (
 		world, perRank, accum, steps = 2, 1, 2, 2
 		atol, rtol                   = 1e-6, 1e-5
@@ -103,7 +107,7 @@ func testDataParallel(t *testing.T, model, asset string) {
 	cmds := make([]*exec.Cmd, world)
 	outs := make([]*bytes.Buffer, world)
 	for r := range world {
-		args := append(append([]string{}, common...), "--train_batch_size", strconv.Itoa(perRank),
+		args := append(append([]string{}, common...), "--grad_sync", gradSync, "--train_batch_size", strconv.Itoa(perRank),
 			"--output_dir", filepath.Join(dir, "rank"+strconv.Itoa(r)))
 		js, err := json.Marshal(args)
 		if err != nil {
@@ -130,6 +134,11 @@ func testDataParallel(t *testing.T, model, asset string) {
 	}
 	if failed {
 		t.FailNow()
+	}
+	if line, ok := grepLine(outs[0].String(), "gradient sync:"); ok != (gradSync == "overlap") {
+		t.Errorf("--grad_sync %s: rank 0's report of the overlapped reducer: %q", gradSync, line)
+	} else if ok {
+		t.Log(line)
 	}
 
 	single := filepath.Join(dir, "single")
@@ -218,4 +227,14 @@ func abs(x float64) float64 {
 		return -x
 	}
 	return x
+}
+
+// grepLine returns the first line of out containing s.
+func grepLine(out, s string) (string, bool) {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, s) {
+			return l, true
+		}
+	}
+	return "", false
 }

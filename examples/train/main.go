@@ -70,6 +70,7 @@ func newApp() *cli.App {
 			&cli.IntFlag{Name: "num_single_layers", Value: 0, Usage: "FLUX: single blocks of the ControlNet when no config.json is beside it"},
 			&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda, cuda:N or auto (cuda when available)"},
 			&cli.BoolFlag{Name: "no_progress", Usage: "no progress bar (the CSV log is still written)"},
+			&cli.StringFlag{Name: "grad_sync", Value: "overlap", Usage: "under torchrun: overlap (all-reduce gradient buckets while the backward pass runs, as DDP) or after (one bucketed all-reduce after it)"},
 		},
 		Action: run,
 	}

@@ -36,7 +36,10 @@ type session struct {
 	bb     preference.Backbone
 	tr     *preference.Trainer
 	loader *preference.Loader
-	closes []func()
+	// reducer, under torchrun with --grad_sync overlap, all-reduces the
+	// gradients while the backward pass runs.
+	reducer *dist.Reducer
+	closes  []func()
 }
 
 func (s *session) close() {
@@ -251,7 +254,21 @@ func setup(c *cli.Context, g *dist.Group) (s *session, err error) {
 		if err = s.loader.SetShard(g.Rank(), world); err != nil {
 			return nil, err
 		}
-		s.tr.ReduceGradients = func(ps []optim.Param) error { return g.AverageGradients(policyTensors(ps)) }
+		switch mode := c.String("grad_sync"); mode {
+		case "overlap":
+			// DDP's way: each bucket's all-reduce starts as soon as the
+			// backward pass has produced its gradients.
+			red, err := g.NewReducer(policyTensors(s.bb.PolicyParams()))
+			if err != nil {
+				return nil, fmt.Errorf("setting up the gradient reducer: %w", err)
+			}
+			s.closes = append(s.closes, func() { red.Close() })
+			s.tr.Sync, s.reducer = red, red
+		case "after":
+			s.tr.ReduceGradients = func(ps []optim.Param) error { return g.AverageGradients(policyTensors(ps)) }
+		default:
+			return nil, fmt.Errorf("--grad_sync must be overlap or after, got %q", mode)
+		}
 	}
 	if r := c.String("resume_from_checkpoint"); r != "" {
 		dir := r
@@ -394,6 +411,10 @@ func run(c *cli.Context) (err error) {
 	if bar != nil {
 		bar.Finish()
 		fmt.Fprintln(errWriter(c))
+	}
+	if s.reducer != nil {
+		fmt.Fprintf(errWriter(c), "gradient sync: %d buckets, %d started during the last backward pass\n",
+			s.reducer.Buckets(), s.reducer.StartedInBackward())
 	}
 	if err := preference.SavePolicy(filepath.Join(out, preference.CheckpointModel), s.bb.PolicyParams()); err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 	"github.com/dp2osr/dp2o/preference/sample"
 	"github.com/dp2osr/dp2o/tagger"
 	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/dist"
 )
 
 // paper is the paper's candidate generation per model (SPEC §5): M, steps,
@@ -199,9 +200,12 @@ func promptSource(c *cli.Context, ins []sample.Input) (map[string]string, string
 // applies on CUDA only (the CPU runs float32).
 func DeviceAndDType(devFlag, mp string) (torch.Device, torch.DType, error) {
 	dev := torch.CPU
-	if devFlag == "auto" {
+	if devFlag == "auto" || devFlag == "cuda" {
 		if torch.CUDAAvailable() {
-			dev = torch.CUDA(0)
+			// One process per GPU under torchrun: cuda:$LOCAL_RANK.
+			dev = torch.CUDA(localRank())
+		} else if devFlag == "cuda" {
+			return dev, 0, errors.New("--device cuda: libtorch sees no CUDA device")
 		}
 	} else {
 		d, err := torch.ParseDevice(devFlag)
@@ -228,4 +232,16 @@ func DeviceAndDType(devFlag, mp string) (torch.Device, torch.DType, error) {
 		return dev, 0, fmt.Errorf("--mixed_precision must be no, fp16 or bf16, got %q", mp)
 	}
 	return dev, dtype, nil
+}
+
+// localRank is torchrun's LOCAL_RANK (0 outside torchrun).
+func localRank() int {
+	if !dist.Launched() {
+		return 0
+	}
+	o, err := dist.OptionsFromEnv()
+	if err != nil {
+		return 0
+	}
+	return o.LocalRank
 }
