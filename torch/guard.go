@@ -5,7 +5,9 @@ import "C"
 
 import (
 	"runtime"
+	"sync"
 	"sync/atomic"
+	"unsafe"
 )
 
 // The garbage collector's safety net for tensors that no scope owns.
@@ -30,6 +32,19 @@ const (
 	guardCleanup               // the runtime cleanup is registered
 )
 
+// cleanups holds the runtime cleanup of each guarded tensor, by handle
+// (kept out of Tensor so that a Tensor stays small and pointer-free). A
+// handle is unique while its tensor is open; freeHandle drops the entry
+// before the shim frees the handle, so a new tensor cannot reuse the address
+// while the entry exists.
+var cleanups sync.Map // uintptr handle → runtime.Cleanup
+
+// freeHandle is the runtime cleanup of a tensor never closed.
+func freeHandle(h uintptr) {
+	cleanups.Delete(h)
+	C.dp2o_tensor_free(*(*C.dp2o_tensor)(unsafe.Pointer(&h)))
+}
+
 // The nursery is a ring of slots written round-robin: a tensor put in a slot
 // evicts the slot's previous occupant, which gets its cleanup if it is still
 // open. One atomic add and one atomic swap per tensor, no lock; a tensor
@@ -46,7 +61,7 @@ var (
 // scope owns (new, kept out of its last scope, or unscoped). A tensor in an
 // open scope needs none: the scope references it until Close frees it.
 func (t *Tensor) guard() {
-	if t.h == nil || t.guard_.Load() != guardNone {
+	if t.h == 0 || t.guard_.Load() != guardNone {
 		return
 	}
 	t.guard_.Store(guardNursery)
@@ -59,9 +74,11 @@ func (t *Tensor) guard() {
 // promote registers the runtime cleanup of a tensor leaving the nursery
 // still open (never closed).
 func (t *Tensor) promote() {
-	if t.guard_.CompareAndSwap(guardNursery, guardBusy) {
+	// Most tensors leaving the nursery were closed: a plain load spares
+	// them the locked compare-and-swap.
+	if t.guard_.Load() == guardNursery && t.guard_.CompareAndSwap(guardNursery, guardBusy) {
 		// The owner cannot free the handle while the state is guardBusy.
-		t.cleanup = runtime.AddCleanup(t, freeHandle, t.h)
+		cleanups.Store(t.h, runtime.AddCleanup(t, freeHandle, t.h))
 		t.guard_.Store(guardCleanup)
 	}
 }
@@ -89,7 +106,9 @@ func (t *Tensor) unguard() {
 		case guardBusy:
 			runtime.Gosched()
 		case guardCleanup:
-			t.cleanup.Stop()
+			if c, ok := cleanups.LoadAndDelete(t.h); ok {
+				c.(runtime.Cleanup).Stop()
+			}
 			t.guard_.Store(guardNone)
 			return
 		}

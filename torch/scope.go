@@ -6,7 +6,6 @@ import "C"
 import (
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/petermattis/goid"
 )
@@ -25,16 +24,36 @@ type Scope struct {
 	tensors []*Tensor
 	parent  *Scope
 	gid     int64
+	id      uint64 // what the tensors it owns record (Tensor.scope)
 	closed  bool
 }
 
 var (
 	activeScopes atomic.Int64
 	scopeTops    sync.Map // goroutine id → *Scope (innermost)
+	scopeIDs     atomic.Uint64
+	// lastTop caches the innermost scope of the goroutine that last
+	// changed its scopes, so that a goroutine making tensors in a loop
+	// finds its scope without a map lookup. Only a goroutine's own
+	// NewScope and Close store its scopes here, each time its innermost
+	// scope changes, so a cached scope whose gid is the caller's is the
+	// caller's current innermost scope.
+	lastTop atomic.Pointer[Scope]
+
+	// Reused lists: a scope's tensors, and the handles Close frees.
+	scopeLists  sync.Pool // *[]*Tensor
+	handleLists sync.Pool // *[]C.uintptr_t
 )
 
+// maxPooledList is the longest list kept for reuse.
+const maxPooledList = 1 << 16
+
 func currentScope() *Scope {
-	if v, ok := scopeTops.Load(goid.Get()); ok {
+	gid := goid.Get()
+	if s := lastTop.Load(); s != nil && s.gid == gid {
+		return s
+	}
+	if v, ok := scopeTops.Load(gid); ok {
 		return v.(*Scope)
 	}
 	return nil
@@ -43,11 +62,15 @@ func currentScope() *Scope {
 // NewScope opens a scope on the calling goroutine.
 func NewScope() *Scope {
 	gid := goid.Get()
-	s := &Scope{gid: gid}
+	s := &Scope{gid: gid, id: scopeIDs.Add(1)}
+	if l, ok := scopeLists.Get().(*[]*Tensor); ok {
+		s.tensors = (*l)[:0]
+	}
 	if v, ok := scopeTops.Load(gid); ok {
 		s.parent = v.(*Scope)
 	}
 	scopeTops.Store(gid, s)
+	lastTop.Store(s)
 	activeScopes.Add(1)
 	return s
 }
@@ -67,11 +90,12 @@ func (s *Scope) openParent() *Scope {
 func (s *Scope) Keep(ts ...*Tensor) *Tensor {
 	p := s.openParent()
 	for _, t := range ts {
-		if t == nil || t.scope != s {
+		if t == nil || t.scope != s.id {
 			continue
 		}
-		t.scope = p
+		t.scope = 0
 		if p != nil {
+			t.scope = p.id
 			p.tensors = append(p.tensors, t)
 		} else {
 			t.guard()
@@ -93,7 +117,7 @@ func (s *Scope) KeepAll(ts []*Tensor) []*Tensor {
 func (s *Scope) Len() int {
 	n := 0
 	for _, t := range s.tensors {
-		if t.scope == s && !t.Closed() {
+		if t.scope == s.id && !t.Closed() {
 			n++
 		}
 	}
@@ -108,24 +132,41 @@ func (s *Scope) Close() {
 	}
 	s.closed = true
 	// One cgo call frees every handle the scope still owns.
-	hs := make([]C.uintptr_t, 0, len(s.tensors))
+	hp, _ := handleLists.Get().(*[]C.uintptr_t)
+	if hp == nil {
+		hp = new([]C.uintptr_t)
+	}
+	hs := (*hp)[:0]
 	for _, t := range s.tensors {
-		if t.scope == s && t.h != nil {
+		if t.scope == s.id && t.h != 0 {
 			t.unguard() // a no-op for a scoped tensor, kept for safety
-			hs = append(hs, C.uintptr_t(uintptr(unsafe.Pointer(t.h))))
-			t.h = nil
-			t.scope = nil
+			hs = append(hs, C.uintptr_t(t.h))
+			t.h = 0
+			t.scope = 0
 		}
 	}
 	if len(hs) > 0 {
 		C.dp2o_tensor_free_many(&hs[0], C.int64_t(len(hs)))
 	}
+	// The two lists go back to their pools for the next scopes (a loop
+	// opening a scope per step then allocates neither).
+	if cap(hs) <= maxPooledList {
+		*hp = hs
+		handleLists.Put(hp)
+	}
+	if l := s.tensors; cap(l) <= maxPooledList {
+		clear(l)
+		l = l[:0]
+		scopeLists.Put(&l)
+	}
 	s.tensors = nil
 	if v, ok := scopeTops.Load(s.gid); ok && v.(*Scope) == s {
 		if p := s.openParent(); p != nil {
 			scopeTops.Store(s.gid, p)
+			lastTop.Store(p)
 		} else {
 			scopeTops.Delete(s.gid)
+			lastTop.CompareAndSwap(s, nil)
 		}
 	}
 	activeScopes.Add(-1)
@@ -149,7 +190,7 @@ func ScopedList(f func() []*Tensor) []*Tensor {
 // Long-lived tensors (parameters, optimizer state) are unscoped.
 func Unscope(t *Tensor) *Tensor {
 	if t != nil {
-		t.scope = nil
+		t.scope = 0
 		t.guard()
 	}
 	return t

@@ -20,13 +20,20 @@ import (
 // A Tensor may be read from several goroutines, but Close must not race
 // with its use.
 type Tensor struct {
-	h       C.dp2o_tensor
-	scope   *Scope
-	cleanup runtime.Cleanup // registered when guard_ is guardCleanup
-	guard_  atomic.Uint32   // the safety net's state (guard.go)
+	// h is the shim handle (a C pointer, nil once closed), kept as an
+	// integer so that a Tensor holds no pointer: the garbage collector
+	// then never scans one, and a new one is a cheaper, smaller allocation
+	// (24 bytes) on every op. handle and setHandle convert.
+	h      uintptr
+	scope  uint64        // the owning Scope's id; 0 for none
+	guard_ atomic.Uint32 // the safety net's state (guard.go)
 }
 
-func freeHandle(h C.dp2o_tensor) { C.dp2o_tensor_free(h) }
+// handle is t.h as the shim's handle type.
+func (t *Tensor) handle() C.dp2o_tensor { return *(*C.dp2o_tensor)(unsafe.Pointer(&t.h)) }
+
+// setHandle stores a handle in t.h.
+func (t *Tensor) setHandle(h C.dp2o_tensor) { *(*C.dp2o_tensor)(unsafe.Pointer(&t.h)) = h }
 
 // newTensor wraps a handle returned by the shim and registers it with the
 // calling goroutine's innermost scope, if any.
@@ -34,10 +41,11 @@ func newTensor(h C.dp2o_tensor) *Tensor {
 	if h == nil {
 		return nil
 	}
-	t := &Tensor{h: h}
+	t := &Tensor{}
+	t.setHandle(h)
 	if activeScopes.Load() > 0 {
 		if s := currentScope(); s != nil {
-			t.scope = s
+			t.scope = s.id
 			s.tensors = append(s.tensors, t)
 			return t
 		}
@@ -51,25 +59,25 @@ func (t *Tensor) ptr() C.dp2o_tensor {
 	if t == nil {
 		panic(&Error{Op: "tensor", Msg: "nil tensor"})
 	}
-	if t.h == nil {
+	if t.h == 0 {
 		panic(&Error{Op: "tensor", Msg: "use of a closed tensor"})
 	}
-	return t.h
+	return t.handle()
 }
 
 // Close frees the tensor's handle. It is idempotent and safe on nil.
 func (t *Tensor) Close() {
-	if t == nil || t.h == nil {
+	if t == nil || t.h == 0 {
 		return
 	}
 	t.unguard()
-	C.dp2o_tensor_free(t.h)
-	t.h = nil
-	t.scope = nil
+	C.dp2o_tensor_free(t.handle())
+	t.h = 0
+	t.scope = 0
 }
 
 // Closed reports whether the tensor has been closed.
-func (t *Tensor) Closed() bool { return t == nil || t.h == nil }
+func (t *Tensor) Closed() bool { return t == nil || t.h == 0 }
 
 // Alias returns a new handle to the same tensor (same storage, same autograd
 // identity), which has its own lifetime.
@@ -192,11 +200,11 @@ func (t *Tensor) String() string {
 	if t == nil {
 		return "Tensor(nil)"
 	}
-	if t.h == nil {
+	if t.h == 0 {
 		return "Tensor(closed)"
 	}
 	var s *C.char
-	err := C.dp2o_tensor_to_string(t.h, &s)
+	err := C.dp2o_tensor_to_string(t.handle(), &s)
 	runtime.KeepAlive(t)
 	if e := errOf(err, "string"); e != nil {
 		return fmt.Sprintf("Tensor(%v)", e)
