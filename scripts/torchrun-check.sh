@@ -4,7 +4,7 @@
 # processes talking over Gloo, on the bundled tiny models:
 #
 #   degrade → sample (torchrun: shard per rank, rank 0 merges)
-#           → label (PSNR/SSIM) → pairs
+#           → label (torchrun: PSNR/SSIM, shard per rank, rank 0 writes the labels) → pairs
 #           → train (torchrun: data parallel, overlapped gradient all-reduce)
 #
 #   scripts/torchrun-check.sh            # TORCHRUN=/path/to/torchrun to pick another
@@ -35,7 +35,9 @@ echo "== sample under torchrun"
 test -s "$work/cands/manifest.jsonl" || { echo "torchrun-check: no merged manifest" >&2; exit 1; }
 echo "merged manifest: $(wc -l < "$work/cands/manifest.jsonl") candidates"
 
-"$work/bin/label" --candidates "$work/cands" --metrics psnr,ssim --quiet
+echo "== label under torchrun"
+"${launch[@]}" "$work/bin/label" --candidates "$work/cands" --metrics psnr,ssim --quiet
+test -s "$work/cands/labels.json" || { echo "torchrun-check: no labels" >&2; exit 1; }
 "$work/bin/pairs" --labels "$work/cands/labels.json" --top_n 1 --output "$work/pairs.json"
 
 echo "== train under torchrun"

@@ -11,7 +11,10 @@
 //	return s.Keep(y)                      // …except the ones kept
 //
 // Scopes are per goroutine. A runtime cleanup frees tensors that escape both
-// as a safety net only; LiveTensors and LiveBytes count what is alive.
+// as a safety net only, and lazily: it is registered for a tensor still open
+// after 1,024 newer unscoped tensors or a garbage collection, so a forgotten
+// tensor goes at the second collection after it was made, at the latest.
+// LiveTensors and LiveBytes count what is alive.
 //
 // Ops have PyTorch's semantics and names (Add, Matmul, Conv2d, Softmax, …);
 // they are generated from the tables in torch/ops by torch/internal/opgen.

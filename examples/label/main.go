@@ -12,11 +12,19 @@
 // The labels (raw scores and each group's hybrid reward: per-group min-max
 // per metric, FR and NR halves weighing the same) go to
 // CANDIDATES/labels.json.
+//
+// n processes can share the inputs (--shard i --num_shards n, each logging
+// to CANDIDATES/scores.I-of-N.jsonl; a run without shard flags afterwards
+// writes the labels), or run under torchrun, where the shard is the rank
+// and rank 0 writes the labels once every rank is done:
+//
+//	torchrun --standalone --nproc_per_node 8 --no_python ./label --candidates cands/ --metrics reward --device cuda
 package main
 
 import (
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/urfave/cli/v2"
 )
@@ -44,6 +52,9 @@ func newApp() *cli.App {
 			&cli.StringFlag{Name: "output", Usage: "the labels file to write (default: CANDIDATES/labels.json)"},
 			&cli.BoolFlag{Name: "list", Usage: "list the registered metrics and exit"},
 			&cli.BoolFlag{Name: "quiet", Usage: "no progress bar"},
+			&cli.IntFlag{Name: "shard", Value: 0, Usage: "this process's shard, 0 ≤ shard < num_shards (inputs split by a hash of their name, as the sample step splits them); under torchrun: $RANK"},
+			&cli.IntFlag{Name: "num_shards", Value: 1, Usage: "number of processes sharing the inputs; under torchrun: $WORLD_SIZE"},
+			&cli.DurationFlag{Name: "merge_wait", Value: 48 * time.Hour, Usage: "under torchrun: how long the ranks that are done wait for the others before rank 0 writes the labels"},
 		},
 		Action: run,
 	}

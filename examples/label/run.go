@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/dp2osr/dp2o/reward"
 	_ "github.com/dp2osr/dp2o/reward/all" // every metric
 	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/dist"
 )
 
 // opener opens metrics with --weights / --weight, on --device in --dtype.
@@ -19,6 +21,14 @@ func opener(c *cli.Context) (func(string) (reward.Scorer, error), torch.Device, 
 	dev, err := torch.ParseDevice(c.String("device"))
 	if err != nil {
 		return nil, dev, fmt.Errorf("--device: %w", err)
+	}
+	if c.String("device") == "cuda" && dist.Launched() {
+		// One process per GPU under torchrun: cuda:$LOCAL_RANK.
+		o, err := dist.OptionsFromEnv()
+		if err != nil {
+			return nil, dev, err
+		}
+		dev = torch.CUDA(o.LocalRank)
 	}
 	dtype, err := torch.ParseDType(c.String("dtype"))
 	if err != nil {
@@ -55,12 +65,35 @@ func run(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("--metrics: %w", err)
 	}
+	shard, numShards := c.Int("shard"), c.Int("num_shards")
+	// Under torchrun every rank scores the shard of its rank, and they
+	// meet in a c10d group before rank 0 writes the labels.
+	var g *dist.Group
+	if dist.Launched() {
+		if c.IsSet("shard") || c.IsSet("num_shards") {
+			return errors.New("under torchrun the shard is the rank ($RANK of $WORLD_SIZE): drop --shard and --num_shards")
+		}
+		o, err := dist.OptionsFromEnv()
+		if err != nil {
+			return err
+		}
+		o.Backend = dist.Gloo // the group only waits for the ranks
+		if g, err = dist.New(o); err != nil {
+			return fmt.Errorf("joining the other ranks: %w", err)
+		}
+		defer g.Close()
+		shard, numShards = g.Rank(), g.WorldSize()
+	}
+	if numShards < 1 || shard < 0 || shard >= numShards {
+		return fmt.Errorf("--shard %d --num_shards %d: want 0 ≤ shard < num_shards", shard, numShards)
+	}
 	open, dev, err := opener(c)
 	if err != nil {
 		return err
 	}
 	dir := c.String("candidates")
-	job := label.Job{Dir: dir, Metrics: names, Open: open, Device: dev, BatchSize: c.Int("batch_size")}
+	job := label.Job{Dir: dir, Metrics: names, Open: open, Device: dev, BatchSize: c.Int("batch_size"),
+		Shard: shard, NumShards: numShards}
 	var bar *progressbar.ProgressBar
 	if !c.Bool("quiet") {
 		job.Progress = func(done, total int) {
@@ -77,6 +110,26 @@ func run(c *cli.Context) error {
 	}
 	if err != nil {
 		return err
+	}
+	if numShards > 1 {
+		fmt.Fprintf(c.App.Writer, "label: shard %d/%d: %d inputs × %d metrics: %d scored now, %d already there\n",
+			shard, numShards, sum.Inputs, sum.Metrics, sum.Scored, sum.Existing)
+		if g == nil {
+			fmt.Fprintf(c.App.Writer, "label: when every shard is done: label --candidates %s --metrics %s (no shard flags) writes the labels\n",
+				dir, c.String("metrics"))
+			return nil
+		}
+		g.SetTimeout(c.Duration("merge_wait"))
+		if err := g.Barrier(); err != nil {
+			return fmt.Errorf("waiting for the other ranks before writing the labels: %w", err)
+		}
+		if !g.IsMain() {
+			return nil
+		}
+		// Rank 0 writes the labels from every shard's scores.
+		if sum, err = label.Run(c.Context, label.Job{Dir: dir, Metrics: names, Open: open, Device: dev}); err != nil {
+			return err
+		}
 	}
 	l, err := label.Build(dir, names)
 	if err != nil {

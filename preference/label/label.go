@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 
 	"github.com/dp2osr/dp2o/preference"
 	"github.com/dp2osr/dp2o/preference/sample"
@@ -15,8 +16,23 @@ import (
 	"github.com/dp2osr/dp2o/torch"
 )
 
-// ScoresFile is the score log in a candidate folder.
+// ScoresFile is the score log in a candidate folder. Shard i of n logs to
+// ShardScoresFile(i, n) instead; every reader takes all the logs together.
 const ScoresFile = "scores.jsonl"
+
+// ShardScoresFile is the score log of shard i of n.
+func ShardScoresFile(i, n int) string { return fmt.Sprintf("scores.%d-of-%d.jsonl", i, n) }
+
+// scoreLogs lists dir's score logs: ScoresFile first, then the shard logs
+// by name.
+func scoreLogs(dir string) ([]string, error) {
+	shards, err := filepath.Glob(filepath.Join(dir, "scores.*-of-*.jsonl"))
+	if err != nil {
+		return nil, fmt.Errorf("label: %w", err)
+	}
+	sort.Strings(shards)
+	return append([]string{filepath.Join(dir, ScoresFile)}, shards...), nil
+}
 
 // LabelsFile is the default name of the labels file in a candidate folder.
 const LabelsFile = "labels.json"
@@ -48,6 +64,11 @@ type Job struct {
 	// Progress, when set, is called after each (input, metric) with the
 	// number done and the total.
 	Progress func(done, total int)
+	// Shard and NumShards split the inputs among processes by a hash of
+	// their id (sample.ShardOf, as the sample step splits them): this run
+	// scores shard Shard of NumShards (0 and 0 or 1: every input) and logs
+	// to ShardScoresFile. Build reads every shard's log.
+	Shard, NumShards int
 }
 
 // Summary says what a run did.
@@ -78,7 +99,21 @@ func Run(ctx context.Context, j Job) (sum Summary, err error) {
 	if len(ids) == 0 {
 		return sum, fmt.Errorf("label: %s: the manifest lists no candidates", j.Dir)
 	}
-	log, err := sample.OpenJSONL(filepath.Join(j.Dir, ScoresFile))
+	logFile := ScoresFile
+	if j.NumShards > 1 || j.Shard != 0 {
+		if j.Shard < 0 || j.Shard >= j.NumShards {
+			return sum, fmt.Errorf("label: shard %d of %d: want 0 ≤ shard < shards", j.Shard, j.NumShards)
+		}
+		var mine []string
+		for _, id := range ids {
+			if sample.ShardOf(id, j.NumShards) == j.Shard {
+				mine = append(mine, id)
+			}
+		}
+		ids = mine
+		logFile = ShardScoresFile(j.Shard, j.NumShards)
+	}
+	log, err := sample.OpenJSONL(filepath.Join(j.Dir, logFile))
 	if err != nil {
 		return sum, fmt.Errorf("label: %w", err)
 	}
@@ -200,40 +235,52 @@ func matches(s Score, recs []sample.Record) error {
 func scoredOrder(dir string) ([]string, error) {
 	var names []string
 	seen := map[string]bool{}
-	err := sample.ReadJSONL(filepath.Join(dir, ScoresFile), func(_ int, b []byte) error {
-		var s struct {
-			Metric string `json:"metric"`
-		}
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
-		}
-		if !seen[s.Metric] {
-			seen[s.Metric] = true
-			names = append(names, s.Metric)
-		}
-		return nil
-	})
+	logs, err := scoreLogs(dir)
 	if err != nil {
-		return nil, fmt.Errorf("label: %w", err)
+		return nil, err
+	}
+	for _, path := range logs {
+		err := sample.ReadJSONL(path, func(_ int, b []byte) error {
+			var s struct {
+				Metric string `json:"metric"`
+			}
+			if err := json.Unmarshal(b, &s); err != nil {
+				return err
+			}
+			if !seen[s.Metric] {
+				seen[s.Metric] = true
+				names = append(names, s.Metric)
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("label: %w", err)
+		}
 	}
 	return names, nil
 }
 
-// ReadScores reads a folder's score log (none yet: empty). A line that
-// repeats an (input, metric) replaces the earlier one.
+// ReadScores reads a folder's score logs, ScoresFile and every shard's
+// (none yet: empty). A line that repeats an (input, metric) replaces the
+// earlier one (the shard logs are read after ScoresFile, by name).
 func ReadScores(dir string) (map[key]Score, error) {
 	out := map[key]Score{}
-	path := filepath.Join(dir, ScoresFile)
-	err := sample.ReadJSONL(path, func(_ int, b []byte) error {
-		var s Score
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
+	logs, err := scoreLogs(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, path := range logs {
+		err := sample.ReadJSONL(path, func(_ int, b []byte) error {
+			var s Score
+			if err := json.Unmarshal(b, &s); err != nil {
+				return err
+			}
+			out[key{s.Input, s.Metric}] = s
+			return nil
+		})
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("label: %w", err)
 		}
-		out[key{s.Input, s.Metric}] = s
-		return nil
-	})
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("label: %w", err)
 	}
 	return out, nil
 }

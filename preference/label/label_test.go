@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -323,4 +324,73 @@ func TestBadInput(t *testing.T) {
 	require.ErrorContains(t, err, recs[1].File)
 	require.ErrorContains(t, err, "decode")
 	require.NoError(t, os.WriteFile(f, orig, 0o644))
+}
+
+// TestShards: shards of a run (split as the sample step splits inputs) each
+// score only their inputs into their own log; together they hold exactly
+// the scores of one unsharded run, and Build over the folder gives the same
+// labels.
+func TestShards(t *testing.T) {
+	testutil.NoLeak(t)
+	dir := candidateSet(t, 5, 3)
+	whole := filepath.Join(t.TempDir(), "copy")
+	require.NoError(t, os.CopyFS(whole, os.DirFS(dir)))
+	_, err := Run(context.Background(), Job{Dir: whole, Metrics: metrics, Open: opener(nil)})
+	require.NoError(t, err)
+	want, err := Build(whole, metrics)
+	require.NoError(t, err)
+
+	const n = 2
+	recs, err := sample.ReadManifest(dir)
+	require.NoError(t, err)
+	ids, _ := sample.Groups(recs)
+	inputs := 0
+	for i := range n {
+		sum, err := Run(context.Background(), Job{Dir: dir, Metrics: metrics, Open: opener(nil), Shard: i, NumShards: n})
+		require.NoError(t, err)
+		mine := 0
+		for _, id := range ids {
+			if sample.ShardOf(id, n) == i {
+				mine++
+			}
+		}
+		require.Equal(t, mine, sum.Inputs, "shard %d scores its own inputs", i)
+		require.Equal(t, mine*len(metrics), sum.Scored)
+		inputs += sum.Inputs
+		_, err = os.Stat(filepath.Join(dir, ShardScoresFile(i, n)))
+		require.NoError(t, err, "shard %d logs to its own file", i)
+	}
+	require.Equal(t, len(ids), inputs)
+	_, err = os.Stat(filepath.Join(dir, ScoresFile))
+	require.ErrorIs(t, err, os.ErrNotExist, "no shard wrote the unsharded log")
+	got, err := Build(dir, metrics)
+	require.NoError(t, err)
+	require.Equal(t, want, dropDir(whole, dir, got))
+
+	// An unsharded run afterwards finds everything scored.
+	sum, err := Run(context.Background(), Job{Dir: dir, Metrics: metrics, Open: func(string) (reward.Scorer, error) {
+		t.Fatal("a finished sharded run opened a metric")
+		return nil, nil
+	}})
+	require.NoError(t, err)
+	require.Equal(t, len(ids)*len(metrics), sum.Existing)
+
+	_, err = Run(context.Background(), Job{Dir: dir, Metrics: metrics, Open: opener(nil), Shard: 2, NumShards: 2})
+	require.ErrorContains(t, err, "shard 2 of 2")
+}
+
+// dropDir returns got with the candidate folder dir in its paths replaced
+// by want's folder wantDir, so labels built in two folders compare.
+func dropDir(wantDir, dir string, got *Labels) *Labels {
+	out := *got
+	out.Groups = nil
+	for _, g := range got.Groups {
+		var cs []string
+		for _, c := range g.Candidates {
+			cs = append(cs, strings.Replace(c, abs(dir), abs(wantDir), 1))
+		}
+		g.Candidates = cs
+		out.Groups = append(out.Groups, g)
+	}
+	return &out
 }
