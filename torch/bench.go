@@ -3,7 +3,10 @@ package torch
 // #include "csrc/dp2o.h"
 import "C"
 
-import "unsafe"
+import (
+	"runtime"
+	"unsafe"
+)
 
 // BareLoop selects what the C++ reference loop of BareAddNs does with each
 // result.
@@ -40,4 +43,21 @@ func BLASLibrary() string {
 	buf := make([]byte, 4096)
 	C.dp2o_blas_library((*C.char)(unsafe.Pointer(&buf[0])), C.int(len(buf)))
 	return C.GoString((*C.char)(unsafe.Pointer(&buf[0])))
+}
+
+// RawAddClose is the per-op benchmark's cgo floor (cmd/torchbench): n adds
+// of x and y, each result freed at once, calling the shim straight from Go
+// with none of the binding's bookkeeping (no Tensor, no scope, no safety
+// net). A Go op closed at once costs this plus that bookkeeping.
+func RawAddClose(x, y *Tensor, n int) {
+	a, b := x.ptr(), y.ptr()
+	for range n {
+		r := C.dp2o_add(a, b)
+		if r.err != nil {
+			must(r.err, "add")
+		}
+		C.dp2o_tensor_free(r.t)
+	}
+	runtime.KeepAlive(x)
+	runtime.KeepAlive(y)
 }

@@ -3,11 +3,14 @@
 // the same ATen call (in the shim, no C ABI crossing) and PyTorch
 // (scripts/bench_torch.py, run as a subprocess with -python). The cases are
 // a 1×1 float32 add (results freed by a scope every 1000 ops, or closed one
-// by one) and a 2048×2048 float32 matmul, with one intra-op thread and with
+// by one; and the shim called straight from Go, the floor of the latter) and
+// a 2048×2048 float32 matmul, with one intra-op thread and with
 // libtorch's default thread count. Each figure is the best of -repeat runs,
 // as Python's timeit reports, in process CPU time (not wall time: other load
 // on the machine stays out of it). The summary gives each binding's overhead, its
-// time above the bare C++ loop, and the Go/Python ratio of overheads.
+// time above the bare C++ loop, and the Go/Python ratios of overheads (Go
+// closing each result at once, as CPython's reference counting frees it,
+// and Go freeing through scopes).
 //
 //	go run ./cmd/torchbench -threads 1
 package main
@@ -146,12 +149,13 @@ func run(threads []int, repeat, largeRepeat, smallN, largeN int, size int64, pyt
 		torch.SetNumThreads(th)
 		// The small cases take turns, one run each per round, so that a
 		// slow spell of the machine hits them all alike; each keeps its best.
-		bare, bareHandles, bareScoped, goAdd, goClose := math.Inf(1), math.Inf(1), math.Inf(1), math.Inf(1), math.Inf(1)
+		bare, bareHandles, bareScoped, goAdd, goClose, goRaw := math.Inf(1), math.Inf(1), math.Inf(1), math.Inf(1), math.Inf(1), math.Inf(1)
 		for range repeat {
 			// Cases freeing each result at once come first: those that
 			// free 1000 at a time leave the C allocator's free lists long.
 			bare = min(bare, bestBare(1, smallN, torch.BareATen))
 			bareHandles = min(bareHandles, bestBare(1, smallN, torch.BareHandles))
+			goRaw = min(goRaw, best(1, smallN, func(n int) { torch.RawAddClose(x, y, n) }))
 			goClose = min(goClose, best(1, smallN, addClose))
 			bareScoped = min(bareScoped, bestBare(1, smallN, torch.BareScoped))
 			goAdd = min(goAdd, best(1, smallN, addScoped))
@@ -160,13 +164,15 @@ func run(threads []int, repeat, largeRepeat, smallN, largeN int, size int64, pyt
 		fmt.Printf("c++ threads=%d AddSmallShim  %12.1f ns/op  (+ shim handle wrap/free)\n", th, bareHandles)
 		fmt.Printf("c++ threads=%d AddSmallBatch %12.1f ns/op  (+ handles freed 1000 at a time, as a scope)\n", th, bareScoped)
 		fmt.Printf("go  threads=%d AddSmall      %12.1f ns/op  (results freed by a scope every 1000 ops)\n", th, goAdd)
+		fmt.Printf("go  threads=%d AddSmallRaw   %12.1f ns/op  (the shim called straight from Go: the cgo floor of AddSmallClose)\n", th, goRaw)
 		fmt.Printf("go  threads=%d AddSmallClose %12.1f ns/op  (each result closed at once)\n", th, goClose)
 		fmt.Printf("go  threads=%d MatmulLarge   %12.1f ns/op\n", th, best(largeRepeat, largeN, matmul))
 		if pyAdd, ok := py["AddSmall"]; ok {
 			fmt.Printf("py  threads=%d AddSmall      %12.1f ns/op\n", th, pyAdd)
 			fmt.Printf("py  threads=%d MatmulLarge   %12.1f ns/op\n", th, py["MatmulLarge"])
-			goOver, pyOver := goAdd-bare, pyAdd-bare
-			fmt.Printf("overhead above bare C++ (threads=%d): Go %.1f ns, Python %.1f ns, Go/Python %.2f\n", th, goOver, pyOver, goOver/pyOver)
+			closeOver, scopeOver, rawOver, pyOver := goClose-bare, goAdd-bare, goRaw-bare, pyAdd-bare
+			fmt.Printf("overhead above bare C++ (threads=%d): Python %.1f ns; Go closed at once %.1f ns (cgo floor %.1f), Go/Python %.2f; Go in scopes %.1f ns, Go/Python %.2f\n",
+				th, pyOver, closeOver, rawOver, closeOver/pyOver, scopeOver, scopeOver/pyOver)
 		}
 	}
 	torch.SetNumThreads(defaultThreads)
