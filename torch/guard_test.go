@@ -70,3 +70,25 @@ func TestNurseryConcurrentCloseAndSweep(t *testing.T) {
 	}
 	require.Equal(t, before, torch.LiveTensors(), "every handle is freed once: closed, or by its cleanup")
 }
+
+// The live counters are kept per OS thread and summed on reading. A thread
+// that exits hands its counts over: a tensor made on a thread that then
+// exits, and closed on another, leaves the totals where they started.
+func TestLiveCountersSurviveThreadExit(t *testing.T) {
+	before, beforeBytes := torch.LiveTensors(), torch.LiveBytes()
+	made := make(chan *torch.Tensor)
+	go func() {
+		// Locked and never unlocked: the runtime ends this OS thread when
+		// the goroutine returns.
+		runtime.LockOSThread()
+		made <- torch.Unscope(torch.Ones([]int64{4, 4}, torch.Float32, torch.CPU))
+	}()
+	x := <-made
+	require.Equal(t, before+1, torch.LiveTensors())
+	require.Equal(t, beforeBytes+4*4*4, torch.LiveBytes())
+	time.Sleep(50 * time.Millisecond) // let the thread exit
+	require.Equal(t, before+1, torch.LiveTensors(), "the exited thread's count is kept")
+	x.Close()
+	require.Equal(t, before, torch.LiveTensors())
+	require.Equal(t, beforeBytes, torch.LiveBytes())
+}
