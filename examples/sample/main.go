@@ -10,7 +10,10 @@
 // --seed + k, the candidates of an input in batches of --batch_size. A run
 // can be killed and rerun at any point; n processes (or machines) can each
 // take a part with --shard i --num_shards n, and `sample merge` with the
-// same inputs then checks that every candidate exists exactly once.
+// same inputs then checks that every candidate exists exactly once. Under
+// torchrun the shard is the rank, and rank 0 merges once every rank is done:
+//
+//	torchrun --standalone --nproc_per_node 8 --no_python ./sample --input_dir data/ --output_dir cands/ --device cuda
 package main
 
 import (
