@@ -116,8 +116,9 @@ func (t *Tensor) unguard() {
 }
 
 // gcSentinel is an object the program drops at once: its cleanup runs after
-// each garbage collection, sweeps the nurseries (so a forgotten tensor is
-// freed by the next collection at the latest) and arms a new sentinel.
+// each garbage collection, sweeps the nursery (so a forgotten tensor is
+// freed by the next collection at the latest), frees the handles closed
+// lazily and arms a new sentinel.
 type gcSentinel struct {
 	next *gcSentinel // a pointer keeps it out of the tiny allocator, whose blocks are freed together
 }
@@ -125,6 +126,9 @@ type gcSentinel struct {
 func armSweepAfterGC() {
 	runtime.AddCleanup(&gcSentinel{}, func(struct{}) {
 		sweepAll()
+		// Small CPU tensors closed lazily (Close) go now at the latest, even
+		// if no other shim call comes.
+		C.dp2o_drain_deferred()
 		armSweepAfterGC()
 	}, struct{}{})
 }

@@ -65,15 +65,47 @@ func (t *Tensor) ptr() C.dp2o_tensor {
 	return t.handle()
 }
 
-// Close frees the tensor's handle. It is idempotent and safe on nil.
+// Close frees the tensor's handle. It is idempotent and safe on nil. A
+// small CPU tensor outside autograd (storage of at most 64 KiB) is handed
+// to the shim without a cgo call and freed at the start of the next shim
+// call from any goroutine (or after the next garbage collection, or when
+// LiveTensors or LiveBytes counts); every other tensor, GPU memory
+// included, is freed before Close returns.
 func (t *Tensor) Close() {
 	if t == nil || t.h == 0 {
 		return
 	}
 	t.unguard()
-	C.dp2o_tensor_free(t.handle())
+	h := t.handle()
+	if (*C.dp2o_owned_head)(unsafe.Pointer(h)).deferrable != 0 {
+		freeLater(h)
+	} else {
+		C.dp2o_tensor_free(h)
+	}
 	t.h = 0
 	t.scope = 0
+}
+
+// deferredList is the shim's lock-free list of handles to free at its next
+// call (dp2o_deferred_list).
+var deferredList = (*uintptr)(unsafe.Pointer(C.dp2o_deferred_list()))
+
+// freeLater frees a small CPU handle outside autograd without a cgo call:
+// it is pushed onto the shim's deferred list, which the next shim call from
+// any thread empties first (and the live counters before they count). A
+// handle's memory is its own until then, so the list is linked through
+// its head's next field.
+func freeLater(h C.dp2o_tensor) {
+	head := (*C.dp2o_owned_head)(unsafe.Pointer(h))
+	next := (*uintptr)(unsafe.Pointer(&head.next))
+	self := *(*uintptr)(unsafe.Pointer(&h))
+	for {
+		old := atomic.LoadUintptr(deferredList)
+		*next = old
+		if atomic.CompareAndSwapUintptr(deferredList, old, self) {
+			return
+		}
+	}
 }
 
 // Closed reports whether the tensor has been closed.
@@ -220,3 +252,10 @@ func LiveTensors() int64 { return int64(C.dp2o_live_tensors()) }
 // LiveBytes is the number of element bytes held by live handles (a view
 // counts its own elements; shared storage is counted per handle).
 func LiveBytes() int64 { return int64(C.dp2o_live_bytes()) }
+
+// deferredMaxBytes is the storage size up to which Close frees lazily.
+const deferredMaxBytes = C.DP2O_DEFERRED_MAX_BYTES
+
+// deferredPending reports whether handles closed lazily wait on the shim's
+// list (for tests).
+func deferredPending() bool { return atomic.LoadUintptr(deferredList) != 0 }

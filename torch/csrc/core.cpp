@@ -10,6 +10,18 @@
 #include <sstream>
 
 namespace dp2o {
+std::atomic<uintptr_t> g_deferred{0};
+
+void drain_deferred_slow() {
+  uintptr_t p = g_deferred.exchange(0, std::memory_order_acquire);
+  while (p != 0) {
+    auto *o = reinterpret_cast<Owned *>(p);
+    p = reinterpret_cast<uintptr_t>(o->next);
+    live_add(-1, -o->bytes);
+    delete o;
+  }
+}
+
 std::atomic<int> g_threads_gen{0};
 std::atomic<int> g_threads{0};
 
@@ -142,7 +154,15 @@ void dp2o_tensor_free(dp2o_tensor h) {
   delete o;
 }
 
+uintptr_t *dp2o_deferred_list(void) {
+  static_assert(sizeof(std::atomic<uintptr_t>) == sizeof(uintptr_t), "the deferred list must look like a uintptr_t");
+  return reinterpret_cast<uintptr_t *>(&dp2o::g_deferred);
+}
+
+void dp2o_drain_deferred(void) { dp2o::drain_deferred(); }
+
 void dp2o_tensor_free_many(const uintptr_t *hs, int64_t n) {
+  dp2o::drain_deferred();
   for (int64_t i = 0; i < n; i++) dp2o_tensor_free(reinterpret_cast<dp2o_tensor>(hs[i]));
 }
 

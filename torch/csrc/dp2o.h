@@ -19,6 +19,22 @@ extern "C" {
  * the pointee holds no Go pointers and skips its per-argument pointer check
  * on every call that passes a handle (the shim's hottest path). */
 typedef struct dp2o_owned *dp2o_tensor;
+
+/* dp2o_owned_head starts the object behind every handle, so that C and Go
+ * can read it. deferrable is 1 for a handle whose freeing may wait for the
+ * next shim call (a CPU tensor outside autograd whose storage is at most
+ * DP2O_DEFERRED_MAX_BYTES); such a handle is freed by pushing it onto the
+ * lock-free list at dp2o_deferred_list() (linked through next, pushed with
+ * a compare-and-swap from any thread), which every fallible shim call, the
+ * live counters and dp2o_drain_deferred empty first. */
+typedef struct dp2o_owned_head {
+  struct dp2o_owned *next;
+  int32_t deferrable;
+  int32_t reserved;
+} dp2o_owned_head;
+#define DP2O_DEFERRED_MAX_BYTES 65536
+uintptr_t *dp2o_deferred_list(void);
+void dp2o_drain_deferred(void);
 typedef void *dp2o_gen;
 typedef char *dp2o_err;
 

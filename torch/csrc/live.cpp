@@ -73,6 +73,7 @@ void live_add(int64_t tensors, int64_t bytes) {
 }
 
 void live_totals(int64_t *tensors, int64_t *bytes) {
+  drain_deferred();  // what was freed lazily is not alive
   std::lock_guard<std::mutex> lock(g_slots_mu);
   int64_t t = g_retired_tensors + g_exiting_tensors.load();
   int64_t b = g_retired_bytes + g_exiting_bytes.load();

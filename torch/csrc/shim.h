@@ -15,7 +15,7 @@
 // dp2o_owned is the heap object behind a dp2o_tensor: the tensor and the
 // byte size counted for it when it was created, so the live-byte counter
 // stays exact even if the tensor is later resized in place.
-struct dp2o_owned {
+struct dp2o_owned : dp2o_owned_head {
   at::Tensor t;
   int64_t bytes;
 };
@@ -32,7 +32,25 @@ using Owned = dp2o_owned;
 inline dp2o_tensor wrap(at::Tensor t) {
   int64_t b = t.defined() ? static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size()) : 0;
   live_add(1, b);
-  return new Owned{std::move(t), b};
+  // Freeing may wait for the next call only where that frees little and
+  // nothing else: small CPU storage, no autograd graph behind the tensor.
+  int32_t deferrable = t.defined() && t.device().is_cpu() && !t.requires_grad() && t.has_storage() &&
+                       t.storage().nbytes() <= DP2O_DEFERRED_MAX_BYTES;
+  auto *o = new Owned;
+  o->next = nullptr;
+  o->deferrable = deferrable;
+  o->reserved = 0;
+  o->t = std::move(t);
+  o->bytes = b;
+  return o;
+}
+
+// The handles freed lazily (dp2o_owned_head): a lock-free stack that Go
+// pushes onto; drain frees them all.
+extern std::atomic<uintptr_t> g_deferred;
+void drain_deferred_slow();
+inline void drain_deferred() {
+  if (g_deferred.load(std::memory_order_relaxed) != 0) drain_deferred_slow();
 }
 
 inline at::Tensor &T(dp2o_tensor h) { return static_cast<Owned *>(h)->t; }
@@ -94,6 +112,7 @@ inline void sync_num_threads() {
 
 #define DP2O_TRY \
   try {          \
+    dp2o::drain_deferred(); \
     dp2o::sync_num_threads();
 #define DP2O_CATCH                                   \
   }                                                  \
@@ -113,6 +132,7 @@ inline void sync_num_threads() {
 #define DP2O_TRY_R                  \
   dp2o_result r_{nullptr, nullptr}; \
   try {                             \
+    dp2o::drain_deferred();         \
     dp2o::sync_num_threads();
 #define DP2O_CATCH_R                                 \
   }                                                  \
