@@ -92,3 +92,43 @@ func TestLiveCountersSurviveThreadExit(t *testing.T) {
 	require.Equal(t, before, torch.LiveTensors())
 	require.Equal(t, beforeBytes, torch.LiveBytes())
 }
+
+// Small CPU tensors closed with Close wait on the shim's lazy list, which
+// any goroutine's next shim call empties. Counting must not miss a list
+// another goroutine took an instant before and is still freeing: while one
+// goroutine keeps emptying the list, the counts another takes after closing
+// everything it made are exact every time.
+func TestLiveCountsWhileAnotherGoroutineFrees(t *testing.T) {
+	z := torch.Unscope(torch.Ones([]int64{1}, torch.Float32, torch.CPU))
+	defer z.Close()
+	base := torch.LiveTensors()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				z.Item() // a shim call that makes no tensor: it empties the list
+			}
+		}
+	}()
+	xs := make([]*torch.Tensor, 2000)
+	for round := range 100 {
+		for i := range xs {
+			xs[i] = torch.Unscope(torch.Ones([]int64{2}, torch.Float32, torch.CPU))
+		}
+		for _, x := range xs {
+			x.Close()
+		}
+		if got := torch.LiveTensors(); got != base {
+			close(stop)
+			<-done
+			t.Fatalf("round %d: %d live tensors after closing all, want %d", round, got, base)
+		}
+	}
+	close(stop)
+	<-done
+}

@@ -13,13 +13,17 @@ namespace dp2o {
 std::atomic<uintptr_t> g_deferred{0};
 
 void drain_deferred_slow() {
-  uintptr_t p = g_deferred.exchange(0, std::memory_order_acquire);
+  // Marked as draining before the list is taken, so that a thread counting
+  // live tensors that finds the list empty waits until these are freed.
+  live_draining(true);
+  uintptr_t p = g_deferred.exchange(0, std::memory_order_acq_rel);
   while (p != 0) {
     auto *o = reinterpret_cast<Owned *>(p);
     p = reinterpret_cast<uintptr_t>(o->next);
     live_add(-1, -o->bytes);
     delete o;
   }
+  live_draining(false);
 }
 
 std::atomic<int> g_threads_gen{0};

@@ -10,6 +10,7 @@
 #include "shim.h"
 
 #include <mutex>
+#include <thread>
 
 namespace dp2o {
 namespace {
@@ -17,7 +18,8 @@ namespace {
 struct LiveSlot {
   std::atomic<int64_t> tensors;
   std::atomic<int64_t> bytes;
-  int state;  // 0 unregistered, 1 registered, 2 the thread is exiting
+  std::atomic<int> draining;  // 1 while this thread frees a deferred list it took
+  int state;                  // 0 unregistered, 1 registered, 2 the thread is exiting
 };
 
 std::mutex g_slots_mu;
@@ -72,9 +74,23 @@ void live_add(int64_t tensors, int64_t bytes) {
   s.bytes.store(s.bytes.load(std::memory_order_relaxed) + bytes, std::memory_order_relaxed);
 }
 
+void live_draining(bool on) {
+  LiveSlot &s = tl_slot;
+  if (s.state == 0) register_slot();
+  s.draining.store(on ? 1 : 0, std::memory_order_release);
+}
+
 void live_totals(int64_t *tensors, int64_t *bytes) {
-  drain_deferred();  // what was freed lazily is not alive
+  // What was freed lazily is not alive. The unconditional exchange (not
+  // drain_deferred's relaxed peek) also orders this thread after any
+  // thread that took the list before, whose draining flag is then seen.
+  drain_deferred_slow();
   std::lock_guard<std::mutex> lock(g_slots_mu);
+  // Another thread may have taken the deferred list an instant before and
+  // still be freeing it: wait for it, so that the totals count none of it.
+  for (LiveSlot *s : g_slots) {
+    while (s->draining.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  }
   int64_t t = g_retired_tensors + g_exiting_tensors.load();
   int64_t b = g_retired_bytes + g_exiting_bytes.load();
   for (LiveSlot *s : g_slots) {

@@ -26,6 +26,9 @@ namespace dp2o {
 // bytes bytes in all; live_totals reads them.
 void live_add(int64_t tensors, int64_t bytes);
 void live_totals(int64_t *tensors, int64_t *bytes);
+// live_draining marks the calling thread as freeing a deferred list it took
+// (live_totals waits for it).
+void live_draining(bool on);
 
 using Owned = dp2o_owned;
 
