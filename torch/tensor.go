@@ -246,7 +246,8 @@ func (t *Tensor) String() string {
 	return fmt.Sprintf("Tensor(shape=%v, dtype=%v, device=%v)\n%s", t.Shape(), t.DType(), t.Device(), strings.TrimRight(str, "\n"))
 }
 
-// LiveTensors is the number of tensor handles not yet freed.
+// LiveTensors is the number of tensor handles not yet closed (handles
+// closed lazily by Close are freed first, so they never count).
 func LiveTensors() int64 { return int64(C.dp2o_live_tensors()) }
 
 // LiveBytes is the number of element bytes held by live handles (a view
