@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/dp2osr/dp2o/examples/internal/candidates"
+	"github.com/dp2osr/dp2o/examples/internal/launch"
 	"github.com/dp2osr/dp2o/preference"
 	"github.com/dp2osr/dp2o/preference/eval"
 	"github.com/dp2osr/dp2o/preference/label"
@@ -170,7 +171,7 @@ func openMetrics(c *cli.Context) ([]string, *reward.Hybrid, torch.Device, error)
 	if err != nil {
 		return nil, nil, torch.Device{}, fmt.Errorf("--metrics: %w", err)
 	}
-	dev, _, err := candidates.DeviceAndDType(c.String("device"), "no")
+	dev, _, err := launch.DeviceAndDType(c.String("device"), "no")
 	if err != nil {
 		return nil, nil, dev, err
 	}

@@ -24,9 +24,10 @@ package main
 import (
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/dp2osr/dp2o/examples/internal/launch"
 )
 
 func main() {
@@ -41,7 +42,7 @@ func newApp() *cli.App {
 		Name:      "label",
 		Usage:     "score a candidate set with the reward's IQA metrics and write its reward labels (input of examples/pairs)",
 		UsageText: "label --candidates CANDIDATES --metrics LIST [--weights IQA_FOLDER] [flags]",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "candidates", Usage: "the candidate folder made (and merged) by examples/sample (required)", Required: true},
 			&cli.StringFlag{Name: "metrics", Value: "reward", Usage: "comma-separated metrics (pyiqa names), or fr (LPIPS, TOPIQ-FR, A-FINE FR), nr (MANIQA, MUSIQ, CLIPIQA+, TOPIQ-NR, A-FINE NR, Q-Align), reward (both: DP²O-SR's reward), all"},
 			&cli.StringFlag{Name: "weights", Usage: "folder holding the metrics' published checkpoints under their published names (see each reward package)"},
@@ -52,10 +53,7 @@ func newApp() *cli.App {
 			&cli.StringFlag{Name: "output", Usage: "the labels file to write (default: CANDIDATES/labels.json)"},
 			&cli.BoolFlag{Name: "list", Usage: "list the registered metrics and exit"},
 			&cli.BoolFlag{Name: "quiet", Usage: "no progress bar"},
-			&cli.IntFlag{Name: "shard", Value: 0, Usage: "this process's shard, 0 ≤ shard < num_shards (inputs split by a hash of their name, as the sample step splits them); under torchrun: $RANK"},
-			&cli.IntFlag{Name: "num_shards", Value: 1, Usage: "number of processes sharing the inputs; under torchrun: $WORLD_SIZE"},
-			&cli.DurationFlag{Name: "merge_wait", Value: 48 * time.Hour, Usage: "under torchrun: how long the ranks that are done wait for the others before rank 0 writes the labels"},
-		},
+		}, launch.ShardFlags("writes the labels")...),
 		Action: run,
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -9,26 +8,18 @@ import (
 	"github.com/schollz/progressbar/v3"
 	"github.com/urfave/cli/v2"
 
+	"github.com/dp2osr/dp2o/examples/internal/launch"
 	"github.com/dp2osr/dp2o/preference/label"
 	"github.com/dp2osr/dp2o/reward"
 	_ "github.com/dp2osr/dp2o/reward/all" // every metric
 	"github.com/dp2osr/dp2o/torch"
-	"github.com/dp2osr/dp2o/torch/dist"
 )
 
 // opener opens metrics with --weights / --weight, on --device in --dtype.
 func opener(c *cli.Context) (func(string) (reward.Scorer, error), torch.Device, error) {
-	dev, err := torch.ParseDevice(c.String("device"))
+	dev, err := launch.Device(c.String("device"))
 	if err != nil {
-		return nil, dev, fmt.Errorf("--device: %w", err)
-	}
-	if c.String("device") == "cuda" && dist.Launched() {
-		// One process per GPU under torchrun: cuda:$LOCAL_RANK.
-		o, err := dist.OptionsFromEnv()
-		if err != nil {
-			return nil, dev, err
-		}
-		dev = torch.CUDA(o.LocalRank)
+		return nil, dev, err
 	}
 	dtype, err := torch.ParseDType(c.String("dtype"))
 	if err != nil {
@@ -65,27 +56,14 @@ func run(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("--metrics: %w", err)
 	}
-	shard, numShards := c.Int("shard"), c.Int("num_shards")
 	// Under torchrun every rank scores the shard of its rank, and they
 	// meet in a c10d group before rank 0 writes the labels.
-	var g *dist.Group
-	if dist.Launched() {
-		if c.IsSet("shard") || c.IsSet("num_shards") {
-			return errors.New("under torchrun the shard is the rank ($RANK of $WORLD_SIZE): drop --shard and --num_shards")
-		}
-		o, err := dist.OptionsFromEnv()
-		if err != nil {
-			return err
-		}
-		o.Backend = dist.Gloo // the group only waits for the ranks
-		if g, err = dist.New(o); err != nil {
-			return fmt.Errorf("joining the other ranks: %w", err)
-		}
-		defer g.Close()
-		shard, numShards = g.Rank(), g.WorldSize()
+	shard, numShards, g, err := launch.Shard(c)
+	if err != nil {
+		return err
 	}
-	if numShards < 1 || shard < 0 || shard >= numShards {
-		return fmt.Errorf("--shard %d --num_shards %d: want 0 ≤ shard < num_shards", shard, numShards)
+	if g != nil {
+		defer g.Close()
 	}
 	open, dev, err := opener(c)
 	if err != nil {
@@ -119,9 +97,8 @@ func run(c *cli.Context) error {
 				dir, c.String("metrics"))
 			return nil
 		}
-		g.SetTimeout(c.Duration("merge_wait"))
-		if err := g.Barrier(); err != nil {
-			return fmt.Errorf("waiting for the other ranks before writing the labels: %w", err)
+		if err := launch.Wait(c, g); err != nil {
+			return fmt.Errorf("before writing the labels: %w", err)
 		}
 		if !g.IsMain() {
 			return nil

@@ -19,11 +19,11 @@ package main
 import (
 	"fmt"
 	"os"
-	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/dp2osr/dp2o/examples/internal/candidates"
+	"github.com/dp2osr/dp2o/examples/internal/launch"
 )
 
 func main() {
@@ -47,7 +47,7 @@ func newApp() *cli.App {
 			"more, run `sample merge` once every shard is done. Under torchrun (one process per GPU:\n" +
 			"torchrun --nproc_per_node N --no_python sample …) each rank samples shard $RANK of $WORLD_SIZE on cuda:$LOCAL_RANK,\n" +
 			"the ranks wait for each other through libtorch's c10d (Gloo), and rank 0 merges.",
-		Flags:  append(append(candidates.InputFlags(), outputFlag), append(candidates.ModelFlags("0: the paper's, 32 for sd2 and 64 for flux"), runFlags...)...),
+		Flags:  append(append(candidates.InputFlags(), outputFlag), append(append(candidates.ModelFlags("0: the paper's, 32 for sd2 and 64 for flux"), runFlags...), launch.ShardFlags("merges")...)...),
 		Action: run,
 		Commands: []*cli.Command{{
 			Name:  "merge",
@@ -65,9 +65,6 @@ var outputFlag = &cli.StringFlag{Name: "output_dir", Usage: "the candidate folde
 
 // runFlags are sample's own.
 var runFlags = []cli.Flag{
-	&cli.IntFlag{Name: "shard", Value: 0, Usage: "this process's shard, 0 ≤ shard < num_shards (inputs are split by a hash of their name); under torchrun: $RANK"},
-	&cli.IntFlag{Name: "num_shards", Value: 1, Usage: "number of processes sharing the inputs; under torchrun: $WORLD_SIZE"},
-	&cli.DurationFlag{Name: "merge_wait", Value: 48 * time.Hour, Usage: "under torchrun: how long the ranks that are done wait for the others before rank 0 merges"},
 	&cli.StringFlag{Name: "on_error", Value: "fail", Usage: "an unreadable LR image: fail (stop with an error) or skip (warn and record it in the manifest)"},
 	&cli.BoolFlag{Name: "quiet", Usage: "no progress bar"},
 }

@@ -8,8 +8,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/dp2osr/dp2o/examples/internal/candidates"
+	"github.com/dp2osr/dp2o/examples/internal/launch"
 	"github.com/dp2osr/dp2o/preference/sample"
-	"github.com/dp2osr/dp2o/torch/dist"
 )
 
 func outputDir(c *cli.Context) (string, error) {
@@ -46,32 +46,17 @@ func run(c *cli.Context) error {
 		return err
 	}
 	onError := c.String("on_error")
-	shard, numShards := c.Int("shard"), c.Int("num_shards")
+	if onError != "fail" && onError != "skip" {
+		return fmt.Errorf("--on_error %q: want fail or skip", onError)
+	}
 	// Under torchrun every rank takes the shard of its rank, and they
 	// meet in a c10d group before the merge.
-	var g *dist.Group
-	if dist.Launched() {
-		if c.IsSet("shard") || c.IsSet("num_shards") {
-			return errors.New("under torchrun the shard is the rank ($RANK of $WORLD_SIZE): drop --shard and --num_shards")
-		}
-		o, err := dist.OptionsFromEnv()
-		if err != nil {
-			return err
-		}
-		// Gloo whatever the device: the group only waits for the ranks
-		// and never carries a tensor.
-		o.Backend = dist.Gloo
-		if g, err = dist.New(o); err != nil {
-			return fmt.Errorf("joining the other ranks: %w", err)
-		}
-		defer g.Close()
-		shard, numShards = g.Rank(), g.WorldSize()
+	shard, numShards, g, err := launch.Shard(c)
+	if err != nil {
+		return err
 	}
-	switch {
-	case numShards < 1 || shard < 0 || shard >= numShards:
-		return fmt.Errorf("--shard %d --num_shards %d: want 0 ≤ shard < num_shards", shard, numShards)
-	case onError != "fail" && onError != "skip":
-		return fmt.Errorf("--on_error %q: want fail or skip", onError)
+	if g != nil {
+		defer g.Close()
 	}
 	job, closeJob, err := candidates.Job(c, dir, 0)
 	defer closeJob()
@@ -106,9 +91,8 @@ func run(c *cli.Context) error {
 	if g != nil {
 		// Every rank waits until all are done (or one failed); rank 0
 		// then merges.
-		g.SetTimeout(c.Duration("merge_wait"))
-		if err := g.Barrier(); err != nil {
-			return fmt.Errorf("waiting for the other ranks before the merge: %w", err)
+		if err := launch.Wait(c, g); err != nil {
+			return fmt.Errorf("before the merge: %w", err)
 		}
 		if g.IsMain() {
 			return runMerge(c)

@@ -10,6 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/dp2osr/dp2o/diffusion/colorfix"
+	"github.com/dp2osr/dp2o/examples/internal/launch"
 	"github.com/dp2osr/dp2o/flow"
 	"github.com/dp2osr/dp2o/imageio"
 	"github.com/dp2osr/dp2o/torch"
@@ -71,7 +72,7 @@ func runFlux(c *cli.Context) error {
 		return fmt.Errorf("--num_double_layers must be at least 1 and --num_single_layers at least 0")
 	}
 
-	dev, dtype, err := deviceAndDType(c.String("device"), c.String("mixed_precision"))
+	dev, dtype, err := launch.DeviceAndDType(c.String("device"), c.String("mixed_precision"))
 	if err != nil {
 		return err
 	}

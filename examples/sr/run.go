@@ -13,6 +13,7 @@ import (
 
 	"github.com/dp2osr/dp2o/diffusion"
 	"github.com/dp2osr/dp2o/diffusion/colorfix"
+	"github.com/dp2osr/dp2o/examples/internal/launch"
 	"github.com/dp2osr/dp2o/imageio"
 	"github.com/dp2osr/dp2o/torch"
 )
@@ -45,7 +46,7 @@ func run(c *cli.Context) error {
 		return fmt.Errorf("--process_size must be at least 8, got %d", opts.ProcessSize)
 	}
 
-	dev, dtype, err := deviceAndDType(c.String("device"), c.String("mixed_precision"))
+	dev, dtype, err := launch.DeviceAndDType(c.String("device"), c.String("mixed_precision"))
 	if err != nil {
 		return err
 	}
@@ -105,42 +106,6 @@ func outputPath(dir, in string, k, samples int) string {
 		name = fmt.Sprintf("%s_%d", name, k)
 	}
 	return filepath.Join(dir, name+".png")
-}
-
-// deviceAndDType resolves --device and --mixed_precision: half precision
-// applies on CUDA only (the CPU runs float32, as the reference fixtures).
-func deviceAndDType(devFlag, mp string) (torch.Device, torch.DType, error) {
-	var dev torch.Device
-	if devFlag == "auto" {
-		dev = torch.CPU
-		if torch.CUDAAvailable() {
-			dev = torch.CUDA(0)
-		}
-	} else {
-		d, err := torch.ParseDevice(devFlag)
-		if err != nil {
-			return dev, 0, err
-		}
-		if d.IsCUDA() && !torch.CUDAAvailable() {
-			return dev, 0, fmt.Errorf("--device %s: libtorch sees no CUDA device", devFlag)
-		}
-		dev = d
-	}
-	dtype := torch.Float32
-	switch mp {
-	case "no":
-	case "fp16":
-		if dev.IsCUDA() {
-			dtype = torch.Float16
-		}
-	case "bf16":
-		if dev.IsCUDA() {
-			dtype = torch.BFloat16
-		}
-	default:
-		return dev, 0, fmt.Errorf("--mixed_precision must be no, fp16 or bf16, got %q", mp)
-	}
-	return dev, dtype, nil
 }
 
 // generatorDevice is where the official script's generator lives: the

@@ -16,6 +16,7 @@ import (
 	"github.com/dp2osr/dp2o/diffusion"
 	"github.com/dp2osr/dp2o/diffusion/scheduler"
 	"github.com/dp2osr/dp2o/diffusion/unet"
+	"github.com/dp2osr/dp2o/examples/internal/launch"
 	"github.com/dp2osr/dp2o/flow"
 	"github.com/dp2osr/dp2o/flow/transformer"
 	"github.com/dp2osr/dp2o/preference"
@@ -46,42 +47,6 @@ func (s *session) close() {
 	for i := len(s.closes) - 1; i >= 0; i-- {
 		s.closes[i]()
 	}
-}
-
-// deviceAndDType resolves --device and --mixed_precision: the frozen
-// models' dtype is half precision on CUDA only.
-func deviceAndDType(devFlag, mp string) (torch.Device, torch.DType, error) {
-	var dev torch.Device
-	if devFlag == "auto" {
-		dev = torch.CPU
-		if torch.CUDAAvailable() {
-			dev = torch.CUDA(0)
-		}
-	} else {
-		d, err := torch.ParseDevice(devFlag)
-		if err != nil {
-			return dev, 0, err
-		}
-		if d.IsCUDA() && !torch.CUDAAvailable() {
-			return dev, 0, fmt.Errorf("--device %s: libtorch sees no CUDA device", devFlag)
-		}
-		dev = d
-	}
-	dtype := torch.Float32
-	switch mp {
-	case "no":
-	case "fp16":
-		if dev.IsCUDA() {
-			dtype = torch.Float16
-		}
-	case "bf16":
-		if dev.IsCUDA() {
-			dtype = torch.BFloat16
-		}
-	default:
-		return dev, 0, fmt.Errorf("--mixed_precision must be no, fp16 or bf16, got %q", mp)
-	}
-	return dev, dtype, nil
 }
 
 func trainConfig(c *cli.Context) preference.TrainConfig {
@@ -204,13 +169,9 @@ func setup(c *cli.Context, g *dist.Group) (s *session, err error) {
 	if c.Int("train_batch_size") < 1 || c.Int("gradient_accumulation_steps") < 1 || c.Int("max_train_steps") < 1 || c.Int("checkpointing_steps") < 1 {
 		return nil, errors.New("--train_batch_size, --gradient_accumulation_steps, --max_train_steps and --checkpointing_steps must be at least 1")
 	}
-	dev, dtype, err := deviceAndDType(c.String("device"), c.String("mixed_precision"))
+	dev, dtype, err := launch.DeviceAndDType(c.String("device"), c.String("mixed_precision"))
 	if err != nil {
 		return nil, err
-	}
-	if g.WorldSize() > 1 && dev.IsCUDA() && g.Device().IsCUDA() {
-		// One process per GPU: cuda:$LOCAL_RANK, not every rank on cuda:0.
-		dev = g.Device()
 	}
 	pf, err := preference.LoadPairs(c.String("pairs"))
 	if err != nil {

@@ -10,11 +10,11 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/dp2osr/dp2o/diffusion/colorfix"
+	"github.com/dp2osr/dp2o/examples/internal/launch"
 	"github.com/dp2osr/dp2o/imageio"
 	"github.com/dp2osr/dp2o/preference/sample"
 	"github.com/dp2osr/dp2o/tagger"
 	"github.com/dp2osr/dp2o/torch"
-	"github.com/dp2osr/dp2o/torch/dist"
 )
 
 // paper is the paper's candidate generation per model (SPEC §5): M, steps,
@@ -96,7 +96,7 @@ func Job(c *cli.Context, dir string, m int) (job sample.Job, close func(), err e
 	if err != nil {
 		return job, close, err
 	}
-	dev, dtype, err := DeviceAndDType(c.String("device"), c.String("mixed_precision"))
+	dev, dtype, err := launch.DeviceAndDType(c.String("device"), c.String("mixed_precision"))
 	if err != nil {
 		return job, close, err
 	}
@@ -194,54 +194,4 @@ func promptSource(c *cli.Context, ins []sample.Input) (map[string]string, string
 		out[in.ID] = fixed
 	}
 	return out, "fixed", nil
-}
-
-// DeviceAndDType resolves --device and --mixed_precision: half precision
-// applies on CUDA only (the CPU runs float32).
-func DeviceAndDType(devFlag, mp string) (torch.Device, torch.DType, error) {
-	dev := torch.CPU
-	if devFlag == "auto" || devFlag == "cuda" {
-		if torch.CUDAAvailable() {
-			// One process per GPU under torchrun: cuda:$LOCAL_RANK.
-			dev = torch.CUDA(localRank())
-		} else if devFlag == "cuda" {
-			return dev, 0, errors.New("--device cuda: libtorch sees no CUDA device")
-		}
-	} else {
-		d, err := torch.ParseDevice(devFlag)
-		if err != nil {
-			return dev, 0, fmt.Errorf("--device: %w", err)
-		}
-		if d.IsCUDA() && !torch.CUDAAvailable() {
-			return dev, 0, fmt.Errorf("--device %s: libtorch sees no CUDA device", devFlag)
-		}
-		dev = d
-	}
-	dtype := torch.Float32
-	switch mp {
-	case "no":
-	case "fp16":
-		if dev.IsCUDA() {
-			dtype = torch.Float16
-		}
-	case "bf16":
-		if dev.IsCUDA() {
-			dtype = torch.BFloat16
-		}
-	default:
-		return dev, 0, fmt.Errorf("--mixed_precision must be no, fp16 or bf16, got %q", mp)
-	}
-	return dev, dtype, nil
-}
-
-// localRank is torchrun's LOCAL_RANK (0 outside torchrun).
-func localRank() int {
-	if !dist.Launched() {
-		return 0
-	}
-	o, err := dist.OptionsFromEnv()
-	if err != nil {
-		return 0
-	}
-	return o.LocalRank
 }
