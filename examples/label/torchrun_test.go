@@ -1,11 +1,7 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -13,30 +9,16 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/preference/label"
 	"github.com/dp2osr/dp2o/torch/dist"
 )
 
-// The test binary is also a torchrun worker: started with workerEnv set to
-// a JSON list of flags, it runs the label program with them as one rank and
-// exits.
+// workerEnv makes the test binary a label worker (testutil.RunWorker).
 const workerEnv = "DP2O_LABEL_WORKER"
 
 func TestMain(m *testing.M) {
-	if a := os.Getenv(workerEnv); a != "" {
-		var args []string
-		if err := json.Unmarshal([]byte(a), &args); err != nil {
-			os.Stderr.WriteString("worker flags: " + err.Error() + "\n")
-			os.Exit(2)
-		}
-		msg, err := runApp(args...)
-		os.Stdout.WriteString(msg)
-		if err != nil {
-			os.Stderr.WriteString("label: " + err.Error() + "\n")
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	testutil.RunWorker(workerEnv, runApp)
 	os.Exit(m.Run())
 }
 
@@ -49,34 +31,28 @@ func TestTorchrunRanks(t *testing.T) {
 	if !dist.HasBackend(dist.Gloo) {
 		t.Skipf("this libtorch build has no Gloo backend (backends: %v)", dist.Backends())
 	}
+	threads := "OMP_NUM_THREADS=1"
+	args := func(dir string) []string { return []string{"--candidates", dir, "--metrics", "psnr,ssim", "--quiet"} }
+	// The single process runs as a worker too, with the ranks' thread
+	// settings: the same kernels compute the scores compared below.
 	single := candidates(t)
-	msg, err := runApp("--candidates", single, "--metrics", "psnr,ssim", "--quiet")
-	require.NoError(t, err, msg)
+	msgs, errs := testutil.RunWorkers(t, 2*time.Minute, workerEnv, testutil.Worker{Args: args(single), Env: []string{threads}})
+	require.NoError(t, errs[0], msgs[0])
 	want, err := label.Load(filepath.Join(single, label.LabelsFile))
 	require.NoError(t, err)
 
 	dir := candidates(t)
 	const world = 2
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	js, err := json.Marshal([]string{"--candidates", dir, "--metrics", "psnr,ssim", "--quiet"})
-	require.NoError(t, err)
 	store := filepath.Join(t.TempDir(), "store")
-	cmds := make([]*exec.Cmd, world)
-	outs := make([]*bytes.Buffer, world)
-	for r := range world {
-		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), workerEnv+"="+string(js),
-			"RANK="+strconv.Itoa(r), "LOCAL_RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(world),
-			"DP2O_DIST_STORE_FILE="+store, "DP2O_DIST_TIMEOUT=1m", "GLOO_SOCKET_IFNAME=lo", "OMP_NUM_THREADS=1")
-		outs[r] = &bytes.Buffer{}
-		cmd.Stdout, cmd.Stderr = outs[r], outs[r]
-		require.NoError(t, cmd.Start())
-		cmds[r] = cmd
+	ws := make([]testutil.Worker, world)
+	for r := range ws {
+		ws[r] = testutil.Worker{Args: args(dir),
+			Env: testutil.TorchrunEnv(r, world, "DP2O_DIST_STORE_FILE="+store, "DP2O_DIST_TIMEOUT=1m", "GLOO_SOCKET_IFNAME=lo", threads)}
 	}
-	for r, cmd := range cmds {
-		require.NoError(t, cmd.Wait(), "rank %d:\n%s", r, outs[r])
-		require.Contains(t, outs[r].String(), "shard "+strconv.Itoa(r)+"/"+strconv.Itoa(world))
+	msgs, errs = testutil.RunWorkers(t, 2*time.Minute, workerEnv, ws...)
+	for r := range world {
+		require.NoError(t, errs[r], "rank %d:\n%s", r, msgs[r])
+		require.Contains(t, msgs[r], "shard "+strconv.Itoa(r)+"/"+strconv.Itoa(world))
 	}
 	for r := range world {
 		_, err := os.Stat(filepath.Join(dir, label.ShardScoresFile(r, world)))
@@ -102,7 +78,7 @@ func TestTorchrunRanks(t *testing.T) {
 	}
 	_, err = os.Stat(filepath.Join(manual, label.LabelsFile))
 	require.ErrorIs(t, err, os.ErrNotExist)
-	msg, err = runApp("--candidates", manual, "--metrics", "psnr", "--quiet")
+	msg, err := runApp("--candidates", manual, "--metrics", "psnr", "--quiet")
 	require.NoError(t, err, msg)
 	require.Contains(t, msg, "0 scored now")
 	_, err = runApp("--candidates", manual, "--metrics", "psnr", "--quiet", "--shard", "2", "--num_shards", "2")

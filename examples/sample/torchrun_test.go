@@ -1,11 +1,7 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -14,30 +10,16 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/preference/sample"
 	"github.com/dp2osr/dp2o/torch/dist"
 )
 
-// The test binary is also a torchrun worker: started with workerEnv set to
-// a JSON list of flags, it runs the sample program with them as one rank
-// and exits.
+// workerEnv makes the test binary a sample worker (testutil.RunWorker).
 const workerEnv = "DP2O_SAMPLE_WORKER"
 
 func TestMain(m *testing.M) {
-	if a := os.Getenv(workerEnv); a != "" {
-		var args []string
-		if err := json.Unmarshal([]byte(a), &args); err != nil {
-			os.Stderr.WriteString("worker flags: " + err.Error() + "\n")
-			os.Exit(2)
-		}
-		msg, err := runApp(args...)
-		os.Stdout.WriteString(msg)
-		if err != nil {
-			os.Stderr.WriteString("sample: " + err.Error() + "\n")
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	testutil.RunWorker(workerEnv, runApp)
 	os.Exit(m.Run())
 }
 
@@ -45,8 +27,9 @@ func TestMain(m *testing.M) {
 // environment (RANK, WORLD_SIZE, LOCAL_RANK; the c10d store in a file):
 // each rank samples the shard of its rank, rank 0 merges once both are done,
 // and the merged set is the one a single process makes, candidate for
-// candidate (same files, same hashes). Shard flags under torchrun are
-// refused.
+// candidate (same files, same hashes: the single process runs as a worker
+// too, with the ranks' thread settings, so the same kernels run). Shard
+// flags under torchrun are refused.
 func TestTorchrunRanks(t *testing.T) {
 	if !dist.HasBackend(dist.Gloo) {
 		t.Skipf("this libtorch build has no Gloo backend (backends: %v)", dist.Backends())
@@ -57,38 +40,25 @@ func TestTorchrunRanks(t *testing.T) {
 		"--num_inference_steps", "2", "--process_size", "64", "--prompt", "house", "--device", "cpu", "--quiet",
 		"--pretrained_model_name_or_path", filepath.Join(assets, "tiny-sd2"),
 		"--controlnet_model_name_or_path", filepath.Join(assets, "tiny-sd2", "controlnet", "model.safetensors")}
+	with := func(extra ...string) []string { return append(append([]string{}, common...), extra...) }
+	threads := "OMP_NUM_THREADS=1"
+
 	single := filepath.Join(tmp, "single")
-	msg, err := runApp(append(common, "--output_dir", single)...)
-	require.NoError(t, err, msg)
+	msgs, errs := testutil.RunWorkers(t, 3*time.Minute, workerEnv, testutil.Worker{Args: with("--output_dir", single), Env: []string{threads}})
+	require.NoError(t, errs[0], msgs[0])
 
 	const world = 2
 	ranked := filepath.Join(tmp, "ranked")
 	store := filepath.Join(tmp, "store")
-	launch := func(extra ...string) ([]string, []error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		js, err := json.Marshal(append(append(append([]string{}, common...), "--output_dir", ranked), extra...))
-		require.NoError(t, err)
-		cmds := make([]*exec.Cmd, world)
-		outs := make([]*bytes.Buffer, world)
-		for r := range world {
-			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), workerEnv+"="+string(js),
-				"RANK="+strconv.Itoa(r), "LOCAL_RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(world),
-				"DP2O_DIST_STORE_FILE="+store, "DP2O_DIST_TIMEOUT=2m", "GLOO_SOCKET_IFNAME=lo", "OMP_NUM_THREADS=1")
-			outs[r] = &bytes.Buffer{}
-			cmd.Stdout, cmd.Stderr = outs[r], outs[r]
-			require.NoError(t, cmd.Start())
-			cmds[r] = cmd
+	ranks := func(extra ...string) ([]string, []error) {
+		ws := make([]testutil.Worker, world)
+		for r := range ws {
+			ws[r] = testutil.Worker{Args: with(append([]string{"--output_dir", ranked}, extra...)...),
+				Env: testutil.TorchrunEnv(r, world, "DP2O_DIST_STORE_FILE="+store, "DP2O_DIST_TIMEOUT=2m", "GLOO_SOCKET_IFNAME=lo", threads)}
 		}
-		msgs, errs := make([]string, world), make([]error, world)
-		for r, cmd := range cmds {
-			errs[r] = cmd.Wait()
-			msgs[r] = outs[r].String()
-		}
-		return msgs, errs
+		return testutil.RunWorkers(t, 3*time.Minute, workerEnv, ws...)
 	}
-	msgs, errs := launch()
+	msgs, errs = ranks()
 	for r := range world {
 		require.NoError(t, errs[r], "rank %d:\n%s", r, msgs[r])
 		require.Contains(t, msgs[r], "shard "+strconv.Itoa(r)+"/"+strconv.Itoa(world), "rank %d sampled another shard", r)
@@ -111,7 +81,7 @@ func TestTorchrunRanks(t *testing.T) {
 	require.Equal(t, want, read(ranked), "the ranks' merged set is the single process's")
 
 	os.Remove(store)
-	msgs, errs = launch("--shard", "0", "--num_shards", "2")
+	msgs, errs = ranks("--shard", "0", "--num_shards", "2")
 	for r := range world {
 		require.Error(t, errs[r])
 		require.Contains(t, msgs[r], "under torchrun the shard is the rank")

@@ -1,12 +1,8 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,26 +14,12 @@ import (
 	"github.com/dp2osr/dp2o/torch/dist"
 )
 
-// The test binary is also the data-parallel worker: started with
-// distWorkerEnv set to a JSON list of flags it runs the train program with
-// them as one rank (torchrun's environment) and exits.
+// distWorkerEnv makes the test binary a data-parallel worker: one rank of
+// the train program (testutil.RunWorker).
 const distWorkerEnv = "DP2O_TRAIN_DIST_WORKER"
 
 func TestMain(m *testing.M) {
-	if a := os.Getenv(distWorkerEnv); a != "" {
-		var args []string
-		if err := json.Unmarshal([]byte(a), &args); err != nil {
-			os.Stderr.WriteString("worker flags: " + err.Error() + "\n")
-			os.Exit(2)
-		}
-		msg, err := runApp(args...)
-		os.Stderr.WriteString(msg)
-		if err != nil {
-			os.Stderr.WriteString("train: " + err.Error() + "\n")
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
+	testutil.RunWorker(distWorkerEnv, runApp)
 	os.Exit(m.Run())
 }
 
@@ -102,40 +84,27 @@ func testDataParallel(t *testing.T, model, asset, gradSync string) {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmds := make([]*exec.Cmd, world)
-	outs := make([]*bytes.Buffer, world)
-	for r := range world {
-		args := append(append([]string{}, common...), "--grad_sync", gradSync, "--train_batch_size", strconv.Itoa(perRank),
-			"--output_dir", filepath.Join(dir, "rank"+strconv.Itoa(r)))
-		js, err := json.Marshal(args)
-		if err != nil {
-			t.Fatal(err)
+	ws := make([]testutil.Worker, world)
+	for r := range ws {
+		ws[r] = testutil.Worker{
+			Args: append(append([]string{}, common...), "--grad_sync", gradSync, "--train_batch_size", strconv.Itoa(perRank),
+				"--output_dir", filepath.Join(dir, "rank"+strconv.Itoa(r))),
+			Env: testutil.TorchrunEnv(r, world, "MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port),
+				"GLOO_SOCKET_IFNAME=lo", "OMP_NUM_THREADS=1", "DP2O_DIST_BACKEND=gloo", "DP2O_DIST_TIMEOUT=2m"),
 		}
-		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), distWorkerEnv+"="+string(js),
-			"RANK="+strconv.Itoa(r), "LOCAL_RANK="+strconv.Itoa(r), "WORLD_SIZE="+strconv.Itoa(world),
-			"MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port),
-			"GLOO_SOCKET_IFNAME=lo", "OMP_NUM_THREADS=1", "DP2O_DIST_BACKEND=gloo", "DP2O_DIST_TIMEOUT=2m")
-		outs[r] = &bytes.Buffer{}
-		cmd.Stdout, cmd.Stderr = outs[r], outs[r]
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("start rank %d: %v", r, err)
-		}
-		cmds[r] = cmd
 	}
+	outs, errs := testutil.RunWorkers(t, 3*time.Minute, distWorkerEnv, ws...)
 	failed := false
-	for r, cmd := range cmds {
-		if err := cmd.Wait(); err != nil {
-			t.Errorf("rank %d: %v\n%s", r, err, outs[r])
+	for r := range world {
+		if errs[r] != nil {
+			t.Errorf("rank %d: %v\n%s", r, errs[r], outs[r])
 			failed = true
 		}
 	}
 	if failed {
 		t.FailNow()
 	}
-	if line, ok := grepLine(outs[0].String(), "gradient sync:"); ok != (gradSync == "overlap") {
+	if line, ok := grepLine(outs[0], "gradient sync:"); ok != (gradSync == "overlap") {
 		t.Errorf("--grad_sync %s: rank 0's report of the overlapped reducer: %q", gradSync, line)
 	} else if ok {
 		t.Log(line)
