@@ -46,7 +46,7 @@ func runCurves(c *cli.Context) error {
 		name, dir := named(spec)
 		if i == 0 {
 			if s := c.String("metrics"); s != "" {
-				if metrics, err = label.ExpandMetrics(s); err != nil {
+				if metrics, err = reward.ExpandNames(s); err != nil {
 					return fmt.Errorf("--metrics: %w", err)
 				}
 			} else if metrics, err = label.ScoredMetrics(dir); err != nil {
@@ -167,7 +167,7 @@ func readBounds(c *cli.Context) (eval.Bounds, error) {
 
 // openMetrics opens the --metrics scorers with --weights / --weight.
 func openMetrics(c *cli.Context) ([]string, *reward.Hybrid, torch.Device, error) {
-	names, err := label.ExpandMetrics(c.String("metrics"))
+	names, err := reward.ExpandNames(c.String("metrics"))
 	if err != nil {
 		return nil, nil, torch.Device{}, fmt.Errorf("--metrics: %w", err)
 	}

@@ -52,7 +52,7 @@ func run(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %v (see --help)", c.Args().Slice())
 	}
-	names, err := label.ExpandMetrics(c.String("metrics"))
+	names, err := reward.ExpandNames(c.String("metrics"))
 	if err != nil {
 		return fmt.Errorf("--metrics: %w", err)
 	}

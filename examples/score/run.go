@@ -43,9 +43,9 @@ func run(c *cli.Context) error {
 	if c.NArg() != 1 {
 		return errors.New("want one IMAGE_OR_FOLDER argument (see --help)")
 	}
-	names, err := metricNames(c.String("metrics"))
+	names, err := reward.ExpandNames(c.String("metrics"))
 	if err != nil {
-		return err
+		return fmt.Errorf("--metrics: %w", err)
 	}
 	format := c.String("format")
 	if format != "table" && format != "csv" {
@@ -112,40 +112,6 @@ func run(c *cli.Context) error {
 		return writeCSV(out, res)
 	}
 	return writeTable(out, res)
-}
-
-// metricNames expands the --metrics list.
-func metricNames(s string) ([]string, error) {
-	var out []string
-	seen := map[string]bool{}
-	add := func(ns ...string) {
-		for _, n := range ns {
-			if !seen[n] {
-				seen[n] = true
-				out = append(out, n)
-			}
-		}
-	}
-	for _, n := range strings.Split(s, ",") {
-		switch n = strings.TrimSpace(n); n {
-		case "":
-		case "fr":
-			add(reward.DefaultFR...)
-		case "nr":
-			add(reward.DefaultNR...)
-		case "reward":
-			add(reward.DefaultFR...)
-			add(reward.DefaultNR...)
-		case "all":
-			add(reward.Names()...)
-		default:
-			add(n)
-		}
-	}
-	if len(out) == 0 {
-		return nil, errors.New("--metrics is empty")
-	}
-	return out, nil
 }
 
 // pairJobs lists the images of target (a file or a folder) and pairs each
