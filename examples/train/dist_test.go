@@ -1,7 +1,6 @@
 package main
 
 import (
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -78,12 +77,7 @@ func testDataParallel(t *testing.T, model, asset, gradSync string) {
 		"--learning_rate", "0.1", "--adam_epsilon", "1", "--beta_dpo", "50", "--gradient_accumulation_steps", strconv.Itoa(accum), "--seed", "5",
 		"--max_train_steps", strconv.Itoa(steps), "--checkpointing_steps", "1", "--device", "cpu", "--no_progress"}
 
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	port := testutil.FreePort(t)
 	ws := make([]testutil.Worker, world)
 	for r := range ws {
 		ws[r] = testutil.Worker{

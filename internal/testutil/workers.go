@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -78,4 +79,16 @@ func RunWorkers(tb testing.TB, timeout time.Duration, env string, ws ...Worker) 
 func TorchrunEnv(rank, world int, extra ...string) []string {
 	return append([]string{"RANK=" + strconv.Itoa(rank), "LOCAL_RANK=" + strconv.Itoa(rank),
 		"WORLD_SIZE=" + strconv.Itoa(world)}, extra...)
+}
+
+// FreePort asks the kernel for a free TCP port on the loopback interface
+// (for a c10d store the workers meet at).
+func FreePort(tb testing.TB) int {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/torch"
 )
 
@@ -28,17 +28,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// freePort asks the kernel for a free TCP port on the loopback interface.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // rankResult is how one worker process ended.
 type rankResult struct {
 	err    error // from Wait: nil for exit status 0
@@ -52,7 +41,7 @@ type rankResult struct {
 func launch(t testing.TB, scenario string, world int, deadline time.Duration, env ...string) ([]rankResult, string) {
 	t.Helper()
 	dir := t.TempDir()
-	port := freePort(t)
+	port := testutil.FreePort(t)
 	ctx, cancel := context.WithTimeout(context.Background(), deadline)
 	defer cancel()
 	cmds := make([]*exec.Cmd, world)

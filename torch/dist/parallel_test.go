@@ -38,7 +38,7 @@ func TestCollectives(t *testing.T) {
 	t.Run("3 ranks, the launcher's TCP store", func(t *testing.T) {
 		// As torchrun with a static rendezvous: the launcher serves the store
 		// on MASTER_PORT and every rank, rank 0 included, is a client.
-		port := freePort(t)
+		port := testutil.FreePort(t)
 		srv, err := ServeStore("127.0.0.1", port, 30*time.Second)
 		if err != nil {
 			t.Fatal(err)

@@ -140,7 +140,7 @@ func TestRendezvousTimeout(t *testing.T) {
 	requireGloo(t)
 	const timeout = 2 * time.Second
 	start := time.Now()
-	_, err := New(Options{Rank: 1, WorldSize: 2, MasterAddr: "127.0.0.1", MasterPort: freePort(t), Timeout: timeout,
+	_, err := New(Options{Rank: 1, WorldSize: 2, MasterAddr: "127.0.0.1", MasterPort: testutil.FreePort(t), Timeout: timeout,
 		GlooInterface: "lo"})
 	took := time.Since(start)
 	if err == nil {
