@@ -21,7 +21,7 @@ import (
 // cleanup. Close takes a tensor out of the nursery with one compare-and-swap.
 //
 // The sweep runs on another goroutine than the tensor's owner, so the
-// tensor's guard state is atomic: the sweeper moves a tensor from
+// tensor's guard state is read and written atomically (but for the first store, before the tensor is published): the sweeper moves a tensor from
 // guardNursery to guardBusy to guardCleanup, and Close moves it from
 // guardNursery to guardNone (or stops the cleanup of a guardCleanup one);
 // a Close that meets guardBusy waits for the sweeper to finish.
@@ -45,28 +45,41 @@ func freeHandle(h uintptr) {
 	C.dp2o_tensor_free(*(*C.dp2o_tensor)(unsafe.Pointer(&h)))
 }
 
-// The nursery is a ring of slots written round-robin: a tensor put in a slot
-// evicts the slot's previous occupant, which gets its cleanup if it is still
-// open. One atomic add and one atomic swap per tensor, no lock; a tensor
-// stays in the nursery for nurserySize newer unscoped tensors at most, or
-// until the next garbage collection.
-const nurserySize = 1024
+// The nursery is a table of slots indexed by a hash of the handle: a
+// tensor put in a slot evicts the slot's previous occupant, which gets its
+// cleanup if it is still open. One atomic swap per tensor, no lock and no
+// shared counter (a round-robin index would be one more locked instruction
+// per op, on a cache line every thread writes); a tensor stays in the
+// nursery until another tensor hashes to its slot, or until the next
+// garbage collection. A handle closed at once is usually reused by the
+// next op's result, which then lands in the same, cache-hot slot.
+const nurseryBits = 10
 
-var (
-	nurseryNext atomic.Uint64
-	nursery     [nurserySize]atomic.Pointer[Tensor]
-)
+var nursery [1 << nurseryBits]atomic.Pointer[Tensor]
+
+// nurserySlot is the slot of handle h (Fibonacci hashing of its address).
+func nurserySlot(h uintptr) *atomic.Pointer[Tensor] {
+	return &nursery[(uint64(h)*0x9E3779B97F4A7C15)>>(64-nurseryBits)]
+}
+
+// guardNew puts a new tensor, not yet seen by any other goroutine, in the
+// nursery: its state needs no atomic store before the swap publishes it.
+func (t *Tensor) guardNew() {
+	t.guard_ = guardNursery
+	if old := nurserySlot(t.h).Swap(t); old != nil {
+		old.promote()
+	}
+}
 
 // guard registers the garbage collector's safety net for a tensor that no
-// scope owns (new, kept out of its last scope, or unscoped). A tensor in an
-// open scope needs none: the scope references it until Close frees it.
+// scope owns any more (kept out of its last scope, or unscoped). A tensor in
+// an open scope needs none: the scope references it until Close frees it.
 func (t *Tensor) guard() {
-	if t.h == 0 || t.guard_.Load() != guardNone {
+	if t.h == 0 || atomic.LoadUint32(&t.guard_) != guardNone {
 		return
 	}
-	t.guard_.Store(guardNursery)
-	i := nurseryNext.Add(1) % nurserySize
-	if old := nursery[i].Swap(t); old != nil {
+	atomic.StoreUint32(&t.guard_, guardNursery)
+	if old := nurserySlot(t.h).Swap(t); old != nil {
 		old.promote()
 	}
 }
@@ -76,10 +89,10 @@ func (t *Tensor) guard() {
 func (t *Tensor) promote() {
 	// Most tensors leaving the nursery were closed: a plain load spares
 	// them the locked compare-and-swap.
-	if t.guard_.Load() == guardNursery && t.guard_.CompareAndSwap(guardNursery, guardBusy) {
+	if atomic.LoadUint32(&t.guard_) == guardNursery && atomic.CompareAndSwapUint32(&t.guard_, guardNursery, guardBusy) {
 		// The owner cannot free the handle while the state is guardBusy.
 		cleanups.Store(t.h, runtime.AddCleanup(t, freeHandle, t.h))
-		t.guard_.Store(guardCleanup)
+		atomic.StoreUint32(&t.guard_, guardCleanup)
 	}
 }
 
@@ -96,11 +109,11 @@ func sweepAll() {
 // its nursery, or its runtime cleanup stopped.
 func (t *Tensor) unguard() {
 	for {
-		switch t.guard_.Load() {
+		switch atomic.LoadUint32(&t.guard_) {
 		case guardNone:
 			return
 		case guardNursery:
-			if t.guard_.CompareAndSwap(guardNursery, guardNone) {
+			if atomic.CompareAndSwapUint32(&t.guard_, guardNursery, guardNone) {
 				return
 			}
 		case guardBusy:
@@ -109,7 +122,7 @@ func (t *Tensor) unguard() {
 			if c, ok := cleanups.LoadAndDelete(t.h); ok {
 				c.(runtime.Cleanup).Stop()
 			}
-			t.guard_.Store(guardNone)
+			atomic.StoreUint32(&t.guard_, guardNone)
 			return
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/dp2osr/dp2o/torch"
@@ -131,4 +132,36 @@ func TestLiveCountsWhileAnotherGoroutineFrees(t *testing.T) {
 	}
 	close(stop)
 	<-done
+}
+
+// Handle objects are recycled through per-thread free lists (pool.cpp). A
+// handle made on one OS thread and freed on another lands on the second
+// thread's list; threads whose lists are full exit and free them. The
+// counts stay exact and nothing freed is used again while alive.
+func TestHandlePoolAcrossThreads(t *testing.T) {
+	before := torch.LiveTensors()
+	ch := make(chan *torch.Tensor, 64)
+	var wg sync.WaitGroup
+	for p := range 2 {
+		wg.Add(2)
+		go func() { // maker, on a thread that exits at the end
+			defer wg.Done()
+			runtime.LockOSThread()
+			for i := range 6000 {
+				ch <- torch.Full([]int64{1}, float64(p*10000+i), torch.Float32, torch.CPU)
+			}
+		}()
+		go func() { // closer, checking each value first
+			defer wg.Done()
+			runtime.LockOSThread()
+			for range 6000 {
+				x := <-ch
+				v := x.Item()
+				assert.True(t, v >= 0 && v < 20000, "value %v", v)
+				x.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	require.Equal(t, before, torch.LiveTensors())
 }

@@ -25,8 +25,8 @@ type Tensor struct {
 	// then never scans one, and a new one is a cheaper, smaller allocation
 	// (24 bytes) on every op. handle and setHandle convert.
 	h      uintptr
-	scope  uint64        // the owning Scope's id; 0 for none
-	guard_ atomic.Uint32 // the safety net's state (guard.go)
+	scope  uint64 // the owning Scope's id; 0 for none
+	guard_ uint32 // the safety net's state (guard.go), accessed atomically
 }
 
 // handle is t.h as the shim's handle type.
@@ -50,7 +50,7 @@ func newTensor(h C.dp2o_tensor) *Tensor {
 			return t
 		}
 	}
-	t.guard()
+	t.guardNew()
 	return t
 }
 

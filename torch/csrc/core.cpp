@@ -21,7 +21,7 @@ void drain_deferred_slow() {
     auto *o = reinterpret_cast<Owned *>(p);
     p = reinterpret_cast<uintptr_t>(o->next);
     live_add(-1, -o->bytes);
-    delete o;
+    dp2o::owned_delete(o);
   }
   live_draining(false);
 }
@@ -155,7 +155,7 @@ void dp2o_tensor_free(dp2o_tensor h) {
   if (!h) return;
   auto *o = static_cast<dp2o::Owned *>(h);
   dp2o::live_add(-1, -o->bytes);
-  delete o;
+  dp2o::owned_delete(o);
 }
 
 uintptr_t *dp2o_deferred_list(void) {

@@ -32,6 +32,12 @@ void live_draining(bool on);
 
 using Owned = dp2o_owned;
 
+// owned_memory returns memory for a new handle object, from the calling
+// thread's free list when it has one (pool.cpp); owned_delete destroys a
+// handle object and keeps its memory on that list.
+void *owned_memory();
+void owned_delete(Owned *o);
+
 inline dp2o_tensor wrap(at::Tensor t) {
   int64_t b = t.defined() ? static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size()) : 0;
   live_add(1, b);
@@ -39,7 +45,7 @@ inline dp2o_tensor wrap(at::Tensor t) {
   // nothing else: small CPU storage, no autograd graph behind the tensor.
   int32_t deferrable = t.defined() && t.device().is_cpu() && !t.requires_grad() && t.has_storage() &&
                        t.storage().nbytes() <= DP2O_DEFERRED_MAX_BYTES;
-  auto *o = new Owned;
+  auto *o = new (owned_memory()) Owned;
   o->next = nullptr;
   o->deferrable = deferrable;
   o->reserved = 0;
