@@ -13,14 +13,11 @@
 #include <thread>
 
 namespace dp2o {
-namespace {
 
-struct LiveSlot {
-  std::atomic<int64_t> tensors;
-  std::atomic<int64_t> bytes;
-  std::atomic<int> draining;  // 1 while this thread frees a deferred list it took
-  int state;                  // 0 unregistered, 1 registered, 2 the thread is exiting
-};
+// Zero-initialised plain data: reaching it needs no guard or wrapper call.
+__thread LiveSlot tl_live __attribute__((tls_model("initial-exec")));
+
+namespace {
 
 std::mutex g_slots_mu;
 std::vector<LiveSlot *> g_slots;
@@ -29,55 +26,53 @@ int64_t g_retired_bytes = 0;
 std::atomic<int64_t> g_exiting_tensors{0};  // counts of threads past their slot's end
 std::atomic<int64_t> g_exiting_bytes{0};
 
-// Zero-initialised and trivially destructible: reaching it needs no guard.
-thread_local LiveSlot tl_slot __attribute__((tls_model("initial-exec")));
+int64_t load(const int64_t &v) { return __atomic_load_n(&v, __ATOMIC_RELAXED); }
 
 struct SlotRetirer {
   ~SlotRetirer() {
     std::lock_guard<std::mutex> lock(g_slots_mu);
-    g_retired_tensors += tl_slot.tensors.load(std::memory_order_relaxed);
-    g_retired_bytes += tl_slot.bytes.load(std::memory_order_relaxed);
-    tl_slot.tensors.store(0, std::memory_order_relaxed);
-    tl_slot.bytes.store(0, std::memory_order_relaxed);
+    g_retired_tensors += load(tl_live.tensors);
+    g_retired_bytes += load(tl_live.bytes);
+    __atomic_store_n(&tl_live.tensors, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&tl_live.bytes, 0, __ATOMIC_RELAXED);
     for (size_t i = 0; i < g_slots.size(); i++) {
-      if (g_slots[i] == &tl_slot) {
+      if (g_slots[i] == &tl_live) {
         g_slots[i] = g_slots.back();
         g_slots.pop_back();
         break;
       }
     }
-    tl_slot.state = 2;
+    tl_live.state = 2;
   }
 };
 thread_local SlotRetirer tl_retirer;
 
 void register_slot() {
   std::lock_guard<std::mutex> lock(g_slots_mu);
-  g_slots.push_back(&tl_slot);
+  g_slots.push_back(&tl_live);
   (void)&tl_retirer;  // odr-use: constructs it, so its destructor runs at thread exit
-  tl_slot.state = 1;
+  tl_live.state = 1;
 }
 
 }  // namespace
 
-void live_add(int64_t tensors, int64_t bytes) {
-  LiveSlot &s = tl_slot;
-  if (s.state != 1) {
-    if (s.state == 2) {  // during the thread's own teardown
-      g_exiting_tensors.fetch_add(tensors, std::memory_order_relaxed);
-      g_exiting_bytes.fetch_add(bytes, std::memory_order_relaxed);
-      return;
-    }
-    register_slot();
+void live_add_slow(int64_t tensors, int64_t bytes) {
+  if (tl_live.state == 2) {  // during the thread's own teardown
+    g_exiting_tensors.fetch_add(tensors, std::memory_order_relaxed);
+    g_exiting_bytes.fetch_add(bytes, std::memory_order_relaxed);
+    return;
   }
-  s.tensors.store(s.tensors.load(std::memory_order_relaxed) + tensors, std::memory_order_relaxed);
-  s.bytes.store(s.bytes.load(std::memory_order_relaxed) + bytes, std::memory_order_relaxed);
+  register_slot();
+  live_add(tensors, bytes);
 }
 
-void live_draining(bool on) {
-  LiveSlot &s = tl_slot;
-  if (s.state == 0) register_slot();
-  s.draining.store(on ? 1 : 0, std::memory_order_release);
+void live_draining_slow(bool on) {
+  if (tl_live.state == 0) {
+    register_slot();
+  }
+  // A thread past its slot's end keeps the flag too, though live_totals
+  // no longer sees it: its counts already went to the exiting totals.
+  __atomic_store_n(&tl_live.draining, on ? 1 : 0, __ATOMIC_RELEASE);
 }
 
 void live_totals(int64_t *tensors, int64_t *bytes) {
@@ -89,13 +84,13 @@ void live_totals(int64_t *tensors, int64_t *bytes) {
   // Another thread may have taken the deferred list an instant before and
   // still be freeing it: wait for it, so that the totals count none of it.
   for (LiveSlot *s : g_slots) {
-    while (s->draining.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+    while (__atomic_load_n(&s->draining, __ATOMIC_ACQUIRE) != 0) std::this_thread::yield();
   }
   int64_t t = g_retired_tensors + g_exiting_tensors.load();
   int64_t b = g_retired_bytes + g_exiting_bytes.load();
   for (LiveSlot *s : g_slots) {
-    t += s->tensors.load(std::memory_order_relaxed);
-    b += s->bytes.load(std::memory_order_relaxed);
+    t += load(s->tensors);
+    b += load(s->bytes);
   }
   *tensors = t;
   *bytes = b;

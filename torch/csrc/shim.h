@@ -22,13 +22,42 @@ struct dp2o_owned : dp2o_owned_head {
 
 namespace dp2o {
 
-// live_add moves the live-handle counters (live.cpp) by tensors handles of
-// bytes bytes in all; live_totals reads them.
-void live_add(int64_t tensors, int64_t bytes);
+// LiveSlot is one thread's share of the live-handle counters (live.cpp):
+// its owner writes it with plain stores, readers sum every thread's under a
+// lock. Fields are read and written with __atomic builtins so that a
+// __thread variable (no TLS wrapper call, initial-exec model) can hold it.
+struct LiveSlot {
+  int64_t tensors;
+  int64_t bytes;
+  int draining;  // 1 while this thread frees a deferred list it took
+  int state;     // 0 unregistered, 1 registered, 2 the thread is exiting
+};
+extern __thread LiveSlot tl_live __attribute__((tls_model("initial-exec")));
+void live_add_slow(int64_t tensors, int64_t bytes);
+void live_draining_slow(bool on);
+
+// live_add moves the live-handle counters by tensors handles of bytes bytes
+// in all (inline: it runs twice per op); live_totals reads them.
+inline void live_add(int64_t tensors, int64_t bytes) {
+  LiveSlot &s = tl_live;
+  if (__builtin_expect(s.state != 1, 0)) {
+    live_add_slow(tensors, bytes);
+    return;
+  }
+  __atomic_store_n(&s.tensors, __atomic_load_n(&s.tensors, __ATOMIC_RELAXED) + tensors, __ATOMIC_RELAXED);
+  __atomic_store_n(&s.bytes, __atomic_load_n(&s.bytes, __ATOMIC_RELAXED) + bytes, __ATOMIC_RELAXED);
+}
 void live_totals(int64_t *tensors, int64_t *bytes);
 // live_draining marks the calling thread as freeing a deferred list it took
 // (live_totals waits for it).
-void live_draining(bool on);
+inline void live_draining(bool on) {
+  LiveSlot &s = tl_live;
+  if (__builtin_expect(s.state != 1, 0)) {
+    live_draining_slow(on);
+    return;
+  }
+  __atomic_store_n(&s.draining, on ? 1 : 0, __ATOMIC_RELEASE);
+}
 
 using Owned = dp2o_owned;
 
