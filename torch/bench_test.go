@@ -50,3 +50,14 @@ func BenchmarkMatmulLarge(b *testing.B) {
 		x.Matmul(y).Close()
 	}
 }
+
+// BenchmarkBareAdd is the reference of the two above: the same at::add on
+// the same 1×1 tensors, looped in C++ inside the shim (no cgo crossing, no
+// handle per op); its cpu-ns/op is the loop's own process CPU time.
+func BenchmarkBareAdd(b *testing.B) {
+	ns, err := torch.BareAddNs(b.N, torch.BareATen)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(ns, "cpu-ns/op")
+}

@@ -69,7 +69,7 @@ func takeList(arr *C.dp2o_tensor, n C.int) []*Tensor {
 
 func optPtr(t *Tensor) C.dp2o_tensor {
 	if t == nil {
-		return nil
+		return 0
 	}
 	return t.ptr()
 }

@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 )
 
 // The garbage collector's safety net for tensors that no scope owns.
@@ -42,7 +41,7 @@ var cleanups sync.Map // uintptr handle → runtime.Cleanup
 // freeHandle is the runtime cleanup of a tensor never closed.
 func freeHandle(h uintptr) {
 	cleanups.Delete(h)
-	C.dp2o_tensor_free(*(*C.dp2o_tensor)(unsafe.Pointer(&h)))
+	C.dp2o_tensor_free(C.dp2o_tensor(h))
 }
 
 // The nursery is a table of slots indexed by a hash of the handle: a

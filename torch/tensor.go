@@ -30,15 +30,22 @@ type Tensor struct {
 }
 
 // handle is t.h as the shim's handle type.
-func (t *Tensor) handle() C.dp2o_tensor { return *(*C.dp2o_tensor)(unsafe.Pointer(&t.h)) }
+func (t *Tensor) handle() C.dp2o_tensor { return C.dp2o_tensor(t.h) }
 
 // setHandle stores a handle in t.h.
-func (t *Tensor) setHandle(h C.dp2o_tensor) { *(*C.dp2o_tensor)(unsafe.Pointer(&t.h)) = h }
+func (t *Tensor) setHandle(h C.dp2o_tensor) { t.h = uintptr(h) }
+
+// headOf is the C header of the shim's object behind handle h. The handle
+// is a C address carried as an integer; the object is C memory, which the
+// garbage collector never tracks or moves.
+func headOf(h C.dp2o_tensor) *C.dp2o_owned_head {
+	return *(**C.dp2o_owned_head)(unsafe.Pointer(&h))
+}
 
 // newTensor wraps a handle returned by the shim and registers it with the
 // calling goroutine's innermost scope, if any.
 func newTensor(h C.dp2o_tensor) *Tensor {
-	if h == nil {
+	if h == 0 {
 		return nil
 	}
 	t := &Tensor{}
@@ -77,7 +84,7 @@ func (t *Tensor) Close() {
 	}
 	t.unguard()
 	h := t.handle()
-	if (*C.dp2o_owned_head)(unsafe.Pointer(h)).deferrable != 0 {
+	if headOf(h).deferrable != 0 {
 		freeLater(h)
 	} else {
 		C.dp2o_tensor_free(h)
@@ -96,9 +103,9 @@ var deferredList = (*uintptr)(unsafe.Pointer(C.dp2o_deferred_list()))
 // handle's memory is its own until then, so the list is linked through
 // its head's next field.
 func freeLater(h C.dp2o_tensor) {
-	head := (*C.dp2o_owned_head)(unsafe.Pointer(h))
+	head := headOf(h)
 	next := (*uintptr)(unsafe.Pointer(&head.next))
-	self := *(*uintptr)(unsafe.Pointer(&h))
+	self := uintptr(h)
 	for {
 		old := atomic.LoadUintptr(deferredList)
 		*next = old

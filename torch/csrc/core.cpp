@@ -153,7 +153,7 @@ void dp2o_set_grad_enabled(int on) { c10::GradMode::set_enabled(on != 0); }
 
 void dp2o_tensor_free(dp2o_tensor h) {
   if (!h) return;
-  auto *o = static_cast<dp2o::Owned *>(h);
+  auto *o = dp2o::owned(h);
   dp2o::live_add(-1, -o->bytes);
   dp2o::owned_delete(o);
 }
@@ -256,7 +256,7 @@ dp2o_err dp2o_tensor_backward(dp2o_tensor h, dp2o_tensor grad, int retain_graph)
 dp2o_err dp2o_tensor_grad(dp2o_tensor h, dp2o_tensor *out) {
   DP2O_TRY
   const at::Tensor &g = T(h).grad();
-  *out = g.defined() ? wrap(g) : nullptr;
+  *out = g.defined() ? wrap(g) : 0;
   DP2O_CATCH
 }
 

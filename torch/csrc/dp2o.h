@@ -15,10 +15,12 @@
 extern "C" {
 #endif
 
-/* A tensor handle points to an opaque struct rather than void: cgo then knows
- * the pointee holds no Go pointers and skips its per-argument pointer check
- * on every call that passes a handle (the shim's hottest path). */
-typedef struct dp2o_owned *dp2o_tensor;
+/* A tensor handle is the address of the shim's struct dp2o_owned, carried as
+ * an integer: cgo checks every pointer argument of every call for Go
+ * pointers (even a pointer to an opaque struct), and a handle, passed on
+ * every op, never holds one. 0 is no tensor. */
+struct dp2o_owned;
+typedef uintptr_t dp2o_tensor;
 
 /* dp2o_owned_head starts the object behind every handle, so that C and Go
  * can read it. deferrable is 1 for a handle whose freeing may wait for the

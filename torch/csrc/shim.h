@@ -80,7 +80,7 @@ inline dp2o_tensor wrap(at::Tensor t) {
   o->reserved = 0;
   o->t = std::move(t);
   o->bytes = b;
-  return o;
+  return reinterpret_cast<dp2o_tensor>(o);
 }
 
 // The handles freed lazily (dp2o_owned_head): a lock-free stack that Go
@@ -91,7 +91,11 @@ inline void drain_deferred() {
   if (g_deferred.load(std::memory_order_relaxed) != 0) drain_deferred_slow();
 }
 
-inline at::Tensor &T(dp2o_tensor h) { return static_cast<Owned *>(h)->t; }
+// owned is the object behind a handle; handle_of is an object's handle.
+inline Owned *owned(dp2o_tensor h) { return reinterpret_cast<Owned *>(h); }
+inline dp2o_tensor handle_of(Owned *o) { return reinterpret_cast<dp2o_tensor>(o); }
+
+inline at::Tensor &T(dp2o_tensor h) { return owned(h)->t; }
 
 inline char *dup_err(const char *msg) {
   size_t n = std::strlen(msg);
@@ -168,7 +172,7 @@ inline void sync_num_threads() {
 // DP2O_TRY_R / DP2O_CATCH_R bracket a function returning a dp2o_result: the
 // body stores the new handle in r_.t; an exception becomes r_.err.
 #define DP2O_TRY_R                  \
-  dp2o_result r_{nullptr, nullptr}; \
+  dp2o_result r_{0, nullptr}; \
   try {                             \
     dp2o::drain_deferred();         \
     dp2o::sync_num_threads();

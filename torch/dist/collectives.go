@@ -142,7 +142,7 @@ func (g *Group) AllGather(t *torch.Tensor) ([]*torch.Tensor, error) {
 	defer C.free(unsafe.Pointer(outs))
 	res := make([]*torch.Tensor, int(n))
 	for i, h := range unsafe.Slice(outs, int(n)) {
-		res[i] = torch.FromUnsafeHandle(unsafe.Pointer(h))
+		res[i] = torch.FromUnsafeHandle(uintptr(h))
 	}
 	return res, nil
 }
