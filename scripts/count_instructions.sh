@@ -8,12 +8,15 @@
 #
 # Each case runs twice, with N1 and N2 ops, and the per-op figure is the
 # difference of the two counts over N2-N1, so that start-up and set-up
-# cancel. The Go cases (torch's BenchmarkBareAdd, BenchmarkAddSmallClose,
-# BenchmarkAddSmall) count only inside the benchmark function, with the
-# garbage collector off (a collection the runtime starts on its own clock
-# would land in one run and not the other; its amortised cost per op is in
-# cmd/torchbench's CPU times); the Python case counts the whole process
-# (`x + y` in a loop, PYTHONHASHSEED=0).
+# cancel. A Go case (torch's BenchmarkBareAdd, BenchmarkAddSmallClose,
+# BenchmarkAddSmall) counts what its benchmark function runs, callees
+# included, on its own thread: the runtime's other threads (a scheduler
+# spinning while a cgo call is long under valgrind) stay out, and the
+# garbage collector is off so that no collection lands in one run and not
+# the other (its amortised cost per op is in cmd/torchbench's CPU times).
+# The Python case is the whole process, `x + y` in a loop (PYTHONHASHSEED=0;
+# two runs of it differ by a few hundred thousand instructions, under 100
+# per op at the defaults). Both with one OpenMP thread.
 # Takes about five minutes: libtorch starts slowly under valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,12 +29,22 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 go test -c -o "$tmp/torch.test" ./torch
 
-# collected LOG: the instruction count callgrind reported in LOG.
-collected() { sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$1"; }
+# collected NAME N: the instruction count of case NAME run with N ops.
+collected() {
+  if [ "$1" = py ]; then
+    sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$tmp/py.$2.log"
+  else
+    # The benchmark function's inclusive count (callgrind_annotate prints
+    # it on the line naming the function in the test binary).
+    callgrind_annotate --threshold=100 --inclusive=yes "$tmp/$1.$2.out" 2>/dev/null |
+      sed -n "s/^ *\([0-9,]*\) .*:github.com\/dp2osr\/dp2o\/torch_test\.$(cat "$tmp/$1.bench") \[.*/\1/p" | head -1 | tr -d ,
+  fi
+}
 
 go_case() { # name bench n
-  (cd torch && GOGC=off GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind --callgrind-out-file=/dev/null \
-    --toggle-collect="*$2" "$tmp/torch.test" -test.run '^$' -test.bench "^$2\$" -test.benchtime "${3}x" \
+  echo "$2" >"$tmp/$1.bench"
+  (cd torch && OMP_NUM_THREADS=1 GOGC=off GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind --callgrind-out-file="$tmp/$1.$3.out" \
+    "$tmp/torch.test" -test.run '^$' -test.bench "^$2\$" -test.benchtime "${3}x" \
     >"$tmp/$1.$3.log" 2>&1)
 }
 cat >"$tmp/loop.py" <<'PYEOF'
@@ -45,7 +58,7 @@ def run(n):
 run(int(sys.argv[1]))
 PYEOF
 py_case() { # n
-  PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/dev/null "$PY" "$tmp/loop.py" "$1" >"$tmp/py.$1.log" 2>&1
+  OMP_NUM_THREADS=1 PYTHONHASHSEED=0 valgrind --tool=callgrind --callgrind-out-file=/dev/null "$PY" "$tmp/loop.py" "$1" >"$tmp/py.$1.log" 2>&1
 }
 
 # Two at a time (callgrind runs one thread of the program at a time).
@@ -56,11 +69,11 @@ py_case "$N1" & py_case "$N2" & wait
 
 per_op() { # name
   local a b
-  a=$(collected "$tmp/$1.$N1.log")
-  b=$(collected "$tmp/$1.$N2.log")
+  a=$(collected "$1" "$N1")
+  b=$(collected "$1" "$N2")
   if [ -z "$a" ] || [ -z "$b" ]; then
     echo "count_instructions: no count for $1 (see valgrind's output below)" >&2
-    cat "$tmp/$1.$N2.log" >&2
+    cat "$tmp/$1.$N2.log" >&2 || true
     exit 1
   fi
   echo $(( (b - a) / (N2 - N1) ))

@@ -12,8 +12,9 @@
 //
 // Scopes are per goroutine. A runtime cleanup frees tensors that escape both
 // as a safety net only, and lazily: it is registered for a tensor still open
-// after 1,024 newer unscoped tensors or a garbage collection, so a forgotten
-// tensor goes at the second collection after it was made, at the latest.
+// when a newer unscoped tensor takes its slot in a 1,024-slot table (hashed
+// by handle) or a garbage collection sweeps the table, so a forgotten tensor
+// goes at the second collection after it was made, at the latest.
 // LiveTensors and LiveBytes count what is alive.
 //
 // Ops have PyTorch's semantics and names (Add, Matmul, Conv2d, Softmax, …);
