@@ -44,6 +44,13 @@ CXXFLAGS ?= -O2
 CXXFLAGS += -std=c++17 -fPIC -Wall -Wno-unused-variable $(ABI_FLAG) $(TORCH_INC) $(CUDA_FLAGS)
 LDLIBS   := $(TORCH_LIB) $(CUDA_LIBS) -Wl,--no-as-needed -ltorch -ltorch_cpu -lc10 -Wl,--as-needed
 
+# The go command hashes only the files in a package's own folder into its
+# build cache key, not the headers cgo includes from torch/csrc: after a change
+# to the shim's C API (dp2o.h) it would reuse Go packages compiled against the
+# old one. A define carrying the headers' hash puts them in the key.
+CGO_CPPFLAGS := $(CGO_CPPFLAGS) -DDP2O_SHIM_HEADERS=$(shell cat torch/csrc/*.h | sha1sum | cut -c1-16)
+export CGO_CPPFLAGS
+
 .PHONY: all setup shim generate test test-refblas bench run fmt clean gpu-bins gpu-check
 
 all: shim
