@@ -29,20 +29,20 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 go test -c -o "$tmp/torch.test" ./torch
 
-# collected NAME N: the instruction count of case NAME run with N ops.
+# collected NAME N [BENCH]: the instruction count of case NAME run with N
+# ops: the whole process for Python, the inclusive count of Go benchmark
+# function BENCH (callgrind_annotate prints it on the line naming the
+# function in the test binary).
 collected() {
-  if [ "$1" = py ]; then
-    sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$tmp/py.$2.log"
+  if [ -z "${3:-}" ]; then
+    sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$tmp/$1.$2.log"
   else
-    # The benchmark function's inclusive count (callgrind_annotate prints
-    # it on the line naming the function in the test binary).
     callgrind_annotate --threshold=100 --inclusive=yes "$tmp/$1.$2.out" 2>/dev/null |
-      sed -n "s/^ *\([0-9,]*\) .*:github.com\/dp2osr\/dp2o\/torch_test\.$(cat "$tmp/$1.bench") \[.*/\1/p" | head -1 | tr -d ,
+      sed -n "s/^ *\([0-9,]*\) .*:github.com\/dp2osr\/dp2o\/torch_test\.$3 \[.*/\1/p" | head -1 | tr -d ,
   fi
 }
 
 go_case() { # name bench n
-  echo "$2" >"$tmp/$1.bench"
   (cd torch && OMP_NUM_THREADS=1 GOGC=off GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind --callgrind-out-file="$tmp/$1.$3.out" \
     "$tmp/torch.test" -test.run '^$' -test.bench "^$2\$" -test.benchtime "${3}x" \
     >"$tmp/$1.$3.log" 2>&1)
@@ -67,10 +67,10 @@ go_case close BenchmarkAddSmallClose "$N1" & go_case close BenchmarkAddSmallClos
 go_case scoped BenchmarkAddSmall "$N1" & go_case scoped BenchmarkAddSmall "$N2" & wait
 py_case "$N1" & py_case "$N2" & wait
 
-per_op() { # name
+per_op() { # name [bench]
   local a b
-  a=$(collected "$1" "$N1")
-  b=$(collected "$1" "$N2")
+  a=$(collected "$1" "$N1" "${2:-}")
+  b=$(collected "$1" "$N2" "${2:-}")
   if [ -z "$a" ] || [ -z "$b" ]; then
     echo "count_instructions: no count for $1 (see valgrind's output below)" >&2
     cat "$tmp/$1.$N2.log" >&2 || true
@@ -78,9 +78,9 @@ per_op() { # name
   fi
   echo $(( (b - a) / (N2 - N1) ))
 }
-bare=$(per_op bare)
-close=$(per_op close)
-scoped=$(per_op scoped)
+bare=$(per_op bare BenchmarkBareAdd)
+close=$(per_op close BenchmarkAddSmallClose)
+scoped=$(per_op scoped BenchmarkAddSmall)
 py=$(per_op py)
 printf 'instructions per 1x1 add: bare C++ %d; Go closed at once %d; Go in scopes of 1000 %d; PyTorch %d\n' "$bare" "$close" "$scoped" "$py"
 awk -v b="$bare" -v c="$close" -v s="$scoped" -v p="$py" 'BEGIN {

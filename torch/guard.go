@@ -20,8 +20,9 @@ import (
 // cleanup. Close takes a tensor out of the nursery with one compare-and-swap.
 //
 // The sweep runs on another goroutine than the tensor's owner, so the
-// tensor's guard state is read and written atomically (but for the first store, before the tensor is published): the sweeper moves a tensor from
-// guardNursery to guardBusy to guardCleanup, and Close moves it from
+// tensor's guard state is read and written atomically (but for a new
+// tensor's first store, before it is published): the sweeper moves a
+// tensor from guardNursery to guardBusy to guardCleanup, and Close moves it from
 // guardNursery to guardNone (or stops the cleanup of a guardCleanup one);
 // a Close that meets guardBusy waits for the sweeper to finish.
 const (
@@ -65,6 +66,12 @@ func nurserySlot(h uintptr) *atomic.Pointer[Tensor] {
 // nursery: its state needs no atomic store before the swap publishes it.
 func (t *Tensor) guardNew() {
 	t.guard_ = guardNursery
+	t.enterNursery()
+}
+
+// enterNursery puts t (in state guardNursery) in its slot, promoting the
+// tensor it evicts.
+func (t *Tensor) enterNursery() {
 	if old := nurserySlot(t.h).Swap(t); old != nil {
 		old.promote()
 	}
@@ -78,9 +85,7 @@ func (t *Tensor) guard() {
 		return
 	}
 	atomic.StoreUint32(&t.guard_, guardNursery)
-	if old := nurserySlot(t.h).Swap(t); old != nil {
-		old.promote()
-	}
+	t.enterNursery()
 }
 
 // promote registers the runtime cleanup of a tensor leaving the nursery

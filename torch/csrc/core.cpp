@@ -18,7 +18,7 @@ void drain_deferred_slow() {
   live_draining(true);
   uintptr_t p = g_deferred.exchange(0, std::memory_order_acq_rel);
   while (p != 0) {
-    auto *o = reinterpret_cast<Owned *>(p);
+    auto *o = owned(p);
     p = reinterpret_cast<uintptr_t>(o->next);
     live_add(-1, -o->bytes);
     dp2o::owned_delete(o);
@@ -167,7 +167,7 @@ void dp2o_drain_deferred(void) { dp2o::drain_deferred(); }
 
 void dp2o_tensor_free_many(const uintptr_t *hs, int64_t n) {
   dp2o::drain_deferred();
-  for (int64_t i = 0; i < n; i++) dp2o_tensor_free(reinterpret_cast<dp2o_tensor>(hs[i]));
+  for (int64_t i = 0; i < n; i++) dp2o_tensor_free(hs[i]);
 }
 
 dp2o_err dp2o_tensor_from_data(const void *data, int64_t nbytes, const int64_t *shape, int ndim, int dtype,

@@ -67,6 +67,10 @@ using Owned = dp2o_owned;
 void *owned_memory();
 void owned_delete(Owned *o);
 
+// owned is the object behind a handle; handle_of is an object's handle.
+inline Owned *owned(dp2o_tensor h) { return reinterpret_cast<Owned *>(h); }
+inline dp2o_tensor handle_of(Owned *o) { return reinterpret_cast<dp2o_tensor>(o); }
+
 inline dp2o_tensor wrap(at::Tensor t) {
   int64_t b = t.defined() ? static_cast<int64_t>(t.numel()) * static_cast<int64_t>(t.element_size()) : 0;
   live_add(1, b);
@@ -80,7 +84,7 @@ inline dp2o_tensor wrap(at::Tensor t) {
   o->reserved = 0;
   o->t = std::move(t);
   o->bytes = b;
-  return reinterpret_cast<dp2o_tensor>(o);
+  return handle_of(o);
 }
 
 // The handles freed lazily (dp2o_owned_head): a lock-free stack that Go
@@ -90,10 +94,6 @@ void drain_deferred_slow();
 inline void drain_deferred() {
   if (g_deferred.load(std::memory_order_relaxed) != 0) drain_deferred_slow();
 }
-
-// owned is the object behind a handle; handle_of is an object's handle.
-inline Owned *owned(dp2o_tensor h) { return reinterpret_cast<Owned *>(h); }
-inline dp2o_tensor handle_of(Owned *o) { return reinterpret_cast<dp2o_tensor>(o); }
 
 inline at::Tensor &T(dp2o_tensor h) { return owned(h)->t; }
 
