@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 
 	"github.com/dp2osr/dp2o/preference"
 	"github.com/dp2osr/dp2o/preference/sample"
@@ -21,17 +20,22 @@ import (
 const ScoresFile = "scores.jsonl"
 
 // ShardScoresFile is the score log of shard i of n.
-func ShardScoresFile(i, n int) string { return fmt.Sprintf("scores.%d-of-%d.jsonl", i, n) }
+func ShardScoresFile(i, n int) string { return sample.ShardFile("scores", i, n) }
 
-// scoreLogs lists dir's score logs: ScoresFile first, then the shard logs
-// by name.
-func scoreLogs(dir string) ([]string, error) {
-	shards, err := filepath.Glob(filepath.Join(dir, "scores.*-of-*.jsonl"))
+// readScoreLogs calls fn with each line of dir's score logs (none yet:
+// none): ScoresFile first, then the shard logs by name.
+func readScoreLogs(dir string, fn func(line []byte) error) error {
+	shards, err := sample.ShardFiles(dir, "scores")
 	if err != nil {
-		return nil, fmt.Errorf("label: %w", err)
+		return fmt.Errorf("label: %w", err)
 	}
-	sort.Strings(shards)
-	return append([]string{filepath.Join(dir, ScoresFile)}, shards...), nil
+	for _, path := range append([]string{filepath.Join(dir, ScoresFile)}, shards...) {
+		err := sample.ReadJSONL(path, func(_ int, b []byte) error { return fn(b) })
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("label: %w", err)
+		}
+	}
+	return nil
 }
 
 // LabelsFile is the default name of the labels file in a candidate folder.
@@ -235,27 +239,21 @@ func matches(s Score, recs []sample.Record) error {
 func scoredOrder(dir string) ([]string, error) {
 	var names []string
 	seen := map[string]bool{}
-	logs, err := scoreLogs(dir)
+	err := readScoreLogs(dir, func(b []byte) error {
+		var s struct {
+			Metric string `json:"metric"`
+		}
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		if !seen[s.Metric] {
+			seen[s.Metric] = true
+			names = append(names, s.Metric)
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	for _, path := range logs {
-		err := sample.ReadJSONL(path, func(_ int, b []byte) error {
-			var s struct {
-				Metric string `json:"metric"`
-			}
-			if err := json.Unmarshal(b, &s); err != nil {
-				return err
-			}
-			if !seen[s.Metric] {
-				seen[s.Metric] = true
-				names = append(names, s.Metric)
-			}
-			return nil
-		})
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("label: %w", err)
-		}
 	}
 	return names, nil
 }
@@ -265,22 +263,16 @@ func scoredOrder(dir string) ([]string, error) {
 // earlier one (the shard logs are read after ScoresFile, by name).
 func ReadScores(dir string) (map[key]Score, error) {
 	out := map[key]Score{}
-	logs, err := scoreLogs(dir)
+	err := readScoreLogs(dir, func(b []byte) error {
+		var s Score
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		out[key{s.Input, s.Metric}] = s
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	for _, path := range logs {
-		err := sample.ReadJSONL(path, func(_ int, b []byte) error {
-			var s Score
-			if err := json.Unmarshal(b, &s); err != nil {
-				return err
-			}
-			out[key{s.Input, s.Metric}] = s
-			return nil
-		})
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("label: %w", err)
-		}
 	}
 	return out, nil
 }

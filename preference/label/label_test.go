@@ -233,13 +233,20 @@ func (c cancelAfter) Score(ctx context.Context, img, ref *torch.Tensor) ([]float
 	return c.Scorer.Score(ctx, img, ref)
 }
 
-func TestResume(t *testing.T) {
-	testutil.NoLeak(t)
-	dir := candidateSet(t, 3, 4)
+// scoredCopy copies candidate folder dir and scores the copy in one
+// unsharded, uninterrupted run: the reference of the resume and shard tests.
+func scoredCopy(t *testing.T, dir string) string {
 	whole := filepath.Join(t.TempDir(), "copy")
 	require.NoError(t, os.CopyFS(whole, os.DirFS(dir)))
 	_, err := Run(context.Background(), Job{Dir: whole, Metrics: metrics, Open: opener(nil)})
 	require.NoError(t, err)
+	return whole
+}
+
+func TestResume(t *testing.T) {
+	testutil.NoLeak(t)
+	dir := candidateSet(t, 3, 4)
+	whole := scoredCopy(t, dir)
 	want, err := ReadScores(whole)
 	require.NoError(t, err)
 
@@ -333,10 +340,7 @@ func TestBadInput(t *testing.T) {
 func TestShards(t *testing.T) {
 	testutil.NoLeak(t)
 	dir := candidateSet(t, 5, 3)
-	whole := filepath.Join(t.TempDir(), "copy")
-	require.NoError(t, os.CopyFS(whole, os.DirFS(dir)))
-	_, err := Run(context.Background(), Job{Dir: whole, Metrics: metrics, Open: opener(nil)})
-	require.NoError(t, err)
+	whole := scoredCopy(t, dir)
 	want, err := Build(whole, metrics)
 	require.NoError(t, err)
 

@@ -45,8 +45,22 @@ func CandidateFile(id string, k int) string {
 	return filepath.Join(CandidateDir, id, fmt.Sprintf("%s_%03d.png", id, k))
 }
 
+// ShardFile is the JSON-lines file of shard i of n whose unsharded name is
+// base + ".jsonl" (a shard's manifest, a shard's score log).
+func ShardFile(base string, i, n int) string { return fmt.Sprintf("%s.%d-of-%d.jsonl", base, i, n) }
+
+// ShardFiles lists dir's ShardFile files of base, sorted by name.
+func ShardFiles(dir, base string) ([]string, error) {
+	m, err := filepath.Glob(filepath.Join(dir, base+".*-of-*.jsonl"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(m)
+	return m, nil
+}
+
 // ShardManifest is the manifest file of shard i of n.
-func ShardManifest(i, n int) string { return fmt.Sprintf("manifest.%d-of-%d.jsonl", i, n) }
+func ShardManifest(i, n int) string { return ShardFile("manifest", i, n) }
 
 // ManifestFile is the merged manifest (written by Merge).
 const ManifestFile = "manifest.jsonl"
@@ -75,14 +89,7 @@ func ReadManifest(dir string) ([]Record, error) {
 }
 
 // shardManifests lists dir's shard manifest files, sorted.
-func shardManifests(dir string) ([]string, error) {
-	m, err := filepath.Glob(filepath.Join(dir, "manifest.*-of-*.jsonl"))
-	if err != nil {
-		return nil, err
-	}
-	sort.Strings(m)
-	return m, nil
-}
+func shardManifests(dir string) ([]string, error) { return ShardFiles(dir, "manifest") }
 
 // JSONL appends records to a JSON-lines file (a manifest, a score log),
 // holding an exclusive lock on it so that two processes never write one
