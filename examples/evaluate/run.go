@@ -8,11 +8,11 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/urfave/cli/v2"
 
 	"github.com/dp2osr/dp2o/examples/internal/candidates"
 	"github.com/dp2osr/dp2o/examples/internal/launch"
+	"github.com/dp2osr/dp2o/examples/internal/progress"
 	"github.com/dp2osr/dp2o/preference"
 	"github.com/dp2osr/dp2o/preference/eval"
 	"github.com/dp2osr/dp2o/preference/label"
@@ -124,7 +124,7 @@ func runTable(c *cli.Context) error {
 		n, d := named(spec)
 		folders = append(folders, eval.Folder{Name: n, Dir: d})
 	}
-	tab, err := eval.ScoreFolders(c.Context, folders, c.String("hr_dir"), h.Scorers, dev, bar(c, "images"))
+	tab, err := eval.ScoreFolders(c.Context, folders, c.String("hr_dir"), h.Scorers, dev, progress.New(c, "images").Update())
 	if err != nil {
 		return err
 	}
@@ -199,24 +199,6 @@ func openMetrics(c *cli.Context) ([]string, *reward.Hybrid, torch.Device, error)
 	return names, h, dev, err
 }
 
-// bar is a progress bar on the error stream, or nil with --quiet.
-func bar(c *cli.Context, what string) func(done, total int) {
-	if c.Bool("quiet") {
-		return nil
-	}
-	var b *progressbar.ProgressBar
-	return func(done, total int) {
-		if b == nil {
-			b = progressbar.NewOptions(total, progressbar.OptionSetDescription(what), progressbar.OptionSetWriter(c.App.ErrWriter),
-				progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
-		}
-		b.Set(done)
-		if done == total {
-			b.Finish()
-		}
-	}
-}
-
 func runModel(c *cli.Context) error {
 	est, err := eval.ParseEstimator(c.String("estimator"))
 	if err != nil {
@@ -241,7 +223,7 @@ func runModel(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	job.Progress = bar(c, "candidates")
+	job.Progress = progress.New(c, "candidates").Update()
 	if _, err := sample.Run(c.Context, job); err != nil {
 		return err
 	}
@@ -253,7 +235,7 @@ func runModel(c *cli.Context) error {
 	for i, s := range h.Scorers {
 		scorers[names[i]] = s
 	}
-	lj := label.Job{Dir: work, Metrics: names, Device: dev, Progress: bar(c, "scores"),
+	lj := label.Job{Dir: work, Metrics: names, Device: dev, Progress: progress.New(c, "scores").Update(),
 		Open: func(name string) (reward.Scorer, error) { return keepOpen{scorers[name]}, nil }}
 	if _, err := label.Run(c.Context, lj); err != nil {
 		return err

@@ -5,10 +5,10 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/urfave/cli/v2"
 
 	"github.com/dp2osr/dp2o/examples/internal/launch"
+	"github.com/dp2osr/dp2o/examples/internal/progress"
 	"github.com/dp2osr/dp2o/preference/label"
 	"github.com/dp2osr/dp2o/reward"
 	_ "github.com/dp2osr/dp2o/reward/all" // every metric
@@ -72,20 +72,10 @@ func run(c *cli.Context) error {
 	dir := c.String("candidates")
 	job := label.Job{Dir: dir, Metrics: names, Open: open, Device: dev, BatchSize: c.Int("batch_size"),
 		Shard: shard, NumShards: numShards}
-	var bar *progressbar.ProgressBar
-	if !c.Bool("quiet") {
-		job.Progress = func(done, total int) {
-			if bar == nil {
-				bar = progressbar.NewOptions(total, progressbar.OptionSetDescription("scores (input × metric)"), progressbar.OptionSetWriter(c.App.ErrWriter),
-					progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
-			}
-			bar.Set(done)
-		}
-	}
+	bar := progress.New(c, "scores (input × metric)")
+	job.Progress = bar.Update()
 	sum, err := label.Run(c.Context, job)
-	if bar != nil {
-		bar.Finish()
-	}
+	bar.Finish()
 	if err != nil {
 		return err
 	}

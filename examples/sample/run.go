@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/schollz/progressbar/v3"
 	"github.com/urfave/cli/v2"
 
 	"github.com/dp2osr/dp2o/examples/internal/candidates"
 	"github.com/dp2osr/dp2o/examples/internal/launch"
+	"github.com/dp2osr/dp2o/examples/internal/progress"
 	"github.com/dp2osr/dp2o/preference/sample"
 )
 
@@ -65,20 +65,10 @@ func run(c *cli.Context) error {
 	}
 	job.Shard, job.NumShards = shard, numShards
 	job.SkipBadInputs = onError == "skip"
-	var bar *progressbar.ProgressBar
-	if !c.Bool("quiet") {
-		job.Progress = func(done, total int) {
-			if bar == nil {
-				bar = progressbar.NewOptions(total, progressbar.OptionSetDescription("candidates"), progressbar.OptionSetWriter(c.App.ErrWriter),
-					progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionClearOnFinish())
-			}
-			bar.Set(done)
-		}
-	}
+	bar := progress.New(c, "candidates")
+	job.Progress = bar.Update()
 	sum, err := sample.Run(c.Context, job)
-	if bar != nil {
-		bar.Finish()
-	}
+	bar.Finish()
 	if err != nil {
 		return err
 	}
