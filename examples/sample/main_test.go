@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -51,13 +52,19 @@ func data(t *testing.T) string {
 	return dir
 }
 
+// tinySD2Args are the flags of a small sampling run of the tiny SD2 models
+// over input folder in (3 candidates of each input, 2 steps), then extra.
+func tinySD2Args(in string, extra ...string) []string {
+	return slices.Clip(append([]string{"--input_dir", in, "--num_candidates", "3", "--batch_size", "2",
+		"--num_inference_steps", "2", "--process_size", "64", "--prompt", "house", "--device", "cpu", "--quiet",
+		"--pretrained_model_name_or_path", filepath.Join(assets, "tiny-sd2"),
+		"--controlnet_model_name_or_path", filepath.Join(assets, "tiny-sd2", "controlnet", "model.safetensors")}, extra...))
+}
+
 func TestShardsMergeAndRerun(t *testing.T) {
 	in := data(t)
 	out := filepath.Join(t.TempDir(), "cands")
-	common := []string{"--input_dir", in, "--output_dir", out, "--num_candidates", "3", "--batch_size", "2",
-		"--num_inference_steps", "2", "--process_size", "64", "--prompt", "house", "--device", "cpu", "--quiet",
-		"--pretrained_model_name_or_path", filepath.Join(assets, "tiny-sd2"),
-		"--controlnet_model_name_or_path", filepath.Join(assets, "tiny-sd2", "controlnet", "model.safetensors")}
+	common := tinySD2Args(in, "--output_dir", out)
 	for i := 0; i < 2; i++ {
 		msg, err := runApp(append(common, "--shard", string(rune('0'+i)), "--num_shards", "2")...)
 		require.NoError(t, err, msg)

@@ -36,11 +36,7 @@ func TestTorchrunRanks(t *testing.T) {
 	}
 	in := data(t)
 	tmp := t.TempDir()
-	common := []string{"--input_dir", in, "--num_candidates", "3", "--batch_size", "2",
-		"--num_inference_steps", "2", "--process_size", "64", "--prompt", "house", "--device", "cpu", "--quiet",
-		"--pretrained_model_name_or_path", filepath.Join(assets, "tiny-sd2"),
-		"--controlnet_model_name_or_path", filepath.Join(assets, "tiny-sd2", "controlnet", "model.safetensors")}
-	with := func(extra ...string) []string { return append(append([]string{}, common...), extra...) }
+	with := func(extra ...string) []string { return tinySD2Args(in, extra...) }
 	threads := "OMP_NUM_THREADS=1"
 
 	single := filepath.Join(tmp, "single")
