@@ -96,17 +96,13 @@ func best(repeat, n int, f func(n int)) float64 {
 	return float64(b.Nanoseconds()) / float64(n)
 }
 
-// bestBare is best for the shim's C++ loop, which times itself.
-func bestBare(repeat, n int, loop torch.BareLoop) float64 {
-	b := math.Inf(1)
-	for range repeat {
-		ns, err := torch.BareAddNs(n, loop)
-		if err != nil {
-			panic(err)
-		}
-		b = min(b, ns)
+// bareRun is one run of the shim's C++ loop, which times itself (ns/op).
+func bareRun(n int, loop torch.BareLoop) float64 {
+	ns, err := torch.BareAddNs(n, loop)
+	if err != nil {
+		panic(err)
 	}
-	return b
+	return ns
 }
 
 // config holds the command's flags.
@@ -190,11 +186,11 @@ func run(threads []int, cfg config) (err error) {
 			for range rounds {
 				// Cases freeing each result at once come first: those that
 				// free 1000 at a time leave the C allocator's free lists long.
-				bare = min(bare, bestBare(1, smallN, torch.BareATen))
-				bareHandles = min(bareHandles, bestBare(1, smallN, torch.BareHandles))
+				bare = min(bare, bareRun(smallN, torch.BareATen))
+				bareHandles = min(bareHandles, bareRun(smallN, torch.BareHandles))
 				goRaw = min(goRaw, best(1, smallN, func(n int) { torch.RawAddClose(x, y, n) }))
 				goClose = min(goClose, best(1, smallN, addClose))
-				bareScoped = min(bareScoped, bestBare(1, smallN, torch.BareScoped))
+				bareScoped = min(bareScoped, bareRun(smallN, torch.BareScoped))
 				goAdd = min(goAdd, best(1, smallN, addScoped))
 			}
 		}
