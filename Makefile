@@ -61,8 +61,11 @@ setup:
 
 shim: $(SHIM)
 
+# -z defs: every symbol the shim names must resolve in the libraries it links
+# now, not at its first call in a user's process (a CUDA runtime function
+# reached only through libtorch_cuda's own dependencies once slipped through).
 $(SHIM): $(OBJ)
-	$(CXX) -shared -o $@ $(OBJ) $(LDLIBS)
+	$(CXX) -shared -Wl,-z,defs -o $@ $(OBJ) $(LDLIBS)
 
 $(BUILD)/obj/%.o: torch/csrc/%.cpp $(wildcard torch/csrc/*.h)
 	@mkdir -p $(dir $@)

@@ -4,9 +4,12 @@
 #include "shim.h"
 
 #ifdef DP2O_CUDA
+// Device properties come through ATen (libtorch_cuda), not the CUDA
+// runtime: the shim then names no libcudart symbol, which a pip wheel ships
+// only as libcudart.so.12 (no unversioned name to link with -lcudart).
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
-#include <cuda_runtime_api.h>
 #endif
 
 extern "C" {
@@ -44,10 +47,10 @@ dp2o_err dp2o_cuda_reset_peak(int device) {
 
 dp2o_err dp2o_cuda_device_name(int device, char *buf, int n) {
   DP2O_TRY
-  cudaDeviceProp prop;
-  auto rc = cudaGetDeviceProperties(&prop, device);
-  TORCH_CHECK(rc == cudaSuccess, "cudaGetDeviceProperties: ", cudaGetErrorString(rc));
-  std::snprintf(buf, n, "%s", prop.name);
+  TORCH_CHECK(device >= 0 && device < static_cast<int>(c10::cuda::device_count()), "CUDA device ", device,
+              " does not exist (", static_cast<int>(c10::cuda::device_count()), " visible)");
+  const cudaDeviceProp *prop = at::cuda::getDeviceProperties(static_cast<c10::DeviceIndex>(device));
+  std::snprintf(buf, n, "%s", prop->name);
   DP2O_CATCH
 }
 #else
