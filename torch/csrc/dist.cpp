@@ -318,6 +318,18 @@ struct Reducer {
   std::vector<std::pair<std::shared_ptr<torch::autograd::Node>, uintptr_t>> hooks;
 };
 
+// set_use_libuv sets TCPStoreOptions::useLibUV where this libtorch has it
+// (2.2 and later) and reports whether it did.
+template <typename O>
+auto set_use_libuv(O &o, bool v, int) -> decltype(o.useLibUV = v, true) {
+  o.useLibUV = v;
+  return true;
+}
+template <typename O>
+bool set_use_libuv(O &, bool, long) {
+  return false;
+}
+
 }  // namespace dist
 }  // namespace dp2o
 
@@ -338,7 +350,20 @@ dp2o_err dp2o_dist_tcp_store(const char *host, int port, int is_server, int worl
   if (world_size > 0) o.numWorkers = static_cast<std::size_t>(world_size);
   o.waitWorkers = world_size > 0;
   o.timeout = std::chrono::milliseconds(timeout_ms);
-  auto s = c10::make_intrusive<c10d::TCPStore>(std::string(host), o);
+  // libtorch 2.4+ asks for the libuv server by default (USE_LIBUV=0 turns it
+  // off, as in torch.distributed) and rejects it where it was built without
+  // libuv (Debian's libtorch 2.6): then the classic server, as torchrun does.
+  const char *uv = std::getenv("USE_LIBUV");
+  const bool want_uv = !(uv && std::string(uv) == "0");
+  const bool has_uv = dp2o::dist::set_use_libuv(o, want_uv, 0);
+  c10::intrusive_ptr<c10d::TCPStore> s;
+  try {
+    s = c10::make_intrusive<c10d::TCPStore>(std::string(host), o);
+  } catch (const c10::Error &e) {
+    if (!has_uv || !want_uv || std::string(e.what()).find("libuv") == std::string::npos) throw;
+    dp2o::dist::set_use_libuv(o, false, 0);
+    s = c10::make_intrusive<c10d::TCPStore>(std::string(host), o);
+  }
   *out = new dp2o::dist::Store{s};
   DP2O_CATCH
 }
