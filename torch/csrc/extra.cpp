@@ -46,6 +46,34 @@ at::Tensor interpolate(const at::Tensor &x, at::IntArrayRef size, int64_t mode, 
   TORCH_CHECK(false, "interpolate: unknown mode ", mode);
 }
 
+// linear is F.linear and matmul is torch.matmul, with a kernel that does not
+// depend on whether an operand requires grad. libtorch 2.x's matmul folds a
+// (…, n) operand times a matrix into one mm when an operand requires grad,
+// but without grad only when the fold needs no copy, and otherwise runs a
+// broadcast bmm, which rounds differently: a frozen reference copy of a
+// model being trained (DPO's, at step 0) would then differ from it in the
+// last bits wherever a linear layer reads a strided view. A contiguous
+// operand folds either way (libtorch 1.x always folds).
+at::Tensor linear(const at::Tensor &x, const at::Tensor &w, const c10::optional<at::Tensor> &b) {
+  return at::linear(x.dim() > 2 ? x.contiguous() : x, w, b);
+}
+
+at::Tensor matmul(const at::Tensor &a, const at::Tensor &b) {
+  if (a.dim() > 2 && b.dim() <= 2) return at::matmul(a.contiguous(), b);
+  return at::matmul(a, b);
+}
+
+// max_pool2d is F.max_pool2d. A oneDNN (mkldnn) input goes straight to
+// mkldnn_max_pool2d, which is what max_pool2d's composite kernel calls for it:
+// where a libtorch also registers a Vulkan kernel for max_pool2d (Debian's
+// 2.6), the dispatcher rejects an mkldnn tensor at the composite entry with an
+// internal assert ("kernels registered to both CompositeImplicitAutograd and a
+// backend mapped to AutogradOther").
+at::Tensor max_pool2d(const at::Tensor &x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding) {
+  if (x.is_mkldnn()) return at::mkldnn_max_pool2d(x, kernel, stride, padding);
+  return at::max_pool2d(x, kernel, stride, padding);
+}
+
 // pad mirrors F.pad: mode 0 constant, 1 reflect, 2 replicate. pad lists
 // (left, right, top, bottom, ...) from the last dimension backwards.
 at::Tensor pad(const at::Tensor &x, at::IntArrayRef p, int64_t mode, double value) {

@@ -7,7 +7,7 @@ dp2o_result dp2o_matmul(dp2o_tensor self_, dp2o_tensor other_) {
   DP2O_TRY_R
   const at::Tensor &self = dp2o::T(self_);
   const at::Tensor &other = dp2o::T(other_);
-  r_.t = dp2o::wrap(at::matmul(self, other));
+  r_.t = dp2o::wrap(dp2o::matmul(self, other));
   DP2O_CATCH_R
 }
 
@@ -43,7 +43,7 @@ dp2o_result dp2o_linear(dp2o_tensor input_, dp2o_tensor weight_, dp2o_tensor bia
   const at::Tensor &input = dp2o::T(input_);
   const at::Tensor &weight = dp2o::T(weight_);
   c10::optional<at::Tensor> bias = dp2o::opt_tensor(bias_);
-  r_.t = dp2o::wrap(at::linear(input, weight, bias));
+  r_.t = dp2o::wrap(dp2o::linear(input, weight, bias));
   DP2O_CATCH_R
 }
 
@@ -167,7 +167,7 @@ dp2o_result dp2o_max_pool2d(dp2o_tensor input_, const int64_t *kernel_p, int ker
   at::IntArrayRef kernel(kernel_p, kernel_n);
   at::IntArrayRef stride(stride_p, stride_n);
   at::IntArrayRef padding(padding_p, padding_n);
-  r_.t = dp2o::wrap(at::max_pool2d(input, kernel, stride, padding));
+  r_.t = dp2o::wrap(dp2o::max_pool2d(input, kernel, stride, padding));
   DP2O_CATCH_R
 }
 

@@ -212,13 +212,13 @@ at::Tensor attention_ref(const at::Tensor &x, const at::Tensor &ctx, const at::T
   auto split = [&](const at::Tensor &t) { return t.view({B, -1, heads, d}).transpose(1, 2); };
   at::Tensor o;
   {  // q, k, v are freed before the output projection
-    auto q = split(at::linear(x, wq));
-    auto k = split(at::linear(ctx, wk));
-    auto v = split(at::linear(ctx, wv));
+    auto q = split(dp2o::linear(x, wq, c10::nullopt));
+    auto k = split(dp2o::linear(ctx, wk, c10::nullopt));
+    auto v = split(dp2o::linear(ctx, wv, c10::nullopt));
     o = sdpa(q, k, v, c10::nullopt, false, 0, true);
   }
   o = o.transpose(1, 2).reshape({B, -1, heads * d});
-  return at::linear(o, wo, bo);
+  return dp2o::linear(o, wo, bo);
 }
 
 }  // namespace
@@ -230,7 +230,7 @@ at::Tensor fast_linear(const at::Tensor &x, const at::Tensor &w, const c10::opti
     auto y = xlinear(x, w, b);
     if (finite(y)) return y;
   }
-  return at::linear(x, w, b);
+  return dp2o::linear(x, w, b);
 }
 
 at::Tensor attention(const at::Tensor &x, const c10::optional<at::Tensor> &ctx_opt, const at::Tensor &wq,
@@ -294,12 +294,12 @@ at::Tensor geglu_ff(const at::Tensor &x, const at::Tensor &w1, const c10::option
   auto ref = [&] {
     at::Tensor h;
     {  // the 8·dim-wide projection is freed before the output projection
-      auto p = at::linear(x, w1, b1);
+      auto p = dp2o::linear(x, w1, b1);
       auto parts = p.chunk(2, -1);
       auto g = at::gelu(parts[1]);
       h = parts[0] * g;
     }
-    return at::linear(h, w2, b2);
+    return dp2o::linear(h, w2, b2);
   };
   bool fast = linear_shapes_ok(x, w1, b1) && w1.size(0) % 2 == 0 && w2.dim() == 2 && w2.size(1) * 2 == w1.size(0) &&
               fast_ok({&x, &w1, opt_ptr(b1), &w2, opt_ptr(b2)});

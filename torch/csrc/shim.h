@@ -203,6 +203,9 @@ inline at::TensorOptions opts(at::ScalarType dtype, int64_t type, int64_t index)
 at::Tensor rms_norm(const at::Tensor &x, const c10::optional<at::Tensor> &weight, double eps);
 at::Tensor interpolate(const at::Tensor &x, at::IntArrayRef size, int64_t mode, bool align_corners, bool antialias);
 at::Tensor pad(const at::Tensor &x, at::IntArrayRef pad, int64_t mode, double value);
+at::Tensor linear(const at::Tensor &x, const at::Tensor &w, const c10::optional<at::Tensor> &b);
+at::Tensor matmul(const at::Tensor &a, const at::Tensor &b);
+at::Tensor max_pool2d(const at::Tensor &x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding);
 at::Tensor sdpa(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, const c10::optional<at::Tensor> &mask,
                 bool causal, double scale, bool math);
 at::Tensor clip_grad_norm(std::vector<at::Tensor> params, double max_norm, double norm_type);
