@@ -176,3 +176,27 @@ func TestNoGradAcrossGoroutines(t *testing.T) {
 	require.ErrorContains(t, err, "boom")
 	require.True(t, torch.GradEnabled())
 }
+
+// TestLinearKernelIgnoresRequiresGrad: a linear layer (and a matmul of a
+// batch of rows by a matrix) gives the same bits whether or not an operand
+// requires grad, even on a strided view, so that a frozen copy of a model
+// computes exactly what the trained model does (a DPO reference at step 0).
+// libtorch 2.x picks mm or a broadcast bmm by requires_grad for such a view.
+func TestLinearKernelIgnoresRequiresGrad(t *testing.T) {
+	testutil.NoLeak(t)
+	s := torch.NewScope()
+	defer s.Close()
+	gen := torch.MustGenerator(torch.CPU, 1)
+	dev := testutil.Device(t)
+	full := torch.Randn([]int64{3, 20, 48}, gen, torch.Float32, dev)
+	x := full.Narrow(1, 5, 11) // (3, 11, 48), not foldable without a copy
+	w := torch.Randn([]int64{40, 48}, gen, torch.Float32, dev)
+	b := torch.Randn([]int64{40}, gen, torch.Float32, dev)
+	frozen := torch.Linear(x, w, b)
+	frozenMM := x.Matmul(w.Transpose(0, 1))
+	wg, bg := w.Clone().SetRequiresGrad(true), b.Clone().SetRequiresGrad(true)
+	trained := torch.Linear(x, wg, bg).Detach()
+	trainedMM := x.Matmul(wg.Transpose(0, 1)).Detach()
+	testutil.AssertEqual(t, "linear", trained, frozen)
+	testutil.AssertEqual(t, "matmul", trainedMM, frozenMM)
+}
