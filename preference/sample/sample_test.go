@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -174,10 +175,39 @@ func TestBatchOfOneIsUpscale(t *testing.T) {
 		one, err := s.Candidates(context.Background(), lr, o.Prompt, []uint64{seed})
 		require.NoError(t, err)
 		require.Equal(t, want.Pix, one[0].Pix, "seed %d: a batch of one is not (*SD2).Upscale", seed)
-		d := maxDiff(batch[i].Pix, want.Pix)
-		t.Logf("seed %d: batch of %d vs one at a time: max |diff| %d/255", seed, len(seeds), d)
-		require.LessOrEqual(t, d, 2, "seed %d: batched candidate differs from the single one", seed)
+		assertBatchedLikeSingle(t, seed, batch, i, want.Pix)
 	}
+}
+
+// assertBatchedLikeSingle checks candidate i of a batch against the same
+// seed sampled alone (want). Batching changes only the summation order of
+// the models' kernels (libtorch picks them by batch size), which the
+// sampler's steps amplify into a level here and there, a few more on
+// another libtorch (2.6: one pixel three levels off). So the measure is
+// relative to what a wrong candidate looks like: the mean difference must
+// stay below 1% of the mean difference to the batch's next candidate (another
+// seed), and at most 0.1% of the values may be more than one level off.
+func assertBatchedLikeSingle(t *testing.T, seed uint64, batch []*imageio.RGB8, i int, want []uint8) {
+	t.Helper()
+	got, other := batch[i].Pix, batch[(i+1)%len(batch)].Pix
+	require.Len(t, got, len(want))
+	var sum, cross float64
+	over := 0
+	for j := range want {
+		d := math.Abs(float64(got[j]) - float64(want[j]))
+		sum += d
+		if d > 1 {
+			over++
+		}
+		cross += math.Abs(float64(other[j]) - float64(want[j]))
+	}
+	n := float64(len(want))
+	t.Logf("seed %d: batch of %d vs one at a time: max |diff| %d/255, mean %.2g levels (another seed: %.3g), %d values more than one level off",
+		seed, len(batch), maxDiff(got, want), sum/n, cross/n, over)
+	if len(batch) > 1 {
+		require.Less(t, sum, 0.01*cross, "seed %d: the batched candidate is as far from the single one as another seed's", seed)
+	}
+	require.LessOrEqual(t, float64(over), 0.001*n, "seed %d: batched candidate differs from the single one", seed)
 }
 
 func maxDiff(a, b []uint8) int {
@@ -212,9 +242,7 @@ func TestFLUXBatchOfOneIsUpscale(t *testing.T) {
 		one, err := s.Candidates(context.Background(), lr, o.Prompt, []uint64{seed})
 		require.NoError(t, err)
 		require.Equal(t, want.Pix, one[0].Pix, "seed %d: a batch of one is not (*CFLUX).Upscale", seed)
-		d := maxDiff(batch[i].Pix, want.Pix)
-		t.Logf("seed %d: batch of %d vs one at a time: max |diff| %d/255", seed, len(seeds), d)
-		require.LessOrEqual(t, d, 2)
+		assertBatchedLikeSingle(t, seed, batch, i, want.Pix)
 	}
 }
 
