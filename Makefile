@@ -51,7 +51,7 @@ LDLIBS   := $(TORCH_LIB) $(CUDA_LIBS) -Wl,--no-as-needed -ltorch -ltorch_cpu -lc
 CGO_CPPFLAGS := $(CGO_CPPFLAGS) -DDP2O_SHIM_HEADERS=$(shell cat torch/csrc/*.h | sha1sum | cut -c1-16)
 export CGO_CPPFLAGS
 
-.PHONY: all setup shim generate test test-refblas bench run fmt clean gpu-bins gpu-check
+.PHONY: all setup shim generate test test-refblas test-libtorch2 bench run fmt clean gpu-bins gpu-check
 
 all: shim
 
@@ -87,6 +87,11 @@ REFBLAS_DIR ?= /usr/lib/$(shell gcc -print-multiarch 2>/dev/null)/blas
 test-refblas: $(SHIM)
 	@test -f $(REFBLAS_DIR)/libblas.so.3 || { echo "no reference BLAS in $(REFBLAS_DIR) (apt-get install libblas3)"; exit 1; }
 	LD_LIBRARY_PATH=$(REFBLAS_DIR)$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} go test -count=1 ./...
+
+# The same suite against libtorch 2.x (Debian trixie's 2.6, CPU) in a chroot;
+# needs root. The GPU machines' torch is 2.x: its code paths are tested here.
+test-libtorch2:
+	scripts/test-libtorch2.sh
 
 bench: $(SHIM)
 	go test -run '^$$' -bench . -benchtime 2s ./torch/
