@@ -61,7 +61,7 @@ func TestAutogradMatchesPyTorch(t *testing.T) {
 	for _, c := range fx.cases {
 		if strings.HasPrefix(c.Op, "mlp_") {
 			n++
-			t.Run(c.Name, func(t *testing.T) { runCase(t, fx, c) })
+			t.Run(c.Name, func(t *testing.T) { runCase(t, fx, c, opImpls[c.Op]) })
 		}
 	}
 	require.Equal(t, 2, n)

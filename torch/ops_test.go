@@ -96,6 +96,16 @@ var padModes = map[string]torch.PadMode{
 
 func one(t *torch.Tensor) []*torch.Tensor { return []*torch.Tensor{t} }
 
+// sdpaImpl replays F.scaled_dot_product_attention in the reference's math
+// order, or (math false) through libtorch's fused kernels, which 2.x has and
+// the CUDA pipelines use (1.x runs the math order either way).
+func sdpaImpl(math bool) func(a *opArgs) []*torch.Tensor {
+	return func(a *opArgs) []*torch.Tensor {
+		return one(torch.ScaledDotProductAttention(a.in[0], a.in[1], a.in[2],
+			torch.AttentionOpts{Mask: a.in[3], Causal: a.Bool("causal"), Scale: a.Float("scale"), Math: math}))
+	}
+}
+
 // opImpls replays each op of gen_ops.py through the binding.
 var opImpls = map[string]func(a *opArgs) []*torch.Tensor{
 	"interpolate": func(a *opArgs) []*torch.Tensor {
@@ -108,10 +118,7 @@ var opImpls = map[string]func(a *opArgs) []*torch.Tensor{
 		require.True(a.t, ok)
 		return one(a.in[0].Pad(a.Ints("pad"), mode, a.Float("value")))
 	},
-	"sdpa": func(a *opArgs) []*torch.Tensor {
-		return one(torch.ScaledDotProductAttention(a.in[0], a.in[1], a.in[2],
-			torch.AttentionOpts{Mask: a.in[3], Causal: a.Bool("causal"), Scale: a.Float("scale"), Math: true}))
-	},
+	"sdpa":        sdpaImpl(true),
 	"gelu":        func(a *opArgs) []*torch.Tensor { return one(a.in[0].Gelu()) },
 	"gelu_tanh":   func(a *opArgs) []*torch.Tensor { return one(a.in[0].GeluTanh()) },
 	"silu":        func(a *opArgs) []*torch.Tensor { return one(a.in[0].Silu()) },
@@ -209,10 +216,9 @@ func loadOps(t *testing.T) opsFixture {
 }
 
 // runCase replays one case and compares every output.
-func runCase(t *testing.T, fx opsFixture, c opCase) {
+func runCase(t *testing.T, fx opsFixture, c opCase, impl func(a *opArgs) []*torch.Tensor) {
 	t.Helper()
-	impl, ok := opImpls[c.Op]
-	require.True(t, ok, "%s: no Go implementation of op %q", c.Name, c.Op)
+	require.NotNil(t, impl, "%s: no Go implementation of op %q", c.Name, c.Op)
 	s := torch.NewScope()
 	defer s.Close()
 	a := &opArgs{t: t, c: c, seen: map[string]bool{}}
@@ -274,7 +280,10 @@ func TestOpsMatchPyTorch(t *testing.T) {
 			continue // TestAutogradMatchesPyTorch
 		}
 		ops[c.Op]++
-		t.Run(c.Name, func(t *testing.T) { runCase(t, fx, c) })
+		t.Run(c.Name, func(t *testing.T) { runCase(t, fx, c, opImpls[c.Op]) })
+		if c.Op == "sdpa" {
+			t.Run(c.Name+"/fused", func(t *testing.T) { runCase(t, fx, c, sdpaImpl(false)) })
+		}
 	}
 	// The file covers what it should.
 	for _, op := range []string{"interpolate", "pad", "sdpa", "gelu", "gelu_tanh", "silu", "softmax", "log_softmax",
