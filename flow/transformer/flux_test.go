@@ -70,6 +70,14 @@ func TestTransformerFixture(t *testing.T) {
 			require.NoError(t, err)
 			defer pieces.Close()
 			testutil.AssertClose(t, c+".output (small pieces)", pieces, ref[c+".output"], transformerAtol, 0)
+
+			// Attention through libtorch's fused kernels, as on CUDA.
+			withFusedAttention(t, f.blocks, f.singles)
+			var fused *torch.Tensor
+			torch.NoGrad(func() { fused, err = f.Forward(in) })
+			require.NoError(t, err)
+			defer fused.Close()
+			testutil.AssertClose(t, c+".output (fused attention)", fused, ref[c+".output"], transformerAtol, 0)
 		})
 	}
 	requireCovered(t, ref, "", seen)

@@ -154,3 +154,24 @@ func describe(ts []*torch.Tensor) string {
 	}
 	return strings.Join(s, ", ")
 }
+
+// withFusedAttention makes the attention of every given block run through
+// libtorch's fused kernels, as the model does on CUDA (libtorch 2.x; 1.x
+// computes the math order in one piece there), until the test ends.
+func withFusedAttention(t testing.TB, doubles []*doubleBlock, singles []*singleBlock) {
+	var attns []*attention
+	for _, b := range doubles {
+		attns = append(attns, b.attn)
+	}
+	for _, b := range singles {
+		attns = append(attns, b.attn)
+	}
+	for _, a := range attns {
+		a.math = false
+	}
+	t.Cleanup(func() {
+		for _, a := range attns {
+			a.math = true
+		}
+	})
+}
