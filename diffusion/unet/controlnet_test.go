@@ -47,40 +47,43 @@ func controlCond(t *testing.T, io map[string]*torch.Tensor, dev torch.Device) *t
 func TestControlNetFixtures(t *testing.T) {
 	for _, how := range []string{"diffusers", "flat"} {
 		for _, cs := range []string{"case0", "case1"} {
-			t.Run(how+"/"+cs, func(t *testing.T) {
-				testutil.NoLeak(t)
-				dev := testutil.Device(t)
-				cn := loadFixtureControlNet(t, how, dev)
-				defer cn.Close()
-				io := testutil.Tensors(t, testutil.Fixture(t, "sd2/controlnet/io.safetensors"))
-				scale := io[cs+".conditioning_scale"].Item()
-				rec := newTapRecorder(t)
-				cn.Tap = rec.tap
-				var r *Residuals
-				var err error
-				torch.NoGrad(func() {
-					r, err = cn.TryForward(onDev(t, io["sample"], dev), onDev(t, io["timesteps"], dev),
-						onDev(t, io["encoder_hidden_states"], dev), controlCond(t, io, dev), scale)
-				})
-				require.NoError(t, err)
-				defer r.Close()
+			for _, attn := range attentionPaths {
+				t.Run(how+"/"+cs+attn.suffix, func(t *testing.T) {
+					testutil.NoLeak(t)
+					dev := testutil.Device(t)
+					cn := loadFixtureControlNet(t, how, dev)
+					defer cn.Close()
+					attn.use(cn.opts)
+					io := testutil.Tensors(t, testutil.Fixture(t, "sd2/controlnet/io.safetensors"))
+					scale := io[cs+".conditioning_scale"].Item()
+					rec := newTapRecorder(t)
+					cn.Tap = rec.tap
+					var r *Residuals
+					var err error
+					torch.NoGrad(func() {
+						r, err = cn.TryForward(onDev(t, io["sample"], dev), onDev(t, io["timesteps"], dev),
+							onDev(t, io["encoder_hidden_states"], dev), controlCond(t, io, dev), scale)
+					})
+					require.NoError(t, err)
+					defer r.Close()
 
-				// The intermediates do not depend on the scale.
-				seen := rec.compare(t, io, "inter.", outAtol)
-				for i, d := range r.Down {
-					name := fmt.Sprintf("%s.down_block_res_samples.%d", cs, i)
-					testutil.AssertClose(t, name, d, io[name], outAtol, rtol)
-					seen[name] = true
-				}
-				testutil.AssertClose(t, cs+".mid_block_res_sample", r.Mid, io[cs+".mid_block_res_sample"], outAtol, rtol)
-				seen[cs+".mid_block_res_sample"] = true
-				other := "case1."
-				if cs == "case1" {
-					other = "case0."
-				}
-				requireCovered(t, io, seen, hasPrefix("sample", "timesteps", "encoder_hidden_states", "controlnet_cond_u8",
-					cs+".conditioning_scale", other))
-			})
+					// The intermediates do not depend on the scale.
+					seen := rec.compare(t, io, "inter.", outAtol)
+					for i, d := range r.Down {
+						name := fmt.Sprintf("%s.down_block_res_samples.%d", cs, i)
+						testutil.AssertClose(t, name, d, io[name], outAtol, rtol)
+						seen[name] = true
+					}
+					testutil.AssertClose(t, cs+".mid_block_res_sample", r.Mid, io[cs+".mid_block_res_sample"], outAtol, rtol)
+					seen[cs+".mid_block_res_sample"] = true
+					other := "case1."
+					if cs == "case1" {
+						other = "case0."
+					}
+					requireCovered(t, io, seen, hasPrefix("sample", "timesteps", "encoder_hidden_states", "controlnet_cond_u8",
+						cs+".conditioning_scale", other))
+				})
+			}
 		}
 	}
 }

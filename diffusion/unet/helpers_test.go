@@ -110,3 +110,17 @@ func hasPrefix(prefixes ...string) func(string) bool {
 }
 
 func shapeString(s []int64) string { return fmt.Sprint(s) }
+
+// attentionPath is one way the fixture tests run attention: as the model
+// chose for its device, or the other way: libtorch's fused kernels (what
+// CUDA runs; libtorch 1.x computes the math order in one piece there) where
+// the model chose the exact math order (the CPU), and the math order on CUDA.
+type attentionPath struct {
+	suffix string
+	use    func(o *attnOpts)
+}
+
+var attentionPaths = []attentionPath{
+	{"", func(*attnOpts) {}},
+	{"/other_attention", func(o *attnOpts) { o.math = !o.math }},
+}

@@ -19,38 +19,41 @@ func TestUNetFixtures(t *testing.T) {
 		{"odd", "io_odd.safetensors", false},
 		{"controlnet", "io_controlnet.safetensors", true},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			testutil.NoLeak(t)
-			dev := testutil.Device(t)
-			u, err := Load(testutil.Fixture(t, "sd2/unet"), torch.Float32, dev)
-			require.NoError(t, err)
-			defer u.Close()
-			io := testutil.Tensors(t, testutil.Fixture(t, "sd2/unet/"+tc.file))
+		for _, attn := range attentionPaths {
+			t.Run(tc.name+attn.suffix, func(t *testing.T) {
+				testutil.NoLeak(t)
+				dev := testutil.Device(t)
+				u, err := Load(testutil.Fixture(t, "sd2/unet"), torch.Float32, dev)
+				require.NoError(t, err)
+				defer u.Close()
+				attn.use(u.opts)
+				io := testutil.Tensors(t, testutil.Fixture(t, "sd2/unet/"+tc.file))
 
-			var ctrl *Residuals
-			if tc.ctrl {
-				ctrl = &Residuals{
-					Down: indexed(t, io, "down_block_additional_residuals.", dev),
-					Mid:  onDev(t, io["mid_block_additional_residual"], dev),
+				var ctrl *Residuals
+				if tc.ctrl {
+					ctrl = &Residuals{
+						Down: indexed(t, io, "down_block_additional_residuals.", dev),
+						Mid:  onDev(t, io["mid_block_additional_residual"], dev),
+					}
+					require.Len(t, ctrl.Down, u.NumSkips())
 				}
-				require.Len(t, ctrl.Down, u.NumSkips())
-			}
-			rec := newTapRecorder(t)
-			u.Tap = rec.tap
-			var out *torch.Tensor
-			torch.NoGrad(func() {
-				out, err = u.TryForward(onDev(t, io["sample"], dev), onDev(t, io["timesteps"], dev),
-					onDev(t, io["encoder_hidden_states"], dev), ctrl)
-			})
-			require.NoError(t, err)
-			defer out.Close()
+				rec := newTapRecorder(t)
+				u.Tap = rec.tap
+				var out *torch.Tensor
+				torch.NoGrad(func() {
+					out, err = u.TryForward(onDev(t, io["sample"], dev), onDev(t, io["timesteps"], dev),
+						onDev(t, io["encoder_hidden_states"], dev), ctrl)
+				})
+				require.NoError(t, err)
+				defer out.Close()
 
-			seen := rec.compare(t, io, "", interAtol)
-			testutil.AssertClose(t, "out_sample", out, io["out_sample"], outAtol, rtol)
-			seen["out_sample"] = true
-			requireCovered(t, io, seen, hasPrefix("sample", "timesteps", "encoder_hidden_states",
-				"down_block_additional_residuals.", "mid_block_additional_residual"))
-		})
+				seen := rec.compare(t, io, "", interAtol)
+				testutil.AssertClose(t, "out_sample", out, io["out_sample"], outAtol, rtol)
+				seen["out_sample"] = true
+				requireCovered(t, io, seen, hasPrefix("sample", "timesteps", "encoder_hidden_states",
+					"down_block_additional_residuals.", "mid_block_additional_residual"))
+			})
+		}
 	}
 }
 

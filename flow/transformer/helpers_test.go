@@ -155,10 +155,11 @@ func describe(ts []*torch.Tensor) string {
 	return strings.Join(s, ", ")
 }
 
-// withFusedAttention makes the attention of every given block run through
-// libtorch's fused kernels, as the model does on CUDA (libtorch 2.x; 1.x
-// computes the math order in one piece there), until the test ends.
-func withFusedAttention(t testing.TB, doubles []*doubleBlock, singles []*singleBlock) {
+// withOtherAttention switches the attention of every given block to the
+// other path until the test ends: libtorch's fused kernels (what CUDA runs;
+// libtorch 1.x computes the math order in one piece there) where the model
+// chose the exact math order (the CPU), and the math order on CUDA.
+func withOtherAttention(t testing.TB, doubles []*doubleBlock, singles []*singleBlock) {
 	var attns []*attention
 	for _, b := range doubles {
 		attns = append(attns, b.attn)
@@ -167,11 +168,11 @@ func withFusedAttention(t testing.TB, doubles []*doubleBlock, singles []*singleB
 		attns = append(attns, b.attn)
 	}
 	for _, a := range attns {
-		a.math = false
+		a.math = !a.math
 	}
 	t.Cleanup(func() {
 		for _, a := range attns {
-			a.math = true
+			a.math = !a.math
 		}
 	})
 }
