@@ -83,3 +83,64 @@ func TestControlNetBackward(t *testing.T) {
 		}
 	}
 }
+
+// TestControlNetBackwardOtherAttention: the ControlNet's gradients through
+// the frozen transformer are the same, up to float32 rounding, when every
+// attention runs the other way (libtorch's fused kernels and their backward
+// on the CPU, as CUDA trains; the math order on CUDA). The tolerance is the
+// training fixture's for step-0 gradients (preference/train_flux README):
+// 3e-4 of each tensor's largest gradient.
+func TestControlNetBackwardOtherAttention(t *testing.T) {
+	const tolGradRel = 3e-4
+	testutil.NoLeak(t)
+	f := loadFixtureFlux(t)
+	ref := testutil.Tensors(t, testutil.Fixture(t, "flux/controlnet/io.safetensors"))
+	cn, err := LoadControlNet(testutil.Fixture(t, "flux/controlnet"), torch.Float32, torch.CPU)
+	require.NoError(t, err)
+	defer cn.Close()
+	grads := func() map[string]*torch.Tensor {
+		for _, p := range cn.Parameters() {
+			p.Tensor.SetRequiresGrad(true)
+			p.Tensor.ZeroGrad(true)
+		}
+		func() {
+			s := torch.NewScope()
+			defer s.Close()
+			blocks, singles, err := cn.Forward(input(ref), ref["controlnet_cond"], 1)
+			require.NoError(t, err)
+			in := input(ref)
+			in.ControlNetBlockSamples, in.ControlNetSingleBlockSamples = blocks, singles
+			out, err := f.Forward(in)
+			require.NoError(t, err)
+			out.Square().Mean().Backward(nil)
+		}()
+		m := map[string]*torch.Tensor{}
+		for _, p := range cn.Parameters() {
+			if g := p.Tensor.Grad(); g != nil {
+				m[p.Name] = torch.Unscope(g.Clone())
+				g.Close()
+			}
+		}
+		return m
+	}
+	closeAll := func(m map[string]*torch.Tensor) {
+		for _, v := range m {
+			v.Close()
+		}
+	}
+	want := grads()
+	defer closeAll(want)
+	withOtherAttention(t, f.blocks, f.singles)
+	withOtherAttention(t, cn.blocks, cn.singles)
+	got := grads()
+	defer closeAll(got)
+	require.Equal(t, len(want), len(got), "parameters with a gradient")
+	for name, w := range want {
+		g, ok := got[name]
+		require.True(t, ok, "%s: no gradient the other way", name)
+		m := torch.Scoped(func() *torch.Tensor { return w.Abs().Max() })
+		scale := m.Item()
+		m.Close()
+		testutil.AssertClose(t, "grad "+name, g, w, tolGradRel*scale, 0)
+	}
+}
