@@ -28,13 +28,12 @@ else
 endif
 
 ifneq ($(HAS_CUDA),)
-  # CUDA headers: the toolkit's, or the nvidia-cuda-runtime wheel beside torch.
-  CUDA_INC ?= $(firstword $(wildcard /usr/local/cuda/include) $(wildcard $(LIBTORCH)/../nvidia/cuda_runtime/include))
-  CUDA_FLAGS := -DDP2O_CUDA $(if $(CUDA_INC),-isystem $(CUDA_INC))
-  # nccl.h for the distributed engine's NCCL backend (torch/csrc/dist.cpp):
-  # the toolkit's (already on the path), or the nvidia-nccl wheel beside torch.
-  NCCL_INC ?= $(firstword $(wildcard $(LIBTORCH)/../nvidia/nccl/include))
-  CUDA_FLAGS += $(if $(NCCL_INC),-isystem $(NCCL_INC))
+  # CUDA headers: the toolkit's, or, for a pip wheel of torch, those of the
+  # nvidia-* wheels beside it, one folder each (cuda_runtime; cublas,
+  # cusparse and cusolver, which ATen's CUDA context includes; nccl.h for the
+  # NCCL backend of torch/csrc/dist.cpp; ...).
+  CUDA_INC ?= $(wildcard /usr/local/cuda/include) $(wildcard $(LIBTORCH)/../nvidia/*/include)
+  CUDA_FLAGS := -DDP2O_CUDA $(addprefix -isystem ,$(CUDA_INC))
   # --no-as-needed: nothing in the shim names a torch_cuda symbol, so without
   # it the linker drops the library and CUDA silently disappears.
   CUDA_LIBS  := -Wl,--no-as-needed -ltorch_cuda -lc10_cuda -Wl,--as-needed

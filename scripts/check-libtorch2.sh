@@ -8,9 +8,10 @@
 #
 #   scripts/check-libtorch2.sh          # Debian trixie's libtorch-dev headers (CPU), syntax only
 #   scripts/check-libtorch2.sh --cuda   # trixie's CUDA libtorch (contrib), CUDA and NCCL headers:
-#                                       # compiles with DP2O_CUDA, requires the NCCL backend to be
-#                                       # compiled in, and links the shim against libtorch_cuda with
-#                                       # -z defs (every symbol it names must exist there); about
+#                                       # requires the NCCL backend to be compiled in, then runs
+#                                       # `make shim` on a pip wheel's layout (one include folder per
+#                                       # nvidia-* package): every source compiles with DP2O_CUDA and
+#                                       # the shim links against libtorch_cuda with -z defs; about
 #                                       # 1.5 GB of packages and two minutes on two cores
 #   LIBTORCH_INCLUDE=/path/include scripts/check-libtorch2.sh
 #
@@ -38,7 +39,7 @@ fetch() {
   echo "== $file"
   curl -fsSL -o "$tmp/pkg.deb" "$mirror/$file"
   dpkg-deb --fsys-tarfile "$tmp/pkg.deb" | tar -x -C "$root" --wildcards "$pattern"
-  rm -f "$tmp/pkg.deb"
+  if [ "$pkg" = nvidia-cuda-dev ]; then mv "$tmp/pkg.deb" "$tmp/$pkg.deb"; else rm -f "$tmp/pkg.deb"; fi
 }
 
 inc=${LIBTORCH_INCLUDE:-}
@@ -68,22 +69,43 @@ fi
 fail=0
 mkdir -p "$tmp/obj"
 if [ "$cuda" -eq 1 ]; then
-  # Objects (at -O0: only the link matters), then the shim's own link line.
-  ls torch/csrc/*.cpp | xargs -P "$(nproc)" -I{} sh -c \
-    'g++ "$@" -O0 -fPIC -c {} -o '"$tmp"'/obj/$(basename {} .cpp).o 2>'"$tmp"'/obj/$(basename {} .cpp).err || { echo "FAIL {}"; head -30 '"$tmp"'/obj/$(basename {} .cpp).err; exit 1; }' \
-    sh "${flags[@]}" || fail=1
-  if [ "$fail" -eq 0 ]; then
-    lib=$root/usr/lib/x86_64-linux-gnu
-    for l in c10 c10_cuda torch torch_cpu torch_cuda; do ln -sf "$(basename "$(ls "$lib"/lib$l.so.* | head -1)")" "$lib/lib$l.so"; done
-    # The CUDA runtime libraries libtorch_cuda needs are not fetched: ld's
-    # warnings about them are expected; -z defs errors are not.
-    if g++ -shared -Wl,-z,defs -o "$tmp/libdp2otorch.so" "$tmp"/obj/*.o -L"$lib" \
-      -Wl,--no-as-needed -ltorch_cuda -lc10_cuda -ltorch -ltorch_cpu -lc10 -Wl,--as-needed 2>"$tmp/link.err"; then
-      echo "linked: $(readelf -d "$tmp/libdp2otorch.so" | awk '/NEEDED/{gsub(/[][]/, "", $5); printf "%s ", $5}')"
-      echo "NCCL symbols the shim names: $(nm -D --undefined-only "$tmp/libdp2otorch.so" | grep -c ProcessGroupNCCL)"
-    else
-      echo "FAIL: link"; grep -v 'needed by' "$tmp/link.err" | head -30; fail=1
-    fi
+  # The layout of a pip wheel of torch, which a GPU machine's Python has:
+  # torch/include and torch/lib, and beside torch one nvidia/<package>/include
+  # per CUDA wheel (cuda_runtime, cublas, cusparse, cusolver, nccl, the CCCL
+  # headers, ...). Then the repository's own build line: `make shim` with
+  # LIBTORCH pointing there (CUDA flags, link with -z defs).
+  site=$tmp/site
+  mkdir -p "$site/torch/include" "$site/torch/lib"
+  for d in ATen THC c10 caffe2 kineto torch; do [ -e "$inc/$d" ] && ln -s "$inc/$d" "$site/torch/include/$d"; done
+  lib=$root/usr/lib/x86_64-linux-gnu
+  for l in c10 c10_cuda torch torch_cpu torch_cuda; do ln -s "$(ls "$lib"/lib$l.so.* | head -1)" "$site/torch/lib/lib$l.so"; done
+  wheel() { # wheel NAME PATH...: the nvidia-NAME wheel's include folder holds PATHs
+    local name=$1 f
+    shift
+    mkdir -p "$site/nvidia/$name/include"
+    for f in "$@"; do [ -e "$f" ] && ln -s "$f" "$site/nvidia/$name/include/"; done
+    return 0
+  }
+  wheel cublas "$inc"/cublas*.h
+  wheel cusparse "$inc"/cusparse*.h
+  wheel cusolver "$inc"/cusolver*.h
+  wheel nccl "$inc"/nccl*.h
+  wheel cuda_cccl "$inc"/nv "$inc"/cuda "$inc"/cub "$inc"/thrust
+  wheel nvtx "$inc"/nvtx3
+  # The rest of the toolkit's headers: the runtime's.
+  rest=()
+  for f in $(dpkg-deb -c "$tmp/nvidia-cuda-dev.deb" | awk '{print $6}' | sed -n 's|^\./usr/include/\([^/]*\).*|\1|p' | sort -u); do
+    case $f in cublas* | cusparse* | cusolver* | nccl* | nv | cuda | cub | thrust | nvtx3) continue ;; esac
+    rest+=("$inc/$f")
+  done
+  wheel cuda_runtime "${rest[@]}"
+  echo "== make shim against a wheel layout: $(ls "$site/nvidia" | tr '\n' ' ')"
+  if CXXFLAGS=-O0 make -s shim LIBTORCH="$site/torch" BUILD="$tmp/build" TORCH_CXX11_ABI=1 -j"$(nproc)" >"$tmp/make.log" 2>&1; then
+    so=$tmp/build/libdp2otorch.so
+    echo "linked: $(readelf -d "$so" | awk '/NEEDED/{gsub(/[][]/, "", $5); printf "%s ", $5}')"
+    echo "NCCL symbols the shim names: $(nm -D --undefined-only "$so" | grep -c ProcessGroupNCCL)"
+  else
+    echo "FAIL: make shim"; grep -v 'needed by' "$tmp/make.log" | grep -E -A5 'error|undefined' | head -40; fail=1
   fi
 else
   for f in torch/csrc/*.cpp; do
