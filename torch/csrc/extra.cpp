@@ -53,13 +53,15 @@ at::Tensor interpolate(const at::Tensor &x, at::IntArrayRef size, int64_t mode, 
 // broadcast bmm, which rounds differently: a frozen reference copy of a
 // model being trained (DPO's, at step 0) would then differ from it in the
 // last bits wherever a linear layer reads a strided view. A contiguous
-// operand folds either way (libtorch 1.x always folds).
+// operand folds either way (libtorch 1.x always folds). Only strided
+// tensors have a memory order to make contiguous.
 at::Tensor linear(const at::Tensor &x, const at::Tensor &w, const c10::optional<at::Tensor> &b) {
-  return at::linear(x.dim() > 2 ? x.contiguous() : x, w, b);
+  if (x.dim() > 2 && x.layout() == at::kStrided) return at::linear(x.contiguous(), w, b);
+  return at::linear(x, w, b);
 }
 
 at::Tensor matmul(const at::Tensor &a, const at::Tensor &b) {
-  if (a.dim() > 2 && b.dim() <= 2) return at::matmul(a.contiguous(), b);
+  if (a.dim() > 2 && b.dim() <= 2 && a.layout() == at::kStrided) return at::matmul(a.contiguous(), b);
   return at::matmul(a, b);
 }
 
