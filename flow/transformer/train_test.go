@@ -11,6 +11,25 @@ import (
 	"github.com/dp2osr/dp2o/torch"
 )
 
+// controlNetBackward makes every ControlNet parameter require grad and
+// back-propagates mean(out²) of the frozen transformer fed the ControlNet's
+// residuals for the fixture inputs ref.
+func controlNetBackward(t *testing.T, f *Flux, cn *ControlNet, ref map[string]*torch.Tensor) {
+	t.Helper()
+	for _, p := range cn.Parameters() {
+		p.Tensor.SetRequiresGrad(true)
+	}
+	s := torch.NewScope()
+	defer s.Close()
+	blocks, singles, err := cn.Forward(input(ref), ref["controlnet_cond"], 1)
+	require.NoError(t, err)
+	in := input(ref)
+	in.ControlNetBlockSamples, in.ControlNetSingleBlockSamples = blocks, singles
+	out, err := f.Forward(in)
+	require.NoError(t, err)
+	out.Square().Mean().Backward(nil)
+}
+
 // TestControlNetBackward checks that training works through the scoped
 // forwards: with the transformer frozen, a loss on its output reaches
 // every ControlNet parameter that influences it — all but the text-stream
@@ -29,20 +48,7 @@ func TestControlNetBackward(t *testing.T) {
 	require.NoError(t, err)
 	defer fresh.Close()
 
-	backward := func(cn *ControlNet) {
-		for _, p := range cn.Parameters() {
-			p.Tensor.SetRequiresGrad(true)
-		}
-		s := torch.NewScope()
-		defer s.Close()
-		blocks, singles, err := cn.Forward(input(ref), ref["controlnet_cond"], 1)
-		require.NoError(t, err)
-		in := input(ref)
-		in.ControlNetBlockSamples, in.ControlNetSingleBlockSamples = blocks, singles
-		out, err := f.Forward(in)
-		require.NoError(t, err)
-		out.Square().Mean().Backward(nil)
-	}
+	backward := func(cn *ControlNet) { controlNetBackward(t, f, cn, ref) }
 	gradSum := func(p Param) (float64, bool) {
 		g := p.Tensor.Grad()
 		if g == nil {
@@ -100,20 +106,9 @@ func TestControlNetBackwardOtherAttention(t *testing.T) {
 	defer cn.Close()
 	grads := func() map[string]*torch.Tensor {
 		for _, p := range cn.Parameters() {
-			p.Tensor.SetRequiresGrad(true)
 			p.Tensor.ZeroGrad(true)
 		}
-		func() {
-			s := torch.NewScope()
-			defer s.Close()
-			blocks, singles, err := cn.Forward(input(ref), ref["controlnet_cond"], 1)
-			require.NoError(t, err)
-			in := input(ref)
-			in.ControlNetBlockSamples, in.ControlNetSingleBlockSamples = blocks, singles
-			out, err := f.Forward(in)
-			require.NoError(t, err)
-			out.Square().Mean().Backward(nil)
-		}()
+		controlNetBackward(t, f, cn, ref)
 		m := map[string]*torch.Tensor{}
 		for _, p := range cn.Parameters() {
 			if g := p.Tensor.Grad(); g != nil {
