@@ -67,7 +67,6 @@ if [ "$cuda" -eq 1 ] && [[ " $backends " != *" DP2O_NCCL "* ]]; then
 fi
 
 fail=0
-mkdir -p "$tmp/obj"
 if [ "$cuda" -eq 1 ]; then
   # The layout of a pip wheel of torch, which a GPU machine's Python has:
   # torch/include and torch/lib, and beside torch one nvidia/<package>/include
