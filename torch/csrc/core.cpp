@@ -87,13 +87,15 @@ void dp2o_set_allow_tf32(int cudnn, int cublas) {
   at::globalContext().setAllowTF32CuBLAS(cublas != 0);
 }
 
+}  // extern "C"
+
 // Autocast state is per thread in libtorch. libtorch 2.4 made the accessors
 // take a device type; before that CUDA and CPU had their own functions.
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
 #define DP2O_AUTOCAST_BY_DEVICE 1
 #endif
 
-static bool autocast_enabled(at::DeviceType d) {
+bool dp2o::autocast_enabled(at::DeviceType d) {
 #ifdef DP2O_AUTOCAST_BY_DEVICE
   return at::autocast::is_autocast_enabled(d);
 #else
@@ -101,7 +103,7 @@ static bool autocast_enabled(at::DeviceType d) {
 #endif
 }
 
-static void set_autocast(at::DeviceType d, bool on, at::ScalarType dtype) {
+void dp2o::set_autocast(at::DeviceType d, bool on, at::ScalarType dtype) {
 #ifdef DP2O_AUTOCAST_BY_DEVICE
   at::autocast::set_autocast_enabled(d, on);
   at::autocast::set_autocast_dtype(d, dtype);
@@ -116,7 +118,7 @@ static void set_autocast(at::DeviceType d, bool on, at::ScalarType dtype) {
 #endif
 }
 
-static at::ScalarType autocast_dtype(at::DeviceType d) {
+at::ScalarType dp2o::autocast_dtype(at::DeviceType d) {
 #ifdef DP2O_AUTOCAST_BY_DEVICE
   return at::autocast::get_autocast_dtype(d);
 #else
@@ -124,13 +126,15 @@ static at::ScalarType autocast_dtype(at::DeviceType d) {
 #endif
 }
 
+extern "C" {
+
 dp2o_err dp2o_autocast_enter(int device_type, int dtype, int *prev_enabled, int *prev_dtype) {
   DP2O_TRY
   auto d = static_cast<at::DeviceType>(device_type);
   TORCH_CHECK(d == at::kCPU || d == at::kCUDA, "autocast: unsupported device type ", d);
-  *prev_enabled = autocast_enabled(d) ? 1 : 0;
-  *prev_dtype = static_cast<int>(autocast_dtype(d));
-  set_autocast(d, true, static_cast<at::ScalarType>(dtype));
+  *prev_enabled = dp2o::autocast_enabled(d) ? 1 : 0;
+  *prev_dtype = static_cast<int>(dp2o::autocast_dtype(d));
+  dp2o::set_autocast(d, true, static_cast<at::ScalarType>(dtype));
   at::autocast::increment_nesting();
   DP2O_CATCH
 }
@@ -141,11 +145,11 @@ dp2o_err dp2o_autocast_exit(int device_type, int prev_enabled, int prev_dtype) {
   // As torch.autocast.__exit__: drop the cast cache when leaving the
   // outermost region, then restore the previous state.
   if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-  set_autocast(d, prev_enabled != 0, static_cast<at::ScalarType>(prev_dtype));
+  dp2o::set_autocast(d, prev_enabled != 0, static_cast<at::ScalarType>(prev_dtype));
   DP2O_CATCH
 }
 
-int dp2o_autocast_enabled(int device_type) { return autocast_enabled(static_cast<at::DeviceType>(device_type)) ? 1 : 0; }
+int dp2o_autocast_enabled(int device_type) { return dp2o::autocast_enabled(static_cast<at::DeviceType>(device_type)) ? 1 : 0; }
 
 
 int dp2o_grad_enabled(void) { return c10::GradMode::is_enabled() ? 1 : 0; }

@@ -296,7 +296,21 @@ struct Reducer {
     // mark is the hook: parameter i's gradient is accumulated.
     void mark(int i) {
       std::lock_guard<std::mutex> lock(mu);
-      if (!armed || closed || ready[i]) return;
+      if (!armed || closed) return;
+      if (ready[i]) {
+        // A second accumulation in one backward pass (a parameter used
+        // inside and outside a checkpointed function: the recomputation's
+        // own backward pass accumulates it too). Harmless until its bucket
+        // has started; after, the all-reduce missed part of the gradient.
+        if (static_cast<size_t>(bucket_of[i]) < next && error.empty()) {
+          error = "dist: reducer: parameter " + std::to_string(i) +
+                  "'s gradient was accumulated again after its bucket's all-reduce had started (a parameter used "
+                  "both inside and outside a checkpointed function?); average the gradients after the backward "
+                  "pass instead";
+          armed = false;
+        }
+        return;
+      }
       ready[i] = 1;
       pending[bucket_of[i]]--;
       try {

@@ -102,6 +102,26 @@ dp2o_err dp2o_tensor_grad(dp2o_tensor t, dp2o_tensor *out); /* *out NULL when un
 dp2o_err dp2o_tensor_zero_grad(dp2o_tensor t, int set_to_none);
 dp2o_err dp2o_tensor_set_grad(dp2o_tensor t, dp2o_tensor grad);
 
+/* activation checkpointing (checkpoint.cpp): dp2o_checkpoint runs the
+ * registered callback with the id under no_grad, keeps only the inputs for
+ * the backward pass and runs the callback again there, under grad. The
+ * callback reads its inputs with dp2o_ckpt_input (new handles), hands its
+ * outputs over with dp2o_ckpt_add_output (copied; the handles stay the
+ * caller's) and returns NULL or a malloc'd message. Ids whose autograd node
+ * is gone are listed by dp2o_ckpt_released. */
+typedef struct dp2o_ckpt_call {
+  const void *inputs; /* std::vector<at::Tensor> */
+  void *outputs;      /* std::vector<at::Tensor> */
+} dp2o_ckpt_call;
+typedef char *(*dp2o_ckpt_fn)(uint64_t id, dp2o_ckpt_call *call);
+void dp2o_ckpt_set_callback(dp2o_ckpt_fn fn);
+int dp2o_ckpt_released(uint64_t *ids, int max);
+dp2o_err dp2o_checkpoint(uint64_t id, const dp2o_tensor *inputs, int n, dp2o_tensor *outputs, int max_out,
+                         int *n_out);
+int dp2o_ckpt_num_inputs(const dp2o_ckpt_call *c);
+dp2o_tensor dp2o_ckpt_input(const dp2o_ckpt_call *c, int i);
+void dp2o_ckpt_add_output(dp2o_ckpt_call *c, dp2o_tensor t);
+
 /* generators */
 dp2o_err dp2o_gen_new(int device_type, int device_index, uint64_t seed, dp2o_gen *out);
 void dp2o_gen_free(dp2o_gen g);

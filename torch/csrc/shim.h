@@ -97,6 +97,13 @@ inline void drain_deferred() {
 
 inline at::Tensor &T(dp2o_tensor h) { return owned(h)->t; }
 
+// autocast_enabled, autocast_dtype and set_autocast read and set the
+// calling thread's autocast state for a device type (core.cpp: the
+// accessors changed in libtorch 2.4).
+bool autocast_enabled(at::DeviceType d);
+at::ScalarType autocast_dtype(at::DeviceType d);
+void set_autocast(at::DeviceType d, bool on, at::ScalarType dtype);
+
 inline char *dup_err(const char *msg) {
   size_t n = std::strlen(msg);
   char *p = static_cast<char *>(std::malloc(n + 1));

@@ -2,10 +2,12 @@ package dist
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/optim"
@@ -26,13 +28,26 @@ type tinyRun struct {
 	accum           int
 	overlap         bool  // reduce with a Reducer during the backward pass
 	bucketBytes     int64 // 0: the default
+	// checkpoint runs the second layer through torch.Checkpoint: its
+	// weights get their gradients in the recomputation's backward pass.
+	checkpoint bool
+	// shared adds 0.1·Σb₂ to the loss outside the checkpointed layer, so
+	// that b₂ is accumulated twice in one backward pass.
+	shared bool
 }
 
 var tinyRuns = []tinyRun{
 	{in: 4, hidden: 8, out: 3, globalBatch: 6, steps: 4, seed: 1234, accum: 1},
 	{in: 4, hidden: 8, out: 3, globalBatch: 12, steps: 3, seed: 99, sgd: true, accum: 3},
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 7, accum: 2, overlap: true, bucketBytes: 64},
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 11, accum: 2, overlap: true, bucketBytes: 64, checkpoint: true},
 }
+
+// sharedRun uses b₂ inside and outside a checkpointed layer, with every
+// parameter in a bucket of its own: the overlapped averaging must fail
+// (the outer use starts b₂'s bucket before the recomputation adds to it).
+var sharedRun = tinyRun{in: 4, hidden: 8, out: 3, globalBatch: 4, steps: 1, seed: 5, accum: 1, overlap: true,
+	bucketBytes: 4, checkpoint: true, shared: true}
 
 // train builds the model (weights drawn from seed+rank, so only the
 // broadcast makes the ranks agree), trains it in g and returns the final
@@ -97,7 +112,19 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 		for m := range int64(c.accum) {
 			x, y := xs.Narrow(0, lo+m*n, n), ys.Narrow(0, lo+m*n, n)
 			h := torch.Linear(x, params[0], params[1]).Tanh()
-			loss := torch.MSELoss(torch.Linear(h, params[2], params[3]), y)
+			layer2 := func(in []*torch.Tensor) []*torch.Tensor {
+				return []*torch.Tensor{torch.Linear(in[0], params[2], params[3])}
+			}
+			var pred *torch.Tensor
+			if c.checkpoint {
+				pred = torch.Checkpoint(layer2, h)[0]
+			} else {
+				pred = layer2([]*torch.Tensor{h})[0]
+			}
+			loss := torch.MSELoss(pred, y)
+			if c.shared {
+				loss = loss.Add(params[3].Sum().MulScalar(0.1))
+			}
 			if c.accum > 1 {
 				loss = loss.DivScalar(float64(c.accum))
 			}
@@ -176,6 +203,15 @@ func workerDataParallel() int {
 		}
 		if err != nil {
 			break
+		}
+	}
+	if err == nil {
+		_, err = sharedRun.train(g)
+		switch {
+		case err == nil:
+			err = errors.New("a parameter accumulated after its bucket started: no error")
+		case strings.Contains(err.Error(), "accumulated again"):
+			err = nil
 		}
 	}
 	if err == nil {
