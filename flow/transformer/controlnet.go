@@ -24,6 +24,9 @@ type ControlNet struct {
 	// controlnet_blocks.i / controlnet_single_blocks.i (before the
 	// conditioning scale).
 	Tap TapFunc
+	// GradientCheckpointing runs each block through torch.Checkpoint when
+	// autograd records (as Flux.GradientCheckpointing).
+	GradientCheckpointing bool
 
 	stem       *stem
 	condX      *nn.Linear
@@ -224,7 +227,7 @@ func (cn *ControlNet) forward(in Input, cond *torch.Tensor, scale float64) (bloc
 	prune := cn.Tap == nil
 	var feats []*torch.Tensor
 	for i, blk := range cn.blocks {
-		x, ctx = blk.forward(x, ctx, p.siluTemb, p.rope, prune && i == len(cn.blocks)-1 && len(cn.singles) == 0)
+		x, ctx = doubleForward(cn.GradientCheckpointing, blk, x, ctx, p.siluTemb, p.rope, prune && i == len(cn.blocks)-1 && len(cn.singles) == 0)
 		cn.tap(fmt.Sprintf("transformer_blocks.%d.encoder_hidden_states", i), ctx)
 		cn.tap(fmt.Sprintf("transformer_blocks.%d.hidden_states", i), x)
 		feats = append(feats, x)
@@ -235,7 +238,7 @@ func (cn *ControlNet) forward(in Input, cond *torch.Tensor, scale float64) (bloc
 		h := torch.Cat([]*torch.Tensor{ctx, x}, 1)
 		for i, blk := range cn.singles {
 			last := prune && i == len(cn.singles)-1
-			h = blk.forward(h, p.siluTemb, p.rope, last, t)
+			h = singleForward(cn.GradientCheckpointing, blk, h, p.siluTemb, p.rope, last, t)
 			cn.tap(fmt.Sprintf("single_transformer_blocks.%d", i), h)
 			if last {
 				sfeats = append(sfeats, h)

@@ -32,6 +32,12 @@ type Flux struct {
 	// transformer_blocks.i.encoder_hidden_states,
 	// single_transformer_blocks.i (before any residual), norm_out, output.
 	Tap TapFunc
+	// GradientCheckpointing runs each block through torch.Checkpoint when
+	// autograd records: the blocks' activations are recomputed in the
+	// backward pass instead of kept (diffusers'
+	// enable_gradient_checkpointing). The outputs and gradients are those
+	// of the plain forward pass.
+	GradientCheckpointing bool
 
 	stem    *stem
 	blocks  []*doubleBlock
@@ -297,7 +303,7 @@ func (f *Flux) forward(in Input) *torch.Tensor {
 	prune := f.Tap == nil
 	for i, blk := range f.blocks {
 		last := prune && i == len(f.blocks)-1 && len(f.singles) == 0
-		nx, nc := blk.forward(x, ctx, p.siluTemb, p.rope, last)
+		nx, nc := doubleForward(f.GradientCheckpointing, blk, x, ctx, p.siluTemb, p.rope, last)
 		x.Close()
 		if nc != nil {
 			ctx.Close()
@@ -320,7 +326,7 @@ func (f *Flux) forward(in Input) *torch.Tensor {
 		sidx := InjectionIndex(len(f.singles), len(in.ControlNetSingleBlockSamples), false)
 		for i, blk := range f.singles {
 			last := prune && i == len(f.singles)-1
-			nh := blk.forward(h, p.siluTemb, p.rope, last, t)
+			nh := singleForward(f.GradientCheckpointing, blk, h, p.siluTemb, p.rope, last, t)
 			h.Close()
 			h = nh
 			f.tap(fmt.Sprintf("single_transformer_blocks.%d", i), h)

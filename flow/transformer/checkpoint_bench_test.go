@@ -1,0 +1,202 @@
+package transformer
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dp2osr/dp2o/internal/testutil"
+	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/detinit"
+	"github.com/dp2osr/dp2o/torch/nn"
+)
+
+// benchEnvInt is an integer from the environment, or def.
+func benchEnvInt(b *testing.B, name string, def int) int {
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	require.NoError(b, err, name)
+	return n
+}
+
+// BenchmarkTrainStepMemory measures one training step of a C-FLUX ControlNet
+// through the frozen transformer (forward of both, mean(v²) backward into the
+// ControlNet), with and without gradient checkpointing, each in a fresh
+// process (freed memory stays with the C allocator, so a second
+// configuration in the same process would reuse the first one's peak): the
+// peak memory of the step above what the process held before it (CPU: the
+// resident set's peak, VmHWM; CUDA: the caching allocator's peak), and the
+// CPU and wall time of the step. The model is FLUX.1-dev's configuration
+// (flux/keys/flux_transformer) narrowed to DP2O_BENCH_HEADS heads of 128
+// (default 8: width 1024), with DP2O_BENCH_DOUBLE + DP2O_BENCH_SINGLE
+// transformer blocks (4 + 4) and a 2-block ControlNet from it, deterministic
+// weights; DP2O_BENCH_BATCH samples (2: a DPO pair's winner and loser) of
+// DP2O_BENCH_IMAGE² pixels (512) with DP2O_BENCH_TEXT text tokens (256):
+//
+//	go test ./flow/transformer -run '^$' -bench TrainStepMemory -benchtime 1x
+func BenchmarkTrainStepMemory(b *testing.B) {
+	if v := os.Getenv(trainStepChildEnv); v != "" {
+		trainStepChild(b, v == "checkpointed")
+		return
+	}
+	for _, name := range []string{"plain", "checkpointed"} {
+		b.Run(name, func(b *testing.B) {
+			var peak int64
+			var cpu, wall float64
+			for range b.N {
+				out := filepath.Join(b.TempDir(), "result.json")
+				cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.bench=^BenchmarkTrainStepMemory$", "-test.benchtime=1x")
+				cmd.Env = append(os.Environ(), trainStepChildEnv+"="+name, trainStepOutEnv+"="+out)
+				msg, err := cmd.CombinedOutput()
+				require.NoError(b, err, "%s", msg)
+				data, err := os.ReadFile(out)
+				require.NoError(b, err, "%s", msg)
+				var r trainStepResult
+				require.NoError(b, json.Unmarshal(data, &r))
+				b.Log(r.Setup)
+				peak = max(peak, r.PeakBytes)
+				cpu += r.CPUMillis
+				wall += r.WallMillis
+			}
+			b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")
+			b.ReportMetric(cpu/float64(b.N), "cpu-ms/step")
+			b.ReportMetric(wall/float64(b.N), "wall-ms/step")
+		})
+	}
+}
+
+const (
+	trainStepChildEnv = "DP2O_BENCH_TRAIN_STEP"     // plain or checkpointed: run one step, in this process
+	trainStepOutEnv   = "DP2O_BENCH_TRAIN_STEP_OUT" // where the child writes its trainStepResult
+)
+
+// trainStepResult is what a BenchmarkTrainStepMemory child measured.
+type trainStepResult struct {
+	Setup      string
+	PeakBytes  int64
+	CPUMillis  float64
+	WallMillis float64
+}
+
+// trainStepChild builds the model and runs one step, measured, in this
+// process, and writes a trainStepResult to $DP2O_BENCH_TRAIN_STEP_OUT.
+func trainStepChild(b *testing.B, ckpt bool) {
+	dev := testutil.Device(b)
+	cfg, err := LoadConfig(testutil.Fixture(b, "flux/keys/flux_transformer/config.json"))
+	require.NoError(b, err)
+	cfg.NumAttentionHeads = benchEnvInt(b, "DP2O_BENCH_HEADS", 8)
+	cfg.NumLayers = benchEnvInt(b, "DP2O_BENCH_DOUBLE", 4)
+	cfg.NumSingleLayers = benchEnvInt(b, "DP2O_BENCH_SINGLE", 4)
+	batch := int64(benchEnvInt(b, "DP2O_BENCH_BATCH", 2))
+	image := int64(benchEnvInt(b, "DP2O_BENCH_IMAGE", 512))
+	text := int64(benchEnvInt(b, "DP2O_BENCH_TEXT", 256))
+
+	meta := nn.NewBuilder(nil, torch.Float32, torch.Meta)
+	_, err = New(meta, cfg)
+	require.NoError(b, err)
+	manifest := map[string]detinit.Spec{}
+	for k, sh := range meta.Requested() {
+		manifest[k] = detinit.Spec{Shape: sh, DType: torch.Float32}
+	}
+	meta.Params().Close()
+	src, err := detinit.Build(manifest, benchWeightSeed, dev)
+	require.NoError(b, err)
+	f, err := FromSource(src, cfg, torch.Float32, dev)
+	src.Close()
+	require.NoError(b, err)
+	defer f.Close()
+	cn, err := ControlNetFromTransformer(f, ControlNetOptions{NumLayers: 2})
+	require.NoError(b, err)
+	defer cn.Close()
+	for _, p := range f.Parameters() {
+		p.Tensor.SetRequiresGrad(false)
+	}
+	for _, p := range cn.Parameters() {
+		p.Tensor.SetRequiresGrad(true)
+	}
+
+	s := torch.NewScope()
+	defer s.Close()
+	gen, err := torch.NewGenerator(torch.CPU, benchInputSeed)
+	require.NoError(b, err)
+	grid := image / 16
+	l := grid * grid
+	draw := func(shape ...int64) *torch.Tensor {
+		return torch.Randn(shape, gen, torch.Float32, torch.CPU).ToDevice(dev)
+	}
+	x, cond := draw(batch, l, int64(cfg.InChannels)), draw(batch, l, int64(cfg.InChannels))
+	enc, pooled := draw(batch, text, int64(cfg.JointAttentionDim)), draw(batch, int64(cfg.PooledProjectionDim))
+	img, err := ImageIDs(grid, grid, torch.Float32, dev)
+	require.NoError(b, err)
+	txt, err := TextIDs(text, torch.Float32, dev)
+	require.NoError(b, err)
+	in := Input{
+		HiddenStates: x, EncoderHiddenStates: enc, PooledProjections: pooled,
+		Timestep: torch.Full([]int64{batch}, 0.5, torch.Float32, dev), Guidance: torch.Full([]int64{batch}, 3.5, torch.Float32, dev),
+		ImgIDs: img, TxtIDs: txt,
+	}
+	setup := fmt.Sprintf("width %d, %d+%d blocks, ControlNet 2 blocks, batch %d, %d image + %d text tokens, %s",
+		cfg.InnerDim(), cfg.NumLayers, cfg.NumSingleLayers, batch, l, text, dev)
+
+	step := func() {
+		torch.EnableGrad(func() {
+			ss := torch.NewScope()
+			defer ss.Close()
+			blocks, singles, err := cn.Forward(in, cond, 1)
+			require.NoError(b, err)
+			in2 := in
+			in2.ControlNetBlockSamples, in2.ControlNetSingleBlockSamples = blocks, singles
+			out, err := f.Forward(in2)
+			require.NoError(b, err)
+			out.Square().Mean().Backward(nil)
+		})
+		for _, p := range cn.Parameters() {
+			p.Tensor.ZeroGrad(true)
+		}
+		if dev.IsCUDA() {
+			require.NoError(b, torch.CUDASynchronize(dev.Index))
+		}
+	}
+	f.GradientCheckpointing, cn.GradientCheckpointing = ckpt, ckpt
+	runtime.GC()
+	debug.FreeOSMemory()
+	var base int64
+	if dev.IsCUDA() {
+		require.NoError(b, torch.CUDAResetPeak(dev.Index))
+		base, _, _, err = torch.CUDAMemory(dev.Index)
+		require.NoError(b, err)
+	} else {
+		require.NoError(b, os.WriteFile("/proc/self/clear_refs", []byte("5"), 0))
+		base = testutil.ProcStatus(b)["VmRSS"]
+	}
+	c0, t0 := testutil.CPUTime(), time.Now()
+	step()
+	res := trainStepResult{
+		Setup:      setup,
+		CPUMillis:  float64((testutil.CPUTime() - c0).Microseconds()) / 1e3,
+		WallMillis: float64(time.Since(t0).Microseconds()) / 1e3,
+	}
+	var top int64
+	if dev.IsCUDA() {
+		_, top, _, err = torch.CUDAMemory(dev.Index)
+		require.NoError(b, err)
+	} else {
+		top = testutil.ProcStatus(b)["VmHWM"]
+	}
+	res.PeakBytes = top - base
+	data, err := json.Marshal(res)
+	require.NoError(b, err)
+	require.NoError(b, os.WriteFile(os.Getenv(trainStepOutEnv), data, 0o644))
+}
