@@ -38,17 +38,18 @@ func newDownBlock(b *nn.Builder, l *blockLayout, i int, in int64, o *attnOpts) *
 	return d
 }
 
-// forward returns the block's output and its skip tensors (which include
+// forward returns the block's output and its skip tensors (ckpt: each
+// resnet and transformer through torch.Checkpoint) (which include
 // the output), all owned by the caller's scope.
-func (d *downBlock) forward(x, temb, text *torch.Tensor) (*torch.Tensor, []*torch.Tensor) {
+func (d *downBlock) forward(x, temb, text *torch.Tensor, ckpt bool) (*torch.Tensor, []*torch.Tensor) {
 	s := torch.NewScope()
 	defer s.Close()
 	h := x
 	var skips []*torch.Tensor
 	for j, r := range d.resnets {
-		h = r.forward(h, temb)
+		h = checkpointed(ckpt, r.forward, h, temb)
 		if d.attentions != nil {
-			h = d.attentions[j].forward(h, text)
+			h = checkpointed(ckpt, d.attentions[j].forward, h, text)
 		}
 		skips = append(skips, h)
 	}
@@ -89,13 +90,13 @@ func newMidBlock(b *nn.Builder, l *blockLayout, o *attnOpts) *midBlock {
 	return m
 }
 
-func (m *midBlock) forward(x, temb, text *torch.Tensor) *torch.Tensor {
+func (m *midBlock) forward(x, temb, text *torch.Tensor, ckpt bool) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
-	h := m.resnets[0].forward(x, temb)
+	h := checkpointed(ckpt, m.resnets[0].forward, x, temb)
 	for j, a := range m.attentions {
-		h = a.forward(h, text)
-		h = m.resnets[j+1].forward(h, temb)
+		h = checkpointed(ckpt, a.forward, h, text)
+		h = checkpointed(ckpt, m.resnets[j+1].forward, h, temb)
 	}
 	return s.Keep(h)
 }
@@ -146,15 +147,15 @@ func newUpBlock(b *nn.Builder, l *blockLayout, sp upSpec, o *attnOpts) *upBlock 
 
 // forward consumes skips from the end (len(u.resnets) of them); size is the
 // upsampler's output size (nil: ×2).
-func (u *upBlock) forward(x *torch.Tensor, skips []*torch.Tensor, temb, text *torch.Tensor, size []int64) *torch.Tensor {
+func (u *upBlock) forward(x *torch.Tensor, skips []*torch.Tensor, temb, text *torch.Tensor, size []int64, ckpt bool) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
 	h := x
 	for j, r := range u.resnets {
 		res := skips[len(skips)-1-j]
-		h = r.forward(torch.Cat([]*torch.Tensor{h, res}, 1), temb)
+		h = checkpointed(ckpt, r.forward, torch.Cat([]*torch.Tensor{h, res}, 1), temb)
 		if u.attentions != nil {
-			h = u.attentions[j].forward(h, text)
+			h = checkpointed(ckpt, u.attentions[j].forward, h, text)
 		}
 	}
 	if u.up != nil {

@@ -23,6 +23,10 @@ type ControlNet struct {
 	// controlnet_cond_embedding, down_blocks.i.res.j, down_blocks.i.hidden,
 	// mid_block.
 	Tap TapFunc
+	// GradientCheckpointing runs each resnet and transformer of the down
+	// and mid blocks through torch.Checkpoint when autograd records (as
+	// UNet.GradientCheckpointing).
+	GradientCheckpointing bool
 
 	layout    *blockLayout
 	convIn    *nn.Conv2d
@@ -218,7 +222,7 @@ func (cn *ControlNet) Forward(sample, timesteps, encoderHiddenStates, cond *torc
 	skips := []*torch.Tensor{h}
 	for i, d := range cn.down {
 		var res []*torch.Tensor
-		h, res = d.forward(h, emb, text)
+		h, res = d.forward(h, emb, text, cn.GradientCheckpointing)
 		for j, r := range res {
 			cn.tap(fmt.Sprintf("down_blocks.%d.res.%d", i, j), r)
 		}
@@ -227,7 +231,7 @@ func (cn *ControlNet) Forward(sample, timesteps, encoderHiddenStates, cond *torc
 	}
 	var mid *torch.Tensor
 	if cn.mid != nil {
-		h = cn.mid.forward(h, emb, text)
+		h = cn.mid.forward(h, emb, text, cn.GradientCheckpointing)
 		cn.tap("mid_block", h)
 		mid = cn.ctrlMid.Forward(h)
 	}

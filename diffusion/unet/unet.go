@@ -31,6 +31,12 @@ type UNet struct {
 	// down_blocks.i.hidden, mid_block (before any ControlNet residual),
 	// up_blocks.i, conv_norm_out, conv_act, conv_out.
 	Tap TapFunc
+	// GradientCheckpointing runs each resnet and transformer of the down,
+	// mid and up blocks through torch.Checkpoint when autograd records:
+	// their activations are recomputed in the backward pass instead of kept
+	// (diffusers' enable_gradient_checkpointing). The outputs and gradients
+	// are those of the plain forward pass.
+	GradientCheckpointing bool
 
 	layout   *blockLayout
 	convIn   *nn.Conv2d
@@ -218,7 +224,7 @@ func (u *UNet) Forward(sample, timesteps, encoderHiddenStates *torch.Tensor, ctr
 	skips := []*torch.Tensor{h}
 	for i, d := range u.down {
 		var res []*torch.Tensor
-		h, res = d.forward(h, emb, text)
+		h, res = d.forward(h, emb, text, u.GradientCheckpointing)
 		for j, r := range res {
 			u.tap(fmt.Sprintf("down_blocks.%d.res.%d", i, j), r)
 		}
@@ -239,7 +245,7 @@ func (u *UNet) Forward(sample, timesteps, encoderHiddenStates *torch.Tensor, ctr
 		}
 	}
 	if u.mid != nil {
-		h = u.mid.forward(h, emb, text)
+		h = u.mid.forward(h, emb, text, u.GradientCheckpointing)
 		u.tap("mid_block", h)
 	}
 	if ctrl != nil && ctrl.Mid != nil {
@@ -260,7 +266,7 @@ func (u *UNet) Forward(sample, timesteps, encoderHiddenStates *torch.Tensor, ctr
 			size = skips[len(skips)-1].Shape()[2:]
 		}
 		prev := h
-		h = up.forward(h, res, emb, text, size)
+		h = up.forward(h, res, emb, text, size, u.GradientCheckpointing)
 		// Free what this block consumed now rather than at the end of the
 		// forward (autograd keeps what it needs).
 		prev.Close()

@@ -27,6 +27,9 @@ func controlNetBackward(t *testing.T, f *Flux, cn *ControlNet, ref map[string]*t
 	in.ControlNetBlockSamples, in.ControlNetSingleBlockSamples = blocks, singles
 	out, err := f.Forward(in)
 	require.NoError(t, err)
+	if f.GradientCheckpointing || cn.GradientCheckpointing {
+		require.Positive(t, torch.CheckpointFunctions(), "no block was checkpointed")
+	}
 	out.Square().Mean().Backward(nil)
 }
 
