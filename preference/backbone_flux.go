@@ -148,3 +148,7 @@ func (s *FluxBackbone) predict(ref bool, xt *torch.Tensor, b *Batch) (out *torch
 	}
 	return sc.Keep(out), nil
 }
+
+func (s *FluxBackbone) setGradientCheckpointing(on bool) {
+	s.Transformer.GradientCheckpointing, s.Policy.GradientCheckpointing, s.Reference.GradientCheckpointing = on, on, on
+}

@@ -136,3 +136,7 @@ func (s *SD2Backbone) predict(ref bool, xt *torch.Tensor, b *Batch) (out *torch.
 	}
 	return sc.Keep(out), nil
 }
+
+func (s *SD2Backbone) setGradientCheckpointing(on bool) {
+	s.UNet.GradientCheckpointing, s.Policy.GradientCheckpointing, s.Reference.GradientCheckpointing = on, on, on
+}

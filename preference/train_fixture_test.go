@@ -76,6 +76,9 @@ type trainRun struct {
 	shared   func(t testing.TB) // loads the package-wide frozen models (before the leak check starts)
 	backbone func(t testing.TB) Backbone
 	batch    func(t testing.TB, in map[string]*torch.Tensor, i int) *Batch
+	// checkpoint trains with TrainConfig.GradientCheckpointing: the same
+	// numbers at the same tolerances.
+	checkpoint bool
 }
 
 func stepTensor(t testing.TB, ts map[string]*torch.Tensor, i int, name string) *torch.Tensor {
@@ -168,11 +171,15 @@ func runTrainFixture(t *testing.T, r trainRun) {
 		}
 	}
 
-	tr, err := NewTrainer(bb, meta.trainConfig(t))
+	cfg := meta.trainConfig(t)
+	cfg.GradientCheckpointing = r.checkpoint
+	tr, err := NewTrainer(bb, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
+	defer bb.setGradientCheckpointing(false) // the base model is shared by the package's tests
+	segments := 0
 	got := map[string]*torch.Tensor{}
 	defer func() {
 		for _, v := range got {
@@ -180,6 +187,9 @@ func runTrainFixture(t *testing.T, r trainRun) {
 		}
 	}()
 	tr.Tap = func(name string, x *torch.Tensor) {
+		if name == "model_pred" {
+			segments = max(segments, torch.CheckpointFunctions())
+		}
 		got[name].Close()
 		got[name] = torch.Unscope(x.Detach().ToDevice(torch.CPU))
 	}
@@ -256,6 +266,12 @@ func runTrainFixture(t *testing.T, r trainRun) {
 		if i == 0 {
 			assertParams(t, "controlnet_after_step0", bb.PolicyParams(), after0, tolParamLR*lr)
 		}
+	}
+	if r.checkpoint && segments == 0 {
+		t.Fatal("gradient checkpointing on, but no segment was checkpointed")
+	}
+	if n := torch.CheckpointFunctions(); n != 0 {
+		t.Fatalf("%d checkpointed segments still held after training", n)
 	}
 	assertParams(t, "controlnet_final", bb.PolicyParams(), final, tolParamLR*lr*float64(meta.Steps))
 	for _, n := range meta.ParamsWithoutGrad {

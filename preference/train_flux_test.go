@@ -92,4 +92,12 @@ var fluxRun = trainRun{dir: "preference/train_flux", shared: func(t testing.TB) 
 
 func TestTrainFluxFixture(t *testing.T) { runTrainFixture(t, fluxRun) }
 
+// TestTrainFluxFixtureCheckpointed trains the fixture with gradient
+// checkpointing: the same numbers at the same tolerances.
+func TestTrainFluxFixtureCheckpointed(t *testing.T) {
+	r := fluxRun
+	r.checkpoint = true
+	runTrainFixture(t, r)
+}
+
 func TestTrainFluxOptimizerFixture(t *testing.T) { runOptimizerFixture(t, fluxRun) }

@@ -92,4 +92,12 @@ var sd2Run = trainRun{dir: "preference/train_sd2", shared: func(t testing.TB) { 
 
 func TestTrainSD2Fixture(t *testing.T) { runTrainFixture(t, sd2Run) }
 
+// TestTrainSD2FixtureCheckpointed trains the fixture with gradient
+// checkpointing: the same numbers at the same tolerances.
+func TestTrainSD2FixtureCheckpointed(t *testing.T) {
+	r := sd2Run
+	r.checkpoint = true
+	runTrainFixture(t, r)
+}
+
 func TestTrainSD2OptimizerFixture(t *testing.T) { runOptimizerFixture(t, sd2Run) }

@@ -163,6 +163,39 @@ func TestCheckpointIdentityAndUnusedOutputs(t *testing.T) {
 	})
 }
 
+// TestCheckpointUnreadOutputGetsNoGradient: weights that only feed an
+// output nothing reads get no gradient, as without checkpointing (not a
+// zero one, which AdamW's weight decay would act on).
+func TestCheckpointUnreadOutputGetsNoGradient(t *testing.T) {
+	testutil.NoLeak(t)
+	n := newCkptNet(t, testutil.Device(t))
+	defer n.close()
+	for _, checkpointed := range []bool{false, true} {
+		for _, p := range n.params() {
+			p.ZeroGrad(true)
+		}
+		torch.EnableGrad(func() {
+			s := torch.NewScope()
+			defer s.Close()
+			fn := func(in []*torch.Tensor) []*torch.Tensor {
+				return []*torch.Tensor{torch.Linear(in[0], n.w1, nil), in[0].Mul(n.b1.Narrow(0, 0, 16))}
+			}
+			var o []*torch.Tensor
+			if checkpointed {
+				o = torch.Checkpoint(fn, n.x)
+			} else {
+				o = fn([]*torch.Tensor{n.x})
+			}
+			o[0].Sum().Backward(nil)
+		})
+		g := n.b1.Grad()
+		require.Nil(t, g, "checkpointed %v: a weight behind an unread output got a gradient", checkpointed)
+		g = n.w1.Grad()
+		require.NotNil(t, g)
+		g.Close()
+	}
+}
+
 func TestCheckpointWithoutGradRunsDirectly(t *testing.T) {
 	testutil.NoLeak(t)
 	n := newCkptNet(t, testutil.Device(t))

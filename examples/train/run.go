@@ -58,6 +58,7 @@ func trainConfig(c *cli.Context) preference.TrainConfig {
 	cfg.GradAccum = c.Int("gradient_accumulation_steps")
 	cfg.Schedule = optim.ScheduleConfig{Name: c.String("lr_scheduler"), WarmupSteps: c.Int("lr_warmup_steps"), TotalSteps: c.Int("max_train_steps")}
 	cfg.MixedPrecision = c.String("mixed_precision")
+	cfg.GradientCheckpointing = c.Bool("gradient_checkpointing")
 	return cfg
 }
 

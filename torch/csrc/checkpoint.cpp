@@ -104,6 +104,12 @@ struct Checkpoint : torch::autograd::Function<Checkpoint> {
     ctx->saved_data["cuda_dtype"] = static_cast<int64_t>(ac.cuda_dtype);
     ctx->saved_data["cpu_dtype"] = static_cast<int64_t>(ac.cpu_dtype);
     ctx->save_for_backward(inputs);
+    // An output nothing reads gets no gradient (not zeros): the
+    // recomputation then back-propagates only what the plain backward pass
+    // would, so weights behind unread outputs get no gradient, as without
+    // checkpointing (PyTorch's reentrant checkpoint gives them zeros, which
+    // AdamW's weight decay then acts on).
+    ctx->set_materialize_grads(false);
     auto out = run(static_cast<uint64_t>(id), inputs);
     for (size_t i = 0; i < out.size(); i++) {
       TORCH_CHECK(out[i].defined(), "checkpoint: output ", i, " is undefined");
