@@ -42,14 +42,20 @@ func TestMain(m *testing.M) {
 //
 // The ranks average their gradients with the overlapped reducer (the
 // default --grad_sync overlap, DDP's way) here and with one all-reduce
-// after the backward pass (--grad_sync after) in the FLUX test.
-func TestTrainSD2DataParallel(t *testing.T) { testDataParallel(t, "sd2", "tiny-sd2", "overlap") }
+// after the backward pass (--grad_sync after) in the FLUX test. Here the
+// ranks also train with --gradient_checkpointing (the one process
+// without): the ControlNet's gradients, accumulated in the recomputations'
+// backward passes, start the reducer's buckets as they do without.
+func TestTrainSD2DataParallel(t *testing.T) {
+	testDataParallel(t, "sd2", "tiny-sd2", "overlap", "--gradient_checkpointing")
+}
 
 // TestTrainFluxDataParallel is TestTrainSD2DataParallel for C-FLUX (three
 // VAE samples per pair, flow-matching σ per pair).
 func TestTrainFluxDataParallel(t *testing.T) { testDataParallel(t, "flux", "tiny-flux", "after") }
 
-func testDataParallel(t *testing.T, model, asset, gradSync string) {
+// testDataParallel: rankArgs are given to the ranks only.
+func testDataParallel(t *testing.T, model, asset, gradSync string, rankArgs ...string) {
 	const (
 		world, perRank, accum, steps = 2, 1, 2, 2
 		atol, rtol                   = 1e-6, 1e-5
@@ -81,7 +87,7 @@ func testDataParallel(t *testing.T, model, asset, gradSync string) {
 	ws := make([]testutil.Worker, world)
 	for r := range ws {
 		ws[r] = testutil.Worker{
-			Args: append(append([]string{}, common...), "--grad_sync", gradSync, "--train_batch_size", strconv.Itoa(perRank),
+			Args: append(append(append([]string{}, common...), rankArgs...), "--grad_sync", gradSync, "--train_batch_size", strconv.Itoa(perRank),
 				"--output_dir", filepath.Join(dir, "rank"+strconv.Itoa(r))),
 			Env: testutil.TorchrunEnv(r, world, "MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port),
 				"GLOO_SOCKET_IFNAME=lo", "OMP_NUM_THREADS=1", "DP2O_DIST_BACKEND=gloo", "DP2O_DIST_TIMEOUT=2m"),
