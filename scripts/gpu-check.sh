@@ -4,7 +4,8 @@
 #   2. runs the Go test binaries built beforehand on a Go machine with
 #      `make gpu-bins` (they are in .gpu/) with DP2O_DEVICE=cuda,
 #   3. prints a short report: libtorch version, GPU, tests passed, matmul
-#      TFLOP/s, and the full-size SD2 UNet+ControlNet step benchmark.
+#      TFLOP/s, the full-size SD2 UNet+ControlNet step benchmark, and a C-FLUX
+#      training step's peak memory with and without gradient checkpointing.
 # Usage: scripts/gpu-check.sh [report-file]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -50,5 +51,9 @@ fi
 if [ -e "$bins/flow_t5.test" ]; then
   echo "== full-size T5-XXL encoder (FLUX text_encoder_2), 1x512 tokens, bfloat16" | tee -a "$report"
   (cd flow/t5 && DP2O_BENCH_FULL=1 "$OLDPWD/$bins/flow_t5.test" -test.run '^$' -test.bench 'EncoderFullSize' -test.benchtime 10x 2>&1) | grep -E 'Benchmark|ms/op' | tee -a "$report"
+fi
+if [ -e "$bins/flow_transformer.test" ]; then
+  echo "== C-FLUX ControlNet training step through the frozen transformer, full width, 4+4 blocks, batch 2, 512x512, float32: plain vs gradient checkpointing" | tee -a "$report"
+  (cd flow/transformer && DP2O_DEVICE=cuda DP2O_BENCH_HEADS=24 "$OLDPWD/$bins/flow_transformer.test" -test.run '^$' -test.bench 'TrainStepMemory' -test.benchtime 1x 2>&1) | grep -E 'Benchmark|MiB|width' | tee -a "$report"
 fi
 [ "$fail" -eq 0 ]
