@@ -33,5 +33,6 @@
 // numbers PyTorch gives on the same libtorch. Autograd (SetRequiresGrad,
 // Backward, Grad), NoGrad and Autocast follow PyTorch; the latter two lock
 // the goroutine to its OS thread because libtorch keeps that state per
-// thread.
+// thread. Checkpoint is torch.utils.checkpoint: a Go function whose
+// activations are recomputed in the backward pass instead of kept.
 package torch
