@@ -3,6 +3,7 @@ package torch_test
 import (
 	"testing"
 
+	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/torch"
 )
 
@@ -60,4 +61,40 @@ func BenchmarkBareAdd(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.ReportMetric(ns, "cpu-ns/op")
+}
+
+// BenchmarkAttentionMath is ScaledDotProductAttention's math order at the
+// first level of SD2's UNet for a 512² image (batch 2, 5 heads of 64, 4096
+// tokens; float32, no autograd): the whole (2, 5, 4096, 4096) score tensor
+// ("whole", 671 MB) against blocks of query rows ("blocked", the default
+// 4 MiB bound, SetAttentionChunkBytes), with the process's CPU time per op:
+//
+//	go test ./torch -run '^$' -bench AttentionMath -benchtime 3x
+func BenchmarkAttentionMath(b *testing.B) {
+	gen := torch.MustGenerator(torch.CPU, 0)
+	s := torch.NewScope()
+	defer s.Close()
+	q := torch.Randn([]int64{2, 5, 4096, 64}, gen, torch.Float32, torch.CPU)
+	k := torch.Randn([]int64{2, 5, 4096, 64}, gen, torch.Float32, torch.CPU)
+	v := torch.Randn([]int64{2, 5, 4096, 64}, gen, torch.Float32, torch.CPU)
+	def := torch.SetAttentionChunkBytes(0)
+	defer torch.SetAttentionChunkBytes(def)
+	for _, c := range []struct {
+		name  string
+		bound int64
+	}{{"whole", 0}, {"blocked", def}} {
+		b.Run(c.name, func(b *testing.B) {
+			torch.SetAttentionChunkBytes(c.bound)
+			torch.NoGrad(func() {
+				torch.ScaledDotProductAttention(q, k, v, torch.AttentionOpts{Math: true}).Close() // warm-up
+				cpu0 := testutil.CPUTime()
+				b.ResetTimer()
+				for range b.N {
+					torch.ScaledDotProductAttention(q, k, v, torch.AttentionOpts{Math: true}).Close()
+				}
+				b.StopTimer()
+				b.ReportMetric(float64((testutil.CPUTime()-cpu0).Milliseconds())/float64(b.N), "cpu-ms/op")
+			})
+		})
+	}
 }

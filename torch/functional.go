@@ -1,5 +1,8 @@
 package torch
 
+// #include "csrc/dp2o.h"
+import "C"
+
 // InterpolateMode selects F.interpolate's mode.
 type InterpolateMode int
 
@@ -48,6 +51,19 @@ type AttentionOpts struct {
 // k (…, S, E), v (…, S, Ev).
 func ScaledDotProductAttention(q, k, v *Tensor, o AttentionOpts) *Tensor {
 	return sdpa(q, k, v, o.Mask, o.Causal, o.Scale, o.Math)
+}
+
+// SetAttentionChunkBytes bounds the score blocks of ScaledDotProductAttention's
+// math order on the CPU where autograd records nothing (no mask, not
+// causal): when the whole (…, L, S) score tensor would be larger than n
+// bytes, it is computed a block of query rows of one head at a time, each
+// block's scores at most n bytes, so that they stay in cache and the whole
+// tensor is never allocated (an SD2 VAE's mid-block attention at 1024²
+// output would take 1 GiB per image). Every row gets the same kernels as
+// in the whole product. 0 turns it off; the default is 4 MiB. It returns
+// the previous bound.
+func SetAttentionChunkBytes(n int64) int64 {
+	return int64(C.dp2o_set_attention_chunk_bytes(C.int64_t(n)))
 }
 
 // ClipGradNorm is torch.nn.utils.clip_grad_norm_: it scales the gradients of

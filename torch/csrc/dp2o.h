@@ -134,6 +134,7 @@ dp2o_err dp2o_manual_seed(uint64_t seed);
 dp2o_err dp2o_bench_aten_add(int64_t n, int mode, double *ns);
 void dp2o_blas_library(char *buf, int n);
 int dp2o_set_fast_paths(int on); /* per OS thread; returns the previous setting */
+int64_t dp2o_set_attention_chunk_bytes(int64_t n); /* returns the previous bound */
 
 #ifdef __cplusplus
 }

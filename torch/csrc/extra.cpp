@@ -4,6 +4,7 @@
 
 #include <torch/version.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace dp2o {
@@ -102,6 +103,35 @@ at::Tensor pad(const at::Tensor &x, at::IntArrayRef p, int64_t mode, double valu
 // v (..., S, Ev). mask is boolean (true = attend) or additive. scale <= 0
 // means 1/sqrt(E). With math (or on libtorch 1.x) it runs the exact reference
 // order softmax(q·kᵀ·scale + mask)·v; otherwise libtorch's fused kernels.
+// attention_chunk_bytes bounds the score block of sdpa_chunked (0: off).
+std::atomic<int64_t> attention_chunk_bytes{4 << 20};
+
+// sdpa_chunked is the math order of sdpa for q (N, L, E), k (N, S, E),
+// v (N, S, Ev) without autograd, a block of query rows of one head at a
+// time: the (rows, S) scores of a block stay in cache instead of a
+// (N, L, S) tensor going through memory four times (and being allocated:
+// 10 GiB for an SD2 VAE's mid-block at 1024² output). Each row's scores,
+// softmax and output are computed by the same kernels as in the whole
+// product.
+at::Tensor sdpa_chunked(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, double s, int64_t rows) {
+  const int64_t N = q.size(0), L = q.size(1);
+  auto out = at::empty({N, L, v.size(2)}, q.options());
+  for (int64_t n = 0; n < N; n++) {
+    auto kt = k.select(0, n).t();
+    auto vn = v.select(0, n);
+    auto qn = q.select(0, n);
+    auto on = out.select(0, n);
+    for (int64_t r = 0; r < L; r += rows) {
+      int64_t c = std::min(rows, L - r);
+      auto sc = at::mm(qn.narrow(0, r, c), kt);
+      sc.mul_(s);
+      auto dst = on.narrow(0, r, c);
+      at::mm_out(dst, at::softmax(sc, -1), vn);
+    }
+  }
+  return out;
+}
+
 at::Tensor sdpa(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, const c10::optional<at::Tensor> &mask,
                 bool causal, double scale, bool math) {
   TORCH_CHECK(q.dim() >= 2 && k.dim() == q.dim() && v.dim() == q.dim(),
@@ -120,6 +150,30 @@ at::Tensor sdpa(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, c
   }
 #endif
   (void)math;
+  // Inference on the CPU with a large float32/float64 score tensor: a
+  // block of rows at a time (same leading dims, no mask). Reduced
+  // precision is left whole: ATen's batched and single products of
+  // bfloat16 differ in their accumulation.
+  const int64_t chunk = attention_chunk_bytes.load(std::memory_order_relaxed);
+  if (chunk > 0 && !causal && !(mask.has_value() && mask->defined()) && q.dim() >= 3 && q.device().is_cpu() &&
+      k.device().is_cpu() && v.device().is_cpu() &&
+      (q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble) &&
+      k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&
+      q.sizes().slice(0, q.dim() - 2) == k.sizes().slice(0, k.dim() - 2) &&
+      q.sizes().slice(0, q.dim() - 2) == v.sizes().slice(0, v.dim() - 2) &&
+      !(at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad()))) {
+    const int64_t L = q.size(-2), S = k.size(-2), elem = static_cast<int64_t>(q.element_size());
+    const int64_t N = q.numel() > 0 && k.numel() > 0 ? q.numel() / (L * q.size(-1)) : 0;
+    if (N > 0 && N * L * S * elem > chunk) {
+      const int64_t rows = std::max<int64_t>(1, chunk / (S * elem));
+      auto lead = q.sizes().slice(0, q.dim() - 2).vec();
+      auto flat = [](const at::Tensor &t) { return t.reshape({-1, t.size(-2), t.size(-1)}); };
+      auto o = sdpa_chunked(flat(q), flat(k), flat(v), s, std::min(rows, L));
+      lead.push_back(L);
+      lead.push_back(v.size(-1));
+      return o.view(lead);
+    }
+  }
   auto scores = at::matmul(q, k.transpose(-2, -1)) * s;
   if (causal) {
     auto L = q.size(-2), S = k.size(-2);
@@ -184,3 +238,5 @@ void adamw_step(const at::Tensor &param, const at::Tensor &grad, const at::Tenso
 }
 
 }  // namespace dp2o
+
+extern "C" int64_t dp2o_set_attention_chunk_bytes(int64_t n) { return dp2o::attention_chunk_bytes.exchange(n < 0 ? 0 : n); }
