@@ -60,8 +60,9 @@ func ScaledDotProductAttention(q, k, v *Tensor, o AttentionOpts) *Tensor {
 // block's scores at most n bytes, so that they stay in cache and the whole
 // tensor is never allocated (an SD2 VAE's mid-block attention at 1024²
 // output would take 1 GiB per image). Every row gets the same kernels as
-// in the whole product. 0 turns it off; the default is 4 MiB. It returns
-// the previous bound.
+// in the whole product. 0 turns it off; the default is 4 MiB, or
+// $DP2O_ATTENTION_CHUNK_BYTES when the process starts. It returns the
+// previous bound.
 func SetAttentionChunkBytes(n int64) int64 {
 	return int64(C.dp2o_set_attention_chunk_bytes(C.int64_t(n)))
 }

@@ -103,8 +103,18 @@ at::Tensor pad(const at::Tensor &x, at::IntArrayRef p, int64_t mode, double valu
 // v (..., S, Ev). mask is boolean (true = attend) or additive. scale <= 0
 // means 1/sqrt(E). With math (or on libtorch 1.x) it runs the exact reference
 // order softmax(q·kᵀ·scale + mask)·v; otherwise libtorch's fused kernels.
-// attention_chunk_bytes bounds the score block of sdpa_chunked (0: off).
-std::atomic<int64_t> attention_chunk_bytes{4 << 20};
+// attention_chunk_bytes bounds the score block of sdpa_chunked (0: off):
+// 4 MiB, or $DP2O_ATTENTION_CHUNK_BYTES.
+int64_t attention_chunk_default() {
+  const char *e = std::getenv("DP2O_ATTENTION_CHUNK_BYTES");
+  if (e && *e) {
+    char *end = nullptr;
+    long long v = std::strtoll(e, &end, 10);
+    if (end && *end == 0 && v >= 0) return v;
+  }
+  return 4 << 20;
+}
+std::atomic<int64_t> attention_chunk_bytes{attention_chunk_default()};
 
 // sdpa_chunked is the math order of sdpa for q (N, L, E), k (N, S, E),
 // v (N, S, Ev) without autograd, a block of query rows of one head at a
