@@ -116,7 +116,8 @@ func AutocastEnabled(dev DeviceType) bool { return C.dp2o_autocast_enabled(C.int
 
 // PlainKernels runs f with the CPU fast paths (the XNNPACK kernels that
 // FastLinear, FusedAttention and GEGLUFeedForward take where autograd
-// records nothing) off on the goroutine's OS thread, so that f computes
+// records nothing, and the blocked attention of SetAttentionChunkBytes)
+// off on the goroutine's OS thread, so that f computes
 // with exactly the kernels the autograd path uses: for a frozen model
 // whose outputs must match a trained copy's bit for bit (a DPO reference
 // at step 0). Like grad mode, the setting is per OS thread, so the

@@ -161,11 +161,14 @@ at::Tensor sdpa(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, c
 #endif
   (void)math;
   // Inference on the CPU with a large float32/float64 score tensor: a
-  // block of rows at a time (same leading dims, no mask). Reduced
+  // block of rows at a time (same leading dims, no mask), except where the
+  // autograd path's kernels are asked for (a DPO reference must give the
+  // policy's bits at step 0 on any BLAS). Reduced
   // precision is left whole: ATen's batched and single products of
   // bfloat16 differ in their accumulation.
   const int64_t chunk = attention_chunk_bytes.load(std::memory_order_relaxed);
-  if (chunk > 0 && !causal && !(mask.has_value() && mask->defined()) && q.dim() >= 3 && q.device().is_cpu() &&
+  if (chunk > 0 && !plain_kernels() && !causal && !(mask.has_value() && mask->defined()) && q.dim() >= 3 &&
+      q.device().is_cpu() &&
       k.device().is_cpu() && v.device().is_cpu() &&
       (q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble) &&
       k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type() &&

@@ -225,6 +225,8 @@ at::Tensor attention_ref(const at::Tensor &x, const at::Tensor &ctx, const at::T
 
 bool fast_path_available() { return xnn().ok; }
 
+bool plain_kernels() { return fast_paths_off; }
+
 at::Tensor fast_linear(const at::Tensor &x, const at::Tensor &w, const c10::optional<at::Tensor> &b) {
   if (linear_shapes_ok(x, w, b) && fast_ok({&x, &w, opt_ptr(b)})) {
     auto y = xlinear(x, w, b);

@@ -33,6 +33,11 @@ at::Tensor geglu_ff(const at::Tensor &x, const at::Tensor &w1, const c10::option
 // fast_path reports whether fast_linear's XNNPACK path is available.
 bool fast_path_available();
 
+// plain_kernels reports whether the calling thread is in a region that must
+// compute with the kernels of the autograd path (dp2o_set_fast_paths(0):
+// torch.PlainKernels, a checkpointed function's forward pass).
+bool plain_kernels();
+
 // blas_library is the real path of the library whose sgemm_ libtorch calls
 // ("" when none is visible); optimized_blas reports whether it is an
 // optimised BLAS (then the XNNPACK paths are off: they do not pay).
