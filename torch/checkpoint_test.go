@@ -226,9 +226,17 @@ func TestCheckpointWithoutGradRunsDirectly(t *testing.T) {
 	require.Zero(t, torch.CheckpointFunctions())
 }
 
+// TestCheckpointAutocastIsRestoredForTheRecomputation: the recomputation
+// runs under the forward pass's autocast (bfloat16 on the CPU, float16 on
+// CUDA, where the backward pass runs on an autograd engine thread).
 func TestCheckpointAutocastIsRestoredForTheRecomputation(t *testing.T) {
 	testutil.NoLeak(t)
-	n := newCkptNet(t, torch.CPU)
+	dev := testutil.Device(t)
+	low := torch.BFloat16
+	if dev.IsCUDA() {
+		low = torch.Float16
+	}
+	n := newCkptNet(t, dev)
 	defer n.close()
 	run := func(checkpointed bool) []*torch.Tensor {
 		for _, p := range n.params() {
@@ -238,14 +246,14 @@ func TestCheckpointAutocastIsRestoredForTheRecomputation(t *testing.T) {
 			s := torch.NewScope()
 			defer s.Close()
 			var o []*torch.Tensor
-			torch.Autocast(torch.DeviceCPU, torch.BFloat16, func() {
+			torch.Autocast(dev.Type, low, func() {
 				if checkpointed {
 					o = torch.Checkpoint(n.block, n.x, n.mask)
 				} else {
 					o = n.block([]*torch.Tensor{n.x, n.mask})
 				}
 			})
-			require.Equal(t, torch.BFloat16, o[0].DType(), "autocast did not apply")
+			require.Equal(t, low, o[0].DType(), "autocast did not apply")
 			o[0].To(torch.Float32).Square().Sum().Backward(nil)
 		})
 		var gs []*torch.Tensor
@@ -260,7 +268,7 @@ func TestCheckpointAutocastIsRestoredForTheRecomputation(t *testing.T) {
 	defer closeAll(got)
 	for i := range want {
 		// Run in float32 by the recomputation, the gradients would differ
-		// from autocast's at bfloat16's precision, not at this tolerance.
+		// from autocast's at its precision, not at this tolerance.
 		testutil.AssertClose(t, "gradient", got[i], want[i], 1e-6, 1e-5)
 	}
 }
