@@ -43,9 +43,12 @@ func benchEnvInt(b *testing.B, name string, def int) int {
 // (default 8: width 1024), with DP2O_BENCH_DOUBLE + DP2O_BENCH_SINGLE
 // transformer blocks (4 + 4) and a 2-block ControlNet from it, deterministic
 // weights; DP2O_BENCH_BATCH samples (2: a DPO pair's winner and loser) of
-// DP2O_BENCH_IMAGE² pixels (512) with DP2O_BENCH_TEXT text tokens (256):
+// DP2O_BENCH_IMAGE² pixels (512) with DP2O_BENCH_TEXT text tokens (256).
+// scripts/bench_flux_train_step.py runs the same step in diffusers (plain,
+// and with enable_gradient_checkpointing), on the same libtorch and
+// weights; both print the loss:
 //
-//	go test ./flow/transformer -run '^$' -bench TrainStepMemory -benchtime 1x
+//	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 go test ./flow/transformer -run '^$' -bench TrainStepMemory -benchtime 1x
 func BenchmarkTrainStepMemory(b *testing.B) {
 	if v := os.Getenv(trainStepChildEnv); v != "" {
 		trainStepChild(b, v == "checkpointed")
@@ -65,7 +68,7 @@ func BenchmarkTrainStepMemory(b *testing.B) {
 				require.NoError(b, err, "%s", msg)
 				var r trainStepResult
 				require.NoError(b, json.Unmarshal(data, &r))
-				b.Log(r.Setup)
+				b.Logf("%s: loss %.6f", r.Setup, r.Loss)
 				peak = max(peak, r.PeakBytes)
 				cpu += r.CPUMillis
 				wall += r.WallMillis
@@ -85,6 +88,7 @@ const (
 // trainStepResult is what a BenchmarkTrainStepMemory child measured.
 type trainStepResult struct {
 	Setup      string
+	Loss       float64 // mean(v²), as scripts/bench_flux_train_step.py prints it
 	PeakBytes  int64
 	CPUMillis  float64
 	WallMillis float64
@@ -150,6 +154,7 @@ func trainStepChild(b *testing.B, ckpt bool) {
 	setup := fmt.Sprintf("width %d, %d+%d blocks, ControlNet 2 blocks, batch %d, %d image + %d text tokens, %s",
 		cfg.InnerDim(), cfg.NumLayers, cfg.NumSingleLayers, batch, l, text, dev)
 
+	var loss float64
 	step := func() {
 		torch.EnableGrad(func() {
 			ss := torch.NewScope()
@@ -160,7 +165,9 @@ func trainStepChild(b *testing.B, ckpt bool) {
 			in2.ControlNetBlockSamples, in2.ControlNetSingleBlockSamples = blocks, singles
 			out, err := f.Forward(in2)
 			require.NoError(b, err)
-			out.Square().Mean().Backward(nil)
+			l := out.Square().Mean()
+			l.Backward(nil)
+			loss = l.Item()
 		})
 		for _, p := range cn.Parameters() {
 			p.Tensor.ZeroGrad(true)
@@ -185,6 +192,7 @@ func trainStepChild(b *testing.B, ckpt bool) {
 	step()
 	res := trainStepResult{
 		Setup:      setup,
+		Loss:       loss,
 		CPUMillis:  float64((testutil.CPUTime() - c0).Microseconds()) / 1e3,
 		WallMillis: float64(time.Since(t0).Microseconds()) / 1e3,
 	}
