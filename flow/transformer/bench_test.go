@@ -1,8 +1,6 @@
 package transformer
 
 import (
-	"os"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -36,20 +34,28 @@ func benchModels(b *testing.B) (*Flux, *ControlNet) {
 	cfg, err := LoadConfig(testutil.Fixture(b, "flux/keys/flux_transformer/config.json"))
 	require.NoError(b, err)
 	cfg.NumLayers, cfg.NumSingleLayers = benchDouble, benchSingle
+	return detinitModels(b, cfg, benchControlLayers, torch.CPU)
+}
+
+// detinitModels builds the transformer of cfg with deterministic weights
+// (detinit, benchWeightSeed) on dev, float32, and a ControlNet of
+// controlLayers double blocks from it as from_transformer does: what the
+// Python benchmark scripts build with the same weights.
+func detinitModels(b *testing.B, cfg Config, controlLayers int, dev torch.Device) (*Flux, *ControlNet) {
 	meta := nn.NewBuilder(nil, torch.Float32, torch.Meta)
-	_, err = New(meta, cfg)
+	_, err := New(meta, cfg)
 	require.NoError(b, err)
 	manifest := map[string]detinit.Spec{}
 	for k, sh := range meta.Requested() {
 		manifest[k] = detinit.Spec{Shape: sh, DType: torch.Float32}
 	}
 	meta.Params().Close()
-	src, err := detinit.Build(manifest, benchWeightSeed, torch.CPU)
+	src, err := detinit.Build(manifest, benchWeightSeed, dev)
 	require.NoError(b, err)
 	defer src.Close() // the model holds its own handles
-	f, err := FromSource(src, cfg, torch.Float32, torch.CPU)
+	f, err := FromSource(src, cfg, torch.Float32, dev)
 	require.NoError(b, err)
-	cn, err := ControlNetFromTransformer(f, ControlNetOptions{NumLayers: benchControlLayers})
+	cn, err := ControlNetFromTransformer(f, ControlNetOptions{NumLayers: controlLayers})
 	require.NoError(b, err)
 	return f, cn
 }
@@ -80,21 +86,32 @@ func minorFaults() int64 {
 
 // benchInputs draws the inputs in scripts/bench_flux.py's order.
 func benchInputs(b *testing.B, c Config) (Input, *torch.Tensor) {
+	return drawInputs(b, c, 1, benchImage, benchTextTokens, benchSigma, benchGuide, torch.CPU)
+}
+
+// drawInputs draws batch samples of image² pixels with text tokens from a
+// CPU generator seeded benchInputSeed, in the order the Python benchmark
+// scripts draw them (latents, control latents, text, pooled), on dev;
+// every sample gets timestep sigma and guidance guide.
+func drawInputs(b *testing.B, c Config, batch, image, text int64, sigma, guide float64, dev torch.Device) (Input, *torch.Tensor) {
 	gen, err := torch.NewGenerator(torch.CPU, benchInputSeed)
 	require.NoError(b, err)
-	grid := int64(benchImage / 16)
+	draw := func(shape ...int64) *torch.Tensor {
+		return torch.Randn(shape, gen, torch.Float32, torch.CPU).ToDevice(dev)
+	}
+	grid := image / 16
 	l := grid * grid
-	x := torch.Randn([]int64{1, l, int64(c.InChannels)}, gen, torch.Float32, torch.CPU)
-	cond := torch.Randn([]int64{1, l, int64(c.InChannels)}, gen, torch.Float32, torch.CPU)
-	text := torch.Randn([]int64{1, benchTextTokens, int64(c.JointAttentionDim)}, gen, torch.Float32, torch.CPU)
-	pooled := torch.Randn([]int64{1, int64(c.PooledProjectionDim)}, gen, torch.Float32, torch.CPU)
-	img, err := ImageIDs(grid, grid, torch.Float32, torch.CPU)
+	x := draw(batch, l, int64(c.InChannels))
+	cond := draw(batch, l, int64(c.InChannels))
+	enc := draw(batch, text, int64(c.JointAttentionDim))
+	pooled := draw(batch, int64(c.PooledProjectionDim))
+	img, err := ImageIDs(grid, grid, torch.Float32, dev)
 	require.NoError(b, err)
-	txt, err := TextIDs(benchTextTokens, torch.Float32, torch.CPU)
+	txt, err := TextIDs(text, torch.Float32, dev)
 	require.NoError(b, err)
 	return Input{
-		HiddenStates: x, EncoderHiddenStates: text, PooledProjections: pooled,
-		Timestep: torch.FromSlice([]float32{benchSigma}, 1), Guidance: torch.FromSlice([]float32{benchGuide}, 1),
+		HiddenStates: x, EncoderHiddenStates: enc, PooledProjections: pooled,
+		Timestep: torch.Full([]int64{batch}, sigma, torch.Float32, dev), Guidance: torch.Full([]int64{batch}, guide, torch.Float32, dev),
 		ImgIDs: img, TxtIDs: txt,
 	}, cond
 }
@@ -114,12 +131,7 @@ func benchInputs(b *testing.B, c Config) (Input, *torch.Tensor) {
 // output's mean |v| and sum, which the script prints too (the same model
 // and inputs: they agree to float32 rounding).
 func BenchmarkFluxControlNetStep(b *testing.B) {
-	threads := 1
-	if s := os.Getenv("DP2O_BENCH_THREADS"); s != "" {
-		n, err := strconv.Atoi(s)
-		require.NoError(b, err)
-		threads = n
-	}
+	threads := envInt(b, "DP2O_BENCH_THREADS", 1)
 	defer torch.SetNumThreads(torch.NumThreads())
 	torch.SetNumThreads(threads)
 	f, cn := benchModels(b)

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"testing"
 	"time"
 
@@ -16,20 +15,7 @@ import (
 
 	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/torch"
-	"github.com/dp2osr/dp2o/torch/detinit"
-	"github.com/dp2osr/dp2o/torch/nn"
 )
-
-// benchEnvInt is an integer from the environment, or def.
-func benchEnvInt(b *testing.B, name string, def int) int {
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	n, err := strconv.Atoi(s)
-	require.NoError(b, err, name)
-	return n
-}
 
 // BenchmarkTrainStepMemory measures one training step of a C-FLUX ControlNet
 // through the frozen transformer (forward of both, mean(v²) backward into the
@@ -81,6 +67,10 @@ func BenchmarkTrainStepMemory(b *testing.B) {
 }
 
 const (
+	// trainStepSigma and trainStepGuidance are every sample's timestep and
+	// guidance (scripts/bench_flux_train_step.py uses the same).
+	trainStepSigma, trainStepGuidance = 0.5, 3.5
+
 	trainStepChildEnv = "DP2O_BENCH_TRAIN_STEP"     // plain or checkpointed: run one step, in this process
 	trainStepOutEnv   = "DP2O_BENCH_TRAIN_STEP_OUT" // where the child writes its trainStepResult
 )
@@ -100,29 +90,15 @@ func trainStepChild(b *testing.B, ckpt bool) {
 	dev := testutil.Device(b)
 	cfg, err := LoadConfig(testutil.Fixture(b, "flux/keys/flux_transformer/config.json"))
 	require.NoError(b, err)
-	cfg.NumAttentionHeads = benchEnvInt(b, "DP2O_BENCH_HEADS", 8)
-	cfg.NumLayers = benchEnvInt(b, "DP2O_BENCH_DOUBLE", 4)
-	cfg.NumSingleLayers = benchEnvInt(b, "DP2O_BENCH_SINGLE", 4)
-	batch := int64(benchEnvInt(b, "DP2O_BENCH_BATCH", 2))
-	image := int64(benchEnvInt(b, "DP2O_BENCH_IMAGE", 512))
-	text := int64(benchEnvInt(b, "DP2O_BENCH_TEXT", 256))
+	cfg.NumAttentionHeads = envInt(b, "DP2O_BENCH_HEADS", 8)
+	cfg.NumLayers = envInt(b, "DP2O_BENCH_DOUBLE", 4)
+	cfg.NumSingleLayers = envInt(b, "DP2O_BENCH_SINGLE", 4)
+	batch := int64(envInt(b, "DP2O_BENCH_BATCH", 2))
+	image := int64(envInt(b, "DP2O_BENCH_IMAGE", 512))
+	text := int64(envInt(b, "DP2O_BENCH_TEXT", 256))
 
-	meta := nn.NewBuilder(nil, torch.Float32, torch.Meta)
-	_, err = New(meta, cfg)
-	require.NoError(b, err)
-	manifest := map[string]detinit.Spec{}
-	for k, sh := range meta.Requested() {
-		manifest[k] = detinit.Spec{Shape: sh, DType: torch.Float32}
-	}
-	meta.Params().Close()
-	src, err := detinit.Build(manifest, benchWeightSeed, dev)
-	require.NoError(b, err)
-	f, err := FromSource(src, cfg, torch.Float32, dev)
-	src.Close()
-	require.NoError(b, err)
+	f, cn := detinitModels(b, cfg, benchControlLayers, dev)
 	defer f.Close()
-	cn, err := ControlNetFromTransformer(f, ControlNetOptions{NumLayers: 2})
-	require.NoError(b, err)
 	defer cn.Close()
 	for _, p := range f.Parameters() {
 		p.Tensor.SetRequiresGrad(false)
@@ -133,26 +109,10 @@ func trainStepChild(b *testing.B, ckpt bool) {
 
 	s := torch.NewScope()
 	defer s.Close()
-	gen, err := torch.NewGenerator(torch.CPU, benchInputSeed)
-	require.NoError(b, err)
-	grid := image / 16
-	l := grid * grid
-	draw := func(shape ...int64) *torch.Tensor {
-		return torch.Randn(shape, gen, torch.Float32, torch.CPU).ToDevice(dev)
-	}
-	x, cond := draw(batch, l, int64(cfg.InChannels)), draw(batch, l, int64(cfg.InChannels))
-	enc, pooled := draw(batch, text, int64(cfg.JointAttentionDim)), draw(batch, int64(cfg.PooledProjectionDim))
-	img, err := ImageIDs(grid, grid, torch.Float32, dev)
-	require.NoError(b, err)
-	txt, err := TextIDs(text, torch.Float32, dev)
-	require.NoError(b, err)
-	in := Input{
-		HiddenStates: x, EncoderHiddenStates: enc, PooledProjections: pooled,
-		Timestep: torch.Full([]int64{batch}, 0.5, torch.Float32, dev), Guidance: torch.Full([]int64{batch}, 3.5, torch.Float32, dev),
-		ImgIDs: img, TxtIDs: txt,
-	}
-	setup := fmt.Sprintf("width %d, %d+%d blocks, ControlNet 2 blocks, batch %d, %d image + %d text tokens, %s",
-		cfg.InnerDim(), cfg.NumLayers, cfg.NumSingleLayers, batch, l, text, dev)
+	in, cond := drawInputs(b, cfg, batch, image, text, trainStepSigma, trainStepGuidance, dev)
+	l := in.HiddenStates.Size(1)
+	setup := fmt.Sprintf("width %d, %d+%d blocks, ControlNet %d blocks, batch %d, %d image + %d text tokens, %s",
+		cfg.InnerDim(), cfg.NumLayers, cfg.NumSingleLayers, benchControlLayers, batch, l, text, dev)
 
 	var loss float64
 	step := func() {
