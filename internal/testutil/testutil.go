@@ -126,6 +126,25 @@ func AssertClose(tb testing.TB, name string, got, want *torch.Tensor, atol, rtol
 	tb.Logf("%s: max |diff| %.3g", name, maxAbs)
 }
 
+// AssertCloseToMax is AssertClose with an absolute tolerance of rel times
+// want's largest magnitude: for gradients, whose rounding scales with the
+// tensor's largest entries rather than with each entry.
+func AssertCloseToMax(tb testing.TB, name string, got, want *torch.Tensor, rel float64) {
+	tb.Helper()
+	scale := 0.0
+	for _, v := range want.Float64s() {
+		scale = max(scale, math.Abs(v))
+	}
+	AssertClose(tb, name, got, want, rel*scale, 0)
+}
+
+// CloseMap closes every tensor of m.
+func CloseMap(m map[string]*torch.Tensor) {
+	for _, t := range m {
+		t.Close()
+	}
+}
+
 // AssertEqual fails unless got and want have the same shape, dtype and bytes.
 func AssertEqual(tb testing.TB, name string, got, want *torch.Tensor) {
 	tb.Helper()
