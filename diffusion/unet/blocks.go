@@ -38,9 +38,9 @@ func newDownBlock(b *nn.Builder, l *blockLayout, i int, in int64, o *attnOpts) *
 	return d
 }
 
-// forward returns the block's output and its skip tensors (ckpt: each
-// resnet and transformer through torch.Checkpoint) (which include
-// the output), all owned by the caller's scope.
+// forward returns the block's output and its skip tensors (which include
+// the output), all owned by the caller's scope. With ckpt each resnet and
+// transformer runs through torch.Checkpoint.
 func (d *downBlock) forward(x, temb, text *torch.Tensor, ckpt bool) (*torch.Tensor, []*torch.Tensor) {
 	s := torch.NewScope()
 	defer s.Close()
