@@ -124,8 +124,11 @@ std::atomic<int64_t> attention_chunk_bytes{attention_chunk_default()};
 // softmax and output are computed by the same kernels as in the whole
 // product.
 at::Tensor sdpa_chunked(const at::Tensor &q, const at::Tensor &k, const at::Tensor &v, double s, int64_t rows) {
-  const int64_t N = q.size(0), L = q.size(1);
+  const int64_t N = q.size(0), L = q.size(1), S = k.size(1);
   auto out = at::empty({N, L, v.size(2)}, q.options());
+  // One scores and one probabilities buffer for every block.
+  auto scores = at::empty({rows, S}, q.options());
+  auto probs = at::empty({rows, S}, q.options());
   for (int64_t n = 0; n < N; n++) {
     auto kt = k.select(0, n).t();
     auto vn = v.select(0, n);
@@ -133,10 +136,13 @@ at::Tensor sdpa_chunked(const at::Tensor &q, const at::Tensor &k, const at::Tens
     auto on = out.select(0, n);
     for (int64_t r = 0; r < L; r += rows) {
       int64_t c = std::min(rows, L - r);
-      auto sc = at::mm(qn.narrow(0, r, c), kt);
-      sc.mul_(s);
+      auto sc = scores.narrow(0, 0, c);
+      auto p = probs.narrow(0, 0, c);
       auto dst = on.narrow(0, r, c);
-      at::mm_out(dst, at::softmax(sc, -1), vn);
+      at::mm_out(sc, qn.narrow(0, r, c), kt);
+      sc.mul_(s);
+      at::_softmax_out(p, sc, -1, false);
+      at::mm_out(dst, p, vn);
     }
   }
   return out;
