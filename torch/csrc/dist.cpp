@@ -260,6 +260,40 @@ int run_buckets(Group &g, const char *what, std::vector<Bucket> buckets, std::ch
   return static_cast<int>(buckets.size());
 }
 
+// global_or all-reduces a 0/1 flag per parameter (max): which parameters
+// have a gradient on some rank. One small collective keeps every rank's
+// buckets identical.
+std::vector<char> global_or(Group &g, const std::vector<char> &local, const at::Device &dev, const char *what,
+                            std::chrono::milliseconds timeout) {
+  at::Tensor mask = at::zeros({static_cast<int64_t>(local.size())}, at::TensorOptions().dtype(at::kInt));
+  {
+    auto ma = mask.accessor<int, 1>();
+    for (size_t i = 0; i < local.size(); i++) ma[i] = local[i] ? 1 : 0;
+  }
+  if (g.size > 1) {
+    at::Tensor m = g.backend == "nccl" ? mask.to(dev) : mask;
+    std::vector<at::Tensor> one{m};
+    auto w = all_reduce_async(g, one, 2, timeout);
+    wait(g, what, w, timeout);
+    mask = m.to(at::kCPU);
+  }
+  std::vector<char> out(local.size());
+  auto any = mask.accessor<int, 1>();
+  for (size_t i = 0; i < out.size(); i++) out[i] = any[i] != 0;
+  return out;
+}
+
+// average_grads replaces each gradient by its mean over the ranks, in
+// buckets of at most bucket_bytes. Returns the number of buckets.
+int average_grads(Group &g, const char *what, const std::vector<at::Tensor> &grads, int64_t bucket_bytes,
+                  std::chrono::milliseconds timeout) {
+  int world = g.size;
+  return run_buckets(
+      g, what, make_buckets(grads, bucket_bytes), timeout,
+      [&](std::vector<at::Tensor> &one) { return all_reduce_async(g, one, 0, timeout); },
+      [world](Bucket &b) { b.flat.div_(world); });
+}
+
 // Reducer: gradient averaging started from autograd hooks (see dist.h).
 struct Reducer {
   struct State {
@@ -270,25 +304,48 @@ struct Reducer {
     std::vector<int> bucket_of;
     std::vector<int> pending;  // per bucket: gradients still to come
     std::vector<char> ready;   // per parameter
+    // Per parameter:
+    //   used: it has a gradient in the open step (one from before the
+    //     step, or the hook fired in one of the step's backward passes);
+    //   hooked: the hook fired in this (armed) backward pass;
+    //   late: a gradient was accumulated after its bucket had started;
+    //   unused: no gradient on any rank in the last step: left out of the
+    //     buckets (alike on every rank) and averaged at finish if some
+    //     rank has one after all;
+    //   premarked: no gradient in this rank's last armed backward pass:
+    //     counted ready from the start, so that its bucket need not wait
+    //     for a gradient that may never come (DDP's static graph).
+    std::vector<char> used, hooked, late, unused, premarked;
     std::vector<Bucket> live;  // per bucket: flattened gradient and work
     size_t next = 0;           // next bucket to start
     int in_backward = 0;
+    int64_t bucket_bytes = 0;
+    bool open = false;  // a step is open: prepared, not yet finished
     bool armed = false;
     bool closed = false;
     std::chrono::milliseconds timeout{0};
     std::string error;
 
-    // start launches bucket k: its gradients (zeros where a parameter got
-    // none) flattened, one all-reduce. Called with mu held.
+    // start launches bucket k: its gradients (zeros where a parameter has
+    // none yet) flattened, one all-reduce. The parameters give up their
+    // gradient tensors to the bucket until finish, so that whatever the
+    // backward pass still accumulates for them lands in a fresh tensor (a
+    // late gradient, averaged at finish) and never in memory in flight.
+    // Called with mu held.
     void start(size_t k) {
       auto &b = live[k];
       b.members.clear();
       for (int i : buckets[k]) {
+        if (unused[i]) continue;
         at::Tensor &gr = params[i].mutable_grad();
         if (!gr.defined()) gr = at::zeros_like(params[i], at::MemoryFormat::Contiguous);
         b.members.push_back(gr);
       }
+      if (b.members.empty()) return;
       flatten(b);
+      for (int i : buckets[k]) {
+        if (!unused[i]) params[i].mutable_grad() = at::Tensor();
+      }
       std::vector<at::Tensor> one{b.flat};
       b.work = all_reduce_async(g, one, 0, timeout);
     }
@@ -296,21 +353,19 @@ struct Reducer {
     // mark is the hook: parameter i's gradient is accumulated.
     void mark(int i) {
       std::lock_guard<std::mutex> lock(mu);
-      if (!armed || closed) return;
-      if (ready[i]) {
-        // A second accumulation in one backward pass (a parameter used
-        // inside and outside a checkpointed function: the recomputation's
-        // own backward pass accumulates it too). Harmless until its bucket
-        // has started; after, the all-reduce missed part of the gradient.
-        if (static_cast<size_t>(bucket_of[i]) < next && error.empty()) {
-          error = "dist: reducer: parameter " + std::to_string(i) +
-                  "'s gradient was accumulated again after its bucket's all-reduce had started (a parameter used "
-                  "both inside and outside a checkpointed function?); average the gradients after the backward "
-                  "pass instead";
-          armed = false;
-        }
+      if (!open || closed) return;
+      used[i] = 1;
+      if (!armed) return;
+      hooked[i] = 1;
+      if (unused[i]) return;  // averaged at finish
+      if (static_cast<size_t>(bucket_of[i]) < next) {
+        // After its bucket started: a parameter used in the pass where it
+        // was premarked, or used again (inside and outside a checkpointed
+        // function: the recomputation's own backward pass accumulates it).
+        late[i] = 1;
         return;
       }
+      if (ready[i]) return;  // premarked, or a second accumulation in time
       ready[i] = 1;
       pending[bucket_of[i]]--;
       try {
@@ -579,25 +634,13 @@ dp2o_err dp2o_dist_average_gradients(dp2o_group h, dp2o_tensor *hs, int n, int64
   if (buckets) *buckets = 0;
   if (n == 0) return nullptr;  // the same empty list on every rank: nothing to exchange
   at::NoGradGuard no_grad;
-  // Which parameters have a gradient on some rank: one small all-reduce
-  // (max) of a 0/1 mask keeps every rank's buckets identical.
   std::vector<at::Tensor> params = dp2o::tensors_of(hs, n);
-  at::Tensor mask = at::zeros({static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kInt));
-  {
-    auto ma = mask.accessor<int, 1>();
-    for (int i = 0; i < n; i++) {
-      TORCH_CHECK(params[i].defined(), "dist: average_gradients: parameter ", i, " is undefined");
-      if (params[i].grad().defined()) ma[i] = 1;
-    }
+  std::vector<char> local(n);
+  for (int i = 0; i < n; i++) {
+    TORCH_CHECK(params[i].defined(), "dist: average_gradients: parameter ", i, " is undefined");
+    local[i] = params[i].grad().defined();
   }
-  if (g.size > 1) {
-    at::Tensor m = g.backend == "nccl" ? mask.to(params.empty() ? at::Device(at::kCPU) : params[0].device()) : mask;
-    std::vector<at::Tensor> one{m};
-    auto w = dp2o::dist::all_reduce_async(g, one, 2, timeout);
-    dp2o::dist::wait(g, "average_gradients (gradient mask)", w, timeout);
-    mask = m.to(at::kCPU);
-  }
-  auto any = mask.accessor<int, 1>();
+  auto any = dp2o::dist::global_or(g, local, params[0].device(), "average_gradients (gradient mask)", timeout);
   std::vector<at::Tensor> grads;
   for (int i = 0; i < n; i++) {
     if (!any[i]) continue;
@@ -608,11 +651,7 @@ dp2o_err dp2o_dist_average_gradients(dp2o_group h, dp2o_tensor *hs, int n, int64
     if (g.backend == "nccl") TORCH_CHECK(gr.is_cuda(), "dist: an NCCL group needs CUDA gradients, got ", gr.device());
     grads.push_back(gr);
   }
-  int world = g.size;
-  int nb = dp2o::dist::run_buckets(
-      g, "average_gradients", dp2o::dist::make_buckets(grads, bucket_bytes), timeout,
-      [&](std::vector<at::Tensor> &one) { return dp2o::dist::all_reduce_async(g, one, 0, timeout); },
-      [world](dp2o::dist::Bucket &b) { b.flat.div_(world); });
+  int nb = dp2o::dist::average_grads(g, "average_gradients", grads, bucket_bytes, timeout);
   if (buckets) *buckets = nb;
   DP2O_CATCH
 }
@@ -655,6 +694,8 @@ dp2o_err dp2o_dist_reducer_new(dp2o_group h, dp2o_tensor *hs, int n, int64_t buc
   st.live.resize(st.buckets.size());
   st.pending.assign(st.buckets.size(), 0);
   st.ready.assign(n, 0);
+  for (auto *v : {&st.used, &st.hooked, &st.late, &st.unused, &st.premarked}) v->assign(n, 0);
+  st.bucket_bytes = bucket_bytes;
   for (int i = 0; i < n; i++) {
     auto acc = torch::autograd::impl::grad_accumulator(st.params[i]);
     TORCH_CHECK(acc != nullptr, "dist: reducer: parameter ", i, " has no gradient accumulator");
@@ -676,13 +717,22 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync) {
   auto &st = *static_cast<dp2o::dist::Reducer *>(h)->st;
   std::lock_guard<std::mutex> lock(st.mu);
   TORCH_CHECK(st.next == 0 || !st.armed, "dist: reducer: prepare before the previous finish");
+  if (!st.open) {
+    // The first backward pass of a step: a gradient already there (from
+    // outside the reducer's backward passes) counts as one.
+    for (size_t i = 0; i < st.params.size(); i++) st.used[i] = st.params[i].grad().defined();
+    st.open = true;
+  }
   st.armed = sync != 0;
   st.next = 0;
   st.in_backward = 0;
   st.error.clear();
-  std::fill(st.ready.begin(), st.ready.end(), 0);
+  st.ready = st.premarked;
+  std::fill(st.hooked.begin(), st.hooked.end(), 0);
   for (size_t k = 0; k < st.buckets.size(); k++) {
-    st.pending[k] = static_cast<int>(st.buckets[k].size());
+    int n = 0;
+    for (int i : st.buckets[k]) n += !st.unused[i] && !st.ready[i];
+    st.pending[k] = n;
     st.live[k] = dp2o::dist::Bucket();
   }
   DP2O_CATCH
@@ -694,6 +744,7 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int *in_ba
   std::lock_guard<std::mutex> lock(st.mu);
   TORCH_CHECK(st.armed || !st.error.empty(), "dist: reducer: finish without prepare(sync)");
   st.armed = false;
+  st.open = false;
   auto timeout = dp2o::dist::timeout_of(st.g, timeout_ms);
   at::NoGradGuard no_grad;
   std::string err = st.error;
@@ -708,22 +759,80 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int *in_ba
     }
   }
   if (in_backward) *in_backward = st.in_backward;
-  for (size_t k = 0; k < st.next; k++) {
+  size_t started = st.next;
+  st.next = 0;
+  for (size_t k = 0; k < started; k++) {
     auto &b = st.live[k];
     if (!b.work) continue;
     try {
       dp2o::dist::wait(st.g, "reducer", b.work, timeout);
-      if (err.empty()) {
-        b.flat.div_(st.g.size);
-        dp2o::dist::unflatten(b);
-      }
+      if (err.empty()) b.flat.div_(st.g.size);
     } catch (const c10::Error &e) {
       if (err.empty()) err = e.what_without_backtrace();
     }
+    b.work.reset();
+  }
+  if (!err.empty()) {
+    // The parameters get their bucketed gradients back (not averaged).
+    for (size_t k = 0; k < started; k++) {
+      size_t m = 0;
+      for (int i : st.buckets[k]) {
+        if (st.unused[i] || m >= st.live[k].members.size()) continue;
+        at::Tensor &gr = st.params[i].mutable_grad();
+        if (!gr.defined()) gr = st.live[k].members[m];
+        m++;
+      }
+    }
+    for (auto &b : st.live) b = dp2o::dist::Bucket();
+    std::fill(st.late.begin(), st.late.end(), 0);
+    TORCH_CHECK(false, err);
+  }
+  size_t n = st.params.size();
+  // Which parameters have a gradient on some rank, and which got some of
+  // it late on some rank (one small all-reduce of 2n flags): a parameter
+  // left out of the buckets counts as late with all of its gradient.
+  std::vector<char> flags(2 * n);
+  for (size_t i = 0; i < n; i++) {
+    flags[i] = st.used[i];
+    flags[n + i] = st.unused[i] ? st.params[i].grad().defined() : st.late[i];
+  }
+  at::Device dev = n ? st.params[0].device() : at::Device(at::kCPU);
+  auto any = dp2o::dist::global_or(st.g, flags, dev, "reducer (gradient flags)", timeout);
+  // The buckets' means go back to their parameters; late gradients, their
+  // own mean over the ranks added (zeros where a rank has none).
+  std::vector<at::Tensor> late, into;
+  for (size_t k = 0; k < started; k++) {
+    auto &b = st.live[k];
+    if (b.flat.defined()) dp2o::dist::unflatten(b);
+    size_t m = 0;
+    for (int i : st.buckets[k]) {
+      if (st.unused[i]) continue;
+      at::Tensor mean = b.members[m++];
+      at::Tensor &gr = st.params[i].mutable_grad();
+      if (any[n + i]) {
+        late.push_back(gr.defined() ? gr : at::zeros_like(mean));
+        into.push_back(mean);
+      }
+      gr = mean;
+    }
     b = dp2o::dist::Bucket();
   }
-  st.next = 0;
-  TORCH_CHECK(err.empty(), err);
+  for (size_t i = 0; i < n; i++) {
+    if (!st.unused[i] || !any[n + i]) continue;
+    at::Tensor &gr = st.params[i].mutable_grad();
+    if (!gr.defined()) gr = at::zeros_like(st.params[i], at::MemoryFormat::Contiguous);
+    late.push_back(gr);
+  }
+  dp2o::dist::average_grads(st.g, "reducer (late gradients)", late, st.bucket_bytes, timeout);
+  for (size_t j = 0; j < into.size(); j++) into[j].add_(late[j]);
+  for (size_t i = 0; i < n; i++) {
+    // No gradient on any rank: none here either, as in one process
+    // (rather than the zeros the bucket held).
+    if (!any[i]) st.params[i].mutable_grad() = at::Tensor();
+    st.unused[i] = !any[i];
+    st.premarked[i] = !st.hooked[i];
+    st.late[i] = 0;
+  }
   DP2O_CATCH
 }
 

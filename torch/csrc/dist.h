@@ -74,8 +74,11 @@ dp2o_err dp2o_dist_average_gradients(dp2o_group g, dp2o_tensor *params, int n, i
  * order on every rank. prepare(sync) arms it for the next backward pass
  * (sync 0: the hooks do nothing, as in the first micro-batches of an
  * accumulated step); finish, after that backward, starts the buckets not
- * yet started (a parameter that got no gradient contributes zeros), waits
- * for all of them and writes the means into the parameters' .grad. */
+ * yet started, waits for all of them and writes the means into the
+ * parameters' .grad. A parameter without a gradient on any rank is left
+ * without (and out of the next step's buckets); a gradient accumulated
+ * after its bucket started is averaged at finish and added (see
+ * reducer.go). */
 typedef void *dp2o_reducer;
 dp2o_err dp2o_dist_reducer_new(dp2o_group g, dp2o_tensor *params, int n, int64_t bucket_bytes, dp2o_reducer *out,
                                int *buckets);

@@ -2,12 +2,10 @@ package dist
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/optim"
@@ -32,22 +30,38 @@ type tinyRun struct {
 	// weights get their gradients in the recomputation's backward pass.
 	checkpoint bool
 	// shared adds 0.1·Σb₂ to the loss outside the checkpointed layer, so
-	// that b₂ is accumulated twice in one backward pass.
+	// that b₂ is accumulated twice in one backward pass: with every
+	// parameter in a bucket of its own, the outer use starts b₂'s bucket
+	// before the recomputation adds to it (a late gradient).
 	shared bool
+	// spare adds a fifth parameter s, last (in the reducer's first
+	// bucket): spareNever never uses it, as the last block of a FLUX
+	// ControlNet leaves its text stream's weights unused; spareRow0 uses it
+	// from the second step on, and only in the micro-batch holding global
+	// row 0 (on rank 0 alone), adding 0.1·Σs over that micro-batch's rows.
+	// One process gets no gradient for s while it is unused, and AdamW
+	// leaves it alone (no weight decay): so must the ranks.
+	spare spareUse
 }
+
+type spareUse int
+
+const (
+	spareNone spareUse = iota
+	spareNever
+	spareRow0
+)
 
 var tinyRuns = []tinyRun{
 	{in: 4, hidden: 8, out: 3, globalBatch: 6, steps: 4, seed: 1234, accum: 1},
 	{in: 4, hidden: 8, out: 3, globalBatch: 12, steps: 3, seed: 99, sgd: true, accum: 3},
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 7, accum: 2, overlap: true, bucketBytes: 64},
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 11, accum: 2, overlap: true, bucketBytes: 64, checkpoint: true},
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 13, accum: 2, overlap: true, bucketBytes: 64, spare: spareNever},
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 4, seed: 17, accum: 2, overlap: true, bucketBytes: 64, spare: spareRow0},
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 4, seed: 19, accum: 2, spare: spareRow0},
+	{in: 4, hidden: 8, out: 3, globalBatch: 4, steps: 2, seed: 5, accum: 1, overlap: true, bucketBytes: 4, checkpoint: true, shared: true},
 }
-
-// sharedRun uses b₂ inside and outside a checkpointed layer, with every
-// parameter in a bucket of its own: the overlapped averaging must fail
-// (the outer use starts b₂'s bucket before the recomputation adds to it).
-var sharedRun = tinyRun{in: 4, hidden: 8, out: 3, globalBatch: 4, steps: 1, seed: 5, accum: 1, overlap: true,
-	bucketBytes: 4, checkpoint: true, shared: true}
 
 // train builds the model (weights drawn from seed+rank, so only the
 // broadcast makes the ranks agree), trains it in g and returns the final
@@ -58,6 +72,9 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 	defer s.Close()
 	gen := torch.MustGenerator(torch.CPU, c.seed+uint64(g.Rank()))
 	shapes := [][]int64{{c.hidden, c.in}, {c.hidden}, {c.out, c.hidden}, {c.out}}
+	if c.spare != spareNone {
+		shapes = append(shapes, []int64{c.out})
+	}
 	var params []*torch.Tensor
 	var named []optim.Param
 	for i, sh := range shapes {
@@ -125,6 +142,9 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 			if c.shared {
 				loss = loss.Add(params[3].Sum().MulScalar(0.1))
 			}
+			if c.spare == spareRow0 && step > 0 && lo+m*n == 0 {
+				loss = loss.Add(params[4].Sum().MulScalar(0.1 / float64(n)))
+			}
 			if c.accum > 1 {
 				loss = loss.DivScalar(float64(c.accum))
 			}
@@ -138,11 +158,19 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 		var err error
 		if red != nil {
 			err = red.Finish()
-			if err == nil && g.WorldSize() > 1 && red.StartedInBackward() == 0 {
+			// With a spare parameter in the first bucket, the first step's
+			// buckets all wait for the backward pass's end; from the second
+			// on the reducer knows it had no gradient and leaves it out.
+			if err == nil && g.WorldSize() > 1 && red.StartedInBackward() == 0 && (step > 0 || c.spare == spareNone) {
 				err = fmt.Errorf("none of %d buckets started during the backward pass", red.Buckets())
 			}
 		} else {
 			err = g.AverageGradients(params)
+		}
+		if err == nil && c.spare == spareNever {
+			if gr := params[4].Grad(); gr != nil {
+				err = fmt.Errorf("the parameter no rank used got a gradient, max |g| %g", gr.Abs().Max().Item())
+			}
 		}
 		if err == nil {
 			err = opt.Step()
@@ -203,15 +231,6 @@ func workerDataParallel() int {
 		}
 		if err != nil {
 			break
-		}
-	}
-	if err == nil {
-		_, err = sharedRun.train(g)
-		switch {
-		case err == nil:
-			err = errors.New("a parameter accumulated after its bucket started: no error")
-		case strings.Contains(err.Error(), "accumulated again"):
-			err = nil
 		}
 	}
 	if err == nil {

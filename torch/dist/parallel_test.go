@@ -131,8 +131,8 @@ func TestDataParallelEquivalence(t *testing.T) {
 					t.Fatalf("run %d rank %d weight %d: %g, one process %g (|diff| %g)", i, r, j, got[j], v, d)
 				}
 			}
-			t.Logf("run %d (sgd %v, accumulation %d, overlapped %v, checkpointed %v) rank %d: max |diff| to one process with the whole batch: %.3g",
-				i, run.sgd, run.accum, run.overlap, run.checkpoint, r, worst)
+			t.Logf("run %d (sgd %v, accumulation %d, overlapped %v, checkpointed %v, spare %d) rank %d: max |diff| to one process with the whole batch: %.3g",
+				i, run.sgd, run.accum, run.overlap, run.checkpoint, run.spare, r, worst)
 			if r == 0 {
 				first = got
 				continue

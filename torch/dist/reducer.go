@@ -26,9 +26,27 @@ import (
 //	}
 //
 // Every parameter must be a leaf that requires grad, and every rank must
-// pass the same list. A parameter that got no gradient contributes zeros
-// (it gets a zero gradient). A reducer holds a copy of the bucketed
-// gradients while they are in flight: one extra gradient's worth of memory.
+// pass the same list. The gradients are those of one process with the
+// whole batch, whatever the graph does:
+//
+//   - A parameter with no gradient on any rank gets none (not zeros), as
+//     in one process, so AdamW leaves it alone; the next step leaves it
+//     out of the buckets, and averages it after the backward pass should
+//     some rank give it a gradient after all.
+//   - A parameter with a gradient on some ranks only gets the mean with
+//     zeros for the others.
+//   - A parameter that got no gradient in a rank's last synchronised
+//     backward pass does not hold its bucket back in the next one (as
+//     DDP's static graph): the last block of a FLUX ControlNet has weights
+//     nothing reads, and they are in the first bucket.
+//   - A gradient accumulated after its bucket started (such a parameter
+//     used after all, or one used both inside and outside a checkpointed
+//     function) lands in a fresh tensor, never in memory in flight, and its
+//     mean over the ranks is added at Finish, in one more all-reduce.
+//
+// Finish also all-reduces two flags per parameter (which have gradients,
+// which got some late). A reducer holds a copy of the bucketed gradients
+// while they are in flight: one extra gradient's worth of memory.
 type Reducer struct {
 	mu         sync.Mutex
 	r          C.dp2o_reducer
