@@ -26,9 +26,19 @@ func CPUTime() time.Duration {
 // in bytes, for the load benchmarks' memory figures.
 func ProcStatus(tb testing.TB) map[string]int64 {
 	tb.Helper()
-	f, err := os.Open("/proc/self/status")
+	out, err := ReadProcStatus()
 	if err != nil {
 		tb.Fatal(err)
+	}
+	return out
+}
+
+// ReadProcStatus is ProcStatus for code without a testing.TB (a benchmark's
+// worker process).
+func ReadProcStatus() (map[string]int64, error) {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return nil, err
 	}
 	defer f.Close()
 	out := map[string]int64{}
@@ -43,5 +53,5 @@ func ProcStatus(tb testing.TB) map[string]int64 {
 			out[k] = n << 10
 		}
 	}
-	return out
+	return out, sc.Err()
 }

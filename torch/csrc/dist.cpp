@@ -302,22 +302,23 @@ struct Reducer {
     std::vector<at::Tensor> params;
     std::vector<std::vector<int>> buckets;  // parameter indices, reverse order
     std::vector<int> bucket_of;
+    // storage: per bucket, one flat buffer that holds its parameters'
+    // gradients (DDP's gradient_as_bucket_view): view is each parameter's
+    // slice, shaped like it, which becomes its .grad, so the backward pass
+    // accumulates straight into the buffer that is all-reduced in place.
+    std::vector<at::Tensor> storage, view;
+    std::vector<c10::intrusive_ptr<c10d::Work>> work;  // per bucket, while in flight
     std::vector<int> pending;  // per bucket: gradients still to come
     std::vector<char> ready;   // per parameter
     // Per parameter:
     //   used: it has a gradient in the open step (one from before the
     //     step, or the hook fired in one of the step's backward passes);
     //   hooked: the hook fired in this (armed) backward pass;
-    //   late: a gradient was accumulated after its bucket had started;
-    //   unused: no gradient on any rank in the last step: left out of the
-    //     buckets (alike on every rank) and averaged at finish if some
-    //     rank has one after all;
     //   premarked: no gradient in this rank's last armed backward pass:
     //     counted ready from the start, so that its bucket need not wait
     //     for a gradient that may never come (DDP's static graph).
-    std::vector<char> used, hooked, late, unused, premarked;
-    std::vector<Bucket> live;  // per bucket: flattened gradient and work
-    size_t next = 0;           // next bucket to start
+    std::vector<char> used, hooked, premarked;
+    size_t next = 0;  // next bucket to start
     int in_backward = 0;
     int64_t bucket_bytes = 0;
     bool open = false;  // a step is open: prepared, not yet finished
@@ -326,28 +327,29 @@ struct Reducer {
     std::chrono::milliseconds timeout{0};
     std::string error;
 
-    // start launches bucket k: its gradients (zeros where a parameter has
-    // none yet) flattened, one all-reduce. The parameters give up their
-    // gradient tensors to the bucket until finish, so that whatever the
-    // backward pass still accumulates for them lands in a fresh tensor (a
-    // late gradient, averaged at finish) and never in memory in flight.
-    // Called with mu held.
+    // attach makes parameter i's gradient its slice of the bucket: the
+    // gradient it has is copied in, zeros where it has none.
+    void attach(int i) {
+      at::Tensor &gr = params[i].mutable_grad();
+      if (gr.defined() && gr.is_same(view[i])) return;
+      if (gr.defined()) {
+        view[i].copy_(gr);
+      } else {
+        view[i].zero_();
+      }
+      gr = view[i];
+    }
+
+    // start launches bucket k's all-reduce, in place. Its parameters give
+    // up their .grad until finish, so that whatever the backward pass
+    // still accumulates for them lands in a fresh tensor (a late gradient,
+    // averaged at finish), never in the buffer in flight. Called with mu
+    // held.
     void start(size_t k) {
-      auto &b = live[k];
-      b.members.clear();
-      for (int i : buckets[k]) {
-        if (unused[i]) continue;
-        at::Tensor &gr = params[i].mutable_grad();
-        if (!gr.defined()) gr = at::zeros_like(params[i], at::MemoryFormat::Contiguous);
-        b.members.push_back(gr);
-      }
-      if (b.members.empty()) return;
-      flatten(b);
-      for (int i : buckets[k]) {
-        if (!unused[i]) params[i].mutable_grad() = at::Tensor();
-      }
-      std::vector<at::Tensor> one{b.flat};
-      b.work = all_reduce_async(g, one, 0, timeout);
+      for (int i : buckets[k]) attach(i);
+      for (int i : buckets[k]) params[i].mutable_grad() = at::Tensor();
+      std::vector<at::Tensor> one{storage[k]};
+      work[k] = all_reduce_async(g, one, 0, timeout);
     }
 
     // mark is the hook: parameter i's gradient is accumulated.
@@ -357,14 +359,11 @@ struct Reducer {
       used[i] = 1;
       if (!armed) return;
       hooked[i] = 1;
-      if (unused[i]) return;  // averaged at finish
-      if (static_cast<size_t>(bucket_of[i]) < next) {
-        // After its bucket started: a parameter used in the pass where it
-        // was premarked, or used again (inside and outside a checkpointed
-        // function: the recomputation's own backward pass accumulates it).
-        late[i] = 1;
-        return;
-      }
+      // After its bucket started (a parameter premarked but used after
+      // all, or used again: inside and outside a checkpointed function,
+      // the recomputation's own backward pass accumulates it), the
+      // gradient is in a fresh .grad, averaged at finish.
+      if (static_cast<size_t>(bucket_of[i]) < next) return;
       if (ready[i]) return;  // premarked, or a second accumulation in time
       ready[i] = 1;
       pending[bucket_of[i]]--;
@@ -691,10 +690,25 @@ dp2o_err dp2o_dist_reducer_new(dp2o_group h, dp2o_tensor *hs, int n, int64_t buc
     st.bucket_of[i] = static_cast<int>(st.buckets.size()) - 1;
     bytes += b;
   }
-  st.live.resize(st.buckets.size());
+  // One buffer per bucket, each parameter's gradient a slice of it.
+  st.view.resize(n);
+  for (const auto &b : st.buckets) {
+    int64_t numel = 0;
+    for (int i : b) numel += st.params[i].numel();
+    const auto &p0 = st.params[b.front()];
+    at::Tensor flat = at::zeros({numel}, p0.options().requires_grad(false));
+    int64_t off = 0;
+    for (int i : b) {
+      const auto &p = st.params[i];
+      st.view[i] = flat.narrow(0, off, p.numel()).view(p.sizes());
+      off += p.numel();
+    }
+    st.storage.push_back(flat);
+  }
+  st.work.resize(st.buckets.size());
   st.pending.assign(st.buckets.size(), 0);
   st.ready.assign(n, 0);
-  for (auto *v : {&st.used, &st.hooked, &st.late, &st.unused, &st.premarked}) v->assign(n, 0);
+  for (auto *v : {&st.used, &st.hooked, &st.premarked}) v->assign(n, 0);
   st.bucket_bytes = bucket_bytes;
   for (int i = 0; i < n; i++) {
     auto acc = torch::autograd::impl::grad_accumulator(st.params[i]);
@@ -719,8 +733,14 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync) {
   TORCH_CHECK(st.next == 0 || !st.armed, "dist: reducer: prepare before the previous finish");
   if (!st.open) {
     // The first backward pass of a step: a gradient already there (from
-    // outside the reducer's backward passes) counts as one.
-    for (size_t i = 0; i < st.params.size(); i++) st.used[i] = st.params[i].grad().defined();
+    // outside the reducer's backward passes) counts as one. Every
+    // parameter's gradient becomes its slice of its bucket (zeros where it
+    // had none), for the backward passes to accumulate into.
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < st.params.size(); i++) {
+      st.used[i] = st.params[i].grad().defined();
+      st.attach(static_cast<int>(i));
+    }
     st.open = true;
   }
   st.armed = sync != 0;
@@ -731,9 +751,9 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync) {
   std::fill(st.hooked.begin(), st.hooked.end(), 0);
   for (size_t k = 0; k < st.buckets.size(); k++) {
     int n = 0;
-    for (int i : st.buckets[k]) n += !st.unused[i] && !st.ready[i];
+    for (int i : st.buckets[k]) n += !st.ready[i];
     st.pending[k] = n;
-    st.live[k] = dp2o::dist::Bucket();
+    st.work[k].reset();
   }
   DP2O_CATCH
 }
@@ -762,76 +782,51 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int *in_ba
   size_t started = st.next;
   st.next = 0;
   for (size_t k = 0; k < started; k++) {
-    auto &b = st.live[k];
-    if (!b.work) continue;
+    if (!st.work[k]) continue;
     try {
-      dp2o::dist::wait(st.g, "reducer", b.work, timeout);
-      if (err.empty()) b.flat.div_(st.g.size);
+      dp2o::dist::wait(st.g, "reducer", st.work[k], timeout);
+      if (err.empty()) st.storage[k].div_(st.g.size);
     } catch (const c10::Error &e) {
       if (err.empty()) err = e.what_without_backtrace();
     }
-    b.work.reset();
-  }
-  if (!err.empty()) {
-    // The parameters get their bucketed gradients back (not averaged).
-    for (size_t k = 0; k < started; k++) {
-      size_t m = 0;
-      for (int i : st.buckets[k]) {
-        if (st.unused[i] || m >= st.live[k].members.size()) continue;
-        at::Tensor &gr = st.params[i].mutable_grad();
-        if (!gr.defined()) gr = st.live[k].members[m];
-        m++;
-      }
-    }
-    for (auto &b : st.live) b = dp2o::dist::Bucket();
-    std::fill(st.late.begin(), st.late.end(), 0);
-    TORCH_CHECK(false, err);
+    st.work[k].reset();
   }
   size_t n = st.params.size();
+  // Each parameter gets its slice back as its .grad, holding the mean; a
+  // .grad it has now is a gradient that came after its bucket started.
+  std::vector<at::Tensor> late(n);
+  for (size_t k = 0; k < started; k++) {
+    for (int i : st.buckets[k]) {
+      at::Tensor &gr = st.params[i].mutable_grad();
+      late[i] = gr;
+      gr = st.view[i];
+    }
+  }
+  TORCH_CHECK(err.empty(), err);
   // Which parameters have a gradient on some rank, and which got some of
-  // it late on some rank (one small all-reduce of 2n flags): a parameter
-  // left out of the buckets counts as late with all of its gradient.
+  // it late on some rank: one small all-reduce of 2n flags.
   std::vector<char> flags(2 * n);
   for (size_t i = 0; i < n; i++) {
     flags[i] = st.used[i];
-    flags[n + i] = st.unused[i] ? st.params[i].grad().defined() : st.late[i];
+    flags[n + i] = late[i].defined();
   }
   at::Device dev = n ? st.params[0].device() : at::Device(at::kCPU);
   auto any = dp2o::dist::global_or(st.g, flags, dev, "reducer (gradient flags)", timeout);
-  // The buckets' means go back to their parameters; late gradients, their
-  // own mean over the ranks added (zeros where a rank has none).
-  std::vector<at::Tensor> late, into;
-  for (size_t k = 0; k < started; k++) {
-    auto &b = st.live[k];
-    if (b.flat.defined()) dp2o::dist::unflatten(b);
-    size_t m = 0;
-    for (int i : st.buckets[k]) {
-      if (st.unused[i]) continue;
-      at::Tensor mean = b.members[m++];
-      at::Tensor &gr = st.params[i].mutable_grad();
-      if (any[n + i]) {
-        late.push_back(gr.defined() ? gr : at::zeros_like(mean));
-        into.push_back(mean);
-      }
-      gr = mean;
-    }
-    b = dp2o::dist::Bucket();
-  }
+  // Late gradients: their own mean over the ranks (zeros where a rank has
+  // none) is added to the bucket's.
+  std::vector<at::Tensor> lates, into;
   for (size_t i = 0; i < n; i++) {
-    if (!st.unused[i] || !any[n + i]) continue;
-    at::Tensor &gr = st.params[i].mutable_grad();
-    if (!gr.defined()) gr = at::zeros_like(st.params[i], at::MemoryFormat::Contiguous);
-    late.push_back(gr);
+    if (!any[n + i]) continue;
+    lates.push_back(late[i].defined() ? late[i] : at::zeros_like(st.view[i]));
+    into.push_back(st.view[i]);
   }
-  dp2o::dist::average_grads(st.g, "reducer (late gradients)", late, st.bucket_bytes, timeout);
-  for (size_t j = 0; j < into.size(); j++) into[j].add_(late[j]);
+  dp2o::dist::average_grads(st.g, "reducer (late gradients)", lates, st.bucket_bytes, timeout);
+  for (size_t j = 0; j < into.size(); j++) into[j].add_(lates[j]);
   for (size_t i = 0; i < n; i++) {
     // No gradient on any rank: none here either, as in one process
-    // (rather than the zeros the bucket held).
+    // (rather than the zeros of its slice).
     if (!any[i]) st.params[i].mutable_grad() = at::Tensor();
-    st.unused[i] = !any[i];
     st.premarked[i] = !st.hooked[i];
-    st.late[i] = 0;
   }
   DP2O_CATCH
 }

@@ -2,13 +2,16 @@ package dist
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"regexp"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/optim"
 )
 
 // BenchmarkAverageGradients times AverageGradients of a float32 gradient
@@ -74,4 +77,130 @@ func workerBench() int {
 	}
 	fmt.Printf("per call: %g s\n", time.Since(start).Seconds()/float64(iters))
 	return 0
+}
+
+// BenchmarkReducerStep times a data-parallel training step of a
+// perceptron of DP2O_DIST_BENCH_LAYERS (8) square layers of width
+// DP2O_DIST_BENCH_WIDTH (2048): 128 MiB of float32 weights, batch 32, a
+// Reducer with the default 25 MB buckets, plain SGD, between 2 local Gloo
+// processes (DP2O_DIST_BENCH_WORLD), one thread each. ns/op is rank 0's
+// time per step after a warm-up step; peak-MiB is the largest growth of a
+// rank's peak resident set (VmHWM) above its resident set once the model
+// and the data are built, the reducer's buffers included.
+// scripts/bench_ddp_step.py runs the same step with PyTorch's
+// DistributedDataParallel on the same libtorch.
+//
+//	go test ./torch/dist -run '^$' -bench ReducerStep -benchtime 5x
+func BenchmarkReducerStep(b *testing.B) {
+	requireGloo(b)
+	world := envInt("DP2O_DIST_BENCH_WORLD", 2)
+	// A fixed mmap threshold: glibc's sliding one would keep freed
+	// gradient-sized blocks resident, and VmHWM would not be the peak of
+	// live memory (the Python script does the same).
+	res, _ := launch(b, "reducerstep", world, 10*time.Minute, "DP2O_DIST_TIMEOUT=5m",
+		fmt.Sprintf("DP2O_DIST_BENCH_ITERS=%d", b.N), "MALLOC_MMAP_THRESHOLD_=131072")
+	requireAllOK(b, res)
+	re := regexp.MustCompile(`per step: ([0-9.e+-]+) s, peak growth: ([0-9]+) bytes`)
+	var sec float64
+	var peak int64
+	for r, x := range res {
+		m := re.FindStringSubmatch(x.output)
+		if m == nil {
+			b.Fatalf("no figures from rank %d:\n%s", r, x.output)
+		}
+		if r == 0 {
+			sec, _ = strconv.ParseFloat(m[1], 64)
+		}
+		p, _ := strconv.ParseInt(m[2], 10, 64)
+		peak = max(peak, p)
+	}
+	b.ReportMetric(sec*1e9, "ns/op")
+	b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")
+}
+
+// workerReducerStep is one rank of BenchmarkReducerStep.
+func workerReducerStep() int {
+	g, err := FromEnv()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "join:", err)
+		return 1
+	}
+	defer g.Close()
+	if err := reducerStep(g); err != nil {
+		fmt.Fprintf(os.Stderr, "rank %d: %v\n", g.Rank(), err)
+		return 1
+	}
+	return 0
+}
+
+func reducerStep(g *Group) (err error) {
+	defer torch.Recover(&err)
+	width, layers := int64(envInt("DP2O_DIST_BENCH_WIDTH", 2048)), envInt("DP2O_DIST_BENCH_LAYERS", 8)
+	const batch = 32
+	s := torch.NewScope()
+	defer s.Close()
+	gen := torch.MustGenerator(torch.CPU, 1)
+	var params []*torch.Tensor
+	var named []optim.Param
+	for l := range layers {
+		w := torch.Randn([]int64{width, width}, gen, torch.Float32, torch.CPU).MulScalar(1 / math.Sqrt(float64(width))).SetRequiresGrad(true)
+		bias := torch.Zeros([]int64{width}, torch.Float32, torch.CPU).SetRequiresGrad(true)
+		params = append(params, w, bias)
+		named = append(named, optim.Param{Name: fmt.Sprint("w", l), Tensor: w}, optim.Param{Name: fmt.Sprint("b", l), Tensor: bias})
+	}
+	x := torch.Randn([]int64{batch, width}, gen, torch.Float32, torch.CPU)
+	y := torch.Randn([]int64{batch, width}, gen, torch.Float32, torch.CPU)
+	opt, err := optim.NewSGD(named, optim.SGDConfig{LR: 1e-3})
+	if err != nil {
+		return err
+	}
+	defer opt.Close()
+	before, err := testutil.ReadProcStatus()
+	if err != nil {
+		return err
+	}
+	red, err := g.NewReducer(params)
+	if err != nil {
+		return err
+	}
+	defer red.Close()
+	step := func() error {
+		ss := torch.NewScope()
+		defer ss.Close()
+		h := x
+		for l := range layers {
+			h = torch.Linear(h, params[2*l], params[2*l+1]).Tanh()
+		}
+		loss := torch.MSELoss(h, y)
+		if err := red.Prepare(true); err != nil {
+			return err
+		}
+		loss.Backward(nil)
+		if err := red.Finish(); err != nil {
+			return err
+		}
+		if err := opt.Step(); err != nil {
+			return err
+		}
+		opt.ZeroGrad()
+		return nil
+	}
+	if err := step(); err != nil { // warm-up: connections, buffers
+		return err
+	}
+	iters := envInt("DP2O_DIST_BENCH_ITERS", 1)
+	start := time.Now()
+	for range iters {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	per := time.Since(start).Seconds() / float64(iters)
+	after, err := testutil.ReadProcStatus()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("per step: %g s, peak growth: %d bytes (%d of %d buckets started during the backward pass)\n",
+		per, after["VmHWM"]-before["VmRSS"], red.StartedInBackward(), red.Buckets())
+	return nil
 }

@@ -123,6 +123,8 @@ func runWorker(scenario string) (code int) {
 		return workerDataParallel()
 	case "bench":
 		return workerBench()
+	case "reducerstep":
+		return workerReducerStep()
 	}
 	fmt.Fprintf(os.Stderr, "unknown worker scenario %q\n", scenario)
 	return 2

@@ -45,8 +45,15 @@ import (
 //     mean over the ranks is added at Finish, in one more all-reduce.
 //
 // Finish also all-reduces two flags per parameter (which have gradients,
-// which got some late). A reducer holds a copy of the bucketed gradients
-// while they are in flight: one extra gradient's worth of memory.
+// which got some late).
+//
+// The gradients live in the reducer's buckets, as with DDP's
+// gradient_as_bucket_view: from the first Prepare of a step each .grad is
+// a view of its bucket's buffer, the backward pass accumulates into it and
+// the all-reduce runs on it in place, so averaging costs no second copy of
+// the gradients. The buffers are allocated by NewReducer and held until
+// the reducer is dropped after Close; the next step's Prepare overwrites a
+// .grad taken from a parameter (clone it to keep it).
 type Reducer struct {
 	mu         sync.Mutex
 	r          C.dp2o_reducer
