@@ -100,7 +100,8 @@ func testDataParallel(t *testing.T, model, asset, gradSync string, rankArgs ...s
 			Args: append(append(append([]string{}, common...), rankArgs...), "--grad_sync", gradSync, "--train_batch_size", strconv.Itoa(perRank),
 				"--output_dir", filepath.Join(dir, "rank"+strconv.Itoa(r))),
 			Env: testutil.TorchrunEnv(r, world, "MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port),
-				"GLOO_SOCKET_IFNAME=lo", "OMP_NUM_THREADS=1", "DP2O_DIST_BACKEND=gloo", "DP2O_DIST_TIMEOUT=2m"),
+				"GLOO_SOCKET_IFNAME=lo", "OMP_NUM_THREADS=1", "DP2O_DIST_BACKEND=gloo", "DP2O_DIST_TIMEOUT=2m",
+				"DP2O_DIST_BUCKET_MB=0.001"),
 		}
 	}
 	outs, errs := testutil.RunWorkers(t, 3*time.Minute, distWorkerEnv, ws...)
@@ -118,11 +119,14 @@ func testDataParallel(t *testing.T, model, asset, gradSync string, rankArgs ...s
 		t.Errorf("--grad_sync %s: rank 0's report of the overlapped reducer: %q", gradSync, line)
 	} else if ok {
 		t.Log(line)
-		// The last step's backward pass started buckets: none waited
-		// for a gradient that never comes.
+		// With 1 KB buckets, every bucket but the last started before the
+		// last step's backward pass ended: none waited for a gradient that
+		// never comes (the last double block's text stream), and the
+		// buckets follow the order the gradients come in, not the order
+		// the ControlNet creates its weights.
 		var nb, started int
-		if _, err := fmt.Sscanf(line[strings.Index(line, "gradient sync:"):], "gradient sync: %d buckets, %d started", &nb, &started); err != nil || started == 0 {
-			t.Errorf("the overlapped reducer started no bucket during the last backward pass (%q, %v)", line, err)
+		if _, err := fmt.Sscanf(line[strings.Index(line, "gradient sync:"):], "gradient sync: %d buckets, %d started", &nb, &started); err != nil || nb < 2 || started != nb-1 {
+			t.Errorf("the overlapped reducer started %d of %d buckets before the last backward pass ended, want all but the last (%q, %v)", started, nb, line, err)
 		}
 	}
 

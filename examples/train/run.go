@@ -375,7 +375,7 @@ func run(c *cli.Context) (err error) {
 		fmt.Fprintln(errWriter(c))
 	}
 	if s.reducer != nil {
-		fmt.Fprintf(errWriter(c), "gradient sync: %d buckets, %d started during the last backward pass\n",
+		fmt.Fprintf(errWriter(c), "gradient sync: %d buckets, %d started before the last backward pass ended\n",
 			s.reducer.Buckets(), s.reducer.StartedInBackward())
 	}
 	if err := preference.SavePolicy(filepath.Join(out, preference.CheckpointModel), s.bb.PolicyParams()); err != nil {

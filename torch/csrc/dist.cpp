@@ -88,7 +88,7 @@ dp2o_err dp2o_dist_broadcast_coalesced(dp2o_group, dp2o_tensor *, int, int, int6
 dp2o_err dp2o_dist_average_gradients(dp2o_group, dp2o_tensor *, int, int64_t, int64_t, int *) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_reducer_new(dp2o_group, dp2o_tensor *, int, int64_t, dp2o_reducer *, int *) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer, int) { DP2O_NO_C10D; }
-dp2o_err dp2o_dist_reducer_finish(dp2o_reducer, int64_t, int *) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_reducer_finish(dp2o_reducer, int64_t, int *, int *) { DP2O_NO_C10D; }
 void dp2o_dist_reducer_free(dp2o_reducer) {}
 }
 
@@ -318,14 +318,68 @@ struct Reducer {
     //     counted ready from the start, so that its bucket need not wait
     //     for a gradient that may never come (DDP's static graph).
     std::vector<char> used, hooked, premarked;
-    size_t next = 0;  // next bucket to start
-    int in_backward = 0;
+    // arrival: the order of the gradients in the step's armed backward
+    // pass, until the buckets are rebuilt in that order after the first
+    // step (rank 0's, as DDP does): parameters are created in an order,
+    // used in another (a FLUX ControlNet's controlnet_x_embedder is created
+    // last and used first, so its gradient comes last and would hold the
+    // first bucket, and with it every other, until the end).
+    std::vector<int> arrival;
+    bool rebuilt = false;
+    size_t next = 0;      // next bucket to start
+    int outstanding = 0;  // gradients still to come in the armed pass
+    int overlapped = 0;   // buckets started while some were
     int64_t bucket_bytes = 0;
     bool open = false;  // a step is open: prepared, not yet finished
     bool armed = false;
     bool closed = false;
     std::chrono::milliseconds timeout{0};
     std::string error;
+
+    // build splits the parameters, taken in order, into buckets of one
+    // dtype and device, at most bucket_bytes each, with one buffer per
+    // bucket. A gradient that is a view of the old buffers moves along.
+    void build(const std::vector<int> &order) {
+      std::vector<at::Tensor> old = view;
+      buckets.clear();
+      storage.clear();
+      bucket_of.assign(params.size(), 0);
+      view.assign(params.size(), at::Tensor());
+      int64_t bytes = 0;
+      for (int i : order) {
+        const auto &p = params[i];
+        int64_t b = p.numel() * static_cast<int64_t>(p.element_size());
+        bool fresh = buckets.empty() || params[buckets.back().front()].scalar_type() != p.scalar_type() ||
+                     params[buckets.back().front()].device() != p.device() ||
+                     (bucket_bytes > 0 && bytes + b > bucket_bytes);
+        if (fresh) {
+          buckets.emplace_back();
+          bytes = 0;
+        }
+        buckets.back().push_back(i);
+        bucket_of[i] = static_cast<int>(buckets.size()) - 1;
+        bytes += b;
+      }
+      for (const auto &b : buckets) {
+        int64_t numel = 0;
+        for (int i : b) numel += params[i].numel();
+        at::Tensor flat = at::zeros({numel}, params[b.front()].options().requires_grad(false));
+        int64_t off = 0;
+        for (int i : b) {
+          const auto &p = params[i];
+          view[i] = flat.narrow(0, off, p.numel()).view(p.sizes());
+          off += p.numel();
+          at::Tensor &gr = params[i].mutable_grad();
+          if (gr.defined() && old.size() == params.size() && gr.is_same(old[i])) {
+            view[i].copy_(gr);
+            gr = view[i];
+          }
+        }
+        storage.push_back(flat);
+      }
+      work.assign(buckets.size(), {});
+      pending.assign(buckets.size(), 0);
+    }
 
     // attach makes parameter i's gradient its slice of the bucket: the
     // gradient it has is copied in, zeros where it has none.
@@ -367,11 +421,13 @@ struct Reducer {
       if (ready[i]) return;  // premarked, or a second accumulation in time
       ready[i] = 1;
       pending[bucket_of[i]]--;
+      outstanding--;
+      if (!rebuilt) arrival.push_back(i);
       try {
         at::NoGradGuard no_grad;
         while (next < buckets.size() && pending[next] == 0) {
           start(next++);
-          in_backward++;
+          if (outstanding > 0) overlapped++;
         }
       } catch (const c10::Error &e) {
         if (error.empty()) error = e.what_without_backtrace();
@@ -673,43 +729,13 @@ dp2o_err dp2o_dist_reducer_new(dp2o_group h, dp2o_tensor *hs, int n, int64_t buc
     if (g.backend == "nccl") TORCH_CHECK(p.is_cuda(), "dist: an NCCL group needs CUDA parameters, got ", p.device());
   }
   // Buckets over the parameters in reverse order (gradients arrive roughly
-  // so), split by dtype and device, at most bucket_bytes each.
-  st.bucket_of.assign(n, 0);
-  int64_t bytes = 0;
-  for (int i = n - 1; i >= 0; i--) {
-    const auto &p = st.params[i];
-    int64_t b = p.numel() * static_cast<int64_t>(p.element_size());
-    bool fresh = st.buckets.empty() || st.params[st.buckets.back().front()].scalar_type() != p.scalar_type() ||
-                 st.params[st.buckets.back().front()].device() != p.device() ||
-                 (bucket_bytes > 0 && bytes + b > bucket_bytes);
-    if (fresh) {
-      st.buckets.emplace_back();
-      bytes = 0;
-    }
-    st.buckets.back().push_back(i);
-    st.bucket_of[i] = static_cast<int>(st.buckets.size()) - 1;
-    bytes += b;
-  }
-  // One buffer per bucket, each parameter's gradient a slice of it.
-  st.view.resize(n);
-  for (const auto &b : st.buckets) {
-    int64_t numel = 0;
-    for (int i : b) numel += st.params[i].numel();
-    const auto &p0 = st.params[b.front()];
-    at::Tensor flat = at::zeros({numel}, p0.options().requires_grad(false));
-    int64_t off = 0;
-    for (int i : b) {
-      const auto &p = st.params[i];
-      st.view[i] = flat.narrow(0, off, p.numel()).view(p.sizes());
-      off += p.numel();
-    }
-    st.storage.push_back(flat);
-  }
-  st.work.resize(st.buckets.size());
-  st.pending.assign(st.buckets.size(), 0);
+  // so) until the first step shows the order they arrive in.
+  st.bucket_bytes = bucket_bytes;
+  std::vector<int> order(n);
+  for (int i = 0; i < n; i++) order[i] = n - 1 - i;
+  st.build(order);
   st.ready.assign(n, 0);
   for (auto *v : {&st.used, &st.hooked, &st.premarked}) v->assign(n, 0);
-  st.bucket_bytes = bucket_bytes;
   for (int i = 0; i < n; i++) {
     auto acc = torch::autograd::impl::grad_accumulator(st.params[i]);
     TORCH_CHECK(acc != nullptr, "dist: reducer: parameter ", i, " has no gradient accumulator");
@@ -745,20 +771,23 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync) {
   }
   st.armed = sync != 0;
   st.next = 0;
-  st.in_backward = 0;
+  st.overlapped = 0;
+  st.arrival.clear();
   st.error.clear();
   st.ready = st.premarked;
   std::fill(st.hooked.begin(), st.hooked.end(), 0);
+  st.outstanding = 0;
   for (size_t k = 0; k < st.buckets.size(); k++) {
     int n = 0;
     for (int i : st.buckets[k]) n += !st.ready[i];
     st.pending[k] = n;
+    st.outstanding += n;
     st.work[k].reset();
   }
   DP2O_CATCH
 }
 
-dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int *in_backward) {
+dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int *overlapped, int *buckets) {
   DP2O_TRY
   auto &st = *static_cast<dp2o::dist::Reducer *>(h)->st;
   std::lock_guard<std::mutex> lock(st.mu);
@@ -778,7 +807,7 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int *in_ba
       err = e.what_without_backtrace();
     }
   }
-  if (in_backward) *in_backward = st.in_backward;
+  if (overlapped) *overlapped = st.overlapped;
   size_t started = st.next;
   st.next = 0;
   for (size_t k = 0; k < started; k++) {
@@ -828,6 +857,42 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int *in_ba
     if (!any[i]) st.params[i].mutable_grad() = at::Tensor();
     st.premarked[i] = !st.hooked[i];
   }
+  if (!st.rebuilt) {
+    // On rank 0, the parameters whose gradient did not come in the armed
+    // pass (in reverse order: next time their buckets go first, having
+    // nothing to wait for), then the others in the order their gradients
+    // came; every rank takes rank 0's order.
+    std::vector<char> seen(n, 0);
+    for (int i : st.arrival) seen[i] = 1;
+    at::Tensor ord = at::empty({static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kLong));
+    {
+      auto o = ord.accessor<int64_t, 1>();
+      size_t j = 0;
+      for (size_t i = n; i-- > 0;) {
+        if (!seen[i]) o[j++] = static_cast<int64_t>(i);
+      }
+      for (int i : st.arrival) o[j++] = i;
+    }
+    if (st.g.size > 1) {
+      at::Tensor t = st.g.backend == "nccl" ? ord.to(dev) : ord;
+      std::vector<at::Tensor> one{t};
+      auto w = dp2o::dist::broadcast_async(st.g, one, 0, timeout);
+      dp2o::dist::wait(st.g, "reducer (gradient order)", w, timeout);
+      ord = t.to(at::kCPU);
+    }
+    std::vector<int> order(n);
+    std::vector<char> have(n, 0);
+    auto o = ord.accessor<int64_t, 1>();
+    for (size_t j = 0; j < n; j++) {
+      TORCH_CHECK(o[j] >= 0 && o[j] < static_cast<int64_t>(n) && !have[o[j]], "dist: reducer: rank 0's gradient order is not a permutation");
+      have[o[j]] = 1;
+      order[j] = static_cast<int>(o[j]);
+    }
+    st.build(order);
+    st.rebuilt = true;
+    st.arrival.clear();
+  }
+  if (buckets) *buckets = static_cast<int>(st.buckets.size());
   DP2O_CATCH
 }
 

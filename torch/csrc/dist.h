@@ -69,9 +69,10 @@ dp2o_err dp2o_dist_average_gradients(dp2o_group g, dp2o_tensor *params, int n, i
 
 /* Gradient averaging overlapped with the backward pass, as DDP's reducer:
  * a hook after each parameter's gradient accumulation marks it ready, and
- * a bucket (parameters in reverse order, at most bucket_bytes) starts its
+ * a bucket (parameters in reverse order, then in the order rank 0 saw the
+ * gradients come in the first step; at most bucket_bytes) starts its
  * all-reduce as soon as all its gradients are ready, buckets always in index
- * order on every rank. prepare(sync) arms it for the next backward pass
+ * order on every rank. The gradients are views of the buckets' buffers. prepare(sync) arms it for the next backward pass
  * (sync 0: the hooks do nothing, as in the first micro-batches of an
  * accumulated step); finish, after that backward, starts the buckets not
  * yet started, waits for all of them and writes the means into the
@@ -83,8 +84,10 @@ typedef void *dp2o_reducer;
 dp2o_err dp2o_dist_reducer_new(dp2o_group g, dp2o_tensor *params, int n, int64_t bucket_bytes, dp2o_reducer *out,
                                int *buckets);
 dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer r, int sync);
-/* *in_backward: buckets whose all-reduce started during the backward pass. */
-dp2o_err dp2o_dist_reducer_finish(dp2o_reducer r, int64_t timeout_ms, int *in_backward);
+/* *overlapped: buckets whose all-reduce started while the backward pass
+ * still had gradients to produce; *buckets: how many there are now (the
+ * first finish rebuilds them in the order the gradients came). */
+dp2o_err dp2o_dist_reducer_finish(dp2o_reducer r, int64_t timeout_ms, int *overlapped, int *buckets);
 void dp2o_dist_reducer_free(dp2o_reducer r);
 
 #ifdef __cplusplus

@@ -42,6 +42,12 @@ type tinyRun struct {
 	// One process gets no gradient for s while it is unused, and AdamW
 	// leaves it alone (no weight decay): so must the ranks.
 	spare spareUse
+	// permuted hands the reducer the second layer's parameters before the
+	// first's, as a FLUX ControlNet creates controlnet_x_embedder last and
+	// uses it first: in reverse order the first bucket then waits for the
+	// last gradient, until the reducer rebuilds its buckets in the order
+	// the gradients came.
+	permuted bool
 }
 
 type spareUse int
@@ -61,6 +67,7 @@ var tinyRuns = []tinyRun{
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 4, seed: 17, accum: 2, overlap: true, bucketBytes: 64, spare: spareRow0},
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 4, seed: 19, accum: 2, spare: spareRow0},
 	{in: 4, hidden: 8, out: 3, globalBatch: 4, steps: 2, seed: 5, accum: 1, overlap: true, bucketBytes: 4, checkpoint: true, shared: true},
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 23, accum: 1, overlap: true, bucketBytes: 64, permuted: true},
 }
 
 // train builds the model (weights drawn from seed+rank, so only the
@@ -115,7 +122,11 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 	}
 	var red *Reducer
 	if c.overlap {
-		if red, err = g.NewReducer(params); err != nil {
+		handed := params
+		if c.permuted {
+			handed = append([]*torch.Tensor{params[2], params[3], params[0], params[1]}, params[4:]...)
+		}
+		if red, err = g.NewReducer(handed); err != nil {
 			return nil, err
 		}
 		defer red.Close()
@@ -158,11 +169,18 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 		var err error
 		if red != nil {
 			err = red.Finish()
-			// With a spare parameter in the first bucket, the first step's
-			// buckets all wait for the backward pass's end; from the second
-			// on the reducer knows it had no gradient and leaves it out.
-			if err == nil && g.WorldSize() > 1 && red.StartedInBackward() == 0 && (step > 0 || c.spare == spareNone) {
-				err = fmt.Errorf("none of %d buckets started during the backward pass", red.Buckets())
+			// With a spare parameter or the first-used one in the first
+			// bucket, the first step's buckets all wait for the backward
+			// pass's end; from the second on the reducer no longer waits
+			// for a gradient that does not come, and its buckets follow
+			// the order the gradients came in.
+			firstWaits := c.spare != spareNone || c.permuted
+			switch over, nb := red.StartedInBackward(), red.Buckets(); {
+			case err != nil || g.WorldSize() == 1:
+			case step > 0 && over != nb-1:
+				err = fmt.Errorf("%d of %d buckets started during the backward pass, want all but the last", over, nb)
+			case step == 0 && over == 0 && !firstWaits:
+				err = fmt.Errorf("none of %d buckets started during the backward pass", nb)
 			}
 		} else {
 			err = g.AverageGradients(params)

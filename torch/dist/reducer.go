@@ -11,9 +11,15 @@ import (
 
 // Reducer averages gradients over the ranks while the backward pass runs,
 // as DistributedDataParallel does: a hook after each parameter's gradient
-// accumulation marks it ready, and each bucket (the parameters in reverse
-// order, about BucketBytes each) starts its all-reduce as soon as all its
-// gradients are in, buckets always in the same order on every rank.
+// accumulation marks it ready, and each bucket (about BucketBytes each)
+// starts its all-reduce as soon as all its gradients are in, buckets always
+// in the same order on every rank. The buckets take the parameters in
+// reverse order for the first step, then, as DDP rebuilds them, in the
+// order rank 0 saw their gradients come: a model creates its parameters in
+// one order and may use them in another (a FLUX ControlNet creates
+// controlnet_x_embedder last and uses it first, so its gradient comes
+// last, and in reverse order its bucket, the first, would hold back every
+// other until the backward pass ends).
 //
 //	r, err := g.NewReducer(params) // once
 //	for step := range steps {
@@ -59,7 +65,7 @@ type Reducer struct {
 	r          C.dp2o_reducer
 	g          *Group
 	buckets    int
-	inBackward int
+	overlapped int
 	params     []*torch.Tensor
 }
 
@@ -114,22 +120,32 @@ func (r *Reducer) Finish() error {
 		}
 		return nil
 	}
-	var in C.int
-	err := errOf(C.dp2o_dist_reducer_finish(r.r, millis(r.g.Timeout()), &in))
-	r.inBackward = int(in)
+	var over, nb C.int
+	err := errOf(C.dp2o_dist_reducer_finish(r.r, millis(r.g.Timeout()), &over, &nb))
+	r.overlapped = int(over)
+	if err == nil {
+		r.buckets = int(nb)
+	}
 	keep(r.params)
 	return err
 }
 
-// Buckets is the number of buckets the gradients are reduced in.
-func (r *Reducer) Buckets() int { return r.buckets }
+// Buckets is the number of buckets the gradients are reduced in (the
+// first Finish rebuilds them in the order the gradients came).
+func (r *Reducer) Buckets() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.buckets
+}
 
 // StartedInBackward is how many buckets of the last Finish had started
-// during the backward pass (the overlapped ones).
+// while the backward pass still had gradients to produce: the ones whose
+// all-reduce overlapped with it (at most Buckets()−1; the last bucket
+// completes with the last gradient).
 func (r *Reducer) StartedInBackward() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.inBackward
+	return r.overlapped
 }
 
 // Close removes the hooks. Close the reducer before its group.
