@@ -326,6 +326,7 @@ struct Reducer {
     // first bucket, and with it every other, until the end).
     std::vector<int> arrival;
     bool rebuilt = false;
+    std::vector<int> rebuild;  // the new order, for the next step's start
     size_t next = 0;      // next bucket to start
     int outstanding = 0;  // gradients still to come in the armed pass
     int overlapped = 0;   // buckets started while some were
@@ -340,7 +341,15 @@ struct Reducer {
     // dtype and device, at most bucket_bytes each, with one buffer per
     // bucket. A gradient that is a view of the old buffers moves along.
     void build(const std::vector<int> &order) {
-      std::vector<at::Tensor> old = view;
+      std::vector<at::Tensor> old;
+      for (size_t i = 0; i < params.size() && i < view.size(); i++) {
+        if (params[i].grad().defined() && params[i].grad().is_same(view[i])) {
+          old = view;  // some gradient to move: both buffers for a moment
+          break;
+        }
+      }
+      view.clear();
+      storage.clear();  // freed first when no gradient holds it
       buckets.clear();
       storage.clear();
       bucket_of.assign(params.size(), 0);
@@ -763,6 +772,13 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync) {
     // parameter's gradient becomes its slice of its bucket (zeros where it
     // had none), for the backward passes to accumulate into.
     at::NoGradGuard no_grad;
+    if (!st.rebuild.empty()) {
+      // The buckets in the order of the first step's gradients, built
+      // now rather than at its finish: once the optimizer has dropped the
+      // gradients, the old buffers go before the new ones come.
+      st.build(st.rebuild);
+      st.rebuild.clear();
+    }
     for (size_t i = 0; i < st.params.size(); i++) {
       st.used[i] = st.params[i].grad().defined();
       st.attach(static_cast<int>(i));
@@ -888,7 +904,7 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int *overl
       have[o[j]] = 1;
       order[j] = static_cast<int>(o[j]);
     }
-    st.build(order);
+    st.rebuild = order;
     st.rebuilt = true;
     st.arrival.clear();
   }
