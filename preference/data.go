@@ -50,7 +50,7 @@ type DataConfig struct {
 	Kind string
 	// VAE encodes the winner and loser images (and FLUX's control image).
 	VAE *vae.Model
-	// EncodePrompt embeds a group's prompt (cached per prompt).
+	// EncodePrompt embeds a group's prompt (cached per prompt, on the CPU).
 	EncodePrompt PromptEncoder
 	// NumTrainTimesteps is SD2's DDPM training horizon: t ~ U{0, …, T−1}.
 	NumTrainTimesteps int
@@ -60,9 +60,16 @@ type DataConfig struct {
 	Density flowsched.Density
 	// Device is where the batches go (the models' device).
 	Device torch.Device
+	// LatentCacheBytes and PromptCacheBytes bound the Loader's caches of
+	// VAE posteriors and prompt embeddings, both in CPU memory: between
+	// batches the least recently used entries go until the rest fit (an
+	// evicted one is computed again when needed). 0 means
+	// DefaultLatentCacheBytes and DefaultPromptCacheBytes; a negative
+	// value, no bound.
+	LatentCacheBytes, PromptCacheBytes int64
 }
 
-// moments is a cached VAE posterior: mean and std (1, C, h, w), on the CPU.
+// moments is a VAE posterior: mean and std (1, C, h, w), on the CPU.
 type moments struct{ mean, std *torch.Tensor }
 
 // Loader reads batches of pairs from a pair file: a per-epoch shuffled
@@ -70,7 +77,8 @@ type moments struct{ mean, std *torch.Tensor }
 // saves), the images VAE-encoded through a cache of posterior moments keyed
 // by the VAE's fingerprint and the image file's SHA-256, latents sampled
 // from them, the LR control image and the prompt embedding shared by the
-// pair, and per pair one timestep and one noise. Every random draw comes
+// pair (cached too; both caches are bounded, see DataConfig), and per pair
+// one timestep and one noise. Every random draw comes
 // from Gen (a CPU generator, saved in checkpoints), in this order per
 // batch: the timesteps (SD2: randint(0, T, (P,)); FLUX: the density's
 // draws), the noise (P, C, h, w) (FLUX: packed after drawing), then for
@@ -93,8 +101,8 @@ type Loader struct {
 
 	vaeKey  string
 	order   []int
-	cache   map[string]moments
-	prompts map[string][2]*torch.Tensor
+	latents *tensorCache // VAE posteriors: mean, std
+	prompts *tensorCache // prompt embeddings: text, pooled (nil for SD2)
 }
 
 // NewLoader checks the pair file's images (they must exist) and prepares
@@ -122,7 +130,8 @@ func NewLoader(cfg DataConfig, pf *PairFile, root string, pairsPerBatch int, see
 		return nil, fmt.Errorf("preference: loader: %d pairs per batch", pairsPerBatch)
 	}
 	l := &Loader{Config: cfg, Pairs: pf, Root: root, PairsPerBatch: pairsPerBatch, Seed: seed,
-		cache: map[string]moments{}, prompts: map[string][2]*torch.Tensor{}}
+		latents: newTensorCache(cacheBudget(cfg.LatentCacheBytes, DefaultLatentCacheBytes)),
+		prompts: newTensorCache(cacheBudget(cfg.PromptCacheBytes, DefaultPromptCacheBytes))}
 	for i := range pf.Pairs {
 		im, err := pf.Images(i)
 		if err != nil {
@@ -163,15 +172,29 @@ func (l *Loader) Close() {
 	if l == nil {
 		return
 	}
-	for _, m := range l.cache {
-		m.mean.Close()
-		m.std.Close()
+	for _, c := range []*tensorCache{l.latents, l.prompts} {
+		if c != nil {
+			c.clear()
+		}
 	}
-	for _, p := range l.prompts {
-		p[0].Close()
-		p[1].Close()
+}
+
+// CacheStats are a Loader's cache counts since it was made.
+type CacheStats struct {
+	// Entries and Bytes are what the cache holds now.
+	Entries int
+	Bytes   int64
+	// Hits, Misses and Evictions count lookups and entries dropped to fit
+	// the bound.
+	Hits, Misses, Evictions int
+}
+
+// CacheStats reports the VAE posterior cache and the prompt cache.
+func (l *Loader) CacheStats() (latents, prompts CacheStats) {
+	of := func(c *tensorCache) CacheStats {
+		return CacheStats{Entries: c.ll.Len(), Bytes: c.used, Hits: c.hits, Misses: c.misses, Evictions: c.evictions}
 	}
-	l.cache, l.prompts = map[string]moments{}, map[string][2]*torch.Tensor{}
+	return of(l.latents), of(l.prompts)
 }
 
 func (l *Loader) path(p string) string {
@@ -300,6 +323,10 @@ func (l *Loader) Next() (b *Batch, err error) {
 		return nil, fmt.Errorf("preference: loader: images are %d×%d; %s training needs multiples of %d", w, h, l.Config.Kind, f)
 	}
 	defer recoverData(&err)
+	// The batch holds copies of what it took from the caches: they may
+	// shrink to their bounds now.
+	defer l.prompts.trim()
+	defer l.latents.trim()
 	return l.assemble(pairs, w, h)
 }
 
@@ -307,8 +334,8 @@ func (l *Loader) Next() (b *Batch, err error) {
 // (1, 3, H, W) on the CPU), keyed by key.
 func (l *Loader) encodeMoments(key string, x *torch.Tensor) moments {
 	k := l.vaeKey + ":" + key
-	if m, ok := l.cache[k]; ok {
-		return m
+	if ts, ok := l.latents.get(k); ok {
+		return moments{mean: ts[0], std: ts[1]}
 	}
 	s := torch.NewScope()
 	defer s.Close()
@@ -323,7 +350,7 @@ func (l *Loader) encodeMoments(key string, x *torch.Tensor) moments {
 		m = moments{mean: torch.Unscope(post.Mean.ToDevice(torch.CPU).To(torch.Float32)),
 			std: torch.Unscope(post.Std.ToDevice(torch.CPU).To(torch.Float32))}
 	})
-	l.cache[k] = m
+	l.latents.put(k, m.mean, m.std)
 	return m
 }
 
@@ -351,20 +378,32 @@ func imageTensor(img *imageio.RGB8) *torch.Tensor {
 	return x
 }
 
+// prompt returns the prompt's embeddings on the CPU, cached.
 func (l *Loader) prompt(text string) (emb, pooled *torch.Tensor) {
-	if c, ok := l.prompts[text]; ok {
-		return c[0], c[1]
+	if ts, ok := l.prompts.get(text); ok {
+		return ts[0], ts[1]
 	}
 	var err error
-	torch.NoGrad(func() { emb, pooled, err = l.Config.EncodePrompt(text) })
+	torch.NoGrad(func() {
+		s := torch.NewScope()
+		defer s.Close()
+		var e, p *torch.Tensor
+		if e, p, err = l.Config.EncodePrompt(text); err != nil {
+			return
+		}
+		// Copies on the CPU: the encoder's outputs are the caller's to
+		// close, and the cache must not hold device memory.
+		emb = torch.Unscope(e.ToDevice(torch.CPU).Clone())
+		e.Close()
+		if p != nil {
+			pooled = torch.Unscope(p.ToDevice(torch.CPU).Clone())
+			p.Close()
+		}
+	})
 	if err != nil {
 		failData(fmt.Errorf("prompt %q: %w", text, err))
 	}
-	emb = torch.Unscope(emb)
-	if pooled != nil {
-		pooled = torch.Unscope(pooled)
-	}
-	l.prompts[text] = [2]*torch.Tensor{emb, pooled}
+	l.prompts.put(text, emb, pooled)
 	return emb, pooled
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -141,6 +142,21 @@ func loadFlux(s *session, c *cli.Context, base, cnPath string, dev torch.Device,
 
 // policyTensors are the trained ControlNet's weights in the optimizer's
 // order (the same list on every rank).
+// cacheBytes reads a cache bound in MiB: -1 (or any negative) is no
+// bound, 0 caches nothing beyond the batch at hand.
+func cacheBytes(c *cli.Context, flag string) (int64, error) {
+	mb := c.Int64(flag)
+	switch {
+	case mb < 0:
+		return -1, nil
+	case mb == 0:
+		return 1, nil // DataConfig's 0 is the default; 1 byte keeps nothing
+	case mb > math.MaxInt64>>20:
+		return 0, fmt.Errorf("--%s %d is too large", flag, mb)
+	}
+	return mb << 20, nil
+}
+
 func policyTensors(ps []optim.Param) []*torch.Tensor {
 	ts := make([]*torch.Tensor, len(ps))
 	for i, p := range ps {
@@ -208,6 +224,12 @@ func setup(c *cli.Context, g *dist.Group) (s *session, err error) {
 	}
 	s.closes = append(s.closes, s.tr.Close)
 	world := g.WorldSize()
+	if dc.LatentCacheBytes, err = cacheBytes(c, "latent_cache_mb"); err != nil {
+		return nil, err
+	}
+	if dc.PromptCacheBytes, err = cacheBytes(c, "prompt_cache_mb"); err != nil {
+		return nil, err
+	}
 	if s.loader, err = preference.NewLoader(dc, pf, filepath.Dir(c.String("pairs")), c.Int("train_batch_size")*world, c.Uint64("seed")); err != nil {
 		return nil, err
 	}
@@ -377,6 +399,14 @@ func run(c *cli.Context) (err error) {
 	if s.reducer != nil {
 		fmt.Fprintf(errWriter(c), "gradient sync: %d buckets, %d started before the last backward pass ended\n",
 			s.reducer.Buckets(), s.reducer.StartedInBackward())
+	}
+	lat, pr := s.loader.CacheStats()
+	for _, x := range []struct {
+		what string
+		st   preference.CacheStats
+	}{{"VAE posteriors", lat}, {"prompt embeddings", pr}} {
+		fmt.Fprintf(errWriter(c), "cache of %s: %d entries, %.1f MiB; %d hits, %d misses, %d evicted\n",
+			x.what, x.st.Entries, float64(x.st.Bytes)/(1<<20), x.st.Hits, x.st.Misses, x.st.Evictions)
 	}
 	if err := preference.SavePolicy(filepath.Join(out, preference.CheckpointModel), s.bb.PolicyParams()); err != nil {
 		return err
