@@ -140,8 +140,6 @@ func loadFlux(s *session, c *cli.Context, base, cnPath string, dev torch.Device,
 	return preference.FluxData(p)
 }
 
-// policyTensors are the trained ControlNet's weights in the optimizer's
-// order (the same list on every rank).
 // cacheBytes reads a cache bound in MiB: -1 (or any negative) is no
 // bound, 0 caches nothing beyond the batch at hand.
 func cacheBytes(c *cli.Context, flag string) (int64, error) {
@@ -157,6 +155,8 @@ func cacheBytes(c *cli.Context, flag string) (int64, error) {
 	return mb << 20, nil
 }
 
+// policyTensors are the trained ControlNet's weights in the optimizer's
+// order (the same list on every rank).
 func policyTensors(ps []optim.Param) []*torch.Tensor {
 	ts := make([]*torch.Tensor, len(ps))
 	for i, p := range ps {
