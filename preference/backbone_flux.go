@@ -39,6 +39,20 @@ func NewFluxBackbone(f *transformer.Flux, policy *transformer.ControlNet) (*Flux
 	if len(ps) == 0 {
 		return nil, errors.New("preference: flux: the ControlNet has no weights")
 	}
+	ref, err := cloneFluxControlNet(policy, ps[0].Tensor.DType())
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range f.Parameters() {
+		p.Tensor.SetRequiresGrad(false)
+	}
+	return &FluxBackbone{Transformer: f, Policy: policy, Reference: ref, Guidance: DefaultTrainGuidance, ConditioningScale: 1}, nil
+}
+
+// cloneFluxControlNet deep-copies a ControlNet (same config, new storage)
+// in dtype, frozen.
+func cloneFluxControlNet(cn *transformer.ControlNet, dtype torch.DType) (*transformer.ControlNet, error) {
+	ps := cn.Parameters()
 	src := nn.MapSource{}
 	defer src.Close()
 	err := torch.Try(func() {
@@ -51,18 +65,14 @@ func NewFluxBackbone(f *transformer.Flux, policy *transformer.ControlNet) (*Flux
 	if err != nil {
 		return nil, fmt.Errorf("preference: flux: copying the reference: %w", err)
 	}
-	first := ps[0].Tensor
-	ref, err := transformer.ControlNetFromSource(src, policy.Config, first.DType(), first.Device())
+	ref, err := transformer.ControlNetFromSource(src, cn.Config, dtype, ps[0].Tensor.Device())
 	if err != nil {
 		return nil, fmt.Errorf("preference: flux: building the reference: %w", err)
 	}
 	for _, p := range ref.Parameters() {
 		p.Tensor.SetRequiresGrad(false)
 	}
-	for _, p := range f.Parameters() {
-		p.Tensor.SetRequiresGrad(false)
-	}
-	return &FluxBackbone{Transformer: f, Policy: policy, Reference: ref, Guidance: DefaultTrainGuidance, ConditioningScale: 1}, nil
+	return ref, nil
 }
 
 // Kind is KindFlux.
@@ -84,6 +94,20 @@ func (s *FluxBackbone) ReferenceParams() []optim.Param { return fluxParams(s.Ref
 
 // BaseParams are the frozen transformer's weights.
 func (s *FluxBackbone) BaseParams() []optim.Param { return fluxParams(s.Transformer.Parameters()) }
+
+// setReferenceDType stores the reference in dtype.
+func (s *FluxBackbone) setReferenceDType(dtype torch.DType) error {
+	if s.Reference.Parameters()[0].Tensor.DType() == dtype {
+		return nil
+	}
+	ref, err := cloneFluxControlNet(s.Reference, dtype)
+	if err != nil {
+		return err
+	}
+	s.Reference.Close()
+	s.Reference = ref
+	return nil
+}
 
 // Close frees the reference copy.
 func (s *FluxBackbone) Close() {

@@ -31,7 +31,11 @@ func NewSD2Backbone(u *unet.UNet, policy *unet.ControlNet, ddpm *scheduler.DDPM)
 	if u == nil || policy == nil || ddpm == nil {
 		return nil, errors.New("preference: sd2: UNet, ControlNet and DDPM schedule are required")
 	}
-	ref, err := cloneControlNet(policy)
+	ps := policy.Parameters()
+	if len(ps) == 0 {
+		return nil, errors.New("preference: sd2: the ControlNet has no weights")
+	}
+	ref, err := cloneControlNet(policy, ps[0].Tensor.DType())
 	if err != nil {
 		return nil, err
 	}
@@ -41,12 +45,10 @@ func NewSD2Backbone(u *unet.UNet, policy *unet.ControlNet, ddpm *scheduler.DDPM)
 	return &SD2Backbone{UNet: u, Policy: policy, Reference: ref, DDPM: ddpm, ConditioningScale: 1}, nil
 }
 
-// cloneControlNet deep-copies a ControlNet (same config, new storage).
-func cloneControlNet(cn *unet.ControlNet) (ref *unet.ControlNet, err error) {
+// cloneControlNet deep-copies a ControlNet (same config, new storage) in
+// dtype, frozen.
+func cloneControlNet(cn *unet.ControlNet, dtype torch.DType) (ref *unet.ControlNet, err error) {
 	ps := cn.Parameters()
-	if len(ps) == 0 {
-		return nil, errors.New("preference: sd2: the ControlNet has no weights")
-	}
 	src := nn.MapSource{}
 	defer src.Close()
 	err = torch.Try(func() {
@@ -59,8 +61,7 @@ func cloneControlNet(cn *unet.ControlNet) (ref *unet.ControlNet, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("preference: sd2: copying the reference: %w", err)
 	}
-	first := ps[0].Tensor
-	ref, err = unet.ControlNetFromSource(src, cn.Config, first.DType(), first.Device())
+	ref, err = unet.ControlNetFromSource(src, cn.Config, dtype, ps[0].Tensor.Device())
 	if err != nil {
 		return nil, fmt.Errorf("preference: sd2: building the reference: %w", err)
 	}
@@ -89,6 +90,20 @@ func (s *SD2Backbone) ReferenceParams() []optim.Param { return sd2Params(s.Refer
 
 // BaseParams are the frozen UNet's weights.
 func (s *SD2Backbone) BaseParams() []optim.Param { return sd2Params(s.UNet.Parameters()) }
+
+// setReferenceDType stores the reference in dtype.
+func (s *SD2Backbone) setReferenceDType(dtype torch.DType) error {
+	if s.Reference.Parameters()[0].Tensor.DType() == dtype {
+		return nil
+	}
+	ref, err := cloneControlNet(s.Reference, dtype)
+	if err != nil {
+		return err
+	}
+	s.Reference.Close()
+	s.Reference = ref
+	return nil
+}
 
 // Close frees the reference copy.
 func (s *SD2Backbone) Close() {

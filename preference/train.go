@@ -146,6 +146,8 @@ type Backbone interface {
 	// setGradientCheckpointing turns the models' gradient checkpointing on
 	// or off.
 	setGradientCheckpointing(on bool)
+	// setReferenceDType stores the frozen reference in dtype.
+	setReferenceDType(dtype torch.DType) error
 }
 
 // TrainConfig holds the hyper-parameters of DPO training.
@@ -165,7 +167,9 @@ type TrainConfig struct {
 	// "constant_with_warmup", ...).
 	Schedule optim.ScheduleConfig
 	// MixedPrecision is "no", "bf16" or "fp16": the forward passes run
-	// under torch.autocast of that type on CUDA (never on the CPU).
+	// under torch.autocast of that type on CUDA (never on the CPU), where
+	// NewTrainer also stores the frozen reference in that type (as
+	// Diffusion-DPO's ref_unet.to(dtype=weight_dtype)).
 	MixedPrecision string
 	// GradientCheckpointing turns on the gradient checkpointing of the
 	// backbone's models (the base model's and the ControlNets' blocks are
@@ -300,6 +304,16 @@ func NewTrainer(bb Backbone, cfg TrainConfig) (*Trainer, error) {
 		}
 		p.Tensor.SetRequiresGrad(true)
 	}
+	if dt, on := cfg.autocastDType(); on && params[0].Tensor.Device().IsCUDA() {
+		// Under mixed precision the frozen reference is held in the
+		// autocast dtype, as Diffusion-DPO's training holds its ref_unet
+		// (ref_unet.to(dtype=weight_dtype)): its matmuls and convolutions
+		// run in that dtype anyway, and it takes half the memory (2.9 GB
+		// less for C-FLUX's ControlNet).
+		if err := bb.setReferenceDType(dt); err != nil {
+			return nil, fmt.Errorf("preference: train: the reference in %v: %w", dt, err)
+		}
+	}
 	opt, err := optim.NewAdamW(params, cfg.AdamW)
 	if err != nil {
 		return nil, fmt.Errorf("preference: train: %w", err)
@@ -330,15 +344,23 @@ func (t *Trainer) tap(name string, x *torch.Tensor) {
 func (t *Trainer) region(f func()) {
 	ps := t.Backbone.PolicyParams()
 	dev := ps[0].Tensor.Device()
-	if dev.IsCUDA() && t.Config.MixedPrecision != "no" {
-		dt := torch.BFloat16
-		if t.Config.MixedPrecision == "fp16" {
-			dt = torch.Float16
-		}
+	if dt, on := t.Config.autocastDType(); on && dev.IsCUDA() {
 		torch.Autocast(torch.DeviceCUDA, dt, f)
 		return
 	}
 	f()
+}
+
+// autocastDType is the dtype of MixedPrecision's autocast, and whether it
+// is on.
+func (c TrainConfig) autocastDType() (torch.DType, bool) {
+	switch c.MixedPrecision {
+	case "bf16":
+		return torch.BFloat16, true
+	case "fp16":
+		return torch.Float16, true
+	}
+	return torch.Float32, false
 }
 
 // Accumulate runs one batch forward (policy with autograd, reference

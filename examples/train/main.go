@@ -58,7 +58,7 @@ func newApp() *cli.App {
 			&cli.IntFlag{Name: "max_train_steps", Value: 1000, Usage: "optimizer steps to train for (the paper: 1000)"},
 			&cli.IntFlag{Name: "checkpointing_steps", Value: 500, Usage: "save a checkpoint every this many steps (and at the end)"},
 			&cli.StringFlag{Name: "resume_from_checkpoint", Usage: "a checkpoint folder, or latest (the newest under --output_dir; a fresh start when there is none)"},
-			&cli.StringFlag{Name: "mixed_precision", Value: "no", Usage: "no, fp16 or bf16: on CUDA the frozen models run in that dtype and the forward passes under autocast; the ControlNet keeps float32 master weights (CPU: float32)"},
+			&cli.StringFlag{Name: "mixed_precision", Value: "no", Usage: "no, fp16 or bf16: on CUDA the frozen models (the reference ControlNet too, as in Diffusion-DPO) run in that dtype and the forward passes under autocast; the trained ControlNet keeps float32 master weights (CPU: float32)"},
 			&cli.BoolFlag{Name: "gradient_checkpointing", Usage: "recompute the base model's and the ControlNet's block activations in the backward pass instead of keeping them: much less memory for about a third more compute, the same gradients"},
 			&cli.Uint64Flag{Name: "seed", Value: 0, Usage: "seed of the data order, timesteps, noise and VAE samples"},
 			&cli.StringFlag{Name: "lr_scheduler", Value: "constant", Usage: "constant, constant_with_warmup, linear, cosine or cosine_with_restarts"},
