@@ -46,9 +46,12 @@ func TestMain(m *testing.M) {
 // all-reduce after the backward pass (--grad_sync after) in the FLUX test.
 // Here the ranks also train with --gradient_checkpointing (the one process
 // without): the ControlNet's gradients, accumulated in the recomputations'
-// backward passes, start the reducer's buckets as they do without.
+// backward passes, start the reducer's buckets as they do without. The
+// ranks also precompute the prompt embeddings, each its share, into one
+// folder (--precompute_prompts), and train on them.
 func TestTrainSD2DataParallel(t *testing.T) {
-	testDataParallel(t, "sd2", "tiny-sd2", "overlap", "--gradient_checkpointing")
+	testDataParallel(t, "sd2", "tiny-sd2", "overlap", "--gradient_checkpointing", "--precompute_prompts",
+		"--prompt_embeds_dir", filepath.Join(t.TempDir(), "prompt_embeds"))
 }
 
 // TestTrainFluxDataParallel is TestTrainSD2DataParallel for C-FLUX (three

@@ -96,8 +96,9 @@ func mustExist(t *testing.T, paths ...string) {
 // TestTrainSD2EndToEnd trains the bundled tiny C-SD2 for a few steps with
 // checkpoints, resumes from the latest one, and checks the outputs: the
 // CSV log, the curves, the checkpoints, and that the resumed run ends with
-// the same ControlNet bytes as an uninterrupted one. The trained ControlNet
-// loads in the SR pipeline.
+// the same ControlNet bytes as an uninterrupted one, which precomputes the
+// prompt embeddings and frees the text encoder (--precompute_prompts). The
+// trained ControlNet loads in the SR pipeline.
 func TestTrainSD2EndToEnd(t *testing.T) {
 	testutil.NoLeak(t)
 	dir := t.TempDir()
@@ -134,8 +135,19 @@ func TestTrainSD2EndToEnd(t *testing.T) {
 		t.Fatalf("log after resume has %d rows, want 4", len(rows))
 	}
 	straight := filepath.Join(dir, "straight")
-	if msg, err := runApp(append(common, "--output_dir", straight, "--max_train_steps", "4", "--no_progress")...); err != nil {
+	msg, err = runApp(append(common, "--output_dir", straight, "--max_train_steps", "4", "--no_progress", "--precompute_prompts")...)
+	if err != nil {
 		t.Fatalf("%v\n%s", err, msg)
+	}
+	if !strings.Contains(msg, "text encoders freed") {
+		t.Errorf("--precompute_prompts did not report freeing the text encoder:\n%s", msg)
+	}
+	pf, err := preference.LoadPairs(pairs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ents, err := filepath.Glob(filepath.Join(straight, "prompt_embeds", "*.safetensors")); err != nil || len(ents) != len(pf.Prompts()) {
+		t.Errorf("prompt store: %d embeddings (%v), want one per prompt of the pairs (%d)", len(ents), err, len(pf.Prompts()))
 	}
 	a, _ := os.ReadFile(filepath.Join(out, preference.CheckpointModel))
 	b, _ := os.ReadFile(filepath.Join(straight, preference.CheckpointModel))
@@ -150,8 +162,10 @@ func TestTrainSD2EndToEnd(t *testing.T) {
 	p.Close()
 }
 
-// TestTrainFluxEndToEnd trains the bundled tiny C-FLUX two steps; the
-// trained ControlNet loads in the C-FLUX pipeline.
+// TestTrainFluxEndToEnd trains the bundled tiny C-FLUX two steps, resumes
+// with the prompt embeddings precomputed and the text encoders freed, and
+// ends with the ControlNet of an uninterrupted run; the trained ControlNet
+// loads in the C-FLUX pipeline.
 func TestTrainFluxEndToEnd(t *testing.T) {
 	testutil.NoLeak(t)
 	dir := t.TempDir()
@@ -169,9 +183,12 @@ func TestTrainFluxEndToEnd(t *testing.T) {
 		t.Fatalf("log rows %v", rows)
 	}
 	// Resume to step 3 = an uninterrupted run of 3 steps, bit for bit.
-	if msg, err := runApp(append(common, "--output_dir", out, "--max_train_steps", "3", "--resume_from_checkpoint", "latest")...); err != nil {
-		t.Fatalf("resume: %v\n%s", err, msg)
+	embeds := filepath.Join(dir, "embeds")
+	if msg, err := runApp(append(common, "--output_dir", out, "--max_train_steps", "3", "--resume_from_checkpoint", "latest",
+		"--precompute_prompts", "--prompt_embeds_dir", embeds)...); err != nil || !strings.Contains(msg, "text encoders freed") {
+		t.Fatalf("resume with --precompute_prompts: %v\n%s", err, msg)
 	}
+	mustExist(t, filepath.Join(embeds, "encoders.json"))
 	straight := filepath.Join(dir, "straight")
 	if msg, err := runApp(append(common, "--output_dir", straight, "--max_train_steps", "3")...); err != nil {
 		t.Fatalf("%v\n%s", err, msg)

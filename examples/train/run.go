@@ -23,6 +23,7 @@ import (
 	"github.com/dp2osr/dp2o/preference"
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/dist"
+	"github.com/dp2osr/dp2o/torch/nn"
 	"github.com/dp2osr/dp2o/torch/optim"
 )
 
@@ -41,7 +42,13 @@ type session struct {
 	// reducer, under torchrun with --grad_sync overlap, all-reduces the
 	// gradients while the backward pass runs.
 	reducer *dist.Reducer
-	closes  []func()
+	// text are the text encoders' weights (one list per encoder) and free
+	// closes them, once the prompts are precomputed.
+	text struct {
+		params [][]optim.Param
+		free   func()
+	}
+	closes []func()
 }
 
 func (s *session) close() {
@@ -104,6 +111,11 @@ func loadSD2(s *session, base, cnPath string, dev torch.Device, dtype torch.DTyp
 	}
 	s.bb = bb
 	s.closes = append(s.closes, bb.Close)
+	s.text.params = [][]optim.Param{nnParams(p.TextEncoder.Params)}
+	s.text.free = func() {
+		p.TextEncoder.Close()
+		p.TextEncoder = nil
+	}
 	return preference.SD2Data(p)
 }
 
@@ -137,7 +149,55 @@ func loadFlux(s *session, c *cli.Context, base, cnPath string, dev torch.Device,
 	bb.Guidance = c.Float64("guidance_scale")
 	s.bb = bb
 	s.closes = append(s.closes, bb.Close)
+	s.text.params = [][]optim.Param{nnParams(p.TextEncoder.Params), nnParams(p.TextEncoder2.Params)}
+	s.text.free = func() {
+		p.TextEncoder.Close()
+		p.TextEncoder2.Close()
+		p.TextEncoder, p.TextEncoder2 = nil, nil
+	}
 	return preference.FluxData(p)
+}
+
+// nnParams lists a model's weights by name.
+func nnParams(ps *nn.Params) []optim.Param {
+	if ps == nil {
+		return nil
+	}
+	out := make([]optim.Param, 0, len(ps.Names))
+	for _, n := range ps.Names {
+		out = append(out, optim.Param{Name: n, Tensor: ps.Tensors[n]})
+	}
+	return out
+}
+
+// precomputePrompts encodes every prompt of the pair file into the prompt
+// store (--prompt_embeds_dir; each rank a share, the others' awaited at a
+// barrier), frees the text encoders and returns the store's reader.
+func precomputePrompts(c *cli.Context, s *session, g *dist.Group, kind string, pf *preference.PairFile, enc preference.PromptEncoder) (preference.PromptEncoder, error) {
+	dir := c.String("prompt_embeds_dir")
+	if dir == "" {
+		dir = filepath.Join(c.String("output_dir"), "prompt_embeds")
+	}
+	st, err := preference.OpenPromptStore(dir, kind, s.text.params...)
+	if err != nil {
+		return nil, err
+	}
+	prompts := pf.Prompts()
+	n, err := st.Fill(prompts, enc, g.Rank(), g.WorldSize())
+	if err != nil {
+		return nil, err
+	}
+	if err := g.Barrier(); err != nil {
+		return nil, fmt.Errorf("waiting for the other ranks' prompt embeddings: %w", err)
+	}
+	if miss := st.Missing(prompts); len(miss) > 0 {
+		return nil, fmt.Errorf("prompt store %s lacks %d of %d prompts after precomputing them (first %q)", dir, len(miss), len(prompts), miss[0])
+	}
+	s.text.free()
+	if g.IsMain() {
+		fmt.Fprintf(errWriter(c), "prompt embeddings: %d prompts in %s (%d encoded by rank 0); text encoders freed\n", len(prompts), dir, n)
+	}
+	return st.Encoder(), nil
 }
 
 // cacheBytes reads a cache bound in MiB: -1 (or any negative) is no
@@ -224,6 +284,11 @@ func setup(c *cli.Context, g *dist.Group) (s *session, err error) {
 	}
 	s.closes = append(s.closes, s.tr.Close)
 	world := g.WorldSize()
+	if c.Bool("precompute_prompts") {
+		if dc.EncodePrompt, err = precomputePrompts(c, s, g, kind, pf, dc.EncodePrompt); err != nil {
+			return nil, err
+		}
+	}
 	if dc.LatentCacheBytes, err = cacheBytes(c, "latent_cache_mb"); err != nil {
 		return nil, err
 	}
