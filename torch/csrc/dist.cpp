@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <deque>
+#include <map>
 #include <string>
 
 #if __has_include(<torch/csrc/distributed/c10d/ProcessGroup.hpp>)
@@ -30,6 +31,7 @@
 #include <torch/csrc/autograd/variable.h>
 
 #include <memory>
+#include <map>
 #include <mutex>
 #if TORCH_VERSION_MAJOR >= 2
 #include <torch/csrc/distributed/c10d/Backend.hpp>
@@ -300,7 +302,7 @@ struct Reducer {
     std::mutex mu;
     Group g;  // a copy: keeps the backend alive while hooks may fire
     std::vector<at::Tensor> params;
-    std::vector<std::vector<int>> buckets;  // parameter indices, reverse order
+    std::vector<std::vector<int>> buckets;  // parameter indices, in build's order
     std::vector<int> bucket_of;
     // storage: per bucket, one flat buffer that holds its parameters'
     // gradients (DDP's gradient_as_bucket_view): view is each parameter's
@@ -338,8 +340,10 @@ struct Reducer {
     std::string error;
 
     // build splits the parameters, taken in order, into buckets of one
-    // dtype and device, at most bucket_bytes each, with one buffer per
-    // bucket. A gradient that is a view of the old buffers moves along.
+    // dtype and device, at most bucket_bytes each (a parameter joins the
+    // open bucket of its dtype and device, as DDP assigns them), with one
+    // buffer per bucket. A gradient that is a view of the old buffers
+    // moves along.
     void build(const std::vector<int> &order) {
       std::vector<at::Tensor> old;
       for (size_t i = 0; i < params.size() && i < view.size(); i++) {
@@ -351,23 +355,21 @@ struct Reducer {
       view.clear();
       storage.clear();  // freed first when no gradient holds it
       buckets.clear();
-      storage.clear();
       bucket_of.assign(params.size(), 0);
       view.assign(params.size(), at::Tensor());
-      int64_t bytes = 0;
+      std::map<std::pair<int, std::string>, std::pair<int, int64_t>> open;  // (dtype, device) → (bucket, bytes)
       for (int i : order) {
         const auto &p = params[i];
         int64_t b = p.numel() * static_cast<int64_t>(p.element_size());
-        bool fresh = buckets.empty() || params[buckets.back().front()].scalar_type() != p.scalar_type() ||
-                     params[buckets.back().front()].device() != p.device() ||
-                     (bucket_bytes > 0 && bytes + b > bucket_bytes);
-        if (fresh) {
+        auto key = std::make_pair(static_cast<int>(p.scalar_type()), p.device().str());
+        auto it = open.find(key);
+        if (it == open.end() || (bucket_bytes > 0 && it->second.second + b > bucket_bytes)) {
           buckets.emplace_back();
-          bytes = 0;
+          it = open.insert_or_assign(key, std::make_pair(static_cast<int>(buckets.size()) - 1, int64_t{0})).first;
         }
-        buckets.back().push_back(i);
-        bucket_of[i] = static_cast<int>(buckets.size()) - 1;
-        bytes += b;
+        buckets[it->second.first].push_back(i);
+        bucket_of[i] = it->second.first;
+        it->second.second += b;
       }
       for (const auto &b : buckets) {
         int64_t numel = 0;

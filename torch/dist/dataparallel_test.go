@@ -48,6 +48,9 @@ type tinyRun struct {
 	// last gradient, until the reducer rebuilds its buckets in the order
 	// the gradients came.
 	permuted bool
+	// mixed keeps the second layer in float64: the buckets hold one dtype
+	// each.
+	mixed bool
 }
 
 type spareUse int
@@ -68,6 +71,7 @@ var tinyRuns = []tinyRun{
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 4, seed: 19, accum: 2, spare: spareRow0},
 	{in: 4, hidden: 8, out: 3, globalBatch: 4, steps: 2, seed: 5, accum: 1, overlap: true, bucketBytes: 4, checkpoint: true, shared: true},
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 23, accum: 1, overlap: true, bucketBytes: 64, permuted: true},
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 29, accum: 2, overlap: true, bucketBytes: 64, mixed: true},
 }
 
 // train builds the model (weights drawn from seed+rank, so only the
@@ -85,7 +89,11 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 	var params []*torch.Tensor
 	var named []optim.Param
 	for i, sh := range shapes {
-		p := torch.Randn(sh, gen, torch.Float32, torch.CPU).MulScalar(0.5).SetRequiresGrad(true)
+		p := torch.Randn(sh, gen, torch.Float32, torch.CPU).MulScalar(0.5)
+		if c.mixed && (i == 2 || i == 3) {
+			p = p.To(torch.Float64)
+		}
+		p.SetRequiresGrad(true)
 		params = append(params, p)
 		named = append(named, optim.Param{Name: fmt.Sprint("p", i), Tensor: p})
 	}
@@ -141,6 +149,9 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 			x, y := xs.Narrow(0, lo+m*n, n), ys.Narrow(0, lo+m*n, n)
 			h := torch.Linear(x, params[0], params[1]).Tanh()
 			layer2 := func(in []*torch.Tensor) []*torch.Tensor {
+				if c.mixed {
+					return []*torch.Tensor{torch.Linear(in[0].To(torch.Float64), params[2], params[3]).To(torch.Float32)}
+				}
 				return []*torch.Tensor{torch.Linear(in[0], params[2], params[3])}
 			}
 			var pred *torch.Tensor
@@ -200,7 +211,7 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 	}
 	opt.ZeroGrad()
 	for _, p := range params {
-		weights = append(weights, p.Detach().Float32s()...)
+		weights = append(weights, p.Detach().To(torch.Float32).Float32s()...)
 	}
 	return weights, nil
 }
