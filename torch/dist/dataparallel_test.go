@@ -11,6 +11,11 @@ import (
 	"github.com/dp2osr/dp2o/torch/optim"
 )
 
+// cudaEnv puts the tiny runs on the GPU (Gloo all-reduces CUDA tensors,
+// so that two ranks share one GPU): the reducer's buffers, hooks on the
+// autograd engine's device thread and late gradients on CUDA.
+const cudaEnv = "DP2O_DIST_TEST_CUDA"
+
 // tinyRun is the data-parallel equivalence problem: a two-layer perceptron
 // trained on random regression batches, with AdamW, or with SGD (momentum)
 // and gradient accumulation over micro-batches. The global batch of each
@@ -81,6 +86,10 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 	defer torch.Recover(&err)
 	s := torch.NewScope()
 	defer s.Close()
+	dev := torch.CPU
+	if os.Getenv(cudaEnv) == "1" {
+		dev = torch.CUDA(0)
+	}
 	gen := torch.MustGenerator(torch.CPU, c.seed+uint64(g.Rank()))
 	shapes := [][]int64{{c.hidden, c.in}, {c.hidden}, {c.out, c.hidden}, {c.out}}
 	if c.spare != spareNone {
@@ -89,7 +98,7 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 	var params []*torch.Tensor
 	var named []optim.Param
 	for i, sh := range shapes {
-		p := torch.Randn(sh, gen, torch.Float32, torch.CPU).MulScalar(0.5)
+		p := torch.Randn(sh, gen, torch.Float32, torch.CPU).MulScalar(0.5).ToDevice(dev)
 		if c.mixed && (i == 2 || i == 3) {
 			p = p.To(torch.Float64)
 		}
@@ -142,8 +151,8 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 	for step := range c.steps {
 		ss := torch.NewScope()
 		data := torch.MustGenerator(torch.CPU, c.seed+1000+uint64(step))
-		xs := torch.Randn([]int64{int64(c.globalBatch), c.in}, data, torch.Float32, torch.CPU)
-		ys := torch.Randn([]int64{int64(c.globalBatch), c.out}, data, torch.Float32, torch.CPU)
+		xs := torch.Randn([]int64{int64(c.globalBatch), c.in}, data, torch.Float32, torch.CPU).ToDevice(dev)
+		ys := torch.Randn([]int64{int64(c.globalBatch), c.out}, data, torch.Float32, torch.CPU).ToDevice(dev)
 		opt.ZeroGrad()
 		for m := range int64(c.accum) {
 			x, y := xs.Narrow(0, lo+m*n, n), ys.Narrow(0, lo+m*n, n)
@@ -211,7 +220,7 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 	}
 	opt.ZeroGrad()
 	for _, p := range params {
-		weights = append(weights, p.Detach().To(torch.Float32).Float32s()...)
+		weights = append(weights, p.Detach().ToDevice(torch.CPU).To(torch.Float32).Float32s()...)
 	}
 	return weights, nil
 }

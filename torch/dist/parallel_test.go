@@ -96,9 +96,17 @@ func deadPeer(t *testing.T, mode string) {
 // reach the weights of 1 process with the whole batch (float32 tolerance),
 // with AdamW and with SGD + gradient accumulation, and both ranks hold
 // identical weights.
+//
+// With DP2O_DEVICE=cuda the runs are on the GPU, both ranks on one through
+// Gloo's CUDA all-reduce.
 func TestDataParallelEquivalence(t *testing.T) {
 	requireGloo(t)
 	testutil.NoLeak(t)
+	var env []string
+	if testutil.Device(t).IsCUDA() {
+		t.Setenv(cudaEnv, "1")
+		env = append(env, cudaEnv+"=1")
+	}
 	var want [][]float32
 	for _, run := range tinyRuns {
 		w, err := run.train(Single())
@@ -108,7 +116,7 @@ func TestDataParallelEquivalence(t *testing.T) {
 		want = append(want, w)
 	}
 	const world = 2
-	res, dir := launch(t, "dataparallel", world, 60*time.Second, "DP2O_DIST_TIMEOUT=30s")
+	res, dir := launch(t, "dataparallel", world, 60*time.Second, append(env, "DP2O_DIST_TIMEOUT=30s")...)
 	requireAllOK(t, res)
 	if t.Failed() {
 		return
