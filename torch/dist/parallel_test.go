@@ -71,13 +71,16 @@ func TestCollectivesNCCL(t *testing.T) {
 // hanging.
 func TestDeadPeer(t *testing.T) {
 	requireGloo(t)
-	t.Run("killed", func(t *testing.T) { deadPeer(t, "kill") })
-	t.Run("stalled", func(t *testing.T) { deadPeer(t, "stall") })
+	t.Run("killed", func(t *testing.T) { deadPeer(t, "kill", "all_reduce") })
+	t.Run("stalled", func(t *testing.T) { deadPeer(t, "stall", "all_reduce") })
+	// The survivors in a reducer's training step: the buckets the backward
+	// pass started, then Finish.
+	t.Run("killed during a reducer step", func(t *testing.T) { deadPeer(t, "kill", "reducer") })
 }
 
-func deadPeer(t *testing.T, mode string) {
+func deadPeer(t *testing.T, mode, op string) {
 	const timeout = 4 * time.Second
-	res, _ := launch(t, "dead", 3, 6*timeout, "DP2O_DIST_TIMEOUT="+timeout.String(), "DP2O_DIST_TEST_PEER="+mode)
+	res, _ := launch(t, "dead", 3, 6*timeout, "DP2O_DIST_TIMEOUT="+timeout.String(), "DP2O_DIST_TEST_PEER="+mode, "DP2O_DIST_TEST_OP="+op)
 	last := len(res) - 1
 	var ee *exec.ExitError
 	if mode == "kill" && (!errors.As(res[last].err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL) {

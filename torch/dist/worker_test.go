@@ -321,10 +321,28 @@ func workerDead() int {
 		syscall.Kill(os.Getpid(), syscall.SIGKILL)
 		select {}
 	}
-	x := torch.Ones([]int64{1 << 10}, torch.Float32, torch.CPU)
-	defer x.Close()
+	s := torch.NewScope()
+	defer s.Close()
+	x := torch.Ones([]int64{1 << 10}, torch.Float32, torch.CPU).SetRequiresGrad(true)
+	var red *Reducer
+	if os.Getenv("DP2O_DIST_TEST_OP") == "reducer" {
+		g.SetBucketBytes(1 << 10) // a bucket each
+		if red, err = g.NewReducer([]*torch.Tensor{x, x.Detach().Clone().SetRequiresGrad(true)}); err != nil {
+			fmt.Fprintln(os.Stderr, "reducer:", err)
+			return 1
+		}
+		defer red.Close()
+	}
 	start := time.Now()
-	err = g.AllReduce(Sum, x)
+	if red == nil {
+		err = g.AllReduce(Sum, x.Detach())
+	} else if err = red.Prepare(true); err == nil {
+		x.Sum().Backward(nil) // the clone gets no gradient: Finish starts both buckets
+		err = red.Finish()
+		if err != nil && x.Grad() == nil {
+			err = fmt.Errorf("%w (and x lost its gradient)", err)
+		}
+	}
 	took := time.Since(start)
 	fmt.Printf("collective returned after %v: %v\n", took, err)
 	if err == nil {
