@@ -393,7 +393,8 @@ struct Reducer {
     }
 
     // attach makes parameter i's gradient its slice of the bucket: the
-    // gradient it has is copied in, zeros where it has none.
+    // gradient it has is copied in, zeros where it has none (a parameter
+    // whose bucket starts without a gradient from it).
     void attach(int i) {
       at::Tensor &gr = params[i].mutable_grad();
       if (gr.defined() && gr.is_same(view[i])) return;
@@ -422,6 +423,19 @@ struct Reducer {
       std::lock_guard<std::mutex> lock(mu);
       if (!open || closed) return;
       used[i] = 1;
+      if (static_cast<size_t>(bucket_of[i]) >= next) {
+        // The first gradient of the step was stolen into a fresh tensor
+        // (AccumulateGrad's fast path); it moves into the bucket, where the
+        // later ones accumulate in place. A copy costs less than zeroing the
+        // buckets up front and adding.
+        try {
+          at::NoGradGuard no_grad;
+          attach(i);
+        } catch (const c10::Error &e) {
+          if (error.empty()) error = e.what_without_backtrace();
+          armed = false;
+        }
+      }
       if (!armed) return;
       hooked[i] = 1;
       // After its bucket started (a parameter premarked but used after
@@ -770,9 +784,9 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync) {
   TORCH_CHECK(st.next == 0 || !st.armed, "dist: reducer: prepare before the previous finish");
   if (!st.open) {
     // The first backward pass of a step: a gradient already there (from
-    // outside the reducer's backward passes) counts as one. Every
-    // parameter's gradient becomes its slice of its bucket (zeros where it
-    // had none), for the backward passes to accumulate into.
+    // outside the reducer's backward passes) counts as one. A gradient
+    // becomes its slice of its bucket at its parameter's first hook, or
+    // when its bucket starts.
     at::NoGradGuard no_grad;
     if (!st.rebuild.empty()) {
       // The buckets in the order of the first step's gradients, built
@@ -781,10 +795,7 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync) {
       st.build(st.rebuild);
       st.rebuild.clear();
     }
-    for (size_t i = 0; i < st.params.size(); i++) {
-      st.used[i] = st.params[i].grad().defined();
-      st.attach(static_cast<int>(i));
-    }
+    for (size_t i = 0; i < st.params.size(); i++) st.used[i] = st.params[i].grad().defined();
     st.open = true;
   }
   st.armed = sync != 0;
