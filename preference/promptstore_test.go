@@ -63,8 +63,10 @@ func TestPromptStore(t *testing.T) {
 		require.NoError(t, err)
 		require.Nil(t, pooled, "SD2 has no pooled embedding")
 		require.Nil(t, wantPooled)
-		testutil.AssertEqual(t, pr, got, want.ToDevice(torch.CPU))
+		wantCPU := want.ToDevice(torch.CPU)
+		testutil.AssertEqual(t, pr, got, wantCPU)
 		got.Close()
+		wantCPU.Close()
 		want.Close()
 	}
 

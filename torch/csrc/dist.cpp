@@ -31,7 +31,6 @@
 #include <torch/csrc/autograd/variable.h>
 
 #include <memory>
-#include <map>
 #include <mutex>
 #if TORCH_VERSION_MAJOR >= 2
 #include <torch/csrc/distributed/c10d/Backend.hpp>

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/optim"
@@ -74,6 +75,9 @@ var tinyRuns = []tinyRun{
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 13, accum: 2, overlap: true, bucketBytes: 64, spare: spareNever},
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 4, seed: 17, accum: 2, overlap: true, bucketBytes: 64, spare: spareRow0},
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 4, seed: 19, accum: 2, spare: spareRow0},
+	// The spare in the armed (only) micro-batch of rank 0: a late gradient
+	// on one rank, zeros from the other.
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 4, seed: 31, accum: 1, overlap: true, bucketBytes: 64, spare: spareRow0},
 	{in: 4, hidden: 8, out: 3, globalBatch: 4, steps: 2, seed: 5, accum: 1, overlap: true, bucketBytes: 4, checkpoint: true, shared: true},
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 23, accum: 1, overlap: true, bucketBytes: 64, permuted: true},
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 29, accum: 2, overlap: true, bucketBytes: 64, mixed: true},
@@ -83,6 +87,11 @@ var tinyRuns = []tinyRun{
 // broadcast makes the ranks agree), trains it in g and returns the final
 // weights, flattened.
 func (c tinyRun) train(g *Group) (weights []float32, err error) {
+	// One OS thread, as preference's Trainer keeps: libtorch numbers the
+	// autograd nodes per thread, and the order the gradients come in (which
+	// the reducer's buckets follow after the first step) depends on it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	defer torch.Recover(&err)
 	s := torch.NewScope()
 	defer s.Close()
