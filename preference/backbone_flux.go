@@ -52,20 +52,23 @@ func NewFluxBackbone(f *transformer.Flux, policy *transformer.ControlNet) (*Flux
 // cloneFluxControlNet deep-copies a ControlNet (same config, new storage)
 // in dtype, frozen.
 func cloneFluxControlNet(cn *transformer.ControlNet, dtype torch.DType) (*transformer.ControlNet, error) {
+	return cloneFluxControlNetThen(cn, dtype, nil)
+}
+
+// cloneFluxControlNetThen is cloneFluxControlNet calling copied (if not
+// nil) once the weights are copied, before the copy is built.
+func cloneFluxControlNetThen(cn *transformer.ControlNet, dtype torch.DType, copied func()) (*transformer.ControlNet, error) {
 	ps := cn.Parameters()
 	src := nn.MapSource{}
 	defer src.Close()
-	err := torch.Try(func() {
-		torch.NoGrad(func() {
-			for _, p := range ps {
-				src[p.Name] = torch.Scoped(func() *torch.Tensor { return p.Tensor.Detach().Clone() })
-			}
-		})
-	})
-	if err != nil {
+	if err := copyWeights(src, fluxParams(ps), dtype); err != nil {
 		return nil, fmt.Errorf("preference: flux: copying the reference: %w", err)
 	}
-	ref, err := transformer.ControlNetFromSource(src, cn.Config, dtype, ps[0].Tensor.Device())
+	dev := ps[0].Tensor.Device()
+	if copied != nil {
+		copied()
+	}
+	ref, err := transformer.ControlNetFromSource(src, cn.Config, dtype, dev)
 	if err != nil {
 		return nil, fmt.Errorf("preference: flux: building the reference: %w", err)
 	}
@@ -100,13 +103,12 @@ func (s *FluxBackbone) setReferenceDType(dtype torch.DType) error {
 	if s.Reference.Parameters()[0].Tensor.DType() == dtype {
 		return nil
 	}
-	ref, err := cloneFluxControlNet(s.Reference, dtype)
-	if err != nil {
-		return err
-	}
-	s.Reference.Close()
-	s.Reference = ref
-	return nil
+	// The old reference goes once its weights are copied (in dtype), before
+	// the new one is built: never two full copies besides the policy.
+	old := s.Reference
+	ref, err := cloneFluxControlNetThen(old, dtype, func() { old.Close() })
+	s.Reference = ref // nil after an error: the backbone is unusable
+	return err
 }
 
 // Close frees the reference copy.

@@ -35,7 +35,7 @@ func NewSD2Backbone(u *unet.UNet, policy *unet.ControlNet, ddpm *scheduler.DDPM)
 	if len(ps) == 0 {
 		return nil, errors.New("preference: sd2: the ControlNet has no weights")
 	}
-	ref, err := cloneControlNet(policy, ps[0].Tensor.DType())
+	ref, err := cloneControlNet(policy, ps[0].Tensor.DType(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -46,22 +46,20 @@ func NewSD2Backbone(u *unet.UNet, policy *unet.ControlNet, ddpm *scheduler.DDPM)
 }
 
 // cloneControlNet deep-copies a ControlNet (same config, new storage) in
-// dtype, frozen.
-func cloneControlNet(cn *unet.ControlNet, dtype torch.DType) (ref *unet.ControlNet, err error) {
+// dtype, frozen; copied (if not nil) runs once the weights are copied,
+// before the copy is built.
+func cloneControlNet(cn *unet.ControlNet, dtype torch.DType, copied func()) (ref *unet.ControlNet, err error) {
 	ps := cn.Parameters()
 	src := nn.MapSource{}
 	defer src.Close()
-	err = torch.Try(func() {
-		torch.NoGrad(func() {
-			for _, p := range ps {
-				src[p.Name] = torch.Scoped(func() *torch.Tensor { return p.Tensor.Detach().Clone() })
-			}
-		})
-	})
-	if err != nil {
+	if err := copyWeights(src, sd2Params(ps), dtype); err != nil {
 		return nil, fmt.Errorf("preference: sd2: copying the reference: %w", err)
 	}
-	ref, err = unet.ControlNetFromSource(src, cn.Config, dtype, ps[0].Tensor.Device())
+	dev := ps[0].Tensor.Device()
+	if copied != nil {
+		copied()
+	}
+	ref, err = unet.ControlNetFromSource(src, cn.Config, dtype, dev)
 	if err != nil {
 		return nil, fmt.Errorf("preference: sd2: building the reference: %w", err)
 	}
@@ -96,13 +94,12 @@ func (s *SD2Backbone) setReferenceDType(dtype torch.DType) error {
 	if s.Reference.Parameters()[0].Tensor.DType() == dtype {
 		return nil
 	}
-	ref, err := cloneControlNet(s.Reference, dtype)
-	if err != nil {
-		return err
-	}
-	s.Reference.Close()
-	s.Reference = ref
-	return nil
+	// The old reference goes once its weights are copied (in dtype), before
+	// the new one is built: never two full copies besides the policy.
+	old := s.Reference
+	ref, err := cloneControlNet(old, dtype, func() { old.Close() })
+	s.Reference = ref // nil after an error: the backbone is unusable
+	return err
 }
 
 // Close frees the reference copy.

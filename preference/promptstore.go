@@ -21,8 +21,9 @@ import (
 // the prompt's SHA-256, so that training can encode every prompt once,
 // before it starts, and then free the text encoders, as diffusers' training
 // recipes do (for C-FLUX, T5-XXL and CLIP-L: 9.7 GB of GPU memory in
-// bfloat16). The folder's encoders.json holds the fingerprint of the text
-// encoders that made it: a store of other encoders is refused.
+// bfloat16). The folder's encoders.json holds the fingerprint and dtype of
+// the text encoders that made it: a store of other encoders, or of the
+// same in another dtype, is refused.
 type PromptStore struct {
 	Dir string
 }
@@ -31,6 +32,10 @@ type PromptStore struct {
 type promptStoreKey struct {
 	Kind     string        `json:"kind"`
 	Encoders []Fingerprint `json:"encoders"`
+	// DTypes are the encoders' (a fingerprint reads the weights as
+	// float32: the same file loaded in bfloat16 and in float32 encodes
+	// differently).
+	DTypes []string `json:"dtypes"`
 }
 
 // OpenPromptStore opens (creating it) the store in dir for the text
@@ -43,6 +48,11 @@ func OpenPromptStore(dir, kind string, encoders ...[]optim.Param) (*PromptStore,
 			return nil, fmt.Errorf("preference: prompt store: %w", err)
 		}
 		key.Encoders = append(key.Encoders, fp)
+		dt := "none"
+		if len(ps) > 0 {
+			dt = ps[0].Tensor.DType().String()
+		}
+		key.DTypes = append(key.DTypes, dt)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("preference: prompt store: %w", err)
@@ -64,8 +74,8 @@ func OpenPromptStore(dir, kind string, encoders ...[]optim.Param) (*PromptStore,
 		if err := json.Unmarshal(have, &k); err != nil {
 			return nil, fmt.Errorf("preference: prompt store %s: %w", path, err)
 		}
-		if k.Kind != key.Kind || !slices.Equal(k.Encoders, key.Encoders) {
-			return nil, fmt.Errorf("preference: prompt store %s holds the embeddings of other text encoders (%s, %d); use another folder", dir, k.Kind, len(k.Encoders))
+		if k.Kind != key.Kind || !slices.Equal(k.Encoders, key.Encoders) || !slices.Equal(k.DTypes, key.DTypes) {
+			return nil, fmt.Errorf("preference: prompt store %s holds the embeddings of other text encoders (%s, %v); use another folder", dir, k.Kind, k.DTypes)
 		}
 	}
 	return &PromptStore{Dir: dir}, nil

@@ -101,6 +101,19 @@ func TestPromptStore(t *testing.T) {
 	if _, err := OpenPromptStore(storeDir, KindFlux, text); err == nil {
 		t.Error("an SD2 store opened for FLUX")
 	}
+	// Weights equal in float32 and bfloat16 have one fingerprint: the
+	// dtype tells the stores apart.
+	s := torch.NewScope()
+	zeros := func(dt torch.DType) []optim.Param {
+		return []optim.Param{{Name: "w", Tensor: torch.Zeros([]int64{4}, dt, torch.CPU)}}
+	}
+	dtDir := filepath.Join(dir, "by-dtype")
+	_, err = OpenPromptStore(dtDir, KindSD2, zeros(torch.Float32))
+	require.NoError(t, err)
+	if _, err := OpenPromptStore(dtDir, KindSD2, zeros(torch.BFloat16)); err == nil || !strings.Contains(err.Error(), "other text encoders") {
+		t.Errorf("a float32 encoder's store opened for its bfloat16 copy: %v", err)
+	}
+	s.Close()
 	if _, _, err := st.Get("a prompt nobody encoded"); err == nil || !strings.Contains(err.Error(), "not precomputed") {
 		t.Errorf("a missing prompt: %v", err)
 	}

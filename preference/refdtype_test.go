@@ -12,7 +12,8 @@ import (
 
 // TestReferenceInAutocastDType: under mixed precision a trainer on CUDA
 // holds the frozen reference in the autocast dtype, as Diffusion-DPO holds
-// its ref_unet, and trains with it; on the CPU (no autocast) it stays
+// its ref_unet, and trains with it (checkpoints still know it by its
+// float32 weights); on the CPU (no autocast) it stays
 // float32. The cast keeps the reference's values (rounded to bfloat16).
 // On the CPU the C-FLUX backbone also runs under a CPU bfloat16 autocast
 // region, where a bfloat16 reference predicts what the float32 one does to
@@ -64,6 +65,14 @@ func TestReferenceInAutocastDType(t *testing.T) {
 			require.NoError(t, err)
 			defer b.Close()
 			if dev.IsCUDA() {
+				// Checkpoints know the reference by its float32 weights,
+				// those of the initial policy: a run resumes whatever its
+				// precision.
+				got, err := tr.referenceFingerprint()
+				require.NoError(t, err)
+				want, err := FingerprintOf(bb.PolicyParams())
+				require.NoError(t, err)
+				require.Equal(t, want, got)
 				st, err := tr.Step([]*Batch{b})
 				require.NoError(t, err, "a bf16 mixed-precision step with the bf16 reference")
 				t.Logf("step: %+v", *st)

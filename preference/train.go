@@ -304,12 +304,20 @@ func NewTrainer(bb Backbone, cfg TrainConfig) (*Trainer, error) {
 		}
 		p.Tensor.SetRequiresGrad(true)
 	}
+	var refFP *Fingerprint
 	if dt, on := cfg.autocastDType(); on && params[0].Tensor.Device().IsCUDA() {
 		// Under mixed precision the frozen reference is held in the
 		// autocast dtype, as Diffusion-DPO's training holds its ref_unet
 		// (ref_unet.to(dtype=weight_dtype)): its matmuls and convolutions
 		// run in that dtype anyway, and it takes half the memory (2.9 GB
-		// less for C-FLUX's ControlNet).
+		// less for C-FLUX's ControlNet). Checkpoints identify the
+		// reference by its weights before the cast, so that a run resumes
+		// whatever its precision.
+		fp, err := FingerprintOf(bb.ReferenceParams())
+		if err != nil {
+			return nil, fmt.Errorf("preference: train: %w", err)
+		}
+		refFP = &fp
 		if err := bb.setReferenceDType(dt); err != nil {
 			return nil, fmt.Errorf("preference: train: the reference in %v: %w", dt, err)
 		}
@@ -323,7 +331,7 @@ func NewTrainer(bb Backbone, cfg TrainConfig) (*Trainer, error) {
 		opt.Close()
 		return nil, fmt.Errorf("preference: train: %w", err)
 	}
-	return &Trainer{Backbone: bb, Config: cfg, Opt: opt, Sched: sched}, nil
+	return &Trainer{Backbone: bb, Config: cfg, Opt: opt, Sched: sched, refFP: refFP}, nil
 }
 
 // Close frees the optimizer state (not the backbone).
@@ -399,9 +407,10 @@ func (t *Trainer) run(b *Batch, backward bool) (ms *MicroStats, err error) {
 	t.tap("xt", xt)
 	t.tap("target", target)
 	// Policy and reference compute with the same kernels, the autograd
-	// path's (at step 0 they are equal bit for bit: inside = 0, loss =
-	// ln 2), so the CPU fast paths (on with the reference BLAS only) are
-	// off for both.
+	// path's (at step 0 in one precision they are equal bit for bit:
+	// inside = 0, loss = ln 2; a reference held in the autocast dtype
+	// differs by its weights' rounding), so the CPU fast paths (on with the
+	// reference BLAS only) are off for both.
 	var model, ref *torch.Tensor
 	torch.PlainKernels(func() {
 		t.region(func() {

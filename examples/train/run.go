@@ -270,6 +270,13 @@ func setup(c *cli.Context, g *dist.Group) (s *session, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading %s (%s, ControlNet %s): %w", kind, base, cnPath, err)
 	}
+	// The text encoders go (with --precompute_prompts) before the trainer
+	// copies the reference into the autocast dtype.
+	if c.Bool("precompute_prompts") {
+		if dc.EncodePrompt, err = precomputePrompts(c, s, g, kind, pf, dc.EncodePrompt); err != nil {
+			return nil, err
+		}
+	}
 	if s.tr, err = preference.NewTrainer(s.bb, trainConfig(c)); err != nil {
 		return nil, err
 	}
@@ -284,11 +291,6 @@ func setup(c *cli.Context, g *dist.Group) (s *session, err error) {
 	}
 	s.closes = append(s.closes, s.tr.Close)
 	world := g.WorldSize()
-	if c.Bool("precompute_prompts") {
-		if dc.EncodePrompt, err = precomputePrompts(c, s, g, kind, pf, dc.EncodePrompt); err != nil {
-			return nil, err
-		}
-	}
 	if dc.LatentCacheBytes, err = cacheBytes(c, "latent_cache_mb"); err != nil {
 		return nil, err
 	}
