@@ -99,6 +99,10 @@ func TestBackwardAccumulatesAndZeroGrad(t *testing.T) {
 	require.Equal(t, []float32{7, 7, 7}, w.Grad().Float32s())
 	w.SetGrad(nil)
 	require.Nil(t, w.Grad())
+	// A gradient must match the tensor, as PyTorch's grad setter requires.
+	requireTorchError(t, func() { w.SetGrad(torch.FromSlice([]float32{7, 7})) }, "different size")
+	requireTorchError(t, func() { w.SetGrad(torch.FromSlice([]float64{7, 7, 7})) }, "different type")
+	require.Nil(t, w.Grad(), "a refused gradient was set")
 
 	// A non-scalar output needs a gradient argument.
 	requireTorchError(t, func() { w.MulScalar(2).Backward(nil) }, "grad can be implicitly created only for scalar outputs")

@@ -278,6 +278,16 @@ dp2o_err dp2o_tensor_zero_grad(dp2o_tensor h, int set_to_none) {
 
 dp2o_err dp2o_tensor_set_grad(dp2o_tensor h, dp2o_tensor grad) {
   DP2O_TRY
+  if (grad) {
+    // PyTorch's tensor.grad setter's checks: a gradient of another dtype,
+    // device or size would fail (or corrupt memory) where it is used.
+    const at::Tensor &t = T(h), &g = T(grad);
+    TORCH_CHECK(g.scalar_type() == t.scalar_type() && g.device() == t.device(),
+                "assigned grad has data of a different type or device: ", g.scalar_type(), " on ", g.device(),
+                ", the tensor is ", t.scalar_type(), " on ", t.device());
+    TORCH_CHECK(g.sizes() == t.sizes(), "assigned grad has data of a different size: ", g.sizes(), ", the tensor is ",
+                t.sizes());
+  }
   T(h).mutable_grad() = grad ? T(grad) : at::Tensor();
   DP2O_CATCH
 }

@@ -334,6 +334,10 @@ struct Reducer {
     int64_t bucket_bytes = 0;
     bool open = false;  // a step is open: prepared, not yet finished
     bool armed = false;
+    // broken: a collective failed (the group is out of step: no more
+    // collectives this step); error: the first failure, collective or
+    // local (a copy into a bucket that ran out of memory, say).
+    bool broken = false;
     bool closed = false;
     std::chrono::milliseconds timeout{0};
     std::string error;
@@ -356,15 +360,15 @@ struct Reducer {
       buckets.clear();
       bucket_of.assign(params.size(), 0);
       view.assign(params.size(), at::Tensor());
-      std::map<std::pair<int, std::string>, std::pair<int, int64_t>> open;  // (dtype, device) → (bucket, bytes)
+      std::map<std::pair<int, std::string>, std::pair<int, int64_t>> filling;  // (dtype, device) → (bucket, bytes)
       for (int i : order) {
         const auto &p = params[i];
         int64_t b = p.numel() * static_cast<int64_t>(p.element_size());
         auto key = std::make_pair(static_cast<int>(p.scalar_type()), p.device().str());
-        auto it = open.find(key);
-        if (it == open.end() || (bucket_bytes > 0 && it->second.second + b > bucket_bytes)) {
+        auto it = filling.find(key);
+        if (it == filling.end() || (bucket_bytes > 0 && it->second.second + b > bucket_bytes)) {
           buckets.emplace_back();
-          it = open.insert_or_assign(key, std::make_pair(static_cast<int>(buckets.size()) - 1, int64_t{0})).first;
+          it = filling.insert_or_assign(key, std::make_pair(static_cast<int>(buckets.size()) - 1, int64_t{0})).first;
         }
         buckets[it->second.first].push_back(i);
         bucket_of[i] = it->second.first;
@@ -410,11 +414,23 @@ struct Reducer {
     // still accumulates for them lands in a fresh tensor (a late gradient,
     // averaged at finish), never in the buffer in flight. Called with mu
     // held.
+    // A local failure is recorded and the all-reduce still starts, so that
+    // the ranks stay in step; a failure to start it marks the group broken
+    // and throws.
     void start(size_t k) {
-      for (int i : buckets[k]) attach(i);
+      try {
+        for (int i : buckets[k]) attach(i);
+      } catch (const c10::Error &e) {
+        if (error.empty()) error = e.what_without_backtrace();
+      }
       for (int i : buckets[k]) params[i].mutable_grad() = at::Tensor();
       std::vector<at::Tensor> one{storage[k]};
-      work[k] = all_reduce_async(g, one, 0, timeout);
+      try {
+        work[k] = all_reduce_async(g, one, 0, timeout);
+      } catch (...) {
+        broken = true;
+        throw;
+      }
     }
 
     // mark is the hook: parameter i's gradient is accumulated.
@@ -432,7 +448,6 @@ struct Reducer {
           attach(i);
         } catch (const c10::Error &e) {
           if (error.empty()) error = e.what_without_backtrace();
-          armed = false;
         }
       }
       if (!armed) return;
@@ -449,16 +464,16 @@ struct Reducer {
       if (!rebuilt) arrival.push_back(i);
       try {
         at::NoGradGuard no_grad;
-        while (next < buckets.size() && pending[next] == 0) {
+        while (!broken && next < buckets.size() && pending[next] == 0) {
           start(next++);
           if (outstanding > 0) overlapped++;
         }
       } catch (const c10::Error &e) {
         if (error.empty()) error = e.what_without_backtrace();
-        armed = false;
+        broken = true;
       } catch (const std::exception &e) {
         if (error.empty()) error = e.what();
-        armed = false;
+        broken = true;
       }
     }
   };
@@ -796,12 +811,13 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync) {
     }
     for (size_t i = 0; i < st.params.size(); i++) st.used[i] = st.params[i].grad().defined();
     st.open = true;
+    st.error.clear();  // kept across the step's backward passes until finish
+    st.broken = false;
   }
   st.armed = sync != 0;
   st.next = 0;
   st.overlapped = 0;
   st.arrival.clear();
-  st.error.clear();
   st.ready = st.premarked;
   std::fill(st.hooked.begin(), st.hooked.end(), 0);
   st.outstanding = 0;
@@ -819,21 +835,21 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int *overl
   DP2O_TRY
   auto &st = *static_cast<dp2o::dist::Reducer *>(h)->st;
   std::lock_guard<std::mutex> lock(st.mu);
-  TORCH_CHECK(st.armed || !st.error.empty(), "dist: reducer: finish without prepare(sync)");
+  TORCH_CHECK(st.armed || st.open, "dist: reducer: finish without prepare(sync)");
+  bool was_armed = st.armed;
   st.armed = false;
   st.open = false;
   auto timeout = dp2o::dist::timeout_of(st.g, timeout_ms);
   at::NoGradGuard no_grad;
-  std::string err = st.error;
   // Start what the backward pass did not (in order, so every rank issues
-  // the same sequence), then wait for every started bucket: a rank must
-  // not leave a collective its peers are in, even after an error.
-  if (err.empty()) {
-    try {
-      while (st.next < st.buckets.size()) st.start(st.next++);
-    } catch (const c10::Error &e) {
-      err = e.what_without_backtrace();
-    }
+  // the same sequence; a local failure, recorded, does not stop them),
+  // then wait for every started bucket: a rank must not leave a
+  // collective its peers are in, even after an error.
+  if (!was_armed && st.error.empty()) st.error = "dist: reducer: finish without prepare(sync)";
+  try {
+    while (!st.broken && st.next < st.buckets.size()) st.start(st.next++);
+  } catch (const c10::Error &e) {
+    if (st.error.empty()) st.error = e.what_without_backtrace();
   }
   if (overlapped) *overlapped = st.overlapped;
   size_t started = st.next;
@@ -842,9 +858,10 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int *overl
     if (!st.work[k]) continue;
     try {
       dp2o::dist::wait(st.g, "reducer", st.work[k], timeout);
-      if (err.empty()) st.storage[k].div_(st.g.size);
+      st.storage[k].div_(st.g.size);
     } catch (const c10::Error &e) {
-      if (err.empty()) err = e.what_without_backtrace();
+      if (st.error.empty()) st.error = e.what_without_backtrace();
+      st.broken = true;
     }
     st.work[k].reset();
   }
@@ -859,16 +876,29 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int *overl
       gr = st.view[i];
     }
   }
-  TORCH_CHECK(err.empty(), err);
-  // Which parameters have a gradient on some rank, and which got some of
-  // it late on some rank: one small all-reduce of 2n flags.
-  std::vector<char> flags(2 * n);
+  std::string err = st.error;
+  st.error.clear();
+  if (st.broken) {
+    // The group is out of step: no more collectives (the gradients are
+    // whatever the buckets hold).
+    st.broken = false;
+    TORCH_CHECK(false, err);
+  }
+  // Which parameters have a gradient on some rank, which got some of it
+  // late on some rank, and whether a rank failed: one small all-reduce of
+  // 2n + 1 flags, so that every rank returns an error if one does.
+  std::vector<char> flags(2 * n + 1);
   for (size_t i = 0; i < n; i++) {
     flags[i] = st.used[i];
     flags[n + i] = late[i].defined();
   }
+  flags[2 * n] = !err.empty();
   at::Device dev = n ? st.params[0].device() : at::Device(at::kCPU);
   auto any = dp2o::dist::global_or(st.g, flags, dev, "reducer (gradient flags)", timeout);
+  if (any[2 * n]) {
+    TORCH_CHECK(false, err.empty() ? std::string("dist: reducer: another rank failed in this step") : err,
+                " (the gradients are not averaged)");
+  }
   // Late gradients: their own mean over the ranks (zeros where a rank has
   // none) is added to the bucket's.
   std::vector<at::Tensor> lates, into;

@@ -77,16 +77,18 @@ dp2o_err dp2o_dist_average_gradients(dp2o_group g, dp2o_tensor *params, int n, i
  * accumulated step); finish, after that backward, starts the buckets not
  * yet started, waits for all of them and writes the means into the
  * parameters' .grad. A parameter without a gradient on any rank is left
- * without (and out of the next step's buckets); a gradient accumulated
- * after its bucket started is averaged at finish and added (see
- * reducer.go). */
+ * without; one without a gradient in the rank's last synchronised pass no
+ * longer holds its bucket back; a gradient accumulated after its bucket
+ * started is averaged at finish and added; a failure on one rank fails
+ * finish on every rank (see reducer.go). */
 typedef void *dp2o_reducer;
 dp2o_err dp2o_dist_reducer_new(dp2o_group g, dp2o_tensor *params, int n, int64_t bucket_bytes, dp2o_reducer *out,
                                int *buckets);
 dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer r, int sync);
 /* *overlapped: buckets whose all-reduce started while the backward pass
  * still had gradients to produce; *buckets: how many there are now (the
- * first finish rebuilds them in the order the gradients came). */
+ * second step's first prepare rebuilds them in the order the first step's
+ * gradients came). */
 dp2o_err dp2o_dist_reducer_finish(dp2o_reducer r, int64_t timeout_ms, int *overlapped, int *buckets);
 void dp2o_dist_reducer_free(dp2o_reducer r);
 

@@ -36,9 +36,8 @@ import (
 // whole batch, whatever the graph does:
 //
 //   - A parameter with no gradient on any rank gets none (not zeros), as
-//     in one process, so AdamW leaves it alone; the next step leaves it
-//     out of the buckets, and averages it after the backward pass should
-//     some rank give it a gradient after all.
+//     in one process, so AdamW leaves it alone (its slice of the bucket,
+//     zeros, is reduced with the rest).
 //   - A parameter with a gradient on some ranks only gets the mean with
 //     zeros for the others.
 //   - A parameter that got no gradient in a rank's last synchronised
@@ -49,9 +48,12 @@ import (
 //     used after all, or one used both inside and outside a checkpointed
 //     function) lands in a fresh tensor, never in memory in flight, and its
 //     mean over the ranks is added at Finish, in one more all-reduce.
+//   - A step that fails on one rank (a copy out of memory, a misuse) fails
+//     on every rank, none left waiting in a collective, and the next step
+//     runs as usual; a failed collective leaves the group out of step.
 //
 // Finish also all-reduces two flags per parameter (which have gradients,
-// which got some late).
+// which got some late) and one per rank's failure.
 //
 // The gradients live in the reducer's buckets, as with DDP's
 // gradient_as_bucket_view: from the first Prepare of a step each .grad is
@@ -60,9 +62,10 @@ import (
 // the gradients. The buffers are allocated by NewReducer, and again in the
 // gradients' order by the second step's first Prepare (after the optimizer
 // has dropped the gradients the old ones go first, so there is never a
-// second set), and held until the reducer is dropped after Close. The next
-// step's Prepare overwrites a .grad taken from a parameter (clone it to
-// keep it).
+// second set), and held until the reducer is dropped after Close. A .grad
+// taken from a parameter is overwritten in the next step, when its
+// parameter's first gradient comes or its bucket starts (clone it to keep
+// it).
 type Reducer struct {
 	mu         sync.Mutex
 	r          C.dp2o_reducer
@@ -133,8 +136,9 @@ func (r *Reducer) Finish() error {
 	return err
 }
 
-// Buckets is the number of buckets the gradients are reduced in (the
-// first Finish rebuilds them in the order the gradients came).
+// Buckets is the number of buckets the gradients are reduced in, as of the
+// last Finish (the second step's first Prepare rebuilds them in the order
+// the first step's gradients came).
 func (r *Reducer) Buckets() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()

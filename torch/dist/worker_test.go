@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -171,6 +172,7 @@ func workerCollectives() int {
 	}
 
 	checkBuckets(c, g)
+	checkReducerFailure(c, g)
 	c.noErr("barrier", g.Barrier())
 	for _, t := range []*torch.Tensor{f32, f64, i64, avg, mx, mn, b} {
 		t.Close()
@@ -188,6 +190,58 @@ func workerCollectives() int {
 		return 1
 	}
 	return 0
+}
+
+// checkReducerFailure: a step that fails on one rank (rank 0 misuses the
+// reducer: it never arms it) fails on every rank, none left waiting in a
+// collective, and the next step averages as it should.
+func checkReducerFailure(c *checker, g *Group) {
+	r, w := g.Rank(), g.WorldSize()
+	s := torch.NewScope()
+	defer s.Close()
+	const each = 1 << 8
+	params := []*torch.Tensor{
+		onDevice(g, torch.Zeros([]int64{each}, torch.Float32, torch.CPU)).SetRequiresGrad(true),
+		onDevice(g, torch.Zeros([]int64{each}, torch.Float32, torch.CPU)).SetRequiresGrad(true),
+	}
+	g.SetBucketBytes(each * 4) // a bucket each
+	defer g.SetBucketBytes(DefaultBucketBytes)
+	red, err := g.NewReducer(params)
+	if !c.noErr("reducer", err) {
+		return
+	}
+	defer red.Close()
+	step := func(arm bool) error {
+		for _, p := range params {
+			p.ZeroGrad(true)
+		}
+		if err := red.Prepare(arm); err != nil {
+			return err
+		}
+		params[0].Sum().Add(params[1].Sum()).MulScalar(float64(r + 1)).Backward(nil)
+		return red.Finish()
+	}
+	err = step(r != 0)
+	switch {
+	case err == nil:
+		c.errorf("reducer: a step rank 0 never armed: no error")
+	case r == 0 && !strings.Contains(err.Error(), "without prepare(sync)"):
+		c.errorf("reducer: rank 0's failed step: %v", err)
+	case r != 0 && !strings.Contains(err.Error(), "another rank failed"):
+		c.errorf("reducer: rank %d, when rank 0 failed: %v", r, err)
+	}
+	if !c.noErr("reducer: the step after a failed one", step(true)) {
+		return
+	}
+	want := float64(w+1) / 2 // the mean of r+1 over the ranks
+	for k, p := range params {
+		for _, v := range p.Grad().To(torch.Float64).ToDevice(torch.CPU).Float64s() {
+			if v != want {
+				c.errorf("reducer: parameter %d's gradient after a failed step: %v, want %v", k, v, want)
+				break
+			}
+		}
+	}
 }
 
 // bucketShapes are the parameters of the bucketing check: mixed sizes and
@@ -339,9 +393,6 @@ func workerDead() int {
 	} else if err = red.Prepare(true); err == nil {
 		x.Sum().Backward(nil) // the clone gets no gradient: Finish starts both buckets
 		err = red.Finish()
-		if err != nil && x.Grad() == nil {
-			err = fmt.Errorf("%w (and x lost its gradient)", err)
-		}
 	}
 	took := time.Since(start)
 	fmt.Printf("collective returned after %v: %v\n", took, err)
