@@ -233,4 +233,23 @@ func TestTrainSyncProtocol(t *testing.T) {
 	if _, _, _, err := toy.tr.Update(); err == nil || !strings.Contains(err.Error(), "Step") {
 		t.Errorf("Update outside Step with Sync set: %v", err)
 	}
+
+	// A batch that fails (its text embedding closed): Step closes the
+	// sync's step, so that the other ranks fail with it rather than wait.
+	rec.finishErr, rec.calls = nil, nil
+	bs = batches()
+	bs[0].Text.Close()
+	_, err = toy.tr.Step(bs)
+	for _, b := range bs {
+		b.Close()
+	}
+	if err == nil {
+		t.Fatal("Step with a broken batch: no error")
+	}
+	if want := "prepare(false) finish(grads=false)"; strings.Join(rec.calls, " ") != want {
+		t.Errorf("calls after a failing batch %v, want %v", rec.calls, want)
+	}
+	if toy.tr.StepsDone != 1 {
+		t.Errorf("%d steps counted after the failed batch", toy.tr.StepsDone)
+	}
 }

@@ -277,7 +277,9 @@ type GradientSync interface {
 	// accumulate.
 	Prepare(sync bool) error
 	// Finish, after that last backward, leaves the mean over the ranks in
-	// each parameter's gradient.
+	// each parameter's gradient. Step also calls it when a batch fails
+	// (that step's error is returned, Finish's dropped), to close the step
+	// with the other ranks instead of leaving them in its collectives.
 	Finish() error
 }
 
@@ -544,6 +546,13 @@ func (t *Trainer) Step(batches []*Batch) (*StepStats, error) {
 		}
 		ms, err := t.Accumulate(b)
 		if err != nil {
+			if t.Sync != nil {
+				// Close the step with the other ranks, rather than leave
+				// them in its collectives until the timeout: the gradient
+				// sync fails on every rank (the reducer's does).
+				t.armed = false
+				t.Sync.Finish()
+			}
 			t.Opt.ZeroGrad()
 			return nil, fmt.Errorf("preference: train: step %d, batch %d: %w", t.StepsDone, i, err)
 		}
