@@ -171,24 +171,33 @@ func nnParams(ps *nn.Params) []optim.Param {
 }
 
 // precomputePrompts encodes every prompt of the pair file into the prompt
-// store (--prompt_embeds_dir; each rank a share, the others' awaited at a
-// barrier), frees the text encoders and returns the store's reader.
+// store (--prompt_embeds_dir; each rank a share, the others' awaited),
+// frees the text encoders and returns the store's reader.
 func precomputePrompts(c *cli.Context, s *session, g *dist.Group, kind string, pf *preference.PairFile, enc preference.PromptEncoder) (preference.PromptEncoder, error) {
 	dir := c.String("prompt_embeds_dir")
 	if dir == "" {
 		dir = filepath.Join(c.String("output_dir"), "prompt_embeds")
 	}
-	st, err := preference.OpenPromptStore(dir, kind, s.text.params...)
-	if err != nil {
-		return nil, err
-	}
 	prompts := pf.Prompts()
-	n, err := st.Fill(prompts, enc, g.Rank(), g.WorldSize())
-	if err != nil {
-		return nil, err
+	st, err := preference.OpenPromptStore(dir, kind, s.text.params...)
+	n := 0
+	if err == nil {
+		n, err = st.Fill(prompts, enc, g.Rank(), g.WorldSize())
 	}
-	if err := g.Barrier(); err != nil {
-		return nil, fmt.Errorf("waiting for the other ranks' prompt embeddings: %w", err)
+	// Every rank says whether its share failed (one all-reduce, which also
+	// waits for the others' shares), so that all stop together.
+	failed := 0.0
+	if err != nil {
+		failed = 1
+	}
+	anyFailed, gerr := g.AllReduceFloat64s(dist.Max, failed)
+	switch {
+	case err != nil:
+		return nil, err
+	case gerr != nil:
+		return nil, fmt.Errorf("waiting for the other ranks' prompt embeddings: %w", gerr)
+	case anyFailed[0] > 0:
+		return nil, errors.New("another rank failed to precompute its share of the prompt embeddings")
 	}
 	if miss := st.Missing(prompts); len(miss) > 0 {
 		return nil, fmt.Errorf("prompt store %s lacks %d of %d prompts after precomputing them (first %q)", dir, len(miss), len(prompts), miss[0])
