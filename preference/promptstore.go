@@ -20,7 +20,7 @@ import (
 // prompt ("text", and "pooled" for C-FLUX, in the encoders' dtype) named by
 // the prompt's SHA-256, so that training can encode every prompt once,
 // before it starts, and then free the text encoders, as diffusers' training
-// recipes do (for C-FLUX, T5-XXL and CLIP-L: 9.7 GB of GPU memory in
+// recipes do (for C-FLUX, T5-XXL and CLIP-L: 9.8 GB of GPU memory in
 // bfloat16). The folder's encoders.json holds the fingerprint and dtype of
 // the text encoders that made it: a store of other encoders, or of the
 // same in another dtype, is refused.
