@@ -149,11 +149,7 @@ func NewLoader(cfg DataConfig, pf *PairFile, root string, pairsPerBatch int, see
 	if cfg.VAE.Params == nil {
 		return nil, errors.New("preference: loader: the VAE has no weights")
 	}
-	var params []optim.Param
-	for _, p := range cfg.VAE.Params.Names {
-		params = append(params, optim.Param{Name: p, Tensor: cfg.VAE.Params.Tensors[p]})
-	}
-	fp, err := FingerprintOf(params)
+	fp, err := FingerprintOf(optim.Named(cfg.VAE.Params))
 	if err != nil {
 		return nil, fmt.Errorf("preference: loader: VAE fingerprint: %w", err)
 	}

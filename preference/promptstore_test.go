@@ -32,7 +32,7 @@ func TestPromptStore(t *testing.T) {
 
 	dc, err := SD2Data(p)
 	require.NoError(t, err)
-	text := nnParams(p.TextEncoder.Params)
+	text := optim.Named(p.TextEncoder.Params)
 	storeDir := filepath.Join(dir, "prompts")
 	calls := 0
 	counting := func(s string) (*torch.Tensor, *torch.Tensor, error) {

@@ -9,7 +9,6 @@ import (
 	"github.com/dp2osr/dp2o/flow/transformer"
 	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/torch"
-	"github.com/dp2osr/dp2o/torch/nn"
 	"github.com/dp2osr/dp2o/torch/optim"
 )
 
@@ -91,14 +90,6 @@ func newToyFlux(t *testing.T, pairs string, cfg TrainConfig, perBatch int, seed 
 	}}
 }
 
-func nnParams(ps *nn.Params) []optim.Param {
-	var out []optim.Param
-	for _, n := range ps.Names {
-		out = append(out, optim.Param{Name: n, Tensor: ps.Tensors[n]})
-	}
-	return out
-}
-
 // fluxFrozenFingerprints are the fingerprints of every frozen weight of
 // C-FLUX training: the transformer, the reference ControlNet, the VAE and
 // both text encoders (CLIP and T5).
@@ -109,8 +100,8 @@ func fluxFrozenFingerprints(t *testing.T, bb Backbone, p *flow.CFLUX) map[string
 		t.Fatal("the tiny C-FLUX pipeline does not own its VAE and text encoder weights")
 	}
 	return map[string]Fingerprint{"transformer": fingerprint(t, bb.BaseParams()), "reference": fingerprint(t, bb.ReferenceParams()),
-		"vae": fingerprint(t, nnParams(p.VAE.Params)), "text_encoder": fingerprint(t, nnParams(p.TextEncoder.Params)),
-		"text_encoder_2": fingerprint(t, nnParams(p.TextEncoder2.Params))}
+		"vae": fingerprint(t, optim.Named(p.VAE.Params)), "text_encoder": fingerprint(t, optim.Named(p.TextEncoder.Params)),
+		"text_encoder_2": fingerprint(t, optim.Named(p.TextEncoder2.Params))}
 }
 
 // TestTrainFluxToyLearns trains the tiny C-FLUX ControlNet on the toy set

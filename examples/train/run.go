@@ -23,7 +23,6 @@ import (
 	"github.com/dp2osr/dp2o/preference"
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/dist"
-	"github.com/dp2osr/dp2o/torch/nn"
 	"github.com/dp2osr/dp2o/torch/optim"
 )
 
@@ -111,7 +110,7 @@ func loadSD2(s *session, base, cnPath string, dev torch.Device, dtype torch.DTyp
 	}
 	s.bb = bb
 	s.closes = append(s.closes, bb.Close)
-	s.text.params = [][]optim.Param{nnParams(p.TextEncoder.Params)}
+	s.text.params = [][]optim.Param{optim.Named(p.TextEncoder.Params)}
 	s.text.free = func() {
 		p.TextEncoder.Close()
 		p.TextEncoder = nil
@@ -149,25 +148,13 @@ func loadFlux(s *session, c *cli.Context, base, cnPath string, dev torch.Device,
 	bb.Guidance = c.Float64("guidance_scale")
 	s.bb = bb
 	s.closes = append(s.closes, bb.Close)
-	s.text.params = [][]optim.Param{nnParams(p.TextEncoder.Params), nnParams(p.TextEncoder2.Params)}
+	s.text.params = [][]optim.Param{optim.Named(p.TextEncoder.Params), optim.Named(p.TextEncoder2.Params)}
 	s.text.free = func() {
 		p.TextEncoder.Close()
 		p.TextEncoder2.Close()
 		p.TextEncoder, p.TextEncoder2 = nil, nil
 	}
 	return preference.FluxData(p)
-}
-
-// nnParams lists a model's weights by name.
-func nnParams(ps *nn.Params) []optim.Param {
-	if ps == nil {
-		return nil
-	}
-	out := make([]optim.Param, 0, len(ps.Names))
-	for _, n := range ps.Names {
-		out = append(out, optim.Param{Name: n, Tensor: ps.Tensors[n]})
-	}
-	return out
 }
 
 // precomputePrompts encodes every prompt of the pair file into the prompt
