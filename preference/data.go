@@ -374,6 +374,15 @@ func imageTensor(img *imageio.RGB8) *torch.Tensor {
 	return x
 }
 
+// ownCPU is t in CPU storage of its own: the copy to the CPU, or a clone
+// of a tensor already there (one copy either way).
+func ownCPU(t *torch.Tensor) *torch.Tensor {
+	if t.Device() == torch.CPU {
+		return t.Clone()
+	}
+	return t.ToDevice(torch.CPU)
+}
+
 // prompt returns the prompt's embeddings on the CPU, cached.
 func (l *Loader) prompt(text string) (emb, pooled *torch.Tensor) {
 	if ts, ok := l.prompts.get(text); ok {
@@ -389,10 +398,10 @@ func (l *Loader) prompt(text string) (emb, pooled *torch.Tensor) {
 		}
 		// Copies on the CPU: the encoder's outputs are the caller's to
 		// close, and the cache must not hold device memory.
-		emb = torch.Unscope(e.ToDevice(torch.CPU).Clone())
+		emb = torch.Unscope(ownCPU(e))
 		e.Close()
 		if p != nil {
-			pooled = torch.Unscope(p.ToDevice(torch.CPU).Clone())
+			pooled = torch.Unscope(ownCPU(p))
 			p.Close()
 		}
 	})
@@ -525,10 +534,13 @@ func (l *Loader) assemble(pairs []loadedPair, w, h int) (*Batch, error) {
 		if *t == nil {
 			continue
 		}
+		// To the device first: a bfloat16 prompt embedding crosses at half
+		// the bytes, and becomes float32 there.
+		*t = (*t).ToDevice(dev)
 		if (*t).DType().IsFloat() {
 			*t = (*t).To(torch.Float32)
 		}
-		*t = s.Keep((*t).ToDevice(dev))
+		*t = s.Keep(*t)
 		torch.Unscope(*t)
 	}
 	return b, nil
