@@ -78,12 +78,9 @@ func TestLoaderCacheBound(t *testing.T) {
 		require.NoError(t, err)
 		got, err := loaders["bounded"].Next()
 		require.NoError(t, err)
-		for _, c := range []struct {
-			n    string
-			a, b *torch.Tensor
-		}{{"x0_w", got.X0W, want.X0W}, {"x0_l", got.X0L, want.X0L}, {"noise", got.Noise, want.Noise},
-			{"timesteps", got.Timesteps, want.Timesteps}, {"control", got.Control, want.Control}, {"text", got.Text, want.Text}} {
-			testutil.AssertEqual(t, fmt.Sprintf("batch %d %s", i, c.n), c.a, c.b)
+		wants := batchTensors(want)
+		for k, c := range batchTensors(got) {
+			testutil.AssertEqual(t, fmt.Sprintf("batch %d %s", i, c.name), c.t, wants[k].t)
 		}
 		got.Close()
 		want.Close()

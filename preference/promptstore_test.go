@@ -85,7 +85,10 @@ func TestPromptStore(t *testing.T) {
 		l.Close()
 	}
 	for k := range batches[0] {
-		testutil.AssertEqual(t, fmt.Sprintf("batch %d text", k), batches[1][k].Text, batches[0][k].Text)
+		wants := batchTensors(batches[0][k])
+		for j, c := range batchTensors(batches[1][k]) {
+			testutil.AssertEqual(t, fmt.Sprintf("batch %d %s", k, c.name), c.t, wants[j].t)
+		}
 		batches[0][k].Close()
 		batches[1][k].Close()
 	}

@@ -69,13 +69,10 @@ func TestLoaderShard(t *testing.T) {
 			if b.Pairs() != perRank {
 				t.Fatalf("batch %d rank %d: %d pairs, want %d", i, r, b.Pairs(), perRank)
 			}
-			for _, c := range []struct {
-				n    string
-				a, b *torch.Tensor
-			}{{"x0_w", b.X0W, w.X0W}, {"x0_l", b.X0L, w.X0L}, {"noise", b.Noise, w.Noise}, {"timesteps", b.Timesteps, w.Timesteps},
-				{"control", b.Control, w.Control}, {"text", b.Text, w.Text}, {"weight", b.Weight, w.Weight}} {
+			whole := batchTensors(w)
+			for k, c := range batchTensors(b) {
 				s := torch.NewScope()
-				testutil.AssertEqual(t, fmt.Sprintf("batch %d rank %d %s", i, r, c.n), c.a.Contiguous(), c.b.Narrow(0, lo, perRank).Contiguous())
+				testutil.AssertEqual(t, fmt.Sprintf("batch %d rank %d %s", i, r, c.name), c.t.Contiguous(), whole[k].t.Narrow(0, lo, perRank).Contiguous())
 				s.Close()
 			}
 			var mine float64
@@ -93,6 +90,23 @@ func TestLoaderShard(t *testing.T) {
 		}
 		w.Close()
 	}
+}
+
+// namedTensor is one tensor of a batch.
+type namedTensor struct {
+	name string
+	t    *torch.Tensor
+}
+
+// batchTensors lists the per-pair tensors of a batch, for comparing
+// batches (the same list, in the same order, for every batch of a kind).
+func batchTensors(b *Batch) []namedTensor {
+	out := []namedTensor{{"x0_w", b.X0W}, {"x0_l", b.X0L}, {"noise", b.Noise}, {"timesteps", b.Timesteps},
+		{"control", b.Control}, {"text", b.Text}, {"weight", b.Weight}}
+	if b.Pooled != nil {
+		out = append(out, namedTensor{"pooled", b.Pooled})
+	}
+	return out
 }
 
 // TestTrainReduceGradientsError: a failing ReduceGradients (a collective
