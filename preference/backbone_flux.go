@@ -39,7 +39,7 @@ func NewFluxBackbone(f *transformer.Flux, policy *transformer.ControlNet) (*Flux
 	if len(ps) == 0 {
 		return nil, errors.New("preference: flux: the ControlNet has no weights")
 	}
-	ref, err := cloneFluxControlNet(policy, ps[0].Tensor.DType())
+	ref, err := cloneFluxControlNet(policy, ps[0].Tensor.DType(), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -50,14 +50,9 @@ func NewFluxBackbone(f *transformer.Flux, policy *transformer.ControlNet) (*Flux
 }
 
 // cloneFluxControlNet deep-copies a ControlNet (same config, new storage)
-// in dtype, frozen.
-func cloneFluxControlNet(cn *transformer.ControlNet, dtype torch.DType) (*transformer.ControlNet, error) {
-	return cloneFluxControlNetThen(cn, dtype, nil)
-}
-
-// cloneFluxControlNetThen is cloneFluxControlNet calling copied (if not
-// nil) once the weights are copied, before the copy is built.
-func cloneFluxControlNetThen(cn *transformer.ControlNet, dtype torch.DType, copied func()) (*transformer.ControlNet, error) {
+// in dtype, frozen; copied (if not nil) runs once the weights are copied,
+// before the copy is built.
+func cloneFluxControlNet(cn *transformer.ControlNet, dtype torch.DType, copied func()) (*transformer.ControlNet, error) {
 	ps := cn.Parameters()
 	src := nn.MapSource{}
 	defer src.Close()
@@ -106,7 +101,7 @@ func (s *FluxBackbone) setReferenceDType(dtype torch.DType) error {
 	// The old reference goes once its weights are copied (in dtype), before
 	// the new one is built: never two full copies besides the policy.
 	old := s.Reference
-	ref, err := cloneFluxControlNetThen(old, dtype, func() { old.Close() })
+	ref, err := cloneFluxControlNet(old, dtype, func() { old.Close() })
 	s.Reference = ref // nil after an error: the backbone is unusable
 	return err
 }
