@@ -57,6 +57,10 @@ type tinyRun struct {
 	// mixed keeps the second layer in float64: the buckets hold one dtype
 	// each.
 	mixed bool
+	// zero shards the optimizer's state over the ranks
+	// (NewShardedOptimizer): each rank updates its parameters and
+	// broadcasts them.
+	zero bool
 }
 
 type spareUse int
@@ -81,6 +85,9 @@ var tinyRuns = []tinyRun{
 	{in: 4, hidden: 8, out: 3, globalBatch: 4, steps: 2, seed: 5, accum: 1, overlap: true, bucketBytes: 4, checkpoint: true, shared: true},
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 23, accum: 1, overlap: true, bucketBytes: 64, permuted: true},
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 29, accum: 2, overlap: true, bucketBytes: 64, mixed: true},
+	{in: 4, hidden: 8, out: 3, globalBatch: 6, steps: 4, seed: 1234, accum: 1, zero: true},
+	{in: 4, hidden: 8, out: 3, globalBatch: 12, steps: 3, seed: 99, sgd: true, accum: 3, zero: true},
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 4, seed: 31, accum: 1, overlap: true, bucketBytes: 64, spare: spareRow0, zero: true},
 }
 
 // train builds the model (weights drawn from seed+rank, so only the
@@ -118,13 +125,19 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 	if err := g.BroadcastParameters(params); err != nil {
 		return nil, err
 	}
-	var opt optim.Optimizer
-	if c.sgd {
-		opt, err = optim.NewSGD(named, optim.SGDConfig{LR: 0.05, Momentum: 0.9, WeightDecay: 1e-3})
-	} else {
+	build := func(ps []optim.Param) (optim.Optimizer, error) {
+		if c.sgd {
+			return optim.NewSGD(ps, optim.SGDConfig{LR: 0.05, Momentum: 0.9, WeightDecay: 1e-3})
+		}
 		cfg := optim.DefaultAdamW()
 		cfg.LR = 1e-2
-		opt, err = optim.NewAdamW(named, cfg)
+		return optim.NewAdamW(ps, cfg)
+	}
+	var opt optim.Optimizer
+	if c.zero {
+		opt, err = g.NewShardedOptimizer(named, build)
+	} else {
+		opt, err = build(named)
 	}
 	if err != nil {
 		return nil, err

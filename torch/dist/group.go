@@ -27,6 +27,17 @@ type Group struct {
 	opts    Options
 	timeout time.Duration
 	closed  bool
+	// exchanges counts the store exchanges (Consolidate's): their keys are
+	// numbered, the same on every rank since all make them in one order.
+	exchanges int
+}
+
+// nextExchange numbers a store exchange that every rank makes.
+func (g *Group) nextExchange() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.exchanges++
+	return g.exchanges
 }
 
 // FromEnv joins the group torchrun describes in the environment (see

@@ -125,6 +125,8 @@ func runWorker(scenario string) (code int) {
 		return workerBench()
 	case "reducerstep":
 		return workerReducerStep()
+	case "zero":
+		return workerZero()
 	}
 	fmt.Fprintf(os.Stderr, "unknown worker scenario %q\n", scenario)
 	return 2

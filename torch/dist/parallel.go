@@ -4,6 +4,8 @@ package dist
 import "C"
 
 import (
+	"fmt"
+
 	"github.com/dp2osr/dp2o/torch"
 )
 
@@ -12,16 +14,27 @@ import (
 // it once after building the model and before the first step, so every rank
 // starts from the same weights. Each rank must pass the same list.
 func (g *Group) BroadcastParameters(params []*torch.Tensor) error {
+	return g.BroadcastFrom(0, params)
+}
+
+// BroadcastFrom copies rank root's values of ts into every rank's (in
+// place, outside autograd), flattened into buckets of BucketBytes, two in
+// flight. Each rank must pass tensors of the same shapes and dtypes, in
+// the same order.
+func (g *Group) BroadcastFrom(root int, ts []*torch.Tensor) error {
 	if err := g.lock(); err != nil {
 		return err
 	}
 	defer g.mu.Unlock()
-	hs, err := handles("broadcast_parameters", params)
+	if root < 0 || root >= g.WorldSize() {
+		return fmt.Errorf("dist: broadcast from rank %d in a world of %d", root, g.WorldSize())
+	}
+	hs, err := handles("broadcast", ts)
 	if err != nil || g.g == nil {
 		return err
 	}
-	defer keep(params)
-	return errOf(C.dp2o_dist_broadcast_coalesced(g.g, listPtr(hs), C.int(len(hs)), 0,
+	defer keep(ts)
+	return errOf(C.dp2o_dist_broadcast_coalesced(g.g, listPtr(hs), C.int(len(hs)), C.int(root),
 		C.int64_t(g.opts.BucketBytes), millis(g.timeout)))
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/dp2osr/dp2o/torch"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -142,8 +143,8 @@ func TestDataParallelEquivalence(t *testing.T) {
 					t.Fatalf("run %d rank %d weight %d: %g, one process %g (|diff| %g)", i, r, j, got[j], v, d)
 				}
 			}
-			t.Logf("run %d (sgd %v, accumulation %d, overlapped %v, checkpointed %v, spare %d) rank %d: max |diff| to one process with the whole batch: %.3g",
-				i, run.sgd, run.accum, run.overlap, run.checkpoint, run.spare, r, worst)
+			t.Logf("run %d (sgd %v, accumulation %d, overlapped %v, checkpointed %v, spare %d, sharded %v) rank %d: max |diff| to one process with the whole batch: %.3g",
+				i, run.sgd, run.accum, run.overlap, run.checkpoint, run.spare, run.zero, r, worst)
 			if r == 0 {
 				first = got
 				continue
@@ -152,6 +153,33 @@ func TestDataParallelEquivalence(t *testing.T) {
 				if got[j] != first[j] {
 					t.Fatalf("run %d rank %d weight %d: %g, rank 0 has %g (ranks must agree exactly)", i, r, j, got[j], first[j])
 				}
+			}
+		}
+	}
+	// A sharded optimizer updates as the unsharded one, bit for bit: each
+	// parameter's owner applies the same kernel to the same averaged
+	// gradient and the others copy the result.
+	for i, run := range tinyRuns {
+		if !run.zero {
+			continue
+		}
+		twin := run
+		twin.zero = false
+		j := slices.Index(tinyRuns, twin)
+		if j < 0 {
+			t.Fatalf("run %d (sharded) has no unsharded twin in tinyRuns", i)
+		}
+		a, err := readWeights(weightsFile(dir, i, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := readWeights(weightsFile(dir, j, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := range a {
+			if a[k] != b[k] {
+				t.Fatalf("run %d (sharded) weight %d: %g, unsharded run %d has %g (must agree exactly)", i, k, a[k], j, b[k])
 			}
 		}
 	}
