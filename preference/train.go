@@ -237,8 +237,10 @@ type StepStats struct {
 type Trainer struct {
 	Backbone Backbone
 	Config   TrainConfig
-	Opt      *optim.AdamW
-	Sched    *optim.Scheduler
+	// Opt is AdamW over the policy's weights, or what SetOptimizer put
+	// there (a dist.ShardedOptimizer).
+	Opt   optim.Optimizer
+	Sched *optim.Scheduler
 	// StepsDone is the number of optimizer steps taken.
 	StepsDone int
 	// Tap, when set, receives each batch's intermediates: xt, target,
@@ -334,6 +336,39 @@ func NewTrainer(bb Backbone, cfg TrainConfig) (*Trainer, error) {
 		return nil, fmt.Errorf("preference: train: %w", err)
 	}
 	return &Trainer{Backbone: bb, Config: cfg, Opt: opt, Sched: sched, refFP: refFP}, nil
+}
+
+// SetOptimizer replaces the optimizer, before the first step or a
+// LoadCheckpoint: build makes the new one over the policy's weights with
+// the trainer's AdamW hyper-parameters (data-parallel training shards it
+// over the ranks, dist.Group.NewShardedOptimizer). The old one is closed
+// and the schedule carries on at StepsDone.
+func (t *Trainer) SetOptimizer(build func(params []optim.Param, cfg optim.AdamWConfig) (optim.Optimizer, error)) error {
+	if t == nil || t.Opt == nil {
+		return errors.New("preference: train: trainer not set up (use NewTrainer)")
+	}
+	opt, err := build(t.Opt.Params(), t.Config.AdamW)
+	if err != nil {
+		return fmt.Errorf("preference: train: optimizer: %w", err)
+	}
+	got, want := opt.Params(), t.Opt.Params()
+	same := len(got) == len(want)
+	for i := 0; same && i < len(want); i++ {
+		same = got[i].Name == want[i].Name && got[i].Tensor == want[i].Tensor
+	}
+	if !same {
+		opt.Close()
+		return errors.New("preference: train: the new optimizer must update the policy's weights, in their order")
+	}
+	sched, err := optim.NewScheduler(opt, t.Config.Schedule)
+	if err != nil {
+		opt.Close()
+		return fmt.Errorf("preference: train: %w", err)
+	}
+	sched.SetLastStep(t.StepsDone)
+	t.Opt.Close()
+	t.Opt, t.Sched = opt, sched
+	return nil
 }
 
 // Close frees the optimizer state (not the backbone).

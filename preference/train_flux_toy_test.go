@@ -125,3 +125,55 @@ func TestTrainFluxToyLearns(t *testing.T) {
 	toyLearns(t, toy.tr, toy.loader, toy.bb.PolicyParams,
 		func() map[string]Fingerprint { return fluxFrozenFingerprints(t, toy.bb, p) }, 2, 2)
 }
+
+// TestSetOptimizer: a replacement optimizer must update the policy's
+// weights in their order (one over a part of them is refused, and the old
+// one stays); an accepted one gets the schedule's rate at the trainer's
+// step and takes the steps.
+func TestSetOptimizer(t *testing.T) {
+	tinyFluxPipeline(t) // shared by the tests: loaded before counting
+	testutil.NoLeak(t)
+	pairs := writeToyPairs(t, t.TempDir(), 1, 2, 1, 32)
+	cfg := DefaultTrainConfig()
+	cfg.Schedule = optim.ScheduleConfig{Name: "linear", WarmupSteps: 0, TotalSteps: 4}
+	toy := newToyFlux(t, pairs, cfg, 1, 3)
+	defer toy.close()
+	before := toy.tr.Opt
+	err := toy.tr.SetOptimizer(func(ps []optim.Param, c optim.AdamWConfig) (optim.Optimizer, error) {
+		return optim.NewAdamW(ps[1:], c)
+	})
+	if err == nil || toy.tr.Opt != before {
+		t.Fatalf("an optimizer over all weights but one: %v (replaced: %v), want an error and the old one kept", err, toy.tr.Opt != before)
+	}
+	toy.tr.StepsDone = 2 // as a resumed run
+	var built optim.Optimizer
+	err = toy.tr.SetOptimizer(func(ps []optim.Param, c optim.AdamWConfig) (optim.Optimizer, error) {
+		if c != cfg.AdamW {
+			t.Errorf("SetOptimizer passed %+v, want the trainer's %+v", c, cfg.AdamW)
+		}
+		o, err := optim.NewSGD(ps, optim.SGDConfig{LR: c.LR})
+		built = o
+		return o, err
+	})
+	if err != nil || toy.tr.Opt != built {
+		t.Fatalf("SetOptimizer: %v (replaced: %v)", err, toy.tr.Opt == built)
+	}
+	sched, err := optim.NewSchedule(cfg.Schedule)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := cfg.AdamW.LR * sched(2); toy.tr.Opt.LR() != want {
+		t.Errorf("learning rate after SetOptimizer at step 2: %g, want the schedule's %g", toy.tr.Opt.LR(), want)
+	}
+	b, err := toy.loader.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := toy.tr.Step([]*Batch{b}); err != nil {
+		t.Fatal(err)
+	}
+	if toy.tr.StepsDone != 3 {
+		t.Errorf("StepsDone %d after a step from 2", toy.tr.StepsDone)
+	}
+}
