@@ -48,9 +48,12 @@ func TestMain(m *testing.M) {
 // without): the ControlNet's gradients, accumulated in the recomputations'
 // backward passes, start the reducer's buckets as they do without. The
 // ranks also precompute the prompt embeddings, each its share, into one
-// folder (--precompute_prompts), and train on them.
+// folder (--precompute_prompts), and train on them. And they shard the
+// AdamW state (--shard_optimizer): each updates its share of the weights,
+// and rank 0 gathers the whole state into each checkpoint, which the one
+// process resumes.
 func TestTrainSD2DataParallel(t *testing.T) {
-	testDataParallel(t, "sd2", "tiny-sd2", "overlap", "--gradient_checkpointing", "--precompute_prompts",
+	testDataParallel(t, "sd2", "tiny-sd2", "overlap", "--gradient_checkpointing", "--precompute_prompts", "--shard_optimizer",
 		"--prompt_embeds_dir", filepath.Join(t.TempDir(), "prompt_embeds"))
 }
 

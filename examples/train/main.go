@@ -74,6 +74,7 @@ func newApp() *cli.App {
 			&cli.StringFlag{Name: "device", Value: "auto", Usage: "cpu, cuda, cuda:N or auto (cuda when available)"},
 			&cli.BoolFlag{Name: "no_progress", Usage: "no progress bar (the CSV log is still written)"},
 			&cli.StringFlag{Name: "grad_sync", Value: "overlap", Usage: "under torchrun: overlap (all-reduce gradient buckets while the backward pass runs, as DDP) or after (one bucketed all-reduce after it)"},
+			&cli.BoolFlag{Name: "shard_optimizer", Usage: "under torchrun: each rank keeps the AdamW state of its share of the ControlNet's weights and updates them (ZeRO stage 1, as PyTorch's ZeroRedundancyOptimizer): 8 bytes per weight over the ranks instead of on each (C-FLUX: 11.5 GB per GPU, 1.5 on 8); checkpoints stay whole"},
 			&cli.BoolFlag{Name: "precompute_prompts", Usage: "encode every prompt of --pairs before training (each rank a share) into --prompt_embeds_dir, then free the text encoders, as diffusers' recipes do: T5-XXL and CLIP-L leave the GPU (9.8 GB in bfloat16)"},
 			&cli.StringFlag{Name: "prompt_embeds_dir", Usage: "the prompt embeddings' folder, one every rank sees (on several machines a shared file system), reused across runs of the same text encoders (default OUTPUT_DIR/prompt_embeds)"},
 			&cli.Int64Flag{Name: "latent_cache_mb", Value: preference.DefaultLatentCacheBytes >> 20, Usage: "CPU memory for cached VAE posteriors of the training images, per process (least recently used go first; -1: no bound)"},

@@ -41,6 +41,9 @@ type session struct {
 	// reducer, under torchrun with --grad_sync overlap, all-reduces the
 	// gradients while the backward pass runs.
 	reducer *dist.Reducer
+	// zero, under torchrun with --shard_optimizer, holds this rank's share
+	// of the AdamW state (the trainer's optimizer).
+	zero *dist.ShardedOptimizer
 	// text are the text encoders' weights (one list per encoder) and free
 	// closes them, once the prompts are precomputed.
 	text struct {
@@ -316,6 +319,16 @@ func setup(c *cli.Context, g *dist.Group) (s *session, err error) {
 		default:
 			return nil, fmt.Errorf("--grad_sync must be overlap or after, got %q", mode)
 		}
+		if c.Bool("shard_optimizer") {
+			err = s.tr.SetOptimizer(func(ps []optim.Param, cfg optim.AdamWConfig) (optim.Optimizer, error) {
+				z, err := g.NewShardedOptimizer(ps, func(mine []optim.Param) (optim.Optimizer, error) { return optim.NewAdamW(mine, cfg) })
+				s.zero = z
+				return z, err
+			})
+			if err != nil {
+				return nil, fmt.Errorf("sharding the optimizer: %w", err)
+			}
+		}
 	}
 	if r := c.String("resume_from_checkpoint"); r != "" {
 		dir := r
@@ -383,6 +396,12 @@ func run(c *cli.Context) (err error) {
 		bar.Set(s.tr.StepsDone)
 	}
 	save := func() error {
+		if s.zero != nil {
+			// Rank 0 gathers the whole optimizer state, to write it.
+			if err := s.zero.Consolidate(); err != nil {
+				return fmt.Errorf("checkpoint %d: %w", s.tr.StepsDone, err)
+			}
+		}
 		if isMain {
 			dir := filepath.Join(out, fmt.Sprintf("checkpoint-%d", s.tr.StepsDone))
 			if err := s.tr.SaveCheckpoint(dir, s.loader); err != nil {
