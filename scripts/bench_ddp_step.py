@@ -10,7 +10,15 @@ plain SGD (lr 1e-3), zero_grad(set_to_none=True); 2 Gloo processes
 gradient_as_bucket_view False (DDP's default) and True. It prints rank 0's
 time per step after a warm-up step and the largest growth of a rank's peak
 resident set (VmHWM) above its resident set once the model and the data are
-built, as the Go benchmark measures. Both sides fix glibc's mmap threshold
+built, as the Go benchmark measures.
+
+With --optim adamw the step uses AdamW (lr 1e-3, PyTorch's defaults) under
+DDP with gradient_as_bucket_view=True, whole on each rank, then sharded by
+torch.distributed.optim.ZeroRedundancyOptimizer (ZeRO stage 1), as
+BenchmarkShardedStep does:
+
+    /usr/bin/python3 scripts/bench_ddp_step.py --iters 5 --optim adamw
+    go test ./torch/dist -run '^$' -bench ShardedStep -benchtime 5x Both sides fix glibc's mmap threshold
 (MALLOC_MMAP_THRESHOLD_), so that freed gradient-sized blocks leave the
 resident set and VmHWM is the peak of live memory.
 
@@ -42,7 +50,7 @@ def proc_status():
     return out
 
 
-def worker(iters, as_view):
+def worker(iters, mode):
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
@@ -62,9 +70,15 @@ def worker(iters, as_view):
     model = torch.nn.Sequential(*mods)
     x = torch.randn(batch, width, generator=gen)
     y = torch.randn(batch, width, generator=gen)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    if mode == "copy" or mode == "view":
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    elif mode == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    else:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+        opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=1e-3)
     before = proc_status()
-    ddp = DDP(model, bucket_cap_mb=25, gradient_as_bucket_view=as_view)
+    ddp = DDP(model, bucket_cap_mb=25, gradient_as_bucket_view=mode != "copy")
 
     def step():
         loss = torch.nn.functional.mse_loss(ddp(x), y)
@@ -91,13 +105,16 @@ def free_port():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--worker", choices=["copy", "view"])
+    ap.add_argument("--optim", choices=["sgd", "adamw"], default="sgd")
+    ap.add_argument("--worker", choices=["copy", "view", "adamw", "zero"])
     a = ap.parse_args()
     if a.worker:
-        worker(a.iters, a.worker == "view")
+        worker(a.iters, a.worker)
         return
     world = env_int("DP2O_DIST_BENCH_WORLD", 2)
-    for mode in ("copy", "view"):
+    names = {"copy": "DDP gradient_as_bucket_view=False", "view": "DDP gradient_as_bucket_view=True",
+             "adamw": "DDP + AdamW", "zero": "DDP + ZeroRedundancyOptimizer(AdamW)"}
+    for mode in ("copy", "view") if a.optim == "sgd" else ("adamw", "zero"):
         port = free_port()
         procs = []
         for r in range(world):
@@ -111,7 +128,7 @@ def main():
             sys.exit(f"{mode}: a rank failed:\n" + "\n".join(outs))
         sec = float(outs[0].split("per step: ")[1].split(" s")[0])
         peak = max(int(o.split("peak growth: ")[1].split(" bytes")[0]) for o in outs)
-        print(f"DDP gradient_as_bucket_view={mode == 'view'}: {sec * 1e3:.1f} ms per step, peak {peak / 2**20:.1f} MiB")
+        print(f"{names[mode]}: {sec * 1e3:.1f} ms per step, peak {peak / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -195,12 +195,19 @@ struct Bucket {
   c10::intrusive_ptr<c10d::Work> work;
 };
 
+// make_buckets groups ts into buckets of at most cap bytes (cap <= 0: one
+// per dtype and device run). A tensor of half the cap or more gets a
+// bucket of its own, so that the collective runs on it in place rather
+// than on a flattened copy (the copies in and out of the flat buffer cost
+// more memory traffic than small tensors' separate collectives would).
 std::vector<Bucket> make_buckets(const std::vector<at::Tensor> &ts, int64_t cap) {
   std::vector<Bucket> out;
   int64_t bytes = 0;
+  bool closed = false;  // the last bucket holds a large tensor alone
   for (const auto &t : ts) {
     int64_t b = t.numel() * static_cast<int64_t>(t.element_size());
-    bool fresh = out.empty() || out.back().members.front().scalar_type() != t.scalar_type() ||
+    bool large = cap > 0 && 2 * b >= cap;
+    bool fresh = out.empty() || closed || large || out.back().members.front().scalar_type() != t.scalar_type() ||
                  out.back().members.front().device() != t.device() || (cap > 0 && bytes + b > cap);
     if (fresh) {
       out.emplace_back();
@@ -208,6 +215,7 @@ std::vector<Bucket> make_buckets(const std::vector<at::Tensor> &ts, int64_t cap)
     }
     out.back().members.push_back(t);
     bytes += b;
+    closed = large;
   }
   return out;
 }

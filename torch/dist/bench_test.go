@@ -91,14 +91,29 @@ func workerBench() int {
 // DistributedDataParallel on the same libtorch.
 //
 //	go test ./torch/dist -run '^$' -bench ReducerStep -benchtime 5x
-func BenchmarkReducerStep(b *testing.B) {
+func BenchmarkReducerStep(b *testing.B) { benchStep(b) }
+
+// BenchmarkShardedStep is BenchmarkReducerStep's step with AdamW (lr
+// 1e-3), whole on each rank or sharded over the ranks (NewShardedOptimizer:
+// each rank keeps the moments of half the weights, updates them and
+// broadcasts them). peak-MiB then holds the moments, which the first step
+// allocates. scripts/bench_ddp_step.py --optim adamw runs it with DDP and
+// AdamW, then with PyTorch's ZeroRedundancyOptimizer.
+//
+//	go test ./torch/dist -run '^$' -bench ShardedStep -benchtime 5x
+func BenchmarkShardedStep(b *testing.B) {
+	b.Run("adamw", func(b *testing.B) { benchStep(b, "DP2O_DIST_BENCH_OPTIM=adamw") })
+	b.Run("adamw-sharded", func(b *testing.B) { benchStep(b, "DP2O_DIST_BENCH_OPTIM=adamw", "DP2O_DIST_BENCH_ZERO=1") })
+}
+
+func benchStep(b *testing.B, env ...string) {
 	requireGloo(b)
 	world := envInt("DP2O_DIST_BENCH_WORLD", 2)
 	// A fixed mmap threshold: glibc's sliding one would keep freed
 	// gradient-sized blocks resident, and VmHWM would not be the peak of
 	// live memory (the Python script does the same).
-	res, _ := launch(b, "reducerstep", world, 10*time.Minute, "DP2O_DIST_TIMEOUT=5m",
-		fmt.Sprintf("DP2O_DIST_BENCH_ITERS=%d", b.N), "MALLOC_MMAP_THRESHOLD_=131072")
+	res, _ := launch(b, "reducerstep", world, 10*time.Minute, append([]string{"DP2O_DIST_TIMEOUT=5m",
+		fmt.Sprintf("DP2O_DIST_BENCH_ITERS=%d", b.N), "MALLOC_MMAP_THRESHOLD_=131072"}, env...)...)
 	requireAllOK(b, res)
 	re := regexp.MustCompile(`per step: ([0-9.e+-]+) s, peak growth: ([0-9]+) bytes`)
 	var sec float64
@@ -150,7 +165,19 @@ func reducerStep(g *Group) (err error) {
 	}
 	x := torch.Randn([]int64{batch, width}, gen, torch.Float32, torch.CPU)
 	y := torch.Randn([]int64{batch, width}, gen, torch.Float32, torch.CPU)
-	opt, err := optim.NewSGD(named, optim.SGDConfig{LR: 1e-3})
+	build := func(ps []optim.Param) (optim.Optimizer, error) {
+		if os.Getenv("DP2O_DIST_BENCH_OPTIM") == "adamw" {
+			cfg := optim.DefaultAdamW()
+			return optim.NewAdamW(ps, cfg)
+		}
+		return optim.NewSGD(ps, optim.SGDConfig{LR: 1e-3})
+	}
+	var opt optim.Optimizer
+	if os.Getenv("DP2O_DIST_BENCH_ZERO") == "1" {
+		opt, err = g.NewShardedOptimizer(named, build)
+	} else {
+		opt, err = build(named)
+	}
 	if err != nil {
 		return err
 	}
