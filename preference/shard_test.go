@@ -165,6 +165,11 @@ func (r *recordingSync) Prepare(sync bool) error {
 	return nil
 }
 
+func (r *recordingSync) Abort() error {
+	r.calls = append(r.calls, "abort")
+	return errors.New("aborted")
+}
+
 func (r *recordingSync) Finish() error {
 	grads := 0
 	for _, p := range r.params {
@@ -248,22 +253,29 @@ func TestTrainSyncProtocol(t *testing.T) {
 		t.Errorf("Update outside Step with Sync set: %v", err)
 	}
 
-	// A batch that fails (its text embedding closed): Step closes the
-	// sync's step, so that the other ranks fail with it rather than wait.
-	rec.finishErr, rec.calls = nil, nil
-	bs = batches()
-	bs[0].Text.Close()
-	_, err = toy.tr.Step(bs)
-	for _, b := range bs {
-		b.Close()
-	}
-	if err == nil {
-		t.Fatal("Step with a broken batch: no error")
-	}
-	if want := "prepare(false) finish(grads=false)"; strings.Join(rec.calls, " ") != want {
-		t.Errorf("calls after a failing batch %v, want %v", rec.calls, want)
-	}
-	if toy.tr.StepsDone != 1 {
-		t.Errorf("%d steps counted after the failed batch", toy.tr.StepsDone)
+	// A batch that fails (its text embedding closed), the first or the
+	// last, whose backward pass the sync was armed for: Step aborts the
+	// sync's step, so that the other ranks fail with it rather than wait
+	// or average a partial gradient.
+	for _, c := range []struct {
+		broken int
+		want   string
+	}{{0, "prepare(false) abort"}, {cfg.GradAccum - 1, "prepare(false) prepare(false) prepare(true) abort"}} {
+		rec.finishErr, rec.calls = nil, nil
+		bs = batches()
+		bs[c.broken].Text.Close()
+		_, err = toy.tr.Step(bs)
+		for _, b := range bs {
+			b.Close()
+		}
+		if err == nil {
+			t.Fatalf("Step with broken batch %d: no error", c.broken)
+		}
+		if strings.Join(rec.calls, " ") != c.want {
+			t.Errorf("calls after failing batch %d: %v, want %v", c.broken, rec.calls, c.want)
+		}
+		if toy.tr.StepsDone != 1 {
+			t.Errorf("%d steps counted after the failed batch %d", toy.tr.StepsDone, c.broken)
+		}
 	}
 }

@@ -251,16 +251,18 @@ type Trainer struct {
 	// BeforeClip, when set, sees the parameters with their accumulated
 	// gradients right before clipping.
 	BeforeClip func(params []optim.Param)
-	// ReduceGradients, when set, runs first in Update, before BeforeClip
-	// and clipping: data-parallel training averages the ranks' gradients
-	// there (dist.Group.AverageGradients). An error aborts the step before
-	// the optimizer changes anything.
+	// ReduceGradients, when set, runs in Update after Sync and before
+	// BeforeClip and clipping, with the gradients of the step. An error
+	// aborts the step before the optimizer changes anything. (A batch
+	// that fails on one rank does not reach it: for data-parallel
+	// averaging use Sync, which every rank closes.)
 	ReduceGradients func(params []optim.Param) error
-	// Sync, when set, averages the gradients over data-parallel ranks
+	// Sync, when set, averages the gradients over data-parallel ranks:
 	// while the backward pass runs, as DistributedDataParallel does
-	// (dist.Reducer): Step arms it before each batch's backward (sync only
-	// for the step's last batch) and Update waits for it before anything
-	// else. Take steps with Step when Sync is set.
+	// (dist.Reducer), or after it (dist.Averager). Step arms it before
+	// each batch's backward (sync only for the step's last batch), aborts
+	// it when a batch fails, and Update waits for it before anything else.
+	// Take steps with Step when Sync is set.
 	Sync GradientSync
 
 	// CheckpointFiles are extra files written into every checkpoint
@@ -271,18 +273,21 @@ type Trainer struct {
 	armed bool         // Sync was armed for the current step's last backward
 }
 
-// GradientSync averages gradients across ranks during the backward pass;
-// *dist.Reducer implements it.
+// GradientSync averages gradients across ranks, during the backward pass
+// (*dist.Reducer) or after it (*dist.Averager).
 type GradientSync interface {
 	// Prepare comes before each backward pass: sync is true for the last
 	// batch of an optimizer step, whose backward reduces; the others only
 	// accumulate.
 	Prepare(sync bool) error
 	// Finish, after that last backward, leaves the mean over the ranks in
-	// each parameter's gradient. Step also calls it when a batch fails
-	// (that step's error is returned, Finish's dropped), to close the step
-	// with the other ranks instead of leaving them in its collectives.
+	// each parameter's gradient.
 	Finish() error
+	// Abort replaces Finish when a batch of the step fails (that error is
+	// returned, Abort's dropped): it closes the step with the other ranks,
+	// whose Finish then fails too, instead of leaving them in its
+	// collectives or averaging a partial gradient.
+	Abort() error
 }
 
 // NewTrainer sets up the optimizer and the schedule over the backbone's
@@ -584,9 +589,9 @@ func (t *Trainer) Step(batches []*Batch) (*StepStats, error) {
 			if t.Sync != nil {
 				// Close the step with the other ranks, rather than leave
 				// them in its collectives until the timeout: the gradient
-				// sync fails on every rank (the reducer's does).
+				// sync fails on every rank.
 				t.armed = false
-				t.Sync.Finish()
+				t.Sync.Abort()
 			}
 			t.Opt.ZeroGrad()
 			return nil, fmt.Errorf("preference: train: step %d, batch %d: %w", t.StepsDone, i, err)

@@ -315,7 +315,7 @@ func setup(c *cli.Context, g *dist.Group) (s *session, err error) {
 			s.closes = append(s.closes, func() { red.Close() })
 			s.tr.Sync, s.reducer = red, red
 		case "after":
-			s.tr.ReduceGradients = func(ps []optim.Param) error { return g.AverageGradients(policyTensors(ps)) }
+			s.tr.Sync = g.NewAverager(policyTensors(s.bb.PolicyParams()))
 		default:
 			return nil, fmt.Errorf("--grad_sync must be overlap or after, got %q", mode)
 		}

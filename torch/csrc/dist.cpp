@@ -86,10 +86,10 @@ dp2o_err dp2o_dist_broadcast(dp2o_group, dp2o_tensor *, int, int, int64_t) { DP2
 dp2o_err dp2o_dist_all_gather(dp2o_group, dp2o_tensor, int64_t, dp2o_tensor **, int *) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_barrier(dp2o_group, int64_t) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_broadcast_coalesced(dp2o_group, dp2o_tensor *, int, int, int64_t, int64_t) { DP2O_NO_C10D; }
-dp2o_err dp2o_dist_average_gradients(dp2o_group, dp2o_tensor *, int, int64_t, int64_t, int *) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_average_gradients(dp2o_group, dp2o_tensor *, int, int64_t, int64_t, int, int *) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_reducer_new(dp2o_group, dp2o_tensor *, int, int64_t, dp2o_reducer *, int *) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer, int) { DP2O_NO_C10D; }
-dp2o_err dp2o_dist_reducer_finish(dp2o_reducer, int64_t, int *, int *) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_reducer_finish(dp2o_reducer, int64_t, int, int *, int *) { DP2O_NO_C10D; }
 void dp2o_dist_reducer_free(dp2o_reducer) {}
 }
 
@@ -729,7 +729,7 @@ dp2o_err dp2o_dist_broadcast_coalesced(dp2o_group h, dp2o_tensor *hs, int n, int
 }
 
 dp2o_err dp2o_dist_average_gradients(dp2o_group h, dp2o_tensor *hs, int n, int64_t bucket_bytes, int64_t timeout_ms,
-                                     int *buckets) {
+                                     int failed, int *buckets) {
   DP2O_TRY
   auto &g = G(h);
   auto timeout = dp2o::dist::timeout_of(g, timeout_ms);
@@ -737,12 +737,17 @@ dp2o_err dp2o_dist_average_gradients(dp2o_group h, dp2o_tensor *hs, int n, int64
   if (n == 0) return nullptr;  // the same empty list on every rank: nothing to exchange
   at::NoGradGuard no_grad;
   std::vector<at::Tensor> params = dp2o::tensors_of(hs, n);
-  std::vector<char> local(n);
+  // One flag per parameter (it has a gradient here), and a last one: this
+  // rank's step failed.
+  std::vector<char> local(n + 1);
   for (int i = 0; i < n; i++) {
     TORCH_CHECK(params[i].defined(), "dist: average_gradients: parameter ", i, " is undefined");
-    local[i] = params[i].grad().defined();
+    local[i] = !failed && params[i].grad().defined();
   }
+  local[n] = failed != 0;
   auto any = dp2o::dist::global_or(g, local, params[0].device(), "average_gradients (gradient mask)", timeout);
+  TORCH_CHECK(!failed, "dist: average_gradients: this rank's step failed; every rank's is dropped");
+  TORCH_CHECK(!any[n], "dist: average_gradients: another rank's step failed; every rank's is dropped");
   std::vector<at::Tensor> grads;
   for (int i = 0; i < n; i++) {
     if (!any[i]) continue;
@@ -839,7 +844,7 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync) {
   DP2O_CATCH
 }
 
-dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int *overlapped, int *buckets) {
+dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int failed, int *overlapped, int *buckets) {
   DP2O_TRY
   auto &st = *static_cast<dp2o::dist::Reducer *>(h)->st;
   std::lock_guard<std::mutex> lock(st.mu);
@@ -853,6 +858,7 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int *overl
   // the same sequence; a local failure, recorded, does not stop them),
   // then wait for every started bucket: a rank must not leave a
   // collective its peers are in, even after an error.
+  if (failed && st.error.empty()) st.error = "dist: reducer: this rank's step failed";
   if (!was_armed && st.error.empty()) st.error = "dist: reducer: finish without prepare(sync)";
   try {
     while (!st.broken && st.next < st.buckets.size()) st.start(st.next++);

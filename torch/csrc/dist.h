@@ -55,17 +55,18 @@ dp2o_err dp2o_dist_all_gather(dp2o_group g, dp2o_tensor t, int64_t timeout_ms, d
 dp2o_err dp2o_dist_barrier(dp2o_group g, int64_t timeout_ms);
 
 /* Data parallel. Tensors are flattened into buckets of at most bucket_bytes
- * (one tensor larger than that is a bucket of its own), each bucket one
- * collective, with two buckets in flight at a time.
+ * (one tensor of half that or more is a bucket of its own, used in place),
+ * each bucket one collective, with two buckets in flight at a time.
  * broadcast_coalesced copies root's values into ts in place (no grad);
  * average_gradients replaces each parameter's .grad by its mean over the
  * ranks. A parameter without a gradient on some ranks gets a zero one
  * there, as long as one rank has one; one without a gradient on every rank
- * is left without. */
+ * is left without. failed says this rank's step failed: every rank then
+ * returns an error after the first (small) collective, averaging nothing. */
 dp2o_err dp2o_dist_broadcast_coalesced(dp2o_group g, dp2o_tensor *ts, int n, int root, int64_t bucket_bytes,
                                        int64_t timeout_ms);
 dp2o_err dp2o_dist_average_gradients(dp2o_group g, dp2o_tensor *params, int n, int64_t bucket_bytes,
-                                     int64_t timeout_ms, int *buckets);
+                                     int64_t timeout_ms, int failed, int *buckets);
 
 /* Gradient averaging overlapped with the backward pass, as DDP's reducer:
  * a hook after each parameter's gradient accumulation marks it ready, and
@@ -89,7 +90,9 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer r, int sync);
  * still had gradients to produce; *buckets: how many there are now (the
  * second step's first prepare rebuilds them in the order the first step's
  * gradients came). */
-dp2o_err dp2o_dist_reducer_finish(dp2o_reducer r, int64_t timeout_ms, int *overlapped, int *buckets);
+/* failed says this rank's step failed (abort): the step is closed with
+ * the other ranks and fails on every rank. */
+dp2o_err dp2o_dist_reducer_finish(dp2o_reducer r, int64_t timeout_ms, int failed, int *overlapped, int *buckets);
 void dp2o_dist_reducer_free(dp2o_reducer r);
 
 #ifdef __cplusplus

@@ -47,12 +47,14 @@ func (g *Group) BroadcastFrom(root int, ts []*torch.Tensor) error {
 // gets a zero gradient on the others first; one with no gradient anywhere
 // stays without. Every rank must pass the same list.
 func (g *Group) AverageGradients(params []*torch.Tensor) error {
-	_, err := g.averageGradients(params)
+	_, err := g.averageGradients(params, false)
 	return err
 }
 
-// averageGradients is AverageGradients returning the number of buckets.
-func (g *Group) averageGradients(params []*torch.Tensor) (int, error) {
+// averageGradients is AverageGradients returning the number of buckets;
+// failed says this rank's step failed, which makes every rank's call
+// return an error.
+func (g *Group) averageGradients(params []*torch.Tensor, failed bool) (int, error) {
 	if err := g.lock(); err != nil {
 		return 0, err
 	}
@@ -64,7 +66,7 @@ func (g *Group) averageGradients(params []*torch.Tensor) (int, error) {
 	defer keep(params)
 	var nb C.int
 	err = errOf(C.dp2o_dist_average_gradients(g.g, listPtr(hs), C.int(len(hs)), C.int64_t(g.opts.BucketBytes),
-		millis(g.timeout), &nb))
+		millis(g.timeout), cbool(failed), &nb))
 	return int(nb), err
 }
 

@@ -117,7 +117,16 @@ func (r *Reducer) Prepare(sync bool) error {
 // Finish, after the armed backward pass, starts the buckets that have not
 // started, waits for all of them and leaves each gradient's mean over the
 // ranks in its .grad. An error leaves the group out of step.
-func (r *Reducer) Finish() error {
+func (r *Reducer) Finish() error { return r.finish(false) }
+
+// Abort, instead of Finish, closes a step that failed on this rank (a
+// batch whose forward or backward pass returned an error): it takes part
+// in the step's collectives as Finish does, and every rank's Finish or
+// Abort returns an error, rather than the others averaging a partial
+// gradient or waiting for this rank until the timeout.
+func (r *Reducer) Abort() error { return r.finish(true) }
+
+func (r *Reducer) finish(failed bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.r == nil {
@@ -127,7 +136,7 @@ func (r *Reducer) Finish() error {
 		return nil
 	}
 	var over, nb C.int
-	err := errOf(C.dp2o_dist_reducer_finish(r.r, millis(r.g.Timeout()), &over, &nb))
+	err := errOf(C.dp2o_dist_reducer_finish(r.r, millis(r.g.Timeout()), cbool(failed), &over, &nb))
 	r.overlapped = int(over)
 	if err == nil {
 		r.buckets = int(nb)

@@ -193,8 +193,9 @@ func workerCollectives() int {
 }
 
 // checkReducerFailure: a step that fails on one rank (rank 0 misuses the
-// reducer: it never arms it) fails on every rank, none left waiting in a
-// collective, and the next step averages as it should.
+// reducer: it never arms it; the last rank aborts an armed step, with the
+// reducer and with an Averager) fails on every rank, none left waiting in
+// a collective, and the next step averages as it should.
 func checkReducerFailure(c *checker, g *Group) {
 	r, w := g.Rank(), g.WorldSize()
 	s := torch.NewScope()
@@ -229,6 +230,34 @@ func checkReducerFailure(c *checker, g *Group) {
 		c.errorf("reducer: rank 0's failed step: %v", err)
 	case r != 0 && !strings.Contains(err.Error(), "another rank failed"):
 		c.errorf("reducer: rank %d, when rank 0 failed: %v", r, err)
+	}
+	// An armed step whose batch failed on the last rank: it aborts, and
+	// every rank fails, with the reducer and with an Averager.
+	backward := func() { params[0].Sum().Add(params[1].Sum()).MulScalar(float64(r + 1)).Backward(nil) }
+	for _, sync := range []struct {
+		name string
+		GradSync
+	}{{"reducer", red}, {"averager", g.NewAverager(params)}} {
+		for _, p := range params {
+			p.ZeroGrad(true)
+		}
+		if !c.noErr(sync.name+": prepare", sync.Prepare(true)) {
+			return
+		}
+		if r == w-1 {
+			err = sync.Abort()
+		} else {
+			backward()
+			err = sync.Finish()
+		}
+		switch {
+		case err == nil:
+			c.errorf("%s: a step rank %d aborted: no error", sync.name, w-1)
+		case r == w-1 && !strings.Contains(err.Error(), "this rank's step failed"):
+			c.errorf("%s: rank %d's aborted step: %v", sync.name, r, err)
+		case r != w-1 && !strings.Contains(err.Error(), "another rank"):
+			c.errorf("%s: rank %d, when rank %d aborted: %v", sync.name, r, w-1, err)
+		}
 	}
 	if !c.noErr("reducer: the step after a failed one", step(true)) {
 		return
@@ -304,10 +333,10 @@ func checkBuckets(c *checker, g *Group) {
 	if _, err := g.NewReducer([]*torch.Tensor{params[0].Detach()}); err == nil {
 		c.errorf("reducer over a tensor that does not require grad: no error")
 	}
-	if nb, err := g.averageGradients(nil); err != nil || nb != 0 {
+	if nb, err := g.averageGradients(nil, false); err != nil || nb != 0 {
 		c.errorf("average_gradients of no parameters: %d buckets, %v", nb, err)
 	}
-	nb, err := g.averageGradients(params)
+	nb, err := g.averageGradients(params, false)
 	if !c.noErr("average_gradients", err) {
 		return
 	}
