@@ -231,7 +231,12 @@ func (t *Trainer) LoadCheckpoint(dir string, l *Loader) (err error) {
 	if err := loadPolicy(filepath.Join(dir, CheckpointModel), t.Backbone.PolicyParams()); err != nil {
 		return fmt.Errorf("preference: checkpoint %s: %w", dir, err)
 	}
-	ost, err := optim.LoadState(filepath.Join(dir, CheckpointOptimizer))
+	// A sharded optimizer's rank reads its part of the state only.
+	var keep func(string) bool
+	if k, ok := t.Opt.(interface{ KeepsState(key string) bool }); ok {
+		keep = k.KeepsState
+	}
+	ost, err := optim.LoadStateKeys(filepath.Join(dir, CheckpointOptimizer), keep)
 	if err != nil {
 		return fmt.Errorf("preference: checkpoint %s: optimizer: %w", dir, err)
 	}

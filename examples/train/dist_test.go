@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -99,28 +100,34 @@ func testDataParallel(t *testing.T, model, asset, gradSync string, rankArgs ...s
 		"--learning_rate", "0.1", "--adam_epsilon", "1", "--beta_dpo", "50", "--gradient_accumulation_steps", strconv.Itoa(accum), "--seed", "5",
 		"--max_train_steps", strconv.Itoa(steps), "--checkpointing_steps", "1", "--device", "cpu", "--no_progress"}
 
-	port := testutil.FreePort(t)
-	ws := make([]testutil.Worker, world)
-	for r := range ws {
-		ws[r] = testutil.Worker{
-			Args: append(append(append([]string{}, common...), rankArgs...), "--grad_sync", gradSync, "--train_batch_size", strconv.Itoa(perRank),
-				"--output_dir", filepath.Join(dir, "rank"+strconv.Itoa(r))),
-			Env: testutil.TorchrunEnv(r, world, "MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port),
-				"GLOO_SOCKET_IFNAME=lo", "OMP_NUM_THREADS=1", "DP2O_DIST_BACKEND=gloo", "DP2O_DIST_TIMEOUT=2m",
-				"DP2O_DIST_BUCKET_MB=0.001"),
+	// ranks runs the program as world ranks, rank r writing into
+	// out/rank<r>, with extra arguments.
+	ranks := func(out string, extra ...string) []string {
+		port := testutil.FreePort(t)
+		ws := make([]testutil.Worker, world)
+		for r := range ws {
+			ws[r] = testutil.Worker{
+				Args: append(append(append(append([]string{}, common...), rankArgs...), extra...), "--grad_sync", gradSync,
+					"--train_batch_size", strconv.Itoa(perRank), "--output_dir", filepath.Join(out, "rank"+strconv.Itoa(r))),
+				Env: testutil.TorchrunEnv(r, world, "MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port),
+					"GLOO_SOCKET_IFNAME=lo", "OMP_NUM_THREADS=1", "DP2O_DIST_BACKEND=gloo", "DP2O_DIST_TIMEOUT=2m",
+					"DP2O_DIST_BUCKET_MB=0.001"),
+			}
 		}
-	}
-	outs, errs := testutil.RunWorkers(t, 3*time.Minute, distWorkerEnv, ws...)
-	failed := false
-	for r := range world {
-		if errs[r] != nil {
-			t.Errorf("rank %d: %v\n%s", r, errs[r], outs[r])
-			failed = true
+		outs, errs := testutil.RunWorkers(t, 3*time.Minute, distWorkerEnv, ws...)
+		failed := false
+		for r := range world {
+			if errs[r] != nil {
+				t.Errorf("rank %d: %v\n%s", r, errs[r], outs[r])
+				failed = true
+			}
 		}
+		if failed {
+			t.FailNow()
+		}
+		return outs
 	}
-	if failed {
-		t.FailNow()
-	}
+	outs := ranks(dir)
 	if line, ok := grepLine(outs[0], "gradient sync:"); ok != (gradSync == "overlap") {
 		t.Errorf("--grad_sync %s: rank 0's report of the overlapped reducer: %q", gradSync, line)
 	} else if ok {
@@ -201,6 +208,27 @@ func testDataParallel(t *testing.T, model, asset, gradSync string, rankArgs ...s
 		resDiff = max(resDiff, d)
 	}
 	t.Logf("resumed across world sizes: max |diff| %.3g", resDiff)
+	if slices.Contains(rankArgs, "--shard_optimizer") {
+		// The ranks resume rank 0's first checkpoint, each reading its
+		// part of the optimizer state, and end where they did without
+		// the interruption.
+		again := filepath.Join(dir, "again")
+		ranks(again, "--resume_from_checkpoint", filepath.Join(rank0, "checkpoint-1"))
+		res := testutil.Tensors(t, filepath.Join(again, "rank0", preference.CheckpointModel))
+		againDiff := 0.0
+		for name, w := range got {
+			g, ok := res[name]
+			if !ok {
+				t.Fatalf("the ControlNet the ranks resumed lacks %s", name)
+			}
+			d, worst, err := testutil.Diff(g, w, atol, rtol)
+			if err != nil || worst > 0 {
+				testutil.AssertClose(t, "resumed by the ranks "+name, g, w, atol, rtol) // fails, naming the tensor
+			}
+			againDiff = max(againDiff, d)
+		}
+		t.Logf("resumed by %d ranks with a sharded optimizer: max |diff| to the uninterrupted ranks %.3g", world, againDiff)
+	}
 	// The logged loss is the global batch's (the ranks' losses averaged).
 	rd, rs := logRows(t, filepath.Join(rank0, "train_log.csv")), logRows(t, filepath.Join(single, "train_log.csv"))
 	if len(rd) != steps || len(rs) != steps {

@@ -35,8 +35,10 @@ type ShardedOptimizer struct {
 	g      *Group
 	params []optim.Param
 	owner  []int // per parameter, the rank that updates it
-	local  optim.Optimizer
-	full   *optim.State // rank 0: the state Consolidate gathered, until the next Step
+	// ownerOf maps a parameter's name to its owner.
+	ownerOf map[string]int
+	local   optim.Optimizer
+	full    *optim.State // rank 0: the state Consolidate gathered, until the next Step
 	// chunkBytes bounds the state that one broadcast of Consolidate moves
 	// (the receive buffers on the device).
 	chunkBytes int64
@@ -65,7 +67,11 @@ func (g *Group) NewShardedOptimizer(params []optim.Param, build func([]optim.Par
 		seen[p.Name] = true
 		sizes[i] = p.Tensor.Numel()
 	}
-	z := &ShardedOptimizer{g: g, params: params, owner: partition(sizes, g.WorldSize()), chunkBytes: consolidateChunkBytes}
+	z := &ShardedOptimizer{g: g, params: params, owner: partition(sizes, g.WorldSize()), ownerOf: map[string]int{},
+		chunkBytes: consolidateChunkBytes}
+	for i, p := range params {
+		z.ownerOf[p.Name] = z.owner[i]
+	}
 	local, err := build(z.Owned())
 	if err != nil {
 		return nil, fmt.Errorf("dist: sharded optimizer: %w", err)
@@ -381,25 +387,17 @@ func (z *ShardedOptimizer) StateDict() (*optim.State, error) {
 
 // LoadStateDict restores a whole (unsharded) state, as saved by an
 // optimizer of the same kind at any world size: every rank passes the same
-// state and keeps the part of its parameters. A key naming no parameter
-// is an error.
+// state, or the part of it that KeepsState selects, and keeps the part of
+// its parameters. A key naming no parameter is an error.
 func (z *ShardedOptimizer) LoadStateDict(s *optim.State) error {
 	if s == nil {
 		return errors.New("dist: sharded optimizer: nil state")
 	}
 	z.dropFull()
-	owner := make(map[string]int, len(z.params))
-	for i, p := range z.params {
-		owner[p.Name] = z.owner[i]
-	}
 	part := &optim.State{Tensors: map[string]*torch.Tensor{}, Metadata: s.Metadata}
 	var unknown []string
 	for k, t := range s.Tensors {
-		i := strings.LastIndexByte(k, '.')
-		r, ok := -1, false
-		if i > 0 {
-			r, ok = owner[k[:i]]
-		}
+		r, ok := z.keyOwner(k)
 		switch {
 		case !ok:
 			unknown = append(unknown, k)
@@ -415,6 +413,26 @@ func (z *ShardedOptimizer) LoadStateDict(s *optim.State) error {
 		return fmt.Errorf("dist: sharded optimizer: %w", err)
 	}
 	return nil
+}
+
+// keyOwner is the owner of the parameter a state key ("<param>.<field>")
+// names, and whether it names one.
+func (z *ShardedOptimizer) keyOwner(key string) (int, bool) {
+	i := strings.LastIndexByte(key, '.')
+	if i <= 0 {
+		return -1, false
+	}
+	r, ok := z.ownerOf[key[:i]]
+	return r, ok
+}
+
+// KeepsState reports whether LoadStateDict keeps the state tensor key on
+// this rank: one of its parameters' state, or a key naming no parameter
+// (which LoadStateDict refuses). With optim.LoadStateKeys a rank reads its
+// part of a saved state, not all of it.
+func (z *ShardedOptimizer) KeepsState(key string) bool {
+	r, ok := z.keyOwner(key)
+	return !ok || r == z.g.Rank()
 }
 
 // Close frees this rank's optimizer state (not the parameters).

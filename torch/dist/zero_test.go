@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -38,8 +39,8 @@ func TestPartition(t *testing.T) {
 // their own batches, one with AdamW, one with AdamW sharded over the
 // ranks; the copies stay equal bit for bit. Rank 0's consolidated state is
 // the unsharded optimizer's, bit for bit; a sharded optimizer that loads
-// the unsharded state (as a run resumed at another world size) goes on
-// as the unsharded one. An update that fails on one rank fails on all,
+// its part of the unsharded state from a file (as a run resumed at
+// another world size) goes on as the unsharded one. An update that fails on one rank fails on all,
 // well before the timeout.
 func TestShardedOptimizer(t *testing.T) {
 	requireGloo(t)
@@ -254,7 +255,33 @@ func zeroScenario(g *Group, c *checker) (err error) {
 	if err := optC.LoadStateDict(bad); err == nil || !strings.Contains(err.Error(), "nowhere.exp_avg") {
 		c.errorf("a state with a key naming no parameter: %v, want an error naming it", err)
 	}
-	if err := optC.LoadStateDict(stA); err != nil {
+	// Each rank reads its part of the saved state (KeepsState), and a key
+	// naming no parameter, to refuse it.
+	if !optC.KeepsState("nowhere.exp_avg") {
+		c.errorf("KeepsState drops a key naming no parameter; LoadStateDict must see it to refuse it")
+	}
+	path := filepath.Join(os.Getenv(dirEnv), fmt.Sprintf("state-rank%d.safetensors", rank))
+	if err := stA.Save(path); err != nil {
+		return err
+	}
+	part, err := optim.LoadStateKeys(path, optC.KeepsState)
+	if err != nil {
+		return err
+	}
+	defer part.Close()
+	mine := 0
+	for k := range stA.Tensors {
+		if r, _ := optC.keyOwner(k); r == rank {
+			mine++
+			if _, ok := part.Tensors[k]; !ok {
+				c.errorf("the rank's part of the state lacks %s", k)
+			}
+		}
+	}
+	if len(part.Tensors) != mine {
+		c.errorf("the rank's part of the state has %d tensors, its parameters' state %d", len(part.Tensors), mine)
+	}
+	if err := optC.LoadStateDict(part); err != nil {
 		return fmt.Errorf("load: %w", err)
 	}
 	if err := step(optC, steps); err != nil {

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"sort"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -338,4 +340,38 @@ func TestOptimizerErrors(t *testing.T) {
 	require.NoError(t, a.Step())
 	require.Equal(t, before, w.Float32s())
 	require.Equal(t, int64(1), a.StepCount("w"))
+}
+
+// TestLoadStateKeys: a saved state read back whole, and only the keys a
+// filter keeps (a sharded optimizer's part), with the metadata either way.
+func TestLoadStateKeys(t *testing.T) {
+	testutil.NoLeak(t)
+	st := &optim.State{Tensors: map[string]*torch.Tensor{
+		"a.exp_avg": torch.FromSlice([]float32{1, 2, 3}, 3),
+		"a.step":    torch.ScalarOf(4, torch.Int64, torch.CPU),
+		"b.exp_avg": torch.FromSlice([]float32{5, 6}, 2),
+	}, Metadata: map[string]string{"optimizer": "adamw", "lr": "0.5"}}
+	path := filepath.Join(t.TempDir(), "opt.safetensors")
+	require.NoError(t, st.Save(path))
+	defer st.Close()
+	for _, c := range []struct {
+		keep func(string) bool
+		want []string
+	}{
+		{nil, []string{"a.exp_avg", "a.step", "b.exp_avg"}},
+		{func(k string) bool { return strings.HasPrefix(k, "a.") }, []string{"a.exp_avg", "a.step"}},
+		{func(string) bool { return false }, nil},
+	} {
+		got, err := optim.LoadStateKeys(path, c.keep)
+		require.NoError(t, err)
+		var keys []string
+		for k, v := range got.Tensors {
+			keys = append(keys, k)
+			require.Equal(t, st.Tensors[k].Bytes(), v.Bytes(), k)
+		}
+		sort.Strings(keys)
+		require.Equal(t, c.want, keys)
+		require.Equal(t, st.Metadata, got.Metadata)
+		got.Close()
+	}
 }

@@ -46,7 +46,12 @@ func (s *State) Save(path string) (err error) {
 }
 
 // LoadState reads a state written by State.Save.
-func LoadState(path string) (st *State, err error) {
+func LoadState(path string) (st *State, err error) { return LoadStateKeys(path, nil) }
+
+// LoadStateKeys reads the tensors of a state written by State.Save whose
+// keys keep accepts (all of them when keep is nil), and its metadata: a
+// rank of a sharded optimizer reads its part of a whole state.
+func LoadStateKeys(path string, keep func(key string) bool) (st *State, err error) {
 	f, err := safetensors.Open(path)
 	if err != nil {
 		return nil, err
@@ -60,6 +65,9 @@ func LoadState(path string) (st *State, err error) {
 		}
 	}()
 	for _, n := range f.Names() {
+		if keep != nil && !keep(n) {
+			continue
+		}
 		info, _ := f.Info(n)
 		dt, err := torch.DTypeFromSafetensors(string(info.DType))
 		if err != nil {
