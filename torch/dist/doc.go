@@ -17,9 +17,17 @@
 //		if g.IsMain() { /* checkpoints and logs */ }
 //	}
 //
-// AverageGradients reduces after the backward pass. A Reducer (NewReducer)
-// instead starts each bucket's all-reduce from autograd hooks while the
-// backward pass still runs, as DistributedDataParallel does.
+// AverageGradients reduces after the backward pass (an Averager wraps it
+// in the protocol below). A Reducer (NewReducer) instead starts each
+// bucket's all-reduce from autograd hooks while the backward pass still
+// runs, as DistributedDataParallel does. Both take Prepare before each
+// backward pass, Finish after the step's last one, and Abort instead of
+// Finish when the rank's step failed, which fails it on every rank.
+//
+// A ShardedOptimizer (NewShardedOptimizer) keeps on each rank the state of
+// its share of the parameters only, as PyTorch's ZeroRedundancyOptimizer
+// (ZeRO stage 1): each rank updates its parameters and broadcasts them;
+// Consolidate gathers the whole state on rank 0 for a checkpoint.
 //
 // Without torchrun's environment FromEnv returns a group of one process whose
 // collectives do nothing, so the same program runs unchanged on one device.
