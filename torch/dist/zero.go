@@ -179,7 +179,7 @@ func (z *ShardedOptimizer) Step() error {
 	for r := range z.g.WorldSize() {
 		ps := z.ownedBy(r)
 		if len(ps) == 0 {
-			continue // no rank owns nothing but all know it
+			continue // r owns nothing, as every rank knows
 		}
 		ts := make([]*torch.Tensor, len(ps))
 		for i, p := range ps {
@@ -202,9 +202,8 @@ type stateEntry struct {
 // manifest is what a rank publishes in the store before Consolidate's
 // broadcasts: its state's tensors, or why it has none.
 type manifest struct {
-	Entries  []stateEntry      `json:"entries"`
-	Metadata map[string]string `json:"metadata,omitempty"`
-	Error    string            `json:"error,omitempty"`
+	Entries []stateEntry `json:"entries"`
+	Error   string       `json:"error,omitempty"`
 }
 
 // Consolidate gathers the whole optimizer state on rank 0, for its
@@ -231,7 +230,7 @@ func (z *ShardedOptimizer) Consolidate() (err error) {
 	if lerr != nil {
 		mine.Error = lerr.Error()
 	} else {
-		mine.Entries, mine.Metadata = entriesOf(local)
+		mine.Entries = entriesOf(local)
 	}
 	b, err := json.Marshal(mine)
 	if err != nil {
@@ -284,7 +283,7 @@ func (z *ShardedOptimizer) Consolidate() (err error) {
 
 // entriesOf lists a state's tensors by dtype, then key: a chunk's tensors
 // then share few buckets.
-func entriesOf(s *optim.State) ([]stateEntry, map[string]string) {
+func entriesOf(s *optim.State) []stateEntry {
 	es := make([]stateEntry, 0, len(s.Tensors))
 	for k, t := range s.Tensors {
 		es = append(es, stateEntry{Key: k, DType: t.DType().SafetensorsCode(), Shape: t.Shape()})
@@ -295,7 +294,7 @@ func entriesOf(s *optim.State) ([]stateEntry, map[string]string) {
 		}
 		return strings.Compare(a.Key, b.Key)
 	})
-	return es, s.Metadata
+	return es
 }
 
 // receive broadcasts rank r's state tensors (es, which r holds in local)
@@ -351,7 +350,7 @@ func (z *ShardedOptimizer) receiveChunk(r int, es []stateEntry, dev torch.Device
 			return fmt.Errorf("two ranks hold the state %s", e.Key)
 		}
 		if dev.IsCUDA() {
-			full.Tensors[e.Key] = torch.Unscope(ts[i].ToDevice(torch.CPU).Clone())
+			full.Tensors[e.Key] = torch.Unscope(ts[i].ToDevice(torch.CPU)) // a copy
 		} else {
 			full.Tensors[e.Key] = torch.Unscope(ts[i])
 		}
