@@ -261,3 +261,48 @@ func grepLine(out, s string) (string, bool) {
 	}
 	return "", false
 }
+
+// TestTrainCheckpointFailureStopsRanks: when rank 0 cannot write a
+// checkpoint, every rank stops at once with an error saying so (the
+// others learn it in the collective that follows each checkpoint), rather
+// than from a lost connection, which Gloo reports at once but NCCL may
+// only at the collective timeout (10 minutes here; the workers get 90 s).
+// Rank 0's output folder is a path so long that its log fits under
+// Linux's PATH_MAX and its checkpoint folder does not.
+func TestTrainCheckpointFailureStopsRanks(t *testing.T) {
+	if !dist.HasBackend(dist.Gloo) {
+		t.Skipf("this libtorch build has no Gloo backend (backends: %v)", dist.Backends())
+	}
+	const world, pathMax = 2, 4096
+	dir := t.TempDir()
+	pairs := writePairs(t, dir, 2, 4, 1, 64)
+	long := filepath.Join(dir, "rank0")
+	for len(long) < pathMax-1-len("/train_log.csv") {
+		long = filepath.Join(long, strings.Repeat("d", min(200, pathMax-2-len("/train_log.csv")-len(long))))
+	}
+	port := testutil.FreePort(t)
+	ws := make([]testutil.Worker, world)
+	for r := range ws {
+		out := long
+		if r > 0 {
+			out = filepath.Join(dir, "rank"+strconv.Itoa(r))
+		}
+		ws[r] = testutil.Worker{
+			Args: []string{"--model", "sd2", "--pretrained_model_name_or_path", assets + "/tiny-sd2",
+				"--controlnet_model_name_or_path", assets + "/tiny-sd2/controlnet/model.safetensors", "--pairs", pairs,
+				"--train_batch_size", "1", "--max_train_steps", "2", "--checkpointing_steps", "1", "--device", "cpu",
+				"--no_progress", "--output_dir", out},
+			Env: testutil.TorchrunEnv(r, world, "MASTER_ADDR=127.0.0.1", "MASTER_PORT="+strconv.Itoa(port),
+				"GLOO_SOCKET_IFNAME=lo", "OMP_NUM_THREADS=1", "DP2O_DIST_BACKEND=gloo", "DP2O_DIST_TIMEOUT=10m"),
+		}
+	}
+	outs, errs := testutil.RunWorkers(t, 90*time.Second, distWorkerEnv, ws...)
+	for r, want := range []string{"checkpoint", "rank 0 could not write it"} {
+		if errs[r] == nil || !strings.Contains(outs[r], want) {
+			t.Errorf("rank %d: %v, want an error saying %q\n%s", r, errs[r], want, outs[r][max(0, len(outs[r])-600):])
+		}
+	}
+	if _, err := os.Stat(filepath.Join(long, "train_log.csv")); err != nil {
+		t.Errorf("rank 0's log: %v (the test's path should leave it room)", err)
+	}
+}

@@ -402,19 +402,28 @@ func run(c *cli.Context) (err error) {
 				return fmt.Errorf("checkpoint %d: %w", s.tr.StepsDone, err)
 			}
 		}
+		var saveErr error
 		if isMain {
 			dir := filepath.Join(out, fmt.Sprintf("checkpoint-%d", s.tr.StepsDone))
-			if err := s.tr.SaveCheckpoint(dir, s.loader); err != nil {
-				return err
-			}
+			saveErr = s.tr.SaveCheckpoint(dir, s.loader)
 		}
 		if world > 1 {
-			// No rank runs ahead of a checkpoint it might resume from.
-			if err := g.Barrier(); err != nil {
-				return fmt.Errorf("barrier after checkpoint %d: %w", s.tr.StepsDone, err)
+			// No rank runs ahead of a checkpoint it might resume from, and
+			// one rank 0 could not write (a full disk) stops every rank
+			// now rather than at the next collective's timeout.
+			failed := 0.0
+			if saveErr != nil {
+				failed = 1
+			}
+			v, err := g.AllReduceFloat64s(dist.Max, failed)
+			if err != nil {
+				return errors.Join(saveErr, fmt.Errorf("after checkpoint %d: %w", s.tr.StepsDone, err))
+			}
+			if saveErr == nil && v[0] > 0 {
+				return fmt.Errorf("checkpoint %d: rank 0 could not write it", s.tr.StepsDone)
 			}
 		}
-		return nil
+		return saveErr
 	}
 	pairsPerStep := c.Int("train_batch_size") * c.Int("gradient_accumulation_steps") * world
 	for s.tr.StepsDone < maxSteps {
