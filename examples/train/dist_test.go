@@ -276,9 +276,15 @@ func TestTrainCheckpointFailureStopsRanks(t *testing.T) {
 	const world, pathMax = 2, 4096
 	dir := t.TempDir()
 	pairs := writePairs(t, dir, 2, 4, 1, 64)
+	// The longest folder whose log's path (without its NUL) fits.
+	want := pathMax - 2 - len("/train_log.csv")
 	long := filepath.Join(dir, "rank0")
-	for len(long) < pathMax-1-len("/train_log.csv") {
-		long = filepath.Join(long, strings.Repeat("d", min(200, pathMax-2-len("/train_log.csv")-len(long))))
+	for len(long) < want {
+		if k := min(200, want-len(long)-1); k > 0 {
+			long = filepath.Join(long, strings.Repeat("d", k))
+		} else {
+			long += "d" // one short: the last name grows by one
+		}
 	}
 	port := testutil.FreePort(t)
 	ws := make([]testutil.Worker, world)
