@@ -71,8 +71,14 @@ def main():
                 comp = a.pairs_per_step / N * spp[model]
                 eff = comp / (comp + ar)
                 print(f"| {link} | {N} | {ar * 1e3:.0f} ms | {comp:.1f} s | {eff * 100:.2f}% | {N * eff:.2f}x |")
-        # One all-reduce per micro-batch instead (no accumulation, 1 pair/GPU):
+        # --shard_optimizer (ZeRO stage 1): each rank broadcasts its updated
+        # weights, so each GPU receives (N-1)/N of them once per step, and
+        # keeps 1/N of AdamW's two float32 moments (8 bytes per weight).
         N = 8
+        bc = (N - 1) / N * size / list(LINKS.values())[0]
+        print(f"--shard_optimizer, N=8: weights' broadcast {bc * 1e3:.0f} ms per step on NVLink; AdamW moments "
+              f"{8 * n / 1e9:.2f} GB per GPU whole, about {8 * n / N / 1e9:.2f} GB sharded")
+        # One all-reduce per micro-batch instead (no accumulation, 1 pair/GPU):
         ar = 2 * (N - 1) / N * size / list(LINKS.values())[0]
         print(f"worst case, one all-reduce per single-pair micro-batch on NVLink, N=8: "
               f"{ar * 1e3:.1f} ms against {spp[model] * 1e3:.0f} ms compute -> {spp[model] / (spp[model] + ar) * 100:.1f}%")
