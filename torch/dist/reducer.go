@@ -116,7 +116,9 @@ func (r *Reducer) Prepare(sync bool) error {
 
 // Finish, after the armed backward pass, starts the buckets that have not
 // started, waits for all of them and leaves each gradient's mean over the
-// ranks in its .grad. An error leaves the group out of step.
+// ranks in its .grad. A step that failed on some rank (Abort, or a local
+// error) fails every rank's Finish and leaves the group in step; a
+// collective's own error (a peer gone, the timeout) leaves it out of step.
 func (r *Reducer) Finish() error { return r.finish(false) }
 
 // Abort, instead of Finish, closes a step that failed on this rank (a
