@@ -62,16 +62,23 @@ func (t *Trainer) referenceFingerprint() (Fingerprint, error) {
 
 // SavePolicy writes the policy ControlNet's weights to path as a flat
 // float32 state dict (atomically), the layout the inference pipelines and
-// DP²O-SR's scripts load.
+// DP²O-SR's scripts load. The weights are copied to the host one at a
+// time, as the file is written.
 func SavePolicy(path string, params []optim.Param) (err error) {
 	defer torch.Recover(&err)
 	ts := make([]safetensors.Tensor, 0, len(params))
 	for _, p := range params {
-		c := torch.Scoped(func() *torch.Tensor {
-			return p.Tensor.Detach().ToDevice(torch.CPU).To(torch.Float32).Contiguous()
-		})
-		ts = append(ts, safetensors.Tensor{Name: p.Name, DType: safetensors.DType(c.DType().SafetensorsCode()), Shape: c.Shape(), Data: c.Bytes()})
-		c.Close()
+		ts = append(ts, safetensors.Tensor{Name: p.Name, DType: safetensors.DType(torch.Float32.SafetensorsCode()), Shape: p.Tensor.Shape(),
+			Source: func() (b []byte, err error) {
+				err = torch.Try(func() {
+					c := torch.Scoped(func() *torch.Tensor {
+						return p.Tensor.Detach().ToDevice(torch.CPU).To(torch.Float32).Contiguous()
+					})
+					defer c.Close()
+					b = c.Bytes()
+				})
+				return b, err
+			}})
 	}
 	return safetensors.Save(path, ts, map[string]string{"format": "pt"})
 }

@@ -33,13 +33,17 @@ func (s *State) Close() {
 }
 
 // Save writes the state to a safetensors file (atomically: a temporary file
-// renamed into place).
+// renamed into place), copying one tensor at a time out of libtorch.
 func (s *State) Save(path string) (err error) {
 	defer torch.Recover(&err)
 	var ts []safetensors.Tensor
 	for name, t := range s.Tensors {
 		ts = append(ts, safetensors.Tensor{
-			Name: name, DType: safetensors.DType(t.DType().SafetensorsCode()), Shape: t.Shape(), Data: t.Bytes(),
+			Name: name, DType: safetensors.DType(t.DType().SafetensorsCode()), Shape: t.Shape(),
+			Source: func() (b []byte, err error) {
+				err = torch.Try(func() { b = t.Bytes() })
+				return b, err
+			},
 		})
 	}
 	return safetensors.Save(path, ts, s.Metadata)

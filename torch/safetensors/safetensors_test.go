@@ -252,6 +252,23 @@ func TestSaveRoundTrip(t *testing.T) {
 	}
 	require.EqualValues(t, len(raw)-8-int(n), offset)
 
+	// Tensors whose data comes from a Source, asked for one at a time
+	// in the file's order, give the same file.
+	var lazy []Tensor
+	var asked []string
+	for _, x := range tensors {
+		lazy = append(lazy, Tensor{Name: x.Name, DType: x.DType, Shape: x.Shape, Source: func() ([]byte, error) {
+			asked = append(asked, x.Name)
+			return x.Data, nil
+		}})
+	}
+	lazyPath := filepath.Join(t.TempDir(), "lazy.safetensors")
+	require.NoError(t, Save(lazyPath, lazy, meta))
+	lazyRaw, err := os.ReadFile(lazyPath)
+	require.NoError(t, err)
+	require.Equal(t, raw, lazyRaw)
+	require.Equal(t, src.Names(), asked)
+
 	// Overwriting an existing file replaces it.
 	require.NoError(t, Save(path, tensors[:1], nil))
 	f, err := Open(path)
@@ -271,6 +288,9 @@ func TestSaveErrors(t *testing.T) {
 		"invalid shape [-1]":            {{Name: "a", DType: U8, Shape: []int64{-1}}},
 		"reserved tensor name":          {{Name: "__metadata__", DType: U8, Data: []byte{1}}},
 		"empty tensor name":             {{DType: U8, Data: []byte{1}}},
+		"its source gave 3":             {{Name: "a", DType: F32, Shape: []int64{2}, Source: func() ([]byte, error) { return make([]byte, 3), nil }}},
+		"device lost": {{Name: "a", DType: U8, Shape: []int64{1}, Data: []byte{1}},
+			{Name: "b", DType: U8, Shape: []int64{1}, Source: func() ([]byte, error) { return nil, errors.New("device lost") }}},
 	}
 	for want, tensors := range cases {
 		err := Save(path, tensors, nil)

@@ -19,6 +19,19 @@ type Tensor struct {
 	DType DType
 	Shape []int64
 	Data  []byte // raw little-endian, row-major, contiguous
+	// Source, when Data is nil, gives the data when Save writes the
+	// tensor, after the tensors before it: a caller copying tensors out
+	// of libtorch then holds one copy at a time, not the whole file's.
+	Source func() ([]byte, error)
+}
+
+// size is the number of data bytes the tensor's shape and dtype take.
+func (t Tensor) size() (int64, bool) {
+	numel, ok := numElements(t.Shape)
+	if !ok {
+		return 0, false
+	}
+	return int64(numel) * int64(t.DType.Size()), true
 }
 
 type saveEntry struct {
@@ -55,19 +68,21 @@ func Save(path string, tensors []Tensor, metadata map[string]string) (err error)
 		case !t.DType.Known():
 			return fail(t.Name, errFormat("unknown dtype %q", string(t.DType)))
 		}
-		numel, ok := numElements(t.Shape)
+		n, ok := t.size()
 		if !ok {
 			return fail(t.Name, errFormat("invalid shape %v", t.Shape))
 		}
-		if want := numel * uint64(t.DType.Size()); uint64(len(t.Data)) != want {
-			return fail(t.Name, errFormat("shape %v of %s needs %d bytes of data, got %d", t.Shape, t.DType, want, len(t.Data)))
+		if t.Data == nil && t.Source != nil {
+			// checked when written
+		} else if int64(len(t.Data)) != n {
+			return fail(t.Name, errFormat("shape %v of %s needs %d bytes of data, got %d", t.Shape, t.DType, n, len(t.Data)))
 		}
 		shape := t.Shape
 		if shape == nil {
 			shape = []int64{}
 		}
-		header[t.Name] = saveEntry{DType: t.DType, Shape: shape, DataOffsets: [2]int64{offset, offset + int64(len(t.Data))}}
-		offset += int64(len(t.Data))
+		header[t.Name] = saveEntry{DType: t.DType, Shape: shape, DataOffsets: [2]int64{offset, offset + n}}
+		offset += n
 	}
 	for k, v := range metadata {
 		if !utf8.ValidString(k) || !utf8.ValidString(v) {
@@ -101,7 +116,18 @@ func Save(path string, tensors []Tensor, metadata map[string]string) (err error)
 	w.Write(lenBuf[:])
 	w.Write(hdr)
 	for _, t := range sorted {
-		w.Write(t.Data)
+		data := t.Data
+		if data == nil && t.Source != nil {
+			if data, err = t.Source(); err != nil {
+				return fail(t.Name, err)
+			}
+			if n, _ := t.size(); int64(len(data)) != n {
+				return fail(t.Name, errFormat("shape %v of %s needs %d bytes of data, its source gave %d", t.Shape, t.DType, n, len(data)))
+			}
+		}
+		if _, err = w.Write(data); err != nil {
+			return fail(t.Name, err)
+		}
 	}
 	if err := w.Flush(); err != nil {
 		return fail("", err)
