@@ -327,6 +327,20 @@ func (f *File) Data(name string) ([]byte, error) {
 	return f.data[t.Offsets[0]:t.Offsets[1]:t.Offsets[1]], nil
 }
 
+// Release tells the system that the named tensor's data will not be read
+// again soon: its pages of the mapping leave the process's resident set
+// (on Linux; the page cache keeps them, and Data still works). A loader
+// that copies each tensor out once then holds the file in page cache, which
+// processes reading the same file share, not in each process's memory.
+func (f *File) Release(name string) {
+	if f.mapping == nil || f.unmap == nil {
+		return
+	}
+	if t, ok := f.tensors[name]; ok {
+		releasePages(f.data[t.Offsets[0]:t.Offsets[1]])
+	}
+}
+
 // Metadata returns a copy of the header's __metadata__ map (empty if the
 // file has none).
 func (f *File) Metadata() map[string]string {
