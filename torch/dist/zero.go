@@ -393,21 +393,16 @@ func (z *ShardedOptimizer) LoadStateDict(s *optim.State) error {
 		return errors.New("dist: sharded optimizer: nil state")
 	}
 	z.dropFull()
-	part := &optim.State{Tensors: map[string]*torch.Tensor{}, Metadata: s.Metadata}
 	var unknown []string
-	for k, t := range s.Tensors {
-		r, ok := z.keyOwner(k)
-		switch {
-		case !ok:
+	for _, k := range s.Keys() {
+		if _, ok := z.keyOwner(k); !ok {
 			unknown = append(unknown, k)
-		case r == z.g.Rank():
-			part.Tensors[k] = t // shared with s: the local optimizer copies it
 		}
 	}
 	if len(unknown) > 0 {
-		sort.Strings(unknown)
 		return fmt.Errorf("dist: sharded optimizer: state has unexpected keys: %s", strings.Join(unknown, ", "))
 	}
+	part := s.Part(func(k string) bool { r, _ := z.keyOwner(k); return r == z.g.Rank() })
 	if err := z.local.LoadStateDict(part); err != nil {
 		return fmt.Errorf("dist: sharded optimizer: %w", err)
 	}
@@ -427,7 +422,7 @@ func (z *ShardedOptimizer) keyOwner(key string) (int, bool) {
 
 // KeepsState reports whether LoadStateDict keeps the state tensor key on
 // this rank: one of its parameters' state, or a key naming no parameter
-// (which LoadStateDict refuses). With optim.LoadStateKeys a rank reads its
+// (which LoadStateDict refuses). With optim.OpenState a rank reads its
 // part of a saved state, not all of it.
 func (z *ShardedOptimizer) KeepsState(key string) bool {
 	r, ok := z.keyOwner(key)

@@ -4,8 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -342,36 +342,93 @@ func TestOptimizerErrors(t *testing.T) {
 	require.Equal(t, int64(1), a.StepCount("w"))
 }
 
-// TestLoadStateKeys: a saved state read back whole, and only the keys a
-// filter keeps (a sharded optimizer's part), with the metadata either way.
-func TestLoadStateKeys(t *testing.T) {
+// TestOpenState: a saved state opened without reading it lists the keys
+// a filter keeps, with the metadata; an optimizer restored from it, whole
+// or from a Part, equals one restored from the state read into memory;
+// Save writes it back to the same file.
+func TestOpenState(t *testing.T) {
 	testutil.NoLeak(t)
-	st := &optim.State{Tensors: map[string]*torch.Tensor{
-		"a.exp_avg": torch.FromSlice([]float32{1, 2, 3}, 3),
-		"a.step":    torch.ScalarOf(4, torch.Int64, torch.CPU),
-		"b.exp_avg": torch.FromSlice([]float32{5, 6}, 2),
-	}, Metadata: map[string]string{"optimizer": "adamw", "lr": "0.5"}}
+	w := torch.FromSlice([]float32{1, -2, 3}, 3).SetRequiresGrad(true)
+	b := torch.FromSlice([]float32{0.5, 0.25}, 2).SetRequiresGrad(true)
+	defer w.Close()
+	defer b.Close()
+	params := []optim.Param{{Name: "w", Tensor: w}, {Name: "b", Tensor: b}}
+	cfg := optim.DefaultAdamW()
+	opt, err := optim.NewAdamW(params, cfg)
+	require.NoError(t, err)
+	defer opt.Close()
+	for k := range 2 {
+		s := torch.NewScope()
+		for _, p := range params {
+			p.Tensor.SetGrad(torch.FromSlice([]float32{float32(k + 1), -1, 2}[:p.Tensor.Numel()], p.Tensor.Numel()))
+		}
+		require.NoError(t, opt.Step())
+		opt.ZeroGrad()
+		s.Close()
+	}
+	st, err := opt.StateDict()
+	require.NoError(t, err)
+	defer st.Close()
 	path := filepath.Join(t.TempDir(), "opt.safetensors")
 	require.NoError(t, st.Save(path))
-	defer st.Close()
+
 	for _, c := range []struct {
 		keep func(string) bool
 		want []string
 	}{
-		{nil, []string{"a.exp_avg", "a.step", "b.exp_avg"}},
-		{func(k string) bool { return strings.HasPrefix(k, "a.") }, []string{"a.exp_avg", "a.step"}},
-		{func(string) bool { return false }, nil},
+		{nil, []string{"b.exp_avg", "b.exp_avg_sq", "b.step", "w.exp_avg", "w.exp_avg_sq", "w.step"}},
+		{func(k string) bool { return strings.HasPrefix(k, "w.") }, []string{"w.exp_avg", "w.exp_avg_sq", "w.step"}},
+		{func(string) bool { return false }, []string{}},
 	} {
-		got, err := optim.LoadStateKeys(path, c.keep)
+		got, err := optim.OpenState(path, c.keep)
 		require.NoError(t, err)
-		var keys []string
-		for k, v := range got.Tensors {
-			keys = append(keys, k)
-			require.Equal(t, st.Tensors[k].Bytes(), v.Bytes(), k)
-		}
-		sort.Strings(keys)
-		require.Equal(t, c.want, keys)
+		require.Equal(t, c.want, got.Keys())
+		require.Empty(t, got.Tensors, "OpenState reads no tensor")
 		require.Equal(t, st.Metadata, got.Metadata)
 		got.Close()
 	}
+
+	// Restored from the file, tensor by tensor, as from memory.
+	stateOf := func(o optim.Optimizer) map[string][]byte {
+		s, err := o.StateDict()
+		require.NoError(t, err)
+		defer s.Close()
+		out := map[string][]byte{}
+		for k, v := range s.Tensors {
+			out[k] = v.Bytes()
+		}
+		return out
+	}
+	want := stateOf(opt)
+	lazy, err := optim.OpenState(path, nil)
+	require.NoError(t, err)
+	defer lazy.Close()
+	fresh, err := optim.NewAdamW(params, cfg)
+	require.NoError(t, err)
+	defer fresh.Close()
+	require.NoError(t, fresh.LoadStateDict(lazy))
+	require.Equal(t, want, stateOf(fresh))
+	require.Equal(t, opt.LR(), fresh.LR())
+
+	// A Part (a sharded rank's) restores an optimizer over its parameters.
+	onlyW, err := optim.NewAdamW(params[:1], cfg)
+	require.NoError(t, err)
+	defer onlyW.Close()
+	part := lazy.Part(func(k string) bool { return strings.HasPrefix(k, "w.") })
+	require.NoError(t, onlyW.LoadStateDict(part))
+	part.Close() // frees nothing: lazy still reads
+	got := stateOf(onlyW)
+	require.Len(t, got, 3)
+	for k, v := range got {
+		require.Equal(t, want[k], v, k)
+	}
+
+	// Save writes an opened state back, byte for byte.
+	again := filepath.Join(t.TempDir(), "again.safetensors")
+	require.NoError(t, lazy.Save(again))
+	a, err := os.ReadFile(path)
+	require.NoError(t, err)
+	b2, err := os.ReadFile(again)
+	require.NoError(t, err)
+	require.Equal(t, a, b2)
 }

@@ -16,20 +16,113 @@ import (
 // step, momentum_buffer for SGD), plus metadata naming the optimizer, its
 // hyper-parameters and current learning rate. It owns its tensors: Close
 // frees them.
+//
+// A state opened with OpenState holds a saved file instead, whose tensors
+// are read when an optimizer restores them, one at a time: Tensors is then
+// empty, and Keys lists what the file holds.
 type State struct {
 	Tensors  map[string]*torch.Tensor
 	Metadata map[string]string
+
+	file     *safetensors.File // OpenState: the tensors not in Tensors
+	fileKeys map[string]bool   // the file's keys the state keeps
+	borrowed bool              // a Part: shares its tensors and file, frees nothing
 }
 
-// Close frees the state's tensors.
+// Close frees the state's tensors (and closes its file).
 func (s *State) Close() {
 	if s == nil {
 		return
 	}
-	for _, t := range s.Tensors {
-		t.Close()
+	if !s.borrowed {
+		for _, t := range s.Tensors {
+			t.Close()
+		}
+		if s.file != nil {
+			s.file.Close()
+		}
 	}
-	s.Tensors = nil
+	s.Tensors, s.file, s.fileKeys = nil, nil, nil
+}
+
+// OpenState opens a state written by State.Save without reading its
+// tensors: an optimizer's LoadStateDict reads each when it restores it and
+// frees it after, so that resuming holds one tensor of the state in host
+// memory at a time, not all of it. keep selects the keys the state holds
+// (nil: all). Close the state after loading it.
+func OpenState(path string, keep func(key string) bool) (*State, error) {
+	f, err := safetensors.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	st := &State{Tensors: map[string]*torch.Tensor{}, Metadata: f.Metadata(), file: f, fileKeys: map[string]bool{}}
+	for _, n := range f.Names() {
+		if keep == nil || keep(n) {
+			st.fileKeys[n] = true
+		}
+	}
+	return st, nil
+}
+
+// Keys lists the state's tensor keys, sorted: those of Tensors and, for a
+// state opened with OpenState, those of its file.
+func (s *State) Keys() []string {
+	ks := make([]string, 0, len(s.Tensors)+len(s.fileKeys))
+	for k := range s.Tensors {
+		ks = append(ks, k)
+	}
+	for k := range s.fileKeys {
+		if _, ok := s.Tensors[k]; !ok {
+			ks = append(ks, k)
+		}
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+// Part is the state restricted to the keys keep accepts. It shares the
+// state's tensors and file: closing it frees nothing, and it is valid
+// while the state is.
+func (s *State) Part(keep func(key string) bool) *State {
+	p := &State{Tensors: map[string]*torch.Tensor{}, Metadata: s.Metadata, file: s.file, fileKeys: map[string]bool{}, borrowed: true}
+	for k, t := range s.Tensors {
+		if keep(k) {
+			p.Tensors[k] = t
+		}
+	}
+	for k := range s.fileKeys {
+		if keep(k) {
+			p.fileKeys[k] = true
+		}
+	}
+	return p
+}
+
+// tensor returns key's tensor, whether the state has it, and a release
+// that frees it when it was read from the file for this call.
+func (s *State) tensor(key string) (*torch.Tensor, func(), bool, error) {
+	if t, ok := s.Tensors[key]; ok {
+		return t, func() {}, true, nil
+	}
+	if s.file == nil || !s.fileKeys[key] {
+		return nil, nil, false, nil
+	}
+	info, _ := s.file.Info(key)
+	dt, err := torch.DTypeFromSafetensors(string(info.DType))
+	if err != nil {
+		return nil, nil, true, fmt.Errorf("%s: %s: %w", s.file.Path(), key, err)
+	}
+	b, err := s.file.Data(key)
+	if err != nil {
+		return nil, nil, true, err
+	}
+	t, err := torch.FromBytes(b, dt, info.Shape)
+	s.file.Release(key) // copied: the file's pages may leave the resident set
+	if err != nil {
+		return nil, nil, true, fmt.Errorf("%s: %s: %w", s.file.Path(), key, err)
+	}
+	t = torch.Unscope(t)
+	return t, t.Close, true, nil
 }
 
 // Save writes the state to a safetensors file (atomically: a temporary file
@@ -37,10 +130,26 @@ func (s *State) Close() {
 func (s *State) Save(path string) (err error) {
 	defer torch.Recover(&err)
 	var ts []safetensors.Tensor
-	for name, t := range s.Tensors {
+	for _, name := range s.Keys() {
+		var dt torch.DType
+		var shape []int64
+		if t, ok := s.Tensors[name]; ok {
+			dt, shape = t.DType(), t.Shape()
+		} else {
+			info, _ := s.file.Info(name)
+			if dt, err = torch.DTypeFromSafetensors(string(info.DType)); err != nil {
+				return err
+			}
+			shape = info.Shape
+		}
 		ts = append(ts, safetensors.Tensor{
-			Name: name, DType: safetensors.DType(t.DType().SafetensorsCode()), Shape: t.Shape(),
+			Name: name, DType: safetensors.DType(dt.SafetensorsCode()), Shape: shape,
 			Source: func() (b []byte, err error) {
+				t, release, _, err := s.tensor(name)
+				if err != nil {
+					return nil, err
+				}
+				defer release()
 				err = torch.Try(func() { b = t.Bytes() })
 				return b, err
 			},
@@ -49,13 +158,9 @@ func (s *State) Save(path string) (err error) {
 	return safetensors.Save(path, ts, s.Metadata)
 }
 
-// LoadState reads a state written by State.Save.
-func LoadState(path string) (st *State, err error) { return LoadStateKeys(path, nil) }
-
-// LoadStateKeys reads the tensors of a state written by State.Save whose
-// keys keep accepts (all of them when keep is nil), and its metadata: a
-// rank of a sharded optimizer reads its part of a whole state.
-func LoadStateKeys(path string, keep func(key string) bool) (st *State, err error) {
+// LoadState reads a state written by State.Save, every tensor into
+// memory (OpenState reads them as they are restored).
+func LoadState(path string) (st *State, err error) {
 	f, err := safetensors.Open(path)
 	if err != nil {
 		return nil, err
@@ -69,9 +174,6 @@ func LoadStateKeys(path string, keep func(key string) bool) (st *State, err erro
 		}
 	}()
 	for _, n := range f.Names() {
-		if keep != nil && !keep(n) {
-			continue
-		}
 		info, _ := f.Info(n)
 		dt, err := torch.DTypeFromSafetensors(string(info.DType))
 		if err != nil {
@@ -88,6 +190,28 @@ func LoadStateKeys(path string, keep func(key string) bool) (st *State, err erro
 		st.Tensors[n] = torch.Unscope(t)
 	}
 	return st, nil
+}
+
+// has reports whether the state holds key.
+func (s *State) has(key string) bool {
+	if _, ok := s.Tensors[key]; ok {
+		return true
+	}
+	return s.fileKeys[key]
+}
+
+// with runs f on key's tensor, read from the file when the state is
+// opened from one and freed right after.
+func (s *State) with(key string, f func(*torch.Tensor) error) error {
+	t, release, ok, err := s.tensor(key)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("optim: state has no %s", key)
+	}
+	defer release()
+	return f(t)
 }
 
 // cpuCopy is a detached contiguous CPU copy of t that no scope owns.
@@ -116,7 +240,7 @@ func stepTensor(n int64) *torch.Tensor {
 // the parameters that have state, and names the first offenders.
 func checkKeys(s *State, names map[string]bool, fields []string) error {
 	var unknown []string
-	for k := range s.Tensors {
+	for _, k := range s.Keys() {
 		i := strings.LastIndexByte(k, '.')
 		if i < 0 || !names[k[:i]] || !contains(fields, k[i+1:]) {
 			unknown = append(unknown, k)
@@ -199,20 +323,27 @@ func (o *AdamW) LoadStateDict(s *State) (err error) {
 		return e
 	}
 	for _, p := range o.params {
-		step, ok := s.Tensors[p.Name+".step"]
-		m, okM := s.Tensors[p.Name+".exp_avg"]
-		v, okV := s.Tensors[p.Name+".exp_avg_sq"]
-		if !ok && !okM && !okV {
+		okS, okM, okV := s.has(p.Name+".step"), s.has(p.Name+".exp_avg"), s.has(p.Name+".exp_avg_sq")
+		if !okS && !okM && !okV {
 			continue // never updated
 		}
-		if !ok || !okM || !okV {
+		if !okS || !okM || !okV {
 			return fail(fmt.Errorf("optim: state of %q is incomplete", p.Name))
 		}
-		st := &adamState{step: step.ItemInt()}
-		if st.expAvg, err = restore(p.Name+".exp_avg", m, p.Tensor); err != nil {
+		st := &adamState{}
+		if err := s.with(p.Name+".step", func(t *torch.Tensor) error { st.step = t.ItemInt(); return nil }); err != nil {
 			return fail(err)
 		}
-		if st.expAvgSq, err = restore(p.Name+".exp_avg_sq", v, p.Tensor); err != nil {
+		if err := s.with(p.Name+".exp_avg", func(t *torch.Tensor) (err error) {
+			st.expAvg, err = restore(p.Name+".exp_avg", t, p.Tensor)
+			return err
+		}); err != nil {
+			return fail(err)
+		}
+		if err := s.with(p.Name+".exp_avg_sq", func(t *torch.Tensor) (err error) {
+			st.expAvgSq, err = restore(p.Name+".exp_avg_sq", t, p.Tensor)
+			return err
+		}); err != nil {
 			st.expAvg.Close()
 			return fail(err)
 		}
@@ -254,19 +385,28 @@ func (o *SGD) LoadStateDict(s *State) (err error) {
 		return err
 	}
 	bufs, steps := map[string]*torch.Tensor{}, map[string]int64{}
-	for _, p := range o.params {
-		if t, ok := s.Tensors[p.Name+".step"]; ok {
-			steps[p.Name] = t.ItemInt()
+	fail := func(e error) error {
+		for _, b := range bufs {
+			b.Close()
 		}
-		if t, ok := s.Tensors[p.Name+".momentum_buffer"]; ok {
-			b, err := restore(p.Name+".momentum_buffer", t, p.Tensor)
-			if err != nil {
-				for _, b := range bufs {
-					b.Close()
+		return e
+	}
+	for _, p := range o.params {
+		if s.has(p.Name + ".step") {
+			if err := s.with(p.Name+".step", func(t *torch.Tensor) error { steps[p.Name] = t.ItemInt(); return nil }); err != nil {
+				return fail(err)
+			}
+		}
+		if s.has(p.Name + ".momentum_buffer") {
+			if err := s.with(p.Name+".momentum_buffer", func(t *torch.Tensor) (err error) {
+				bufs[p.Name], err = restore(p.Name+".momentum_buffer", t, p.Tensor)
+				if err != nil {
+					delete(bufs, p.Name)
 				}
 				return err
+			}); err != nil {
+				return fail(err)
 			}
-			bufs[p.Name] = b
 		}
 	}
 	o.Close()
