@@ -176,17 +176,13 @@ func precomputePrompts(c *cli.Context, s *session, g *dist.Group, kind string, p
 	}
 	// Every rank says whether its share failed (one all-reduce, which also
 	// waits for the others' shares), so that all stop together.
-	failed := 0.0
-	if err != nil {
-		failed = 1
-	}
-	anyFailed, gerr := g.AllReduceFloat64s(dist.Max, failed)
+	anyFailed, gerr := g.Any(err != nil)
 	switch {
 	case err != nil:
 		return nil, err
 	case gerr != nil:
 		return nil, fmt.Errorf("waiting for the other ranks' prompt embeddings: %w", gerr)
-	case anyFailed[0] > 0:
+	case anyFailed:
 		return nil, errors.New("another rank failed to precompute its share of the prompt embeddings")
 	}
 	if miss := st.Missing(prompts); len(miss) > 0 {
@@ -411,15 +407,11 @@ func run(c *cli.Context) (err error) {
 			// No rank runs ahead of a checkpoint it might resume from, and
 			// one rank 0 could not write (a full disk) stops every rank
 			// now rather than at the next collective's timeout.
-			failed := 0.0
-			if saveErr != nil {
-				failed = 1
-			}
-			v, err := g.AllReduceFloat64s(dist.Max, failed)
+			anyFailed, err := g.Any(saveErr != nil)
 			if err != nil {
 				return errors.Join(saveErr, fmt.Errorf("after checkpoint %d: %w", s.tr.StepsDone, err))
 			}
-			if saveErr == nil && v[0] > 0 {
+			if saveErr == nil && anyFailed {
 				return fmt.Errorf("checkpoint %d: rank 0 could not write it", s.tr.StepsDone)
 			}
 		}
@@ -430,15 +422,10 @@ func run(c *cli.Context) (err error) {
 		interrupted := ctx.Err() != nil
 		if world > 1 {
 			// The ranks stop together: one interrupted rank stops them all.
-			flag := 0.0
-			if interrupted {
-				flag = 1
-			}
-			v, err := g.AllReduceFloat64s(dist.Max, flag)
-			if err != nil {
+			var err error
+			if interrupted, err = g.Any(interrupted); err != nil {
 				return err
 			}
-			interrupted = v[0] > 0
 		}
 		if interrupted {
 			if err := save(); err != nil {

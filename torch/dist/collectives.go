@@ -91,6 +91,21 @@ func (g *Group) AllReduceFloat64s(op ReduceOp, vs ...float64) ([]float64, error)
 	return out, err
 }
 
+// Any reports whether flag is true on some rank: one small all-reduce,
+// which also waits for every rank to reach it. The ranks stop together
+// with it when one of them fails or is interrupted.
+func (g *Group) Any(flag bool) (bool, error) {
+	v := 0.0
+	if flag {
+		v = 1
+	}
+	r, err := g.AllReduceFloat64s(Max, v)
+	if err != nil {
+		return false, err
+	}
+	return r[0] > 0, nil
+}
+
 // Broadcast copies rank root's tensors into the same tensors of every other
 // rank, in place. Shapes and dtypes must agree across ranks.
 func (g *Group) Broadcast(root int, ts ...*torch.Tensor) error {

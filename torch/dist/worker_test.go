@@ -172,6 +172,12 @@ func workerCollectives() int {
 	}
 
 	checkBuckets(c, g)
+	for _, last := range []bool{false, true} { // the last rank's flag, the others false
+		got, err := g.Any(last && r == w-1)
+		if c.noErr("any", err) && got != last {
+			c.errorf("any: %v when only the last rank says %v", got, last)
+		}
+	}
 	checkReducerFailure(c, g)
 	c.noErr("barrier", g.Barrier())
 	for _, t := range []*torch.Tensor{f32, f64, i64, avg, mx, mn, b} {

@@ -163,17 +163,13 @@ func (z *ShardedOptimizer) Step() error {
 	}
 	// Every rank learns whether any update failed before the broadcasts,
 	// rather than waiting in them for a rank that left.
-	failed := 0.0
-	if err != nil {
-		failed = 1
-	}
-	v, ferr := z.g.AllReduceFloat64s(Max, failed)
+	anyFailed, ferr := z.g.Any(err != nil)
 	switch {
 	case ferr != nil:
 		return errors.Join(err, fmt.Errorf("dist: sharded optimizer: %w", ferr))
 	case err != nil:
 		return fmt.Errorf("dist: sharded optimizer: rank %d: %w", rank, err)
-	case v[0] > 0:
+	case anyFailed:
 		return errors.New("dist: sharded optimizer: another rank's update failed")
 	}
 	for r := range z.g.WorldSize() {
