@@ -37,6 +37,10 @@ type ShardedOptimizer struct {
 	owner  []int // per parameter, the rank that updates it
 	// ownerOf maps a parameter's name to its owner.
 	ownerOf map[string]int
+	// byRank are each rank's parameters (in the list's order), and
+	// tensors their tensors, which Step broadcasts from that rank.
+	byRank  [][]optim.Param
+	tensors [][]*torch.Tensor
 	local   optim.Optimizer
 	full    *optim.State // rank 0: the state Consolidate gathered, until the next Step
 	// chunkBytes bounds the state that one broadcast of Consolidate moves
@@ -55,22 +59,26 @@ func (g *Group) NewShardedOptimizer(params []optim.Param, build func([]optim.Par
 	if g == nil || build == nil {
 		return nil, errors.New("dist: sharded optimizer: nil group or builder")
 	}
-	seen := map[string]bool{}
+	world := g.WorldSize()
+	z := &ShardedOptimizer{g: g, params: params, ownerOf: map[string]int{}, byRank: make([][]optim.Param, world),
+		tensors: make([][]*torch.Tensor, world), chunkBytes: consolidateChunkBytes}
 	sizes := make([]int64, len(params))
 	for i, p := range params {
 		if p.Tensor == nil || p.Tensor.Closed() {
 			return nil, fmt.Errorf("dist: sharded optimizer: parameter %q is nil or closed", p.Name)
 		}
-		if seen[p.Name] {
+		if _, dup := z.ownerOf[p.Name]; dup {
 			return nil, fmt.Errorf("dist: sharded optimizer: duplicate parameter name %q", p.Name)
 		}
-		seen[p.Name] = true
+		z.ownerOf[p.Name] = -1
 		sizes[i] = p.Tensor.Numel()
 	}
-	z := &ShardedOptimizer{g: g, params: params, owner: partition(sizes, g.WorldSize()), ownerOf: map[string]int{},
-		chunkBytes: consolidateChunkBytes}
+	z.owner = partition(sizes, world)
 	for i, p := range params {
-		z.ownerOf[p.Name] = z.owner[i]
+		r := z.owner[i]
+		z.ownerOf[p.Name] = r
+		z.byRank[r] = append(z.byRank[r], p)
+		z.tensors[r] = append(z.tensors[r], p.Tensor)
 	}
 	local, err := build(z.Owned())
 	if err != nil {
@@ -109,17 +117,7 @@ func partition(sizes []int64, world int) []int {
 func (z *ShardedOptimizer) Owner(i int) int { return z.owner[i] }
 
 // Owned lists this rank's parameters, in the order of the full list.
-func (z *ShardedOptimizer) Owned() []optim.Param { return z.ownedBy(z.g.Rank()) }
-
-func (z *ShardedOptimizer) ownedBy(rank int) []optim.Param {
-	var out []optim.Param
-	for i, p := range z.params {
-		if z.owner[i] == rank {
-			out = append(out, p)
-		}
-	}
-	return out
-}
+func (z *ShardedOptimizer) Owned() []optim.Param { return z.byRank[z.g.Rank()] }
 
 // Local is the optimizer over this rank's parameters.
 func (z *ShardedOptimizer) Local() optim.Optimizer { return z.local }
@@ -172,14 +170,9 @@ func (z *ShardedOptimizer) Step() error {
 	case anyFailed:
 		return errors.New("dist: sharded optimizer: another rank's update failed")
 	}
-	for r := range z.g.WorldSize() {
-		ps := z.ownedBy(r)
-		if len(ps) == 0 {
+	for r, ts := range z.tensors {
+		if len(ts) == 0 {
 			continue // r owns nothing, as every rank knows
-		}
-		ts := make([]*torch.Tensor, len(ps))
-		for i, p := range ps {
-			ts[i] = p.Tensor
 		}
 		if err := z.g.BroadcastFrom(r, ts); err != nil {
 			return fmt.Errorf("dist: sharded optimizer: the parameters of rank %d: %w", r, err)
