@@ -238,18 +238,9 @@ func (t *Trainer) LoadCheckpoint(dir string, l *Loader) (err error) {
 	if err := loadPolicy(filepath.Join(dir, CheckpointModel), t.Backbone.PolicyParams()); err != nil {
 		return fmt.Errorf("preference: checkpoint %s: %w", dir, err)
 	}
-	// The state is read tensor by tensor as the optimizer restores it; a
-	// sharded optimizer's rank reads its part only.
-	var keep func(string) bool
-	if k, ok := t.Opt.(interface{ KeepsState(key string) bool }); ok {
-		keep = k.KeepsState
-	}
-	ost, err := optim.OpenState(filepath.Join(dir, CheckpointOptimizer), keep)
-	if err != nil {
-		return fmt.Errorf("preference: checkpoint %s: optimizer: %w", dir, err)
-	}
-	defer ost.Close()
-	if err := t.Opt.LoadStateDict(ost); err != nil {
+	// Read tensor by tensor as the optimizer restores it; a sharded
+	// optimizer's rank reads its part only.
+	if err := optim.LoadStateFile(t.Opt, filepath.Join(dir, CheckpointOptimizer)); err != nil {
 		return fmt.Errorf("preference: checkpoint %s: optimizer: %w", dir, err)
 	}
 	if l != nil {

@@ -411,8 +411,8 @@ func (z *ShardedOptimizer) keyOwner(key string) (int, bool) {
 
 // KeepsState reports whether LoadStateDict keeps the state tensor key on
 // this rank: one of its parameters' state, or a key naming no parameter
-// (which LoadStateDict refuses). With optim.OpenState a rank reads its
-// part of a saved state, not all of it.
+// (which LoadStateDict refuses). With it optim.LoadStateFile reads the
+// rank's part of a saved state, not all of it.
 func (z *ShardedOptimizer) KeepsState(key string) bool {
 	r, ok := z.keyOwner(key)
 	return !ok || r == z.g.Rank()
@@ -433,4 +433,7 @@ func (z *ShardedOptimizer) dropFull() {
 	}
 }
 
-var _ optim.Optimizer = (*ShardedOptimizer)(nil)
+var (
+	_ optim.Optimizer    = (*ShardedOptimizer)(nil)
+	_ optim.PartialState = (*ShardedOptimizer)(nil)
+)

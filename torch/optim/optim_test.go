@@ -409,6 +409,11 @@ func TestOpenState(t *testing.T) {
 	require.NoError(t, fresh.LoadStateDict(lazy))
 	require.Equal(t, want, stateOf(fresh))
 	require.Equal(t, opt.LR(), fresh.LR())
+	fromFile, err := optim.NewAdamW(params, cfg)
+	require.NoError(t, err)
+	defer fromFile.Close()
+	require.NoError(t, optim.LoadStateFile(fromFile, path))
+	require.Equal(t, want, stateOf(fromFile))
 
 	// A Part (a sharded rank's) restores an optimizer over its parameters.
 	onlyW, err := optim.NewAdamW(params[:1], cfg)

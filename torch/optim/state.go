@@ -64,6 +64,29 @@ func OpenState(path string, keep func(key string) bool) (*State, error) {
 	return st, nil
 }
 
+// PartialState is implemented by an optimizer that restores only a part
+// of a saved state (a rank of a dist.ShardedOptimizer): KeepsState says
+// which keys, so that LoadStateFile reads no other.
+type PartialState interface {
+	KeepsState(key string) bool
+}
+
+// LoadStateFile restores opt from a state file written by State.Save,
+// reading each tensor as opt restores it (OpenState), and only the part a
+// PartialState optimizer keeps.
+func LoadStateFile(opt Optimizer, path string) error {
+	var keep func(string) bool
+	if p, ok := opt.(PartialState); ok {
+		keep = p.KeepsState
+	}
+	st, err := OpenState(path, keep)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return opt.LoadStateDict(st)
+}
+
 // Keys lists the state's tensor keys, sorted: those of Tensors and, for a
 // state opened with OpenState, those of its file.
 func (s *State) Keys() []string {
