@@ -317,13 +317,12 @@ func setup(c *cli.Context, g *dist.Group) (s *session, err error) {
 		}
 		if c.Bool("shard_optimizer") {
 			err = s.tr.SetOptimizer(func(ps []optim.Param, cfg optim.AdamWConfig) (optim.Optimizer, error) {
-				z, err := g.NewShardedOptimizer(ps, func(mine []optim.Param) (optim.Optimizer, error) { return optim.NewAdamW(mine, cfg) })
-				s.zero = z
-				return z, err
+				return g.NewShardedOptimizer(ps, func(mine []optim.Param) (optim.Optimizer, error) { return optim.NewAdamW(mine, cfg) })
 			})
 			if err != nil {
 				return nil, fmt.Errorf("sharding the optimizer: %w", err)
 			}
+			s.zero = s.tr.Opt.(*dist.ShardedOptimizer)
 		}
 	}
 	if r := c.String("resume_from_checkpoint"); r != "" {
