@@ -51,16 +51,3 @@ func (a *Averager) Abort() error {
 	}
 	return err
 }
-
-// GradSync is what a Reducer and an Averager have in common: the protocol
-// of a data-parallel training step.
-type GradSync interface {
-	Prepare(sync bool) error
-	Finish() error
-	Abort() error
-}
-
-var (
-	_ GradSync = (*Reducer)(nil)
-	_ GradSync = (*Averager)(nil)
-)

@@ -198,6 +198,14 @@ func workerCollectives() int {
 	return 0
 }
 
+// gradSync is the protocol a Reducer and an Averager share (preference's
+// GradientSync).
+type gradSync interface {
+	Prepare(sync bool) error
+	Finish() error
+	Abort() error
+}
+
 // checkReducerFailure: a step that fails on one rank (rank 0 misuses the
 // reducer: it never arms it; the last rank aborts an armed step, with the
 // reducer and with an Averager) fails on every rank, none left waiting in
@@ -242,7 +250,7 @@ func checkReducerFailure(c *checker, g *Group) {
 	backward := func() { params[0].Sum().Add(params[1].Sum()).MulScalar(float64(r + 1)).Backward(nil) }
 	for _, sync := range []struct {
 		name string
-		GradSync
+		gradSync
 	}{{"reducer", red}, {"averager", g.NewAverager(params)}} {
 		for _, p := range params {
 			p.ZeroGrad(true)
