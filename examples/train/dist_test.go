@@ -12,6 +12,7 @@ import (
 
 	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/preference"
+	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/dist"
 )
 
@@ -163,20 +164,13 @@ func testDataParallel(t *testing.T, model, asset, gradSync string, rankArgs ...s
 	if len(got) != len(want) || len(want) == 0 {
 		t.Fatalf("the 2-process ControlNet has %d tensors, the 1-process one %d", len(got), len(want))
 	}
-	moved, maxDiff := false, 0.0
+	maxDiff := closeModels(t, "the 2-process ControlNet", got, want, atol, rtol)
+	moved := false
 	for name, w := range want {
-		g, ok := got[name]
-		if !ok {
-			t.Fatalf("the 2-process ControlNet lacks %s", name)
-		}
-		d, worst, err := testutil.Diff(g, w, atol, rtol)
-		if err != nil || worst > 0 {
-			testutil.AssertClose(t, name, g, w, atol, rtol) // fails, naming the tensor
-		}
-		maxDiff = max(maxDiff, d)
-		if i, ok := init[name]; ok && !moved {
+		if i, ok := init[name]; ok {
 			if d, _, err := testutil.Diff(w, i, 0, 0); err == nil && d > 0 {
 				moved = true
+				break
 			}
 		}
 	}
@@ -195,19 +189,7 @@ func testDataParallel(t *testing.T, model, asset, gradSync string, rankArgs ...s
 		t.Fatalf("one process resuming the 2-process checkpoint: %v\n%s", err, msg)
 	}
 	res := testutil.Tensors(t, filepath.Join(resumed, preference.CheckpointModel))
-	resDiff := 0.0
-	for name, w := range want {
-		g, ok := res[name]
-		if !ok {
-			t.Fatalf("the resumed ControlNet lacks %s", name)
-		}
-		d, worst, err := testutil.Diff(g, w, atol, rtol)
-		if err != nil || worst > 0 {
-			testutil.AssertClose(t, "resumed "+name, g, w, atol, rtol) // fails, naming the tensor
-		}
-		resDiff = max(resDiff, d)
-	}
-	t.Logf("resumed across world sizes: max |diff| %.3g", resDiff)
+	t.Logf("resumed across world sizes: max |diff| %.3g", closeModels(t, "the resumed ControlNet", res, want, atol, rtol))
 	if slices.Contains(rankArgs, "--shard_optimizer") {
 		// The ranks resume rank 0's first checkpoint, each reading its
 		// part of the optimizer state, and end where they did without
@@ -215,19 +197,8 @@ func testDataParallel(t *testing.T, model, asset, gradSync string, rankArgs ...s
 		again := filepath.Join(dir, "again")
 		ranks(again, "--resume_from_checkpoint", filepath.Join(rank0, "checkpoint-1"))
 		res := testutil.Tensors(t, filepath.Join(again, "rank0", preference.CheckpointModel))
-		againDiff := 0.0
-		for name, w := range got {
-			g, ok := res[name]
-			if !ok {
-				t.Fatalf("the ControlNet the ranks resumed lacks %s", name)
-			}
-			d, worst, err := testutil.Diff(g, w, atol, rtol)
-			if err != nil || worst > 0 {
-				testutil.AssertClose(t, "resumed by the ranks "+name, g, w, atol, rtol) // fails, naming the tensor
-			}
-			againDiff = max(againDiff, d)
-		}
-		t.Logf("resumed by %d ranks with a sharded optimizer: max |diff| to the uninterrupted ranks %.3g", world, againDiff)
+		t.Logf("resumed by %d ranks with a sharded optimizer: max |diff| to the uninterrupted ranks %.3g",
+			world, closeModels(t, "the ControlNet the ranks resumed", res, got, atol, rtol))
 	}
 	// The logged loss is the global batch's (the ranks' losses averaged).
 	rd, rs := logRows(t, filepath.Join(rank0, "train_log.csv")), logRows(t, filepath.Join(single, "train_log.csv"))
@@ -243,6 +214,26 @@ func testDataParallel(t *testing.T, model, asset, gradSync string, rankArgs ...s
 			}
 		}
 	}
+}
+
+// closeModels fails the test, naming the first tensor, unless model (what)
+// holds every tensor of want within atol + rtol·|want|, and returns the
+// largest |difference|.
+func closeModels(t *testing.T, what string, model, want map[string]*torch.Tensor, atol, rtol float64) float64 {
+	t.Helper()
+	worstDiff := 0.0
+	for name, w := range want {
+		g, ok := model[name]
+		if !ok {
+			t.Fatalf("%s lacks %s", what, name)
+		}
+		d, worst, err := testutil.Diff(g, w, atol, rtol)
+		if err != nil || worst > 0 {
+			testutil.AssertClose(t, what+": "+name, g, w, atol, rtol) // fails, naming the tensor
+		}
+		worstDiff = max(worstDiff, d)
+	}
+	return worstDiff
 }
 
 func abs(x float64) float64 {
