@@ -22,10 +22,7 @@ import (
 //
 //	go test ./torch/optim -run '^$' -bench StateSave -benchtime 1x
 func BenchmarkStateSave(b *testing.B) {
-	mb := 512
-	if v, err := strconv.Atoi(os.Getenv("DP2O_BENCH_STATE_MB")); err == nil && v > 0 {
-		mb = v
-	}
+	mb := benchStateMB()
 	const parts = 32
 	each := int64(mb) << 20 / 4 / parts
 	st := &optim.State{Tensors: map[string]*torch.Tensor{}, Metadata: map[string]string{"optimizer": "adamw"}}
@@ -54,6 +51,15 @@ func BenchmarkStateSave(b *testing.B) {
 	b.ReportMetric(float64(mb), "state-MiB")
 }
 
+// benchStateMB is DP2O_BENCH_STATE_MB, the benchmarks' state size in MiB
+// (512 by default).
+func benchStateMB() int {
+	if v, err := strconv.Atoi(os.Getenv("DP2O_BENCH_STATE_MB")); err == nil && v > 0 {
+		return v
+	}
+	return 512
+}
+
 // resetPeak makes the process's peak resident set (VmHWM) its current one
 // (Linux's clear_refs 5), so that one process measures several peaks.
 func resetPeak(b *testing.B) {
@@ -71,10 +77,7 @@ func resetPeak(b *testing.B) {
 //
 //	MALLOC_MMAP_THRESHOLD_=131072 go test ./torch/optim -run '^$' -bench StateRestore -benchtime 1x
 func BenchmarkStateRestore(b *testing.B) {
-	mb := 512
-	if v, err := strconv.Atoi(os.Getenv("DP2O_BENCH_STATE_MB")); err == nil && v > 0 {
-		mb = v
-	}
+	mb := benchStateMB()
 	const parts = 32
 	each := int64(mb) << 20 / 8 / parts
 	var params []optim.Param
