@@ -17,8 +17,7 @@ import (
 // (default 512) MiB of float32 moments, as 32 tensors, to a safetensors
 // file. peak-MiB is the growth of the process's peak resident set (VmHWM)
 // above its resident set once the state is built: what a checkpoint costs
-// in host memory beyond the state itself (run it alone, -run '^$', so
-// that no earlier test set the peak).
+// in host memory beyond the state itself.
 //
 //	go test ./torch/optim -run '^$' -bench StateSave -benchtime 1x
 func BenchmarkStateSave(b *testing.B) {
@@ -32,6 +31,7 @@ func BenchmarkStateSave(b *testing.B) {
 	}
 	path := filepath.Join(b.TempDir(), "optimizer.safetensors")
 	debug.FreeOSMemory()
+	resetPeak(b)
 	before, err := testutil.ReadProcStatus()
 	if err != nil {
 		b.Fatal(err)
