@@ -290,6 +290,14 @@ type GradientSync interface {
 	Abort() error
 }
 
+// GradientClipper is a GradientSync that also clips: a sync that leaves
+// each rank only its share of the gradients (*dist.Reducer with
+// ShardGradients) takes the norm over all ranks. Update clips through it
+// when the Sync is one.
+type GradientClipper interface {
+	ClipGradNorm(params []optim.Param, maxNorm, normType float64) (float64, error)
+}
+
 // NewTrainer sets up the optimizer and the schedule over the backbone's
 // policy parameters (which it marks as requiring gradients).
 func NewTrainer(bb Backbone, cfg TrainConfig) (*Trainer, error) {
@@ -547,7 +555,11 @@ func (t *Trainer) Update() (gradNorm, clipCoef, lr float64, err error) {
 	if maxNorm <= 0 {
 		maxNorm = math.Inf(1)
 	}
-	if gradNorm, err = optim.ClipGradNorm(params, maxNorm, 2); err != nil {
+	clip := optim.ClipGradNorm
+	if c, ok := t.Sync.(GradientClipper); ok {
+		clip = c.ClipGradNorm
+	}
+	if gradNorm, err = clip(params, maxNorm, 2); err != nil {
 		return 0, 0, 0, fmt.Errorf("preference: train: clipping: %w", err)
 	}
 	if math.IsNaN(gradNorm) || math.IsInf(gradNorm, 0) {

@@ -300,11 +300,12 @@ func setup(c *cli.Context, g *dist.Group) (s *session, err error) {
 		if err = s.loader.SetShard(g.Rank(), world); err != nil {
 			return nil, err
 		}
+		reduced := policyTensors(s.bb.PolicyParams())
 		switch mode := c.String("grad_sync"); mode {
 		case "overlap":
 			// DDP's way: each bucket's all-reduce starts as soon as the
 			// backward pass has produced its gradients.
-			red, err := g.NewReducer(policyTensors(s.bb.PolicyParams()))
+			red, err := g.NewReducer(reduced)
 			if err != nil {
 				return nil, fmt.Errorf("setting up the gradient reducer: %w", err)
 			}
@@ -315,7 +316,11 @@ func setup(c *cli.Context, g *dist.Group) (s *session, err error) {
 		default:
 			return nil, fmt.Errorf("--grad_sync must be overlap or after, got %q", mode)
 		}
-		if c.Bool("shard_optimizer") {
+		shardGrads := c.Bool("shard_gradients")
+		if shardGrads && s.reducer == nil {
+			return nil, errors.New("--shard_gradients needs --grad_sync overlap (the gradients are reduced to their owners while the backward pass runs)")
+		}
+		if c.Bool("shard_optimizer") || shardGrads {
 			err = s.tr.SetOptimizer(func(ps []optim.Param, cfg optim.AdamWConfig) (optim.Optimizer, error) {
 				return g.NewShardedOptimizer(ps, func(mine []optim.Param) (optim.Optimizer, error) { return optim.NewAdamW(mine, cfg) })
 			})
@@ -323,6 +328,17 @@ func setup(c *cli.Context, g *dist.Group) (s *session, err error) {
 				return nil, fmt.Errorf("sharding the optimizer: %w", err)
 			}
 			s.zero = s.tr.Opt.(*dist.ShardedOptimizer)
+		}
+		if shardGrads {
+			// Each gradient goes to the rank that updates its weight.
+			for i, p := range s.zero.Params() {
+				if p.Tensor != reduced[i] {
+					return nil, fmt.Errorf("--shard_gradients: the optimizer's parameter %d (%s) is not the reducer's", i, p.Name)
+				}
+			}
+			if err := s.reducer.ShardGradients(s.zero.Owners()); err != nil {
+				return nil, fmt.Errorf("sharding the gradients: %w", err)
+			}
 		}
 	}
 	if r := c.String("resume_from_checkpoint"); r != "" {

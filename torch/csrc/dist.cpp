@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <deque>
 #include <map>
+#include <tuple>
 #include <string>
 
 #if __has_include(<torch/csrc/distributed/c10d/ProcessGroup.hpp>)
@@ -90,6 +91,7 @@ dp2o_err dp2o_dist_average_gradients(dp2o_group, dp2o_tensor *, int, int64_t, in
 dp2o_err dp2o_dist_reducer_new(dp2o_group, dp2o_tensor *, int, int64_t, dp2o_reducer *, int *) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer, int) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_reducer_finish(dp2o_reducer, int64_t, int, int *, int *) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_reducer_shard(dp2o_reducer, const int *, int, int *) { DP2O_NO_C10D; }
 void dp2o_dist_reducer_free(dp2o_reducer) {}
 }
 
@@ -185,6 +187,16 @@ c10::intrusive_ptr<c10d::Work> broadcast_async(Group &g, std::vector<at::Tensor>
   o.rootTensor = 0;
   o.timeout = timeout;
   return g.pg->broadcast(ts, o);
+}
+
+c10::intrusive_ptr<c10d::Work> reduce_async(Group &g, std::vector<at::Tensor> &ts, int root,
+                                           std::chrono::milliseconds timeout) {
+  c10d::ReduceOptions o;
+  o.reduceOp = c10d::ReduceOp(c10d::ReduceOp::SUM);
+  o.rootRank = root;
+  o.rootTensor = 0;
+  o.timeout = timeout;
+  return g.pg->reduce(ts, o);
 }
 
 // Bucket: consecutive tensors of one dtype and device, flattened into one
@@ -292,15 +304,18 @@ std::vector<char> global_or(Group &g, const std::vector<char> &local, const at::
   return out;
 }
 
-// average_grads replaces each gradient by its mean over the ranks, in
-// buckets of at most bucket_bytes. Returns the number of buckets.
+// average_grads replaces each gradient by its mean over the ranks (its sum
+// with average false), in buckets of at most bucket_bytes. Returns the
+// number of buckets.
 int average_grads(Group &g, const char *what, const std::vector<at::Tensor> &grads, int64_t bucket_bytes,
-                  std::chrono::milliseconds timeout) {
-  int world = g.size;
+                  std::chrono::milliseconds timeout, bool average = true) {
+  int world = average ? g.size : 1;
   return run_buckets(
       g, what, make_buckets(grads, bucket_bytes), timeout,
       [&](std::vector<at::Tensor> &one) { return all_reduce_async(g, one, 0, timeout); },
-      [world](Bucket &b) { b.flat.div_(world); });
+      [world](Bucket &b) {
+        if (world > 1) b.flat.div_(world);
+      });
 }
 
 // Reducer: gradient averaging started from autograd hooks (see dist.h).
@@ -349,33 +364,64 @@ struct Reducer {
     bool closed = false;
     std::chrono::milliseconds timeout{0};
     std::string error;
+    std::vector<int> order;  // the parameters in the buckets' order (build's)
+    // Sharded gradients (ZeRO stage 2, shard()): owner is each parameter's
+    // rank. Every backward pass (a pass) then reduces each bucket, which
+    // holds one owner's parameters, to its owner only. A bucket's buffer
+    // exists from its first gradient of the pass until its reduce is done;
+    // then the owner adds it to acc (its sum over the step's passes and
+    // the ranks) and every rank frees it. The pass ends at the next prepare
+    // or at finish; the step's end gives the owner's parameters acc's
+    // slices, divided by the world size, as their .grad, and the others
+    // none. Between passes no parameter has a .grad.
+    bool sharded = false;
+    std::vector<int> owner;         // per parameter
+    std::vector<int> bucket_owner;  // per bucket (-1 unsharded)
+    std::vector<int64_t> offset;    // per parameter: where its slice starts in its bucket
+    std::vector<at::Tensor> acc;    // per bucket, on its owner
+    std::vector<char> got;          // per parameter: a gradient on some rank in the step
+    size_t done = 0;                // the next bucket to complete in the pass
+    bool pass_pending = false;      // a pass was prepared whose end is due
+    bool last = false;              // that pass is the step's last (prepare(sync))
 
     // build splits the parameters, taken in order, into buckets of one
     // dtype and device, at most bucket_bytes each (a parameter joins the
     // open bucket of its dtype and device, as DDP assigns them), with one
     // buffer per bucket. A gradient that is a view of the old buffers
     // moves along.
-    void build(const std::vector<int> &order) {
+    void build(const std::vector<int> &ord) {
       std::vector<at::Tensor> old;
       for (size_t i = 0; i < params.size() && i < view.size(); i++) {
-        if (params[i].grad().defined() && params[i].grad().is_same(view[i])) {
+        if (params[i].grad().defined() && view[i].defined() && params[i].grad().is_same(view[i])) {
           old = view;  // some gradient to move: both buffers for a moment
           break;
         }
       }
+      order = ord;
       view.clear();
       storage.clear();  // freed first when no gradient holds it
       buckets.clear();
+      bucket_owner.clear();
       bucket_of.assign(params.size(), 0);
+      offset.assign(params.size(), 0);
       view.assign(params.size(), at::Tensor());
-      std::map<std::pair<int, std::string>, std::pair<int, int64_t>> filling;  // (dtype, device) → (bucket, bytes)
-      for (int i : order) {
+      // (owner, dtype, device) → (bucket, bytes)
+      std::map<std::tuple<int, int, std::string>, std::pair<int, int64_t>> filling;
+      int prev = -1;
+      for (int i : ord) {
         const auto &p = params[i];
         int64_t b = p.numel() * static_cast<int64_t>(p.element_size());
-        auto key = std::make_pair(static_cast<int>(p.scalar_type()), p.device().str());
+        int own = sharded ? owner[i] : -1;
+        // Sharded, a bucket holds consecutive parameters of one owner, so
+        // that it starts, completes and frees its buffer as soon as its
+        // gradients are in (more buckets, each reduced to one rank).
+        if (own != prev) filling.clear();
+        prev = own;
+        auto key = std::make_tuple(own, static_cast<int>(p.scalar_type()), p.device().str());
         auto it = filling.find(key);
         if (it == filling.end() || (bucket_bytes > 0 && it->second.second + b > bucket_bytes)) {
           buckets.emplace_back();
+          bucket_owner.push_back(own);
           it = filling.insert_or_assign(key, std::make_pair(static_cast<int>(buckets.size()) - 1, int64_t{0})).first;
         }
         buckets[it->second.first].push_back(i);
@@ -383,30 +429,45 @@ struct Reducer {
         it->second.second += b;
       }
       for (const auto &b : buckets) {
-        int64_t numel = 0;
-        for (int i : b) numel += params[i].numel();
-        at::Tensor flat = at::zeros({numel}, params[b.front()].options().requires_grad(false));
         int64_t off = 0;
         for (int i : b) {
-          const auto &p = params[i];
-          view[i] = flat.narrow(0, off, p.numel()).view(p.sizes());
-          off += p.numel();
+          offset[i] = off;
+          off += params[i].numel();
+        }
+      }
+      storage.assign(buckets.size(), at::Tensor());
+      // Sharded buffers come with each pass's first gradient of theirs.
+      for (size_t k = 0; k < buckets.size() && !sharded; k++) {
+        alloc(k, true);
+        for (int i : buckets[k]) {
           at::Tensor &gr = params[i].mutable_grad();
-          if (gr.defined() && old.size() == params.size() && gr.is_same(old[i])) {
+          if (gr.defined() && old.size() == params.size() && old[i].defined() && gr.is_same(old[i])) {
             view[i].copy_(gr);
             gr = view[i];
           }
         }
-        storage.push_back(flat);
       }
       work.assign(buckets.size(), {});
       pending.assign(buckets.size(), 0);
+      acc.assign(buckets.size(), at::Tensor());
+    }
+
+    // alloc makes bucket k's buffer and its parameters' views into it
+    // (zeros, or left for attach to write: it writes every view).
+    void alloc(size_t k, bool zero) {
+      const auto &b = buckets[k];
+      int64_t numel = 0;
+      for (int i : b) numel += params[i].numel();
+      auto opts = params[b.front()].options().requires_grad(false);
+      storage[k] = zero ? at::zeros({numel}, opts) : at::empty({numel}, opts);
+      for (int i : b) view[i] = storage[k].narrow(0, offset[i], params[i].numel()).view(params[i].sizes());
     }
 
     // attach makes parameter i's gradient its slice of the bucket: the
     // gradient it has is copied in, zeros where it has none (a parameter
     // whose bucket starts without a gradient from it).
     void attach(int i) {
+      if (!storage[bucket_of[i]].defined()) alloc(bucket_of[i], false);
       at::Tensor &gr = params[i].mutable_grad();
       if (gr.defined() && gr.is_same(view[i])) return;
       if (gr.defined()) {
@@ -434,11 +495,50 @@ struct Reducer {
       for (int i : buckets[k]) params[i].mutable_grad() = at::Tensor();
       std::vector<at::Tensor> one{storage[k]};
       try {
-        work[k] = all_reduce_async(g, one, 0, timeout);
+        work[k] = sharded ? reduce_async(g, one, bucket_owner[k], timeout) : all_reduce_async(g, one, 0, timeout);
       } catch (...) {
         broken = true;
         throw;
       }
+    }
+
+    // complete, on a sharded bucket whose reduce has started: waits for
+    // it; the owner adds the buffer to its sum and every rank frees it.
+    void complete(size_t k) {
+      auto w = std::move(work[k]);
+      work[k].reset();
+      if (w) {
+        try {
+          wait(g, "reducer", w, timeout);
+        } catch (...) {
+          broken = true;
+          throw;
+        }
+      }
+      if (bucket_owner[k] == g.rank && storage[k].defined()) {
+        if (acc[k].defined()) {
+          acc[k].add_(storage[k]);
+        } else {
+          acc[k] = storage[k];
+        }
+      }
+      storage[k] = at::Tensor();
+      for (int i : buckets[k]) view[i] = at::Tensor();
+    }
+
+    // acc_view is parameter i's slice of its owner's sum.
+    at::Tensor acc_view(int i) {
+      return acc[bucket_of[i]].narrow(0, offset[i], params[i].numel()).view(params[i].sizes());
+    }
+
+    // drop_step closes a sharded step that failed: no sums, no gradients.
+    void drop_step() {
+      acc.assign(buckets.size(), at::Tensor());
+      got.assign(params.size(), 0);
+      for (auto &p : params) p.mutable_grad() = at::Tensor();
+      open = false;
+      armed = false;
+      pass_pending = false;
     }
 
     // mark is the hook: parameter i's gradient is accumulated.
@@ -476,12 +576,151 @@ struct Reducer {
           start(next++);
           if (outstanding > 0) overlapped++;
         }
+        // Sharded: the buckets whose reduce is done give their buffers
+        // back now, in order, rather than at the pass's end.
+        while (sharded && !broken && done < next && work[done] && work[done]->isCompleted()) complete(done++);
       } catch (const c10::Error &e) {
         if (error.empty()) error = e.what_without_backtrace();
         broken = true;
       } catch (const std::exception &e) {
         if (error.empty()) error = e.what();
         broken = true;
+      }
+    }
+
+    // learn_order, after the first synchronised pass, takes rank 0's order
+    // of the gradients for the buckets of the next step. Called with mu
+    // held.
+    void learn_order(const at::Device &dev, std::chrono::milliseconds timeout) {
+      if (rebuilt) return;
+      // On rank 0, the parameters whose gradient did not come in the armed
+      // pass (in reverse order: next time their buckets go first, having
+      // nothing to wait for), then the others in the order their gradients
+      // came; every rank takes rank 0's order.
+      size_t n = params.size();
+      std::vector<char> seen(n, 0);
+      for (int i : arrival) seen[i] = 1;
+      at::Tensor ord = at::empty({static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kLong));
+      {
+        auto o = ord.accessor<int64_t, 1>();
+        size_t j = 0;
+        for (size_t i = n; i-- > 0;) {
+          if (!seen[i]) o[j++] = static_cast<int64_t>(i);
+        }
+        for (int i : arrival) o[j++] = i;
+      }
+      if (g.size > 1) {
+        at::Tensor t = g.backend == "nccl" ? ord.to(dev) : ord;
+        std::vector<at::Tensor> one{t};
+        auto w = broadcast_async(g, one, 0, timeout);
+        wait(g, "reducer (gradient order)", w, timeout);
+        ord = t.to(at::kCPU);
+      }
+      std::vector<int> learned(n);
+      std::vector<char> have(n, 0);
+      auto o = ord.accessor<int64_t, 1>();
+      for (size_t j = 0; j < n; j++) {
+        TORCH_CHECK(o[j] >= 0 && o[j] < static_cast<int64_t>(n) && !have[o[j]],
+                    "dist: reducer: rank 0's gradient order is not a permutation");
+        have[o[j]] = 1;
+        learned[j] = static_cast<int>(o[j]);
+      }
+      rebuild = learned;
+      rebuilt = true;
+      arrival.clear();
+    }
+
+    // end_pass closes a sharded pass (with mu held): the buckets the
+    // backward pass did not start start now, in order; every bucket
+    // completes; gradients that came after their bucket started are summed
+    // over the ranks and added to their owner's sum; and one all-reduce of
+    // 2n + 1 flags tells every rank which parameters have gradients, which
+    // got some late, and whether a rank failed. A failure closes the step
+    // on every rank (drop_step) and throws.
+    void end_pass(bool failed, std::chrono::milliseconds timeout) {
+      pass_pending = false;
+      at::NoGradGuard no_grad;
+      if (failed && error.empty()) error = "dist: reducer: this rank's step failed";
+      try {
+        while (!broken && next < buckets.size()) start(next++);
+      } catch (const c10::Error &e) {
+        if (error.empty()) error = e.what_without_backtrace();
+      }
+      size_t started = next;
+      next = 0;
+      for (; done < started; done++) {
+        try {
+          complete(done);
+        } catch (const c10::Error &e) {
+          if (error.empty()) error = e.what_without_backtrace();
+          broken = true;
+        }
+      }
+      done = 0;
+      size_t n = params.size();
+      // A .grad now is a gradient that came after its bucket started.
+      std::vector<at::Tensor> late(n);
+      for (size_t i = 0; i < n; i++) {
+        at::Tensor &gr = params[i].mutable_grad();
+        if (gr.defined() && !(view[i].defined() && gr.is_same(view[i]))) late[i] = gr;
+        gr = at::Tensor();
+      }
+      for (size_t k = 0; k < buckets.size(); k++) {
+        storage[k] = at::Tensor();
+        work[k].reset();
+      }
+      for (auto &v : view) v = at::Tensor();
+      std::string err = error;
+      error.clear();
+      if (broken) {
+        broken = false;
+        drop_step();
+        TORCH_CHECK(false, err);
+      }
+      std::vector<char> flags(2 * n + 1);
+      for (size_t i = 0; i < n; i++) {
+        flags[i] = used[i];
+        flags[n + i] = late[i].defined();
+      }
+      flags[2 * n] = !err.empty();
+      at::Device dev = n ? params[0].device() : at::Device(at::kCPU);
+      std::vector<char> any;
+      try {
+        any = global_or(g, flags, dev, "reducer (gradient flags)", timeout);
+      } catch (...) {
+        drop_step();
+        throw;
+      }
+      if (any[2 * n]) {
+        drop_step();
+        TORCH_CHECK(false, err.empty() ? std::string("dist: reducer: another rank failed in this step") : err,
+                    " (the gradients are not averaged)");
+      }
+      std::vector<at::Tensor> lates;
+      std::vector<int> which;
+      for (size_t i = 0; i < n; i++) {
+        if (!any[n + i]) continue;
+        lates.push_back(late[i].defined() ? late[i]
+                                          : at::zeros(params[i].sizes(), params[i].options().requires_grad(false)));
+        which.push_back(static_cast<int>(i));
+      }
+      try {
+        average_grads(g, "reducer (late gradients)", lates, bucket_bytes, timeout, false);
+        for (size_t j = 0; j < which.size(); j++) {
+          int i = which[j];
+          if (owner[i] == g.rank && acc[bucket_of[i]].defined()) acc_view(i).add_(lates[j]);
+        }
+        // As unsharded, a parameter without a gradient in the step's last
+        // pass is counted ready in the next step's passes (one that gets
+        // a gradient after all gives a late one).
+        for (size_t i = 0; i < n; i++) {
+          got[i] = got[i] || any[i];
+          if (last) premarked[i] = !hooked[i];
+        }
+        learn_order(dev, timeout);
+      } catch (...) {
+        drop_step();
+        throw;
       }
     }
   };
@@ -808,6 +1047,9 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync) {
   DP2O_TRY
   auto &st = *static_cast<dp2o::dist::Reducer *>(h)->st;
   std::lock_guard<std::mutex> lock(st.mu);
+  // Sharded, the previous pass of the step ends here, with the others'
+  // (its failure, on any rank, closes the step on every rank).
+  if (st.sharded && st.pass_pending) st.end_pass(false, st.timeout);
   TORCH_CHECK(st.next == 0 || !st.armed, "dist: reducer: prepare before the previous finish");
   if (!st.open) {
     // The first backward pass of a step: a gradient already there (from
@@ -826,8 +1068,16 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync) {
     st.open = true;
     st.error.clear();  // kept across the step's backward passes until finish
     st.broken = false;
+    st.acc.assign(st.buckets.size(), at::Tensor());
+    st.got.assign(st.params.size(), 0);
+    st.done = 0;
+  } else if (st.sharded) {
+    std::fill(st.used.begin(), st.used.end(), 0);  // no .grad between passes
   }
-  st.armed = sync != 0;
+  // Sharded, every pass reduces; sync marks the step's last.
+  st.armed = st.sharded || sync != 0;
+  st.last = sync != 0;
+  st.pass_pending = st.sharded;
   st.next = 0;
   st.overlapped = 0;
   st.arrival.clear();
@@ -849,6 +1099,29 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int failed
   auto &st = *static_cast<dp2o::dist::Reducer *>(h)->st;
   std::lock_guard<std::mutex> lock(st.mu);
   TORCH_CHECK(st.armed || st.open, "dist: reducer: finish without prepare(sync)");
+  if (st.sharded) {
+    if (overlapped) *overlapped = st.overlapped;
+    if (buckets) *buckets = static_cast<int>(st.buckets.size());
+    if (!failed && !st.last && st.error.empty()) st.error = "dist: reducer: finish without prepare(sync)";
+    // The step's last pass ends with the others' (throwing on a failure),
+    // then each owned parameter with a gradient on some rank gets its
+    // slice of the sum, divided into the mean, as its .grad.
+    st.end_pass(failed != 0, dp2o::dist::timeout_of(st.g, timeout_ms));
+    at::NoGradGuard no_grad;
+    for (auto &a : st.acc) {
+      if (a.defined()) a.div_(st.g.size);
+    }
+    for (size_t i = 0; i < st.params.size(); i++) {
+      if (st.got[i] && st.owner[i] == st.g.rank && st.acc[st.bucket_of[i]].defined()) {
+        st.params[i].mutable_grad() = st.acc_view(static_cast<int>(i));
+      }
+    }
+    st.acc.assign(st.buckets.size(), at::Tensor());
+    st.got.assign(st.params.size(), 0);
+    st.open = false;
+    st.armed = false;
+    return nullptr;
+  }
   bool was_armed = st.armed;
   st.armed = false;
   st.open = false;
@@ -929,41 +1202,28 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int failed
     if (!any[i]) st.params[i].mutable_grad() = at::Tensor();
     st.premarked[i] = !st.hooked[i];
   }
-  if (!st.rebuilt) {
-    // On rank 0, the parameters whose gradient did not come in the armed
-    // pass (in reverse order: next time their buckets go first, having
-    // nothing to wait for), then the others in the order their gradients
-    // came; every rank takes rank 0's order.
-    std::vector<char> seen(n, 0);
-    for (int i : st.arrival) seen[i] = 1;
-    at::Tensor ord = at::empty({static_cast<int64_t>(n)}, at::TensorOptions().dtype(at::kLong));
-    {
-      auto o = ord.accessor<int64_t, 1>();
-      size_t j = 0;
-      for (size_t i = n; i-- > 0;) {
-        if (!seen[i]) o[j++] = static_cast<int64_t>(i);
-      }
-      for (int i : st.arrival) o[j++] = i;
-    }
-    if (st.g.size > 1) {
-      at::Tensor t = st.g.backend == "nccl" ? ord.to(dev) : ord;
-      std::vector<at::Tensor> one{t};
-      auto w = dp2o::dist::broadcast_async(st.g, one, 0, timeout);
-      dp2o::dist::wait(st.g, "reducer (gradient order)", w, timeout);
-      ord = t.to(at::kCPU);
-    }
-    std::vector<int> order(n);
-    std::vector<char> have(n, 0);
-    auto o = ord.accessor<int64_t, 1>();
-    for (size_t j = 0; j < n; j++) {
-      TORCH_CHECK(o[j] >= 0 && o[j] < static_cast<int64_t>(n) && !have[o[j]], "dist: reducer: rank 0's gradient order is not a permutation");
-      have[o[j]] = 1;
-      order[j] = static_cast<int>(o[j]);
-    }
-    st.rebuild = order;
-    st.rebuilt = true;
-    st.arrival.clear();
+  st.learn_order(dev, timeout);
+  if (buckets) *buckets = static_cast<int>(st.buckets.size());
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_dist_reducer_shard(dp2o_reducer h, const int *owner, int n, int *buckets) {
+  DP2O_TRY
+  auto &st = *static_cast<dp2o::dist::Reducer *>(h)->st;
+  std::lock_guard<std::mutex> lock(st.mu);
+  TORCH_CHECK(!st.open, "dist: reducer: shard between steps, not in one");
+  TORCH_CHECK(n == static_cast<int>(st.params.size()), "dist: reducer: ", n, " owners for ", st.params.size(),
+              " parameters");
+  for (int i = 0; i < n; i++) {
+    TORCH_CHECK(owner[i] >= 0 && owner[i] < st.g.size, "dist: reducer: parameter ", i, "'s owner ", owner[i],
+                " is outside a world of ", st.g.size);
   }
+  st.owner.assign(owner, owner + n);
+  st.sharded = true;
+  at::NoGradGuard no_grad;
+  std::vector<int> ord = st.rebuild.empty() ? st.order : st.rebuild;
+  st.rebuild.clear();
+  st.build(ord);
   if (buckets) *buckets = static_cast<int>(st.buckets.size());
   DP2O_CATCH
 }

@@ -93,6 +93,12 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer r, int sync);
 /* failed says this rank's step failed (abort): the step is closed with
  * the other ranks and fails on every rank. */
 dp2o_err dp2o_dist_reducer_finish(dp2o_reducer r, int64_t timeout_ms, int failed, int *overlapped, int *buckets);
+/* Sharded gradients (ZeRO stage 2): owner[i] is parameter i's rank. From
+ * the next step every backward pass reduces each bucket (one owner's
+ * parameters) to its owner only, buffers live only while their bucket is
+ * filled and reduced, and finish leaves each owned parameter's mean in its
+ * .grad and none elsewhere (see reducer.go). Between steps only. */
+dp2o_err dp2o_dist_reducer_shard(dp2o_reducer r, const int *owner, int n, int *buckets);
 void dp2o_dist_reducer_free(dp2o_reducer r);
 
 #ifdef __cplusplus

@@ -94,16 +94,24 @@ func workerBench() int {
 func BenchmarkReducerStep(b *testing.B) { benchStep(b) }
 
 // BenchmarkShardedStep is BenchmarkReducerStep's step with AdamW (lr
-// 1e-3), whole on each rank or sharded over the ranks (NewShardedOptimizer:
+// 1e-3), whole on each rank, sharded over the ranks (NewShardedOptimizer:
 // each rank keeps the moments of half the weights, updates them and
-// broadcasts them). peak-MiB then holds the moments, which the first step
-// allocates. scripts/bench_ddp_step.py --optim adamw runs it with DDP and
-// AdamW, then with PyTorch's ZeroRedundancyOptimizer.
+// broadcasts them; ZeRO stage 1), and with the gradients sharded too
+// (Reducer.ShardGradients: each bucket reduced to its owner, which alone
+// keeps it; ZeRO stage 2). peak-MiB then holds the moments, which the
+// first step allocates. DP2O_DIST_BENCH_ACCUM backward passes per step
+// (gradient accumulation; default 1) each take the whole batch.
+// scripts/bench_ddp_step.py --optim adamw runs it with DDP and AdamW, then
+// with PyTorch's ZeroRedundancyOptimizer (--accum: DDP's no_sync for all
+// passes but the last).
 //
 //	go test ./torch/dist -run '^$' -bench ShardedStep -benchtime 5x
 func BenchmarkShardedStep(b *testing.B) {
 	b.Run("adamw", func(b *testing.B) { benchStep(b, "DP2O_DIST_BENCH_OPTIM=adamw") })
 	b.Run("adamw-sharded", func(b *testing.B) { benchStep(b, "DP2O_DIST_BENCH_OPTIM=adamw", "DP2O_DIST_BENCH_ZERO=1") })
+	b.Run("adamw-sharded-gradients", func(b *testing.B) {
+		benchStep(b, "DP2O_DIST_BENCH_OPTIM=adamw", "DP2O_DIST_BENCH_ZERO=2")
+	})
 }
 
 func benchStep(b *testing.B, env ...string) {
@@ -173,7 +181,8 @@ func reducerStep(g *Group) (err error) {
 		return optim.NewSGD(ps, optim.SGDConfig{LR: 1e-3})
 	}
 	var opt optim.Optimizer
-	if os.Getenv("DP2O_DIST_BENCH_ZERO") == "1" {
+	zero := os.Getenv("DP2O_DIST_BENCH_ZERO")
+	if zero == "1" || zero == "2" {
 		opt, err = g.NewShardedOptimizer(named, build)
 	} else {
 		opt, err = build(named)
@@ -191,18 +200,26 @@ func reducerStep(g *Group) (err error) {
 		return err
 	}
 	defer red.Close()
+	if zero == "2" {
+		if err := red.ShardGradients(opt.(*ShardedOptimizer).Owners()); err != nil {
+			return err
+		}
+	}
+	accum := envInt("DP2O_DIST_BENCH_ACCUM", 1)
 	step := func() error {
 		ss := torch.NewScope()
 		defer ss.Close()
-		h := x
-		for l := range layers {
-			h = torch.Linear(h, params[2*l], params[2*l+1]).Tanh()
+		for m := range accum {
+			h := x
+			for l := range layers {
+				h = torch.Linear(h, params[2*l], params[2*l+1]).Tanh()
+			}
+			loss := torch.MSELoss(h, y).DivScalar(float64(accum))
+			if err := red.Prepare(m == accum-1); err != nil {
+				return err
+			}
+			loss.Backward(nil)
 		}
-		loss := torch.MSELoss(h, y)
-		if err := red.Prepare(true); err != nil {
-			return err
-		}
-		loss.Backward(nil)
 		if err := red.Finish(); err != nil {
 			return err
 		}

@@ -61,6 +61,13 @@ type tinyRun struct {
 	// (NewShardedOptimizer): each rank updates its parameters and
 	// broadcasts them.
 	zero bool
+	// shardGrads (with zero and overlap) shards the gradients too
+	// (Reducer.ShardGradients, ZeRO stage 2): each pass reduces each
+	// bucket to its owner, which alone ends with its parameters' .grad.
+	shardGrads bool
+	// clip clips the gradients to this norm before each update
+	// (Reducer.ClipGradNorm: over every rank's share when sharded).
+	clip float64
 }
 
 type spareUse int
@@ -88,6 +95,19 @@ var tinyRuns = []tinyRun{
 	{in: 4, hidden: 8, out: 3, globalBatch: 6, steps: 4, seed: 1234, accum: 1, zero: true},
 	{in: 4, hidden: 8, out: 3, globalBatch: 12, steps: 3, seed: 99, sgd: true, accum: 3, zero: true},
 	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 4, seed: 31, accum: 1, overlap: true, bucketBytes: 64, spare: spareRow0, zero: true},
+	// Sharded gradients: accumulation (a reduce per pass), SGD's momentum,
+	// a parameter some passes use on one rank only, late gradients (a
+	// bucket per parameter), the first-used parameter created last, two
+	// dtypes; and clipping by the norm over the ranks (tight enough to
+	// clip every step), unsharded and sharded.
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 7, accum: 2, overlap: true, bucketBytes: 64, zero: true, shardGrads: true},
+	{in: 4, hidden: 8, out: 3, globalBatch: 12, steps: 3, seed: 99, sgd: true, accum: 3, overlap: true, zero: true, shardGrads: true},
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 4, seed: 17, accum: 2, overlap: true, bucketBytes: 64, spare: spareRow0, zero: true, shardGrads: true},
+	{in: 4, hidden: 8, out: 3, globalBatch: 4, steps: 2, seed: 5, accum: 1, overlap: true, bucketBytes: 4, checkpoint: true, shared: true, zero: true, shardGrads: true},
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 23, accum: 2, overlap: true, bucketBytes: 64, permuted: true, zero: true, shardGrads: true},
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 29, accum: 2, overlap: true, bucketBytes: 64, mixed: true, zero: true, shardGrads: true},
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 37, accum: 2, overlap: true, bucketBytes: 64, clip: 0.05},
+	{in: 4, hidden: 8, out: 3, globalBatch: 8, steps: 3, seed: 37, accum: 2, overlap: true, bucketBytes: 64, clip: 0.05, zero: true, shardGrads: true},
 }
 
 // train builds the model (weights drawn from seed+rank, so only the
@@ -161,14 +181,28 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 	}
 	var red *Reducer
 	if c.overlap {
-		handed := params
+		order := []int{0, 1, 2, 3, 4}[:len(params)]
 		if c.permuted {
-			handed = append([]*torch.Tensor{params[2], params[3], params[0], params[1]}, params[4:]...)
+			order = append([]int{2, 3, 0, 1}, order[4:]...)
+		}
+		handed := make([]*torch.Tensor, len(order))
+		for j, i := range order {
+			handed[j] = params[i]
 		}
 		if red, err = g.NewReducer(handed); err != nil {
 			return nil, err
 		}
 		defer red.Close()
+		if c.shardGrads {
+			owners := opt.(*ShardedOptimizer).Owners()
+			handedOwners := make([]int, len(order))
+			for j, i := range order {
+				handedOwners[j] = owners[i]
+			}
+			if err := red.ShardGradients(handedOwners); err != nil {
+				return nil, err
+			}
+		}
 	}
 	for step := range c.steps {
 		ss := torch.NewScope()
@@ -230,6 +264,26 @@ func (c tinyRun) train(g *Group) (weights []float32, err error) {
 		if err == nil && c.spare == spareNever {
 			if gr := params[4].Grad(); gr != nil {
 				err = fmt.Errorf("the parameter no rank used got a gradient, max |g| %g", gr.Abs().Max().Item())
+			}
+		}
+		if err == nil && c.shardGrads {
+			// Only the owner keeps a gradient.
+			z := opt.(*ShardedOptimizer)
+			for i, p := range params {
+				if gr := p.Grad(); gr != nil && z.Owner(i) != g.Rank() {
+					err = fmt.Errorf("rank %d holds a gradient of parameter %d, which rank %d owns", g.Rank(), i, z.Owner(i))
+				}
+			}
+		}
+		if err == nil && c.clip > 0 {
+			var norm float64
+			if red != nil {
+				norm, err = red.ClipGradNorm(named, c.clip, 2)
+			} else {
+				norm, err = optim.ClipGradNorm(named, c.clip, 2)
+			}
+			if err == nil && norm <= c.clip {
+				err = fmt.Errorf("gradient norm %g is within the clip %g: the run does not test clipping", norm, c.clip)
 			}
 		}
 		if err == nil {

@@ -27,7 +27,11 @@
 // A ShardedOptimizer (NewShardedOptimizer) keeps on each rank the state of
 // its share of the parameters only, as PyTorch's ZeroRedundancyOptimizer
 // (ZeRO stage 1): each rank updates its parameters and broadcasts them;
-// Consolidate gathers the whole state on rank 0 for a checkpoint.
+// Consolidate gathers the whole state on rank 0 for a checkpoint. A
+// Reducer given the optimizer's owners (ShardGradients) shards the
+// gradients too (ZeRO stage 2): each backward pass reduces each bucket to
+// its owner, which alone keeps it; ClipGradNorm then takes the norm over
+// the ranks' shares.
 //
 // Without torchrun's environment FromEnv returns a group of one process whose
 // collectives do nothing, so the same program runs unchanged on one device.

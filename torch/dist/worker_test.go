@@ -179,6 +179,7 @@ func workerCollectives() int {
 		}
 	}
 	checkReducerFailure(c, g)
+	checkShardedReducerFailure(c, g)
 	c.noErr("barrier", g.Barrier())
 	for _, t := range []*torch.Tensor{f32, f64, i64, avg, mx, mn, b} {
 		t.Close()
@@ -284,6 +285,122 @@ func checkReducerFailure(c *checker, g *Group) {
 				break
 			}
 		}
+	}
+}
+
+// checkShardedReducerFailure: with sharded gradients every pass reduces,
+// so a rank that aborts in the middle of gradient accumulation makes the
+// others' next Prepare fail, none left waiting in a collective; misuse is
+// refused; the next step leaves each owner, and only it, with the mean.
+func checkShardedReducerFailure(c *checker, g *Group) {
+	r, w := g.Rank(), g.WorldSize()
+	s := torch.NewScope()
+	defer s.Close()
+	const each = 1 << 8
+	var params []*torch.Tensor
+	owners := []int{w - 1, 0, (w - 1) / 2}
+	for range owners {
+		params = append(params, onDevice(g, torch.Zeros([]int64{each}, torch.Float32, torch.CPU)).SetRequiresGrad(true))
+	}
+	g.SetBucketBytes(each * 4) // a bucket each
+	defer g.SetBucketBytes(DefaultBucketBytes)
+	red, err := g.NewReducer(params)
+	if !c.noErr("sharded reducer", err) {
+		return
+	}
+	defer red.Close()
+	if err := red.ShardGradients(owners[:2]); err == nil || !strings.Contains(err.Error(), "2 owners for 3 parameters") {
+		c.errorf("sharded reducer: 2 owners for 3 parameters: %v, want an error saying so", err)
+	}
+	if err := red.ShardGradients([]int{0, w, 0}); err == nil || !strings.Contains(err.Error(), "outside a world") {
+		c.errorf("sharded reducer: an owner outside the world: %v, want an error saying so", err)
+	}
+	if !c.noErr("sharded reducer: shard", red.ShardGradients(owners)) {
+		return
+	}
+	backward := func() {
+		ss := torch.NewScope()
+		defer ss.Close()
+		sum := params[0].Sum()
+		for _, p := range params[1:] {
+			sum = sum.Add(p.Sum())
+		}
+		sum.MulScalar(float64(r + 1)).Backward(nil)
+	}
+	// Three passes; the last rank aborts in the second.
+	const accum = 3
+	var got error
+	for m := range accum {
+		if err := red.Prepare(m == accum-1); err != nil {
+			got = err
+			break
+		}
+		if m == 1 && r == w-1 {
+			got = red.Abort()
+			break
+		}
+		if m == 0 {
+			// Mid-step, the owners cannot change.
+			if err := red.ShardGradients(owners); err == nil || !strings.Contains(err.Error(), "between steps") {
+				c.errorf("sharded reducer: ShardGradients in a step: %v, want an error", err)
+			}
+		}
+		backward()
+	}
+	if got == nil {
+		got = red.Finish()
+	}
+	switch {
+	case got == nil:
+		c.errorf("sharded reducer: a step rank %d aborted: no error", w-1)
+	case r == w-1 && !strings.Contains(got.Error(), "this rank's step failed"):
+		c.errorf("sharded reducer: rank %d's aborted step: %v", r, got)
+	case r != w-1 && !strings.Contains(got.Error(), "another rank failed"):
+		c.errorf("sharded reducer: rank %d, when rank %d aborted: %v", r, w-1, got)
+	}
+	for k, p := range params {
+		if p.Grad() != nil {
+			c.errorf("sharded reducer: parameter %d has a gradient after a failed step", k)
+		}
+	}
+	// The next step: two passes; each owner holds the mean of 2(r+1).
+	for m := range 2 {
+		if !c.noErr("sharded reducer: prepare", red.Prepare(m == 1)) {
+			return
+		}
+		backward()
+		for k, p := range params {
+			if p.Grad() != nil && m == 1 {
+				// Between passes the reducer holds the sums: no .grad.
+				c.errorf("sharded reducer: parameter %d has a .grad between passes", k)
+			}
+		}
+	}
+	if !c.noErr("sharded reducer: the step after a failed one", red.Finish()) {
+		return
+	}
+	want := float64(w + 1) // the mean of 2(r+1) over the ranks
+	for k, p := range params {
+		gr := p.Grad()
+		if owners[k] != r {
+			if gr != nil {
+				c.errorf("sharded reducer: rank %d holds parameter %d's gradient, which rank %d owns", r, k, owners[k])
+			}
+			continue
+		}
+		if gr == nil {
+			c.errorf("sharded reducer: rank %d owns parameter %d and has no gradient for it", r, k)
+			continue
+		}
+		for _, v := range gr.To(torch.Float64).ToDevice(torch.CPU).Float64s() {
+			if v != want {
+				c.errorf("sharded reducer: parameter %d's gradient: %v, want %v", k, v, want)
+				break
+			}
+		}
+	}
+	for _, p := range params {
+		p.ZeroGrad(true)
 	}
 }
 

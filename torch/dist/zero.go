@@ -116,6 +116,10 @@ func partition(sizes []int64, world int) []int {
 // Owner is the rank that updates params[i].
 func (z *ShardedOptimizer) Owner(i int) int { return z.owner[i] }
 
+// Owners is every parameter's owner, in Params' order: what a Reducer's
+// ShardGradients takes.
+func (z *ShardedOptimizer) Owners() []int { return append([]int(nil), z.owner...) }
+
 // Owned lists this rank's parameters, in the order of the full list.
 func (z *ShardedOptimizer) Owned() []optim.Param { return z.byRank[z.g.Rank()] }
 
