@@ -18,7 +18,12 @@ torch.distributed.optim.ZeroRedundancyOptimizer (ZeRO stage 1), as
 BenchmarkShardedStep does:
 
     /usr/bin/python3 scripts/bench_ddp_step.py --iters 5 --optim adamw
-    go test ./torch/dist -run '^$' -bench ShardedStep -benchtime 5x Both sides fix glibc's mmap threshold
+    go test ./torch/dist -run '^$' -bench ShardedStep -benchtime 5x
+
+--accum N takes N backward passes per step (gradient accumulation, DDP's
+no_sync for all but the last), as DP2O_DIST_BENCH_ACCUM=N does for the Go
+benchmark. PyTorch itself has no ZeRO stage 2 beside FSDP's SHARD_GRAD_OP,
+which does not import in Debian's 1.13 on Python 3.11. Both sides fix glibc's mmap threshold
 (MALLOC_MMAP_THRESHOLD_), so that freed gradient-sized blocks leave the
 resident set and VmHWM is the peak of live memory.
 
@@ -26,6 +31,7 @@ resident set and VmHWM is the peak of live memory.
     go test ./torch/dist -run '^$' -bench ReducerStep -benchtime 5x
 """
 import argparse
+import contextlib
 import math
 import os
 import socket
@@ -80,9 +86,13 @@ def worker(iters, mode):
     before = proc_status()
     ddp = DDP(model, bucket_cap_mb=25, gradient_as_bucket_view=mode != "copy")
 
+    accum = env_int("DP2O_DIST_BENCH_ACCUM", 1)
+
     def step():
-        loss = torch.nn.functional.mse_loss(ddp(x), y)
-        loss.backward()
+        for m in range(accum):
+            with ddp.no_sync() if m < accum - 1 else contextlib.nullcontext():
+                loss = torch.nn.functional.mse_loss(ddp(x), y) / accum
+                loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -107,7 +117,10 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--optim", choices=["sgd", "adamw"], default="sgd")
     ap.add_argument("--worker", choices=["copy", "view", "adamw", "zero"])
+    ap.add_argument("--accum", type=int, default=0, help="backward passes per step (DP2O_DIST_BENCH_ACCUM)")
     a = ap.parse_args()
+    if a.accum > 0:
+        os.environ["DP2O_DIST_BENCH_ACCUM"] = str(a.accum)
     if a.worker:
         worker(a.iters, a.worker)
         return

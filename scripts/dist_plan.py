@@ -78,6 +78,18 @@ def main():
         bc = (N - 1) / N * size / list(LINKS.values())[0]
         print(f"--shard_optimizer, N=8: weights' broadcast {bc * 1e3:.0f} ms per step on NVLink; AdamW moments "
               f"{8 * n / 1e9:.2f} GB per GPU whole, about {8 * n / N / 1e9:.2f} GB sharded")
+        # --shard_gradients (ZeRO stage 2): every micro-batch's backward pass
+        # reduces the gradient to the owners (a reduce moves about the
+        # gradient's size over each GPU's link: NCCL's busbw = algbw), and
+        # each GPU keeps 1/N of the float32 gradients. Not overlapped with
+        # the backward pass here (the reducer does overlap it).
+        links = list(LINKS.items())
+        per_pass = {name.split(",")[1].strip().split(" (")[0]: size / bw for name, bw in links[:2]}
+        mb = a.pairs_per_step // N  # single-pair micro-batches per GPU and step
+        parts = "; ".join(f"{link}: {t * 1e3:.0f} ms per pass, {mb * t:.1f} s per step "
+                          f"({spp[model] / (spp[model] + t) * 100:.1f}% efficiency without overlap)" for link, t in per_pass.items())
+        print(f"--shard_gradients, N=8, {mb} single-pair passes per GPU and step: {parts}; float32 gradients "
+              f"{size / 1e9:.2f} GB per GPU whole, about {size / N / 1e9:.2f} GB sharded")
         # One all-reduce per micro-batch instead (no accumulation, 1 pair/GPU):
         ar = 2 * (N - 1) / N * size / list(LINKS.values())[0]
         print(f"worst case, one all-reduce per single-pair micro-batch on NVLink, N=8: "

@@ -6,7 +6,7 @@
 #   degrade → sample (torchrun: shard per rank, rank 0 merges)
 #           → label (torchrun: PSNR/SSIM, shard per rank, rank 0 writes the labels) → pairs
 #           → train (torchrun: data parallel, overlapped gradient all-reduce,
-#             AdamW state sharded over the ranks)
+#             AdamW state and gradients sharded over the ranks, 2 accumulation steps)
 #
 #   scripts/torchrun-check.sh            # TORCHRUN=/path/to/torchrun to pick another
 #
@@ -43,7 +43,7 @@ test -s "$work/cands/labels.json" || { echo "torchrun-check: no labels" >&2; exi
 
 echo "== train under torchrun"
 "${launch[@]}" "$work/bin/train" --model sd2 --pairs "$work/pairs.json" --output_dir "$work/dpo" \
-    --train_batch_size 1 --max_train_steps 2 --checkpointing_steps 1 --device cpu --no_progress --shard_optimizer
+    --train_batch_size 1 --max_train_steps 2 --checkpointing_steps 1 --device cpu --no_progress --shard_gradients --gradient_accumulation_steps 2
 for f in checkpoint-1/model.safetensors checkpoint-2/model.safetensors model.safetensors train_log.csv; do
     test -s "$work/dpo/$f" || { echo "torchrun-check: $f missing" >&2; exit 1; }
 done

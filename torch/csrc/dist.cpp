@@ -381,6 +381,7 @@ struct Reducer {
     std::vector<at::Tensor> acc;    // per bucket, on its owner
     std::vector<char> got;          // per parameter: a gradient on some rank in the step
     size_t done = 0;                // the next bucket to complete in the pass
+    static constexpr size_t max_inflight = 2;
     bool pass_pending = false;      // a pass was prepared whose end is due
     bool last = false;              // that pass is the step's last (prepare(sync))
 
@@ -577,8 +578,15 @@ struct Reducer {
           if (outstanding > 0) overlapped++;
         }
         // Sharded: the buckets whose reduce is done give their buffers
-        // back now, in order, rather than at the pass's end.
-        while (sharded && !broken && done < next && work[done] && work[done]->isCompleted()) complete(done++);
+        // back now, in order, rather than at the pass's end; and no more
+        // than max_inflight stay in flight (the backward pass waits for
+        // the oldest, as DeepSpeed's stage 2 waits for a free buffer), so
+        // that the buffers never add up to the whole gradient set when the
+        // reduces are slower than the backward pass.
+        while (sharded && !broken && done < next && work[done] &&
+               (next - done > max_inflight || work[done]->isCompleted())) {
+          complete(done++);
+        }
       } catch (const c10::Error &e) {
         if (error.empty()) error = e.what_without_backtrace();
         broken = true;

@@ -180,9 +180,10 @@ func (r *Reducer) StartedInBackward() int {
 // only marks the step's last), instead of all-reducing the last pass's
 // accumulated gradients: a bucket's buffer exists from its first gradient
 // in the pass until its reduce is done, when the owner adds it to its sum
-// over the step and every rank frees it. So a rank holds its own share of
-// the gradients and a few buckets in flight, not the whole set (5.8 GB for
-// C-FLUX's ControlNet, 0.7 per GPU on 8), for one reduce per bucket and
+// over the step and every rank frees it; beyond two reduces in flight the
+// backward pass waits for the oldest. So a rank holds its own share of the
+// gradients and a few buckets, not the whole set (5.8 GB for C-FLUX's
+// ControlNet, 0.7 per GPU on 8), for one reduce per bucket and
 // accumulation step where unsharded there is one all-reduce per step.
 //
 // After Finish each owned parameter with a gradient on some rank holds the
