@@ -56,4 +56,8 @@ if [ -e "$bins/flow_transformer.test" ]; then
   echo "== C-FLUX ControlNet training step through the frozen transformer, full width, 4+4 blocks, batch 2, 512x512, float32: plain vs gradient checkpointing" | tee -a "$report"
   (cd flow/transformer && DP2O_DEVICE=cuda DP2O_BENCH_HEADS=24 "$OLDPWD/$bins/flow_transformer.test" -test.run '^$' -test.bench 'TrainStepMemory' -test.benchtime 1x 2>&1) | grep -E 'Benchmark|MiB|width' | tee -a "$report"
 fi
+if [ -e "$bins/torch_dist.test" ]; then
+  echo "== data-parallel AdamW step, 128 MiB MLP, 2 ranks on GPU 0 over Gloo, 4 passes per step: whole / optimizer sharded / gradients sharded too (peak CUDA memory per rank)" | tee -a "$report"
+  (cd torch/dist && DP2O_DIST_BENCH_CUDA=1 DP2O_DIST_BENCH_ACCUM=4 "$OLDPWD/$bins/torch_dist.test" -test.run '^$' -test.bench 'ShardedStep' -test.benchtime 3x 2>&1) | grep -E 'Benchmark' | tee -a "$report"
+fi
 [ "$fail" -eq 0 ]

@@ -103,7 +103,10 @@ func BenchmarkReducerStep(b *testing.B) { benchStep(b) }
 // (gradient accumulation; default 1) each take the whole batch.
 // scripts/bench_ddp_step.py --optim adamw runs it with DDP and AdamW, then
 // with PyTorch's ZeroRedundancyOptimizer (--accum: DDP's no_sync for all
-// passes but the last).
+// passes but the last). With DP2O_DIST_BENCH_CUDA=1 the ranks train on
+// GPU 0 (Gloo moves CUDA tensors), and peak-MiB is the largest growth of a
+// rank's peak CUDA allocation above its allocation once the model and the
+// data are built (scripts/gpu-check.sh runs it so).
 //
 //	go test ./torch/dist -run '^$' -bench ShardedStep -benchtime 5x
 func BenchmarkShardedStep(b *testing.B) {
@@ -166,17 +169,22 @@ func reducerStep(g *Group) (err error) {
 	const batch = 32
 	s := torch.NewScope()
 	defer s.Close()
+	dev := torch.CPU
+	cuda := os.Getenv("DP2O_DIST_BENCH_CUDA") == "1"
+	if cuda {
+		dev = torch.CUDA(0)
+	}
 	gen := torch.MustGenerator(torch.CPU, 1)
 	var params []*torch.Tensor
 	var named []optim.Param
 	for l := range layers {
-		w := torch.Randn([]int64{width, width}, gen, torch.Float32, torch.CPU).MulScalar(1 / math.Sqrt(float64(width))).SetRequiresGrad(true)
-		bias := torch.Zeros([]int64{width}, torch.Float32, torch.CPU).SetRequiresGrad(true)
+		w := torch.Randn([]int64{width, width}, gen, torch.Float32, torch.CPU).MulScalar(1 / math.Sqrt(float64(width))).ToDevice(dev).SetRequiresGrad(true)
+		bias := torch.Zeros([]int64{width}, torch.Float32, dev).SetRequiresGrad(true)
 		params = append(params, w, bias)
 		named = append(named, optim.Param{Name: fmt.Sprint("w", l), Tensor: w}, optim.Param{Name: fmt.Sprint("b", l), Tensor: bias})
 	}
-	x := torch.Randn([]int64{batch, width}, gen, torch.Float32, torch.CPU)
-	y := torch.Randn([]int64{batch, width}, gen, torch.Float32, torch.CPU)
+	x := torch.Randn([]int64{batch, width}, gen, torch.Float32, torch.CPU).ToDevice(dev)
+	y := torch.Randn([]int64{batch, width}, gen, torch.Float32, torch.CPU).ToDevice(dev)
 	build := func(ps []optim.Param) (optim.Optimizer, error) {
 		if os.Getenv("DP2O_DIST_BENCH_OPTIM") == "adamw" {
 			cfg := optim.DefaultAdamW()
@@ -198,6 +206,15 @@ func reducerStep(g *Group) (err error) {
 	before, err := testutil.ReadProcStatus()
 	if err != nil {
 		return err
+	}
+	var cudaBefore int64
+	if cuda {
+		if cudaBefore, _, _, err = torch.CUDAMemory(0); err != nil {
+			return err
+		}
+		if err := torch.CUDAResetPeak(0); err != nil {
+			return err
+		}
 	}
 	red, err := g.NewReducer(params)
 	if err != nil {
@@ -243,12 +260,25 @@ func reducerStep(g *Group) (err error) {
 			return err
 		}
 	}
+	if cuda {
+		if err := torch.CUDASynchronize(0); err != nil {
+			return err
+		}
+	}
 	per := time.Since(start).Seconds() / float64(iters)
 	after, err := testutil.ReadProcStatus()
 	if err != nil {
 		return err
 	}
+	growth := after["VmHWM"] - before["VmRSS"]
+	if cuda {
+		_, peak, _, err := torch.CUDAMemory(0)
+		if err != nil {
+			return err
+		}
+		growth = peak - cudaBefore
+	}
 	fmt.Printf("per step: %g s, peak growth: %d bytes (%d of %d buckets started during the backward pass)\n",
-		per, after["VmHWM"]-before["VmRSS"], red.StartedInBackward(), red.Buckets())
+		per, growth, red.StartedInBackward(), red.Buckets())
 	return nil
 }
