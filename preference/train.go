@@ -560,6 +560,7 @@ func (t *Trainer) Update() (gradNorm, clipCoef, lr float64, err error) {
 		clip = c.ClipGradNorm
 	}
 	if gradNorm, err = clip(params, maxNorm, 2); err != nil {
+		t.Opt.ZeroGrad()
 		return 0, 0, 0, fmt.Errorf("preference: train: clipping: %w", err)
 	}
 	if math.IsNaN(gradNorm) || math.IsInf(gradNorm, 0) {

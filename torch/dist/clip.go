@@ -2,6 +2,7 @@ package dist
 
 import (
 	"errors"
+	"fmt"
 	"math"
 
 	"github.com/dp2osr/dp2o/torch"
@@ -13,22 +14,65 @@ import (
 // is that of every rank's gradients together, and each rank scales its own
 // by clamp(maxNorm / (total + 1e-6), max=1). It is a collective: every rank
 // calls it, with its own parameters (those without a gradient are
-// skipped). It returns the total norm, the same on every rank.
+// skipped). It returns the total norm, the same on every rank; when it
+// fails on one rank it fails on every rank.
 //
-// For a finite p, each rank sums its gradients' norms to the power p and
+// For a finite p each rank sums its gradients' norms to the power p and
 // one all-reduce sums the ranks' (for p = inf, one all-reduce takes the
 // maximum); in one process torch takes the p-norm of the stacked norms,
 // the same up to rounding.
-func (g *Group) ClipShardedGradNorm(params []*torch.Tensor, maxNorm, normType float64) (norm float64, err error) {
+func (g *Group) ClipShardedGradNorm(params []*torch.Tensor, maxNorm, normType float64) (float64, error) {
 	if normType <= 0 || math.IsNaN(normType) {
 		return 0, errors.New("dist: clip_grad_norm: the norm's order must be positive")
 	}
+	inf := math.IsInf(normType, 1)
+	part, perr := normPart(params, normType, inf)
+	failed := 0.0
+	if perr != nil {
+		failed = 1
+	}
+	op := Sum
+	if inf {
+		op = Max
+	}
+	// The rank's part and whether it failed, in one all-reduce: a rank
+	// that failed still takes part, and every rank learns of it.
+	vs, err := g.AllReduceFloat64s(op, part, failed)
+	switch {
+	case err != nil:
+		return 0, errors.Join(perr, fmt.Errorf("dist: clip_grad_norm: %w", err))
+	case perr != nil:
+		return 0, fmt.Errorf("dist: clip_grad_norm: %w", perr)
+	case vs[1] > 0:
+		return 0, errors.New("dist: clip_grad_norm: another rank failed")
+	}
+	total := vs[0]
+	if !inf {
+		total = math.Pow(total, 1/normType)
+	}
+	total = float64(float32(total)) // torch's total is a float32 tensor
+	serr := scaleGrads(params, total, maxNorm)
+	anyFailed, err := g.Any(serr != nil)
+	switch {
+	case err != nil:
+		return 0, errors.Join(serr, fmt.Errorf("dist: clip_grad_norm: %w", err))
+	case serr != nil:
+		return 0, fmt.Errorf("dist: clip_grad_norm: %w", serr)
+	case anyFailed:
+		return 0, errors.New("dist: clip_grad_norm: another rank failed to scale its gradients")
+	}
+	return total, nil
+}
+
+// normPart is this rank's share of the total norm: Σ‖g‖ᵖ over its
+// gradients (their largest |g| for p = inf), the norms in float32 on the
+// gradients' device, as torch computes them.
+func normPart(params []*torch.Tensor, normType float64, inf bool) (v float64, err error) {
 	defer torch.Recover(&err)
 	s := torch.NewScope()
 	defer s.Close()
-	inf := math.IsInf(normType, 1)
-	dev := g.Device()
 	var parts []*torch.Tensor
+	var dev torch.Device
 	for _, p := range params {
 		gr := p.Grad()
 		if gr == nil {
@@ -40,30 +84,29 @@ func (g *Group) ClipShardedGradNorm(params []*torch.Tensor, maxNorm, normType fl
 		} else {
 			n = gr.Norm(normType)
 		}
+		if len(parts) == 0 {
+			dev = gr.Device()
+		}
 		parts = append(parts, n.Float().ToDevice(dev))
 	}
-	local := torch.Full([]int64{1}, 0, torch.Float32, dev)
-	if len(parts) > 0 {
-		st := torch.Stack(parts, 0)
-		if inf {
-			local = st.Max().Reshape([]int64{1})
-		} else {
-			local = st.Pow(normType).Sum().Reshape([]int64{1})
-		}
+	if len(parts) == 0 {
+		return 0, nil
 	}
-	op := Sum
+	st := torch.Stack(parts, 0)
 	if inf {
-		op = Max
+		return st.Max().Item(), nil
 	}
-	if err := g.AllReduce(op, local); err != nil {
-		return 0, err
-	}
-	total := local
-	if !inf {
-		total = local.Pow(1 / normType)
-	}
-	// Python's max_norm / tensor is tensor.reciprocal() * max_norm.
-	coef := total.AddScalar(1e-6).Reciprocal().MulScalar(maxNorm).ClampMax(1)
+	return st.Pow(normType).Sum().Item(), nil
+}
+
+// scaleGrads multiplies every gradient by clip_grad_norm_'s factor, a
+// 0-dim float32 tensor (Python's max_norm / tensor is
+// tensor.reciprocal() * max_norm).
+func scaleGrads(params []*torch.Tensor, total, maxNorm float64) (err error) {
+	defer torch.Recover(&err)
+	s := torch.NewScope()
+	defer s.Close()
+	coef := torch.Scalar(total).AddScalar(1e-6).Reciprocal().MulScalar(maxNorm).ClampMax(1)
 	torch.NoGrad(func() {
 		for _, p := range params {
 			if gr := p.Grad(); gr != nil {
@@ -71,5 +114,5 @@ func (g *Group) ClipShardedGradNorm(params []*torch.Tensor, maxNorm, normType fl
 			}
 		}
 	})
-	return total.Item(), nil
+	return nil
 }

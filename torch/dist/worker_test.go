@@ -2,6 +2,7 @@ package dist
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -180,6 +181,7 @@ func workerCollectives() int {
 	}
 	checkReducerFailure(c, g)
 	checkShardedReducerFailure(c, g)
+	checkShardedClip(c, g)
 	c.noErr("barrier", g.Barrier())
 	for _, t := range []*torch.Tensor{f32, f64, i64, avg, mx, mn, b} {
 		t.Close()
@@ -401,6 +403,57 @@ func checkShardedReducerFailure(c *checker, g *Group) {
 	}
 	for _, p := range params {
 		p.ZeroGrad(true)
+	}
+}
+
+// checkShardedClip: ClipShardedGradNorm over gradients the ranks hold in
+// shares (a 0-dim one among them) takes the norm of them all and scales
+// each rank's; a failure on one rank fails it on every rank.
+func checkShardedClip(c *checker, g *Group) {
+	r, w := g.Rank(), g.WorldSize()
+	s := torch.NewScope()
+	defer s.Close()
+	// Rank r holds a 0-dim gradient r+1 and a vector of r+2 twos.
+	scalar := onDevice(g, torch.Scalar(0)).SetRequiresGrad(true)
+	vec := onDevice(g, torch.Zeros([]int64{int64(r + 2)}, torch.Float32, torch.CPU)).SetRequiresGrad(true)
+	scalar.SetGrad(onDevice(g, torch.Scalar(float64(r+1))))
+	vec.SetGrad(onDevice(g, torch.Full([]int64{int64(r + 2)}, 2, torch.Float32, torch.CPU)))
+	sq := 0.0
+	for q := range w {
+		sq += float64((q+1)*(q+1)) + 4*float64(q+2)
+	}
+	want := math.Sqrt(sq)
+	maxNorm := want / 4
+	norm, err := g.ClipShardedGradNorm([]*torch.Tensor{scalar, vec}, maxNorm, 2)
+	if !c.noErr("sharded clip", err) {
+		return
+	}
+	if math.Abs(norm-want) > 1e-5*want {
+		c.errorf("sharded clip: total norm %v, want %v", norm, want)
+	}
+	coef := maxNorm / (want + 1e-6)
+	if got := scalar.Grad().Item(); math.Abs(got-float64(r+1)*coef) > 1e-5 {
+		c.errorf("sharded clip: the 0-dim gradient is %v after clipping, want %v", got, float64(r+1)*coef)
+	}
+	for _, v := range vec.Grad().ToDevice(torch.CPU).Float64s() {
+		if math.Abs(v-2*coef) > 1e-5 {
+			c.errorf("sharded clip: a gradient element is %v after clipping, want %v", v, 2*coef)
+			break
+		}
+	}
+	// The last rank's list holds a closed tensor: every rank fails.
+	bad := []*torch.Tensor{vec}
+	if r == w-1 {
+		closed := torch.Zeros([]int64{1}, torch.Float32, torch.CPU)
+		closed.Close()
+		bad = append(bad, closed)
+	}
+	_, err = g.ClipShardedGradNorm(bad, 1, 2)
+	switch {
+	case err == nil:
+		c.errorf("sharded clip failing on rank %d: no error", w-1)
+	case r != w-1 && !strings.Contains(err.Error(), "another rank failed"):
+		c.errorf("sharded clip: rank %d, when rank %d failed: %v", r, w-1, err)
 	}
 }
 
