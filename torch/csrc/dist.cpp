@@ -14,6 +14,7 @@
 
 #include <torch/version.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <deque>
@@ -89,7 +90,7 @@ dp2o_err dp2o_dist_barrier(dp2o_group, int64_t) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_broadcast_coalesced(dp2o_group, dp2o_tensor *, int, int, int64_t, int64_t) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_average_gradients(dp2o_group, dp2o_tensor *, int, int64_t, int64_t, int, int *) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_reducer_new(dp2o_group, dp2o_tensor *, int, int64_t, dp2o_reducer *, int *) { DP2O_NO_C10D; }
-dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer, int) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer, int, int64_t) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_reducer_finish(dp2o_reducer, int64_t, int, int *, int *) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_reducer_shard(dp2o_reducer, const int *, int, int *) { DP2O_NO_C10D; }
 void dp2o_dist_reducer_free(dp2o_reducer) {}
@@ -381,6 +382,10 @@ struct Reducer {
     std::vector<at::Tensor> acc;    // per bucket, on its owner
     std::vector<char> got;          // per parameter: a gradient on some rank in the step
     size_t done = 0;                // the next bucket to complete in the pass
+    // scratch: per (dtype, device), a buffer of the largest bucket's size,
+    // made between steps, through which a rank whose pass failed takes
+    // part in the rest of the pass's reduces without allocating.
+    std::map<std::pair<int, std::string>, at::Tensor> scratch;
     static constexpr size_t max_inflight = 2;
     bool pass_pending = false;      // a pass was prepared whose end is due
     bool last = false;              // that pass is the step's last (prepare(sync))
@@ -437,6 +442,20 @@ struct Reducer {
         }
       }
       storage.assign(buckets.size(), at::Tensor());
+      if (sharded) {
+        // (dtype, device) → the largest bucket's size and its options
+        std::map<std::pair<int, std::string>, std::pair<int64_t, at::TensorOptions>> need;
+        for (size_t k = 0; k < buckets.size(); k++) {
+          const auto &p = params[buckets[k].front()];
+          auto key = std::make_pair(static_cast<int>(p.scalar_type()), p.device().str());
+          auto it = need.try_emplace(key, 0, p.options().requires_grad(false)).first;
+          it->second.first = std::max(it->second.first, bucket_numel(k));
+        }
+        for (const auto &[key, n] : need) {
+          auto it = scratch.find(key);
+          if (it == scratch.end() || it->second.numel() < n.first) scratch[key] = at::zeros({n.first}, n.second);
+        }
+      }
       // Sharded buffers come with each pass's first gradient of theirs.
       for (size_t k = 0; k < buckets.size() && !sharded; k++) {
         alloc(k, true);
@@ -455,10 +474,15 @@ struct Reducer {
 
     // alloc makes bucket k's buffer and its parameters' views into it
     // (zeros, or left for attach to write: it writes every view).
+    int64_t bucket_numel(size_t k) const {
+      int64_t numel = 0;
+      for (int i : buckets[k]) numel += params[i].numel();
+      return numel;
+    }
+
     void alloc(size_t k, bool zero) {
       const auto &b = buckets[k];
-      int64_t numel = 0;
-      for (int i : b) numel += params[i].numel();
+      int64_t numel = bucket_numel(k);
       auto opts = params[b.front()].options().requires_grad(false);
       storage[k] = zero ? at::zeros({numel}, opts) : at::empty({numel}, opts);
       for (int i : b) view[i] = storage[k].narrow(0, offset[i], params[i].numel()).view(params[i].sizes());
@@ -488,12 +512,38 @@ struct Reducer {
     // the ranks stay in step; a failure to start it marks the group broken
     // and throws.
     void start(size_t k) {
-      try {
-        for (int i : buckets[k]) attach(i);
-      } catch (const c10::Error &e) {
-        if (error.empty()) error = e.what_without_backtrace();
+      // Sharded, once the pass has failed on this rank (Abort, or a
+      // buffer it could not allocate) no more buffers are made.
+      bool failed_pass = sharded && !error.empty();
+      if (!failed_pass) {
+        try {
+          for (int i : buckets[k]) attach(i);
+        } catch (const c10::Error &e) {
+          if (error.empty()) error = e.what_without_backtrace();
+          failed_pass = sharded;
+        }
       }
       for (int i : buckets[k]) params[i].mutable_grad() = at::Tensor();
+      if (failed_pass) {
+        // The rank still takes part in the reduce, through its scratch
+        // buffer, one bucket at a time, so that the ranks stay in step;
+        // the pass then fails on every rank at its end.
+        storage[k] = at::Tensor();
+        for (int i : buckets[k]) view[i] = at::Tensor();
+        while (done < k) complete(done++);
+        const auto &p = params[buckets[k].front()];
+        at::Tensor buf = scratch.at(std::make_pair(static_cast<int>(p.scalar_type()), p.device().str()))
+                             .narrow(0, 0, bucket_numel(k));
+        std::vector<at::Tensor> one{buf};
+        try {
+          work[k] = reduce_async(g, one, bucket_owner[k], timeout);
+        } catch (...) {
+          broken = true;
+          throw;
+        }
+        complete(done++);  // done == k: no addition (no buffer), nothing freed
+        return;
+      }
       std::vector<at::Tensor> one{storage[k]};
       try {
         work[k] = sharded ? reduce_async(g, one, bucket_owner[k], timeout) : all_reduce_async(g, one, 0, timeout);
@@ -645,12 +695,15 @@ struct Reducer {
     // 2n + 1 flags tells every rank which parameters have gradients, which
     // got some late, and whether a rank failed. A failure closes the step
     // on every rank (drop_step) and throws.
-    void end_pass(bool failed, std::chrono::milliseconds timeout) {
+    void end_pass(bool failed) {
       pass_pending = false;
       at::NoGradGuard no_grad;
       if (failed && error.empty()) error = "dist: reducer: this rank's step failed";
       try {
-        while (!broken && next < buckets.size()) start(next++);
+        while (!broken && next < buckets.size()) {
+          while (done < next && next - done >= max_inflight) complete(done++);
+          start(next++);
+        }
       } catch (const c10::Error &e) {
         if (error.empty()) error = e.what_without_backtrace();
       }
@@ -1051,13 +1104,15 @@ dp2o_err dp2o_dist_reducer_new(dp2o_group h, dp2o_tensor *hs, int n, int64_t buc
   DP2O_CATCH
 }
 
-dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync) {
+dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync, int64_t timeout_ms) {
   DP2O_TRY
   auto &st = *static_cast<dp2o::dist::Reducer *>(h)->st;
   std::lock_guard<std::mutex> lock(st.mu);
+  // The hooks' collectives and waits take the group's timeout as of now.
+  st.timeout = dp2o::dist::timeout_of(st.g, timeout_ms);
   // Sharded, the previous pass of the step ends here, with the others'
   // (its failure, on any rank, closes the step on every rank).
-  if (st.sharded && st.pass_pending) st.end_pass(false, st.timeout);
+  if (st.sharded && st.pass_pending) st.end_pass(false);
   TORCH_CHECK(st.next == 0 || !st.armed, "dist: reducer: prepare before the previous finish");
   if (!st.open) {
     // The first backward pass of a step: a gradient already there (from
@@ -1114,7 +1169,8 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int failed
     // The step's last pass ends with the others' (throwing on a failure),
     // then each owned parameter with a gradient on some rank gets its
     // slice of the sum, divided into the mean, as its .grad.
-    st.end_pass(failed != 0, dp2o::dist::timeout_of(st.g, timeout_ms));
+    st.timeout = dp2o::dist::timeout_of(st.g, timeout_ms);
+    st.end_pass(failed != 0);
     at::NoGradGuard no_grad;
     for (auto &a : st.acc) {
       if (a.defined()) a.div_(st.g.size);

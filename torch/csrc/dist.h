@@ -85,7 +85,8 @@ dp2o_err dp2o_dist_average_gradients(dp2o_group g, dp2o_tensor *params, int n, i
 typedef void *dp2o_reducer;
 dp2o_err dp2o_dist_reducer_new(dp2o_group g, dp2o_tensor *params, int n, int64_t bucket_bytes, dp2o_reducer *out,
                                int *buckets);
-dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer r, int sync);
+/* timeout_ms: the hooks' collectives and waits until the next prepare (<= 0: the group's). */
+dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer r, int sync, int64_t timeout_ms);
 /* *overlapped: buckets whose all-reduce started while the backward pass
  * still had gradients to produce; *buckets: how many there are now (the
  * second step's first prepare rebuilds them in the order the first step's

@@ -117,7 +117,7 @@ func (r *Reducer) Prepare(sync bool) error {
 		}
 		return nil
 	}
-	return errOf(C.dp2o_dist_reducer_prepare(r.r, cbool(sync)))
+	return errOf(C.dp2o_dist_reducer_prepare(r.r, cbool(sync), millis(r.g.Timeout())))
 }
 
 // Finish, after the armed backward pass, starts the buckets that have not
