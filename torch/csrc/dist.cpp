@@ -381,7 +381,21 @@ struct Reducer {
     std::vector<int64_t> offset;    // per parameter: where its slice starts in its bucket
     std::vector<at::Tensor> acc;    // per bucket, on its owner
     std::vector<char> got;          // per parameter: a gradient on some rank in the step
-    size_t done = 0;                // the next bucket to complete in the pass
+    std::vector<char> is_started;   // per bucket: started in the pass
+    size_t nstarted = 0;            // buckets started in the pass
+    std::deque<size_t> inflight;    // sharded: started, not completed, in start order
+    // dynamic: sharded, until the buckets follow the learned order (the
+    // first step), the ranks start them in the order rank 0's become
+    // ready, which rank 0 announces bucket by bucket (a broadcast before
+    // each reduce). In creation order a bucket waiting for a gradient that
+    // comes last, or never (a FLUX ControlNet's controlnet_x_embedder, the
+    // last block's text stream), would hold every other bucket, and its
+    // buffer, until the pass's end: the whole gradient set at once.
+    bool dynamic = false;
+    std::vector<std::pair<at::Tensor, c10::intrusive_ptr<c10d::Work>>> announced_sent;  // rank 0
+    at::Tensor announce;                           // the others: the index being received
+    c10::intrusive_ptr<c10d::Work> announce_work;  // its broadcast, posted
+    int64_t announced = -1;                        // received, not yet started
     // scratch: per (dtype, device), a buffer of the largest bucket's size,
     // made between steps, through which a rank whose pass failed takes
     // part in the rest of the pass's reduces without allocating.
@@ -524,13 +538,15 @@ struct Reducer {
         }
       }
       for (int i : buckets[k]) params[i].mutable_grad() = at::Tensor();
+      is_started[k] = 1;
+      nstarted++;
       if (failed_pass) {
         // The rank still takes part in the reduce, through its scratch
         // buffer, one bucket at a time, so that the ranks stay in step;
         // the pass then fails on every rank at its end.
         storage[k] = at::Tensor();
         for (int i : buckets[k]) view[i] = at::Tensor();
-        while (done < k) complete(done++);
+        while (!inflight.empty()) complete_front();
         const auto &p = params[buckets[k].front()];
         at::Tensor buf = scratch.at(std::make_pair(static_cast<int>(p.scalar_type()), p.device().str()))
                              .narrow(0, 0, bucket_numel(k));
@@ -541,7 +557,8 @@ struct Reducer {
           broken = true;
           throw;
         }
-        complete(done++);  // done == k: no addition (no buffer), nothing freed
+        inflight.push_back(k);
+        complete_front();  // no addition (no buffer), nothing freed
         return;
       }
       std::vector<at::Tensor> one{storage[k]};
@@ -550,6 +567,101 @@ struct Reducer {
       } catch (...) {
         broken = true;
         throw;
+      }
+      if (sharded) inflight.push_back(k);
+    }
+
+    // complete_front completes the oldest sharded bucket in flight.
+    void complete_front() {
+      size_t k = inflight.front();
+      inflight.pop_front();
+      complete(k);
+    }
+
+    // bound waits for the oldest reduces until fewer than max_inflight
+    // are in flight (sharded).
+    void bound() {
+      while (sharded && inflight.size() >= max_inflight) complete_front();
+    }
+
+    // post_announce posts the receipt of rank 0's next announcement.
+    void post_announce() {
+      at::Device dev = params.empty() ? at::Device(at::kCPU) : params[0].device();
+      announce = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(g.backend == "nccl" ? dev : at::kCPU));
+      std::vector<at::Tensor> one{announce};
+      try {
+        announce_work = broadcast_async(g, one, 0, timeout);
+      } catch (...) {
+        broken = true;
+        throw;
+      }
+    }
+
+    // advance starts the buckets that can start (with mu held): in index
+    // order or, dynamic, in the order rank 0 announces; at the pass's end
+    // (end) all the others, with at most max_inflight reduces in flight.
+    // Then, sharded, the reduces that are done give their buffers back,
+    // oldest first, and beyond max_inflight the oldest is waited for (as
+    // DeepSpeed's stage 2 waits for a free buffer), so that the buffers
+    // never add up to the whole gradient set when the reduces are slower
+    // than the backward pass.
+    void advance(bool end) {
+      size_t nb = buckets.size();
+      if (!dynamic) {
+        while (!broken && next < nb && (end || pending[next] == 0)) {
+          if (end) bound();
+          start(next++);
+          if (outstanding > 0) overlapped++;
+        }
+      } else if (g.rank == 0) {
+        for (size_t k = 0; k < nb && !broken; k++) {
+          if (is_started[k] || !(end || pending[k] == 0)) continue;
+          if (end) bound();
+          at::Device dev = params[0].device();
+          at::Tensor t = at::full({1}, static_cast<int64_t>(k),
+                                  at::TensorOptions().dtype(at::kLong).device(g.backend == "nccl" ? dev : at::kCPU));
+          std::vector<at::Tensor> one{t};
+          try {
+            announced_sent.emplace_back(t, broadcast_async(g, one, 0, timeout));
+          } catch (...) {
+            broken = true;
+            throw;
+          }
+          start(k);
+          if (outstanding > 0) overlapped++;
+        }
+      } else {
+        while (!broken && nstarted < nb) {
+          if (announced < 0) {
+            if (!announce_work) post_announce();
+            if (!end && !announce_work->isCompleted()) break;
+            auto w = std::move(announce_work);
+            announce_work.reset();
+            try {
+              wait(g, "reducer (bucket order)", w, timeout);
+            } catch (...) {
+              broken = true;
+              throw;
+            }
+            announced = announce.to(at::kCPU).item<int64_t>();
+            if (announced < 0 || announced >= static_cast<int64_t>(nb) || is_started[announced]) {
+              broken = true;  // the ranks disagree: out of step
+              TORCH_CHECK(false, "dist: reducer: rank 0 announced bucket ", announced, ", not one of the ", nb,
+                          " left to start");
+            }
+          }
+          size_t k = static_cast<size_t>(announced);
+          if (!end && pending[k] != 0) break;
+          announced = -1;
+          if (end) bound();
+          start(k);
+          if (outstanding > 0) overlapped++;
+          if (nstarted < nb) post_announce();  // after this reduce, as rank 0 issues them
+        }
+      }
+      while (sharded && !broken && !inflight.empty() &&
+             (inflight.size() > max_inflight || (work[inflight.front()] && work[inflight.front()]->isCompleted()))) {
+        complete_front();
       }
     }
 
@@ -597,7 +709,7 @@ struct Reducer {
       std::lock_guard<std::mutex> lock(mu);
       if (!open || closed) return;
       used[i] = 1;
-      if (static_cast<size_t>(bucket_of[i]) >= next) {
+      if (!is_started[bucket_of[i]]) {
         // The first gradient of the step was stolen into a fresh tensor
         // (AccumulateGrad's fast path); it moves into the bucket, where the
         // later ones accumulate in place. A copy costs less than zeroing the
@@ -615,7 +727,7 @@ struct Reducer {
       // all, or used again: inside and outside a checkpointed function,
       // the recomputation's own backward pass accumulates it), the
       // gradient is in a fresh .grad, averaged at finish.
-      if (static_cast<size_t>(bucket_of[i]) < next) return;
+      if (is_started[bucket_of[i]]) return;
       if (ready[i]) return;  // premarked, or a second accumulation in time
       ready[i] = 1;
       pending[bucket_of[i]]--;
@@ -623,20 +735,7 @@ struct Reducer {
       if (!rebuilt) arrival.push_back(i);
       try {
         at::NoGradGuard no_grad;
-        while (!broken && next < buckets.size() && pending[next] == 0) {
-          start(next++);
-          if (outstanding > 0) overlapped++;
-        }
-        // Sharded: the buckets whose reduce is done give their buffers
-        // back now, in order, rather than at the pass's end; and no more
-        // than max_inflight stay in flight (the backward pass waits for
-        // the oldest, as DeepSpeed's stage 2 waits for a free buffer), so
-        // that the buffers never add up to the whole gradient set when the
-        // reduces are slower than the backward pass.
-        while (sharded && !broken && done < next && work[done] &&
-               (next - done > max_inflight || work[done]->isCompleted())) {
-          complete(done++);
-        }
+        advance(false);
       } catch (const c10::Error &e) {
         if (error.empty()) error = e.what_without_backtrace();
         broken = true;
@@ -700,24 +799,35 @@ struct Reducer {
       at::NoGradGuard no_grad;
       if (failed && error.empty()) error = "dist: reducer: this rank's step failed";
       try {
-        while (!broken && next < buckets.size()) {
-          while (done < next && next - done >= max_inflight) complete(done++);
-          start(next++);
-        }
+        advance(true);
       } catch (const c10::Error &e) {
         if (error.empty()) error = e.what_without_backtrace();
       }
-      size_t started = next;
       next = 0;
-      for (; done < started; done++) {
+      // Every started reduce (and rank 0's announcements) completes, even
+      // after an error: a rank must not leave a collective its peers are in.
+      while (!inflight.empty()) {
         try {
-          complete(done);
+          complete_front();
         } catch (const c10::Error &e) {
           if (error.empty()) error = e.what_without_backtrace();
           broken = true;
         }
       }
-      done = 0;
+      for (auto &a : announced_sent) {
+        try {
+          wait(g, "reducer (bucket order)", a.second, timeout);
+        } catch (const c10::Error &e) {
+          if (error.empty()) error = e.what_without_backtrace();
+          broken = true;
+        }
+      }
+      announced_sent.clear();
+      if (announce_work) {  // posted, never matched: only when broken
+        broken = true;
+        announce_work.reset();
+      }
+      announced = -1;
       size_t n = params.size();
       // A .grad now is a gradient that came after its bucket started.
       std::vector<at::Tensor> late(n);
@@ -1126,6 +1236,7 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync, int64_t timeout_ms)
       // gradients, the old buffers go before the new ones come.
       st.build(st.rebuild);
       st.rebuild.clear();
+      st.dynamic = false;  // the buckets follow the learned order
     }
     for (size_t i = 0; i < st.params.size(); i++) st.used[i] = st.params[i].grad().defined();
     st.open = true;
@@ -1133,7 +1244,6 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync, int64_t timeout_ms)
     st.broken = false;
     st.acc.assign(st.buckets.size(), at::Tensor());
     st.got.assign(st.params.size(), 0);
-    st.done = 0;
   } else if (st.sharded) {
     std::fill(st.used.begin(), st.used.end(), 0);  // no .grad between passes
   }
@@ -1141,6 +1251,12 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync, int64_t timeout_ms)
   st.armed = st.sharded || sync != 0;
   st.last = sync != 0;
   st.pass_pending = st.sharded;
+  st.is_started.assign(st.buckets.size(), 0);
+  st.nstarted = 0;
+  st.inflight.clear();
+  st.announced_sent.clear();
+  st.announce_work.reset();
+  st.announced = -1;
   st.next = 0;
   st.overlapped = 0;
   st.arrival.clear();
@@ -1288,6 +1404,8 @@ dp2o_err dp2o_dist_reducer_shard(dp2o_reducer h, const int *owner, int n, int *b
   std::vector<int> ord = st.rebuild.empty() ? st.order : st.rebuild;
   st.rebuild.clear();
   st.build(ord);
+  // Until the order of the gradients is learned, rank 0 announces it.
+  st.dynamic = !st.rebuilt;
   if (buckets) *buckets = static_cast<int>(st.buckets.size());
   DP2O_CATCH
 }
