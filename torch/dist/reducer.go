@@ -186,6 +186,15 @@ func (r *Reducer) StartedInBackward() int {
 // ControlNet, 0.7 per GPU on 8), for one reduce per bucket and
 // accumulation step where unsharded there is one all-reduce per step.
 //
+// The first step, before the reducer knows the order the gradients come
+// in, must not hold them all either: there rank 0 starts each bucket as
+// soon as its gradients are in, in whatever order, and announces it to the
+// others (a small broadcast before each reduce), who start the buckets in
+// rank 0's order; from the second step on the buckets follow the order
+// learned in the first, as unsharded. A rank whose pass has failed takes
+// part in the rest of its reduces through a scratch buffer the size of the
+// largest bucket, made between steps, instead of allocating more.
+//
 // After Finish each owned parameter with a gradient on some rank holds the
 // mean over the ranks in its .grad, as unsharded (up to rounding: the sum
 // runs pass by pass); the others have none, and between a step's passes no
