@@ -93,6 +93,7 @@ dp2o_err dp2o_dist_reducer_new(dp2o_group, dp2o_tensor *, int, int64_t, dp2o_red
 dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer, int, int64_t) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_reducer_finish(dp2o_reducer, int64_t, int, int *, int *) { DP2O_NO_C10D; }
 dp2o_err dp2o_dist_reducer_shard(dp2o_reducer, const int *, int, int *) { DP2O_NO_C10D; }
+dp2o_err dp2o_dist_reducer_peak_buffers(dp2o_reducer, int *) { DP2O_NO_C10D; }
 void dp2o_dist_reducer_free(dp2o_reducer) {}
 }
 
@@ -392,7 +393,12 @@ struct Reducer {
     // last block's text stream), would hold every other bucket, and its
     // buffer, until the pass's end: the whole gradient set at once.
     bool dynamic = false;
-    std::vector<std::pair<at::Tensor, c10::intrusive_ptr<c10d::Work>>> announced_sent;  // rank 0
+    // The announcements' tensors are made between steps, so that a pass
+    // (a failed one too) allocates nothing for them: rank 0 sends slices
+    // of announce_src (0, 1, …, buckets − 1), the others receive into
+    // announce.
+    at::Tensor announce_src;
+    std::vector<c10::intrusive_ptr<c10d::Work>> announced_sent;  // rank 0
     at::Tensor announce;                           // the others: the index being received
     c10::intrusive_ptr<c10d::Work> announce_work;  // its broadcast, posted
     int64_t announced = -1;                        // received, not yet started
@@ -401,6 +407,9 @@ struct Reducer {
     // part in the rest of the pass's reduces without allocating.
     std::map<std::pair<int, std::string>, at::Tensor> scratch;
     static constexpr size_t max_inflight = 2;
+    // held: sharded bucket buffers that exist now; held_peak: the most at
+    // once in the open or last step (the owners' sums not counted).
+    size_t held = 0, held_peak = 0;
     bool pass_pending = false;      // a pass was prepared whose end is due
     bool last = false;              // that pass is the step's last (prepare(sync))
 
@@ -470,6 +479,15 @@ struct Reducer {
           if (it == scratch.end() || it->second.numel() < n.first) scratch[key] = at::zeros({n.first}, n.second);
         }
       }
+      if (sharded) {
+        at::Device dev = params.empty() ? at::Device(at::kCPU) : params[0].device();
+        auto lopts = at::TensorOptions().dtype(at::kLong).device(g.backend == "nccl" ? dev : at::Device(at::kCPU));
+        announce_src = at::arange(static_cast<int64_t>(buckets.size()), lopts);
+        announce = at::zeros({1}, lopts);
+        announced_sent.reserve(buckets.size());
+        inflight.clear();
+        is_started.assign(buckets.size(), 0);
+      }
       // Sharded buffers come with each pass's first gradient of theirs.
       for (size_t k = 0; k < buckets.size() && !sharded; k++) {
         alloc(k, true);
@@ -499,6 +517,7 @@ struct Reducer {
       int64_t numel = bucket_numel(k);
       auto opts = params[b.front()].options().requires_grad(false);
       storage[k] = zero ? at::zeros({numel}, opts) : at::empty({numel}, opts);
+      if (sharded) held_peak = std::max(held_peak, ++held);
       for (int i : b) view[i] = storage[k].narrow(0, offset[i], params[i].numel()).view(params[i].sizes());
     }
 
@@ -544,12 +563,15 @@ struct Reducer {
         // The rank still takes part in the reduce, through its scratch
         // buffer, one bucket at a time, so that the ranks stay in step;
         // the pass then fails on every rank at its end.
-        storage[k] = at::Tensor();
-        for (int i : buckets[k]) view[i] = at::Tensor();
+        release(k);
         while (!inflight.empty()) complete_front();
         const auto &p = params[buckets[k].front()];
-        at::Tensor buf = scratch.at(std::make_pair(static_cast<int>(p.scalar_type()), p.device().str()))
-                             .narrow(0, 0, bucket_numel(k));
+        auto sc = scratch.find(std::make_pair(static_cast<int>(p.scalar_type()), p.device().str()));
+        if (sc == scratch.end() || sc->second.numel() < bucket_numel(k)) {
+          broken = true;  // this rank cannot take part in the reduce
+          TORCH_CHECK(false, "dist: reducer: no scratch buffer for bucket ", k, " (a parameter changed dtype or device?)");
+        }
+        at::Tensor buf = sc->second.narrow(0, 0, bucket_numel(k));
         std::vector<at::Tensor> one{buf};
         try {
           work[k] = reduce_async(g, one, bucket_owner[k], timeout);
@@ -586,8 +608,6 @@ struct Reducer {
 
     // post_announce posts the receipt of rank 0's next announcement.
     void post_announce() {
-      at::Device dev = params.empty() ? at::Device(at::kCPU) : params[0].device();
-      announce = at::zeros({1}, at::TensorOptions().dtype(at::kLong).device(g.backend == "nccl" ? dev : at::kCPU));
       std::vector<at::Tensor> one{announce};
       try {
         announce_work = broadcast_async(g, one, 0, timeout);
@@ -617,12 +637,9 @@ struct Reducer {
         for (size_t k = 0; k < nb && !broken; k++) {
           if (is_started[k] || !(end || pending[k] == 0)) continue;
           if (end) bound();
-          at::Device dev = params[0].device();
-          at::Tensor t = at::full({1}, static_cast<int64_t>(k),
-                                  at::TensorOptions().dtype(at::kLong).device(g.backend == "nccl" ? dev : at::kCPU));
-          std::vector<at::Tensor> one{t};
+          std::vector<at::Tensor> one{announce_src.narrow(0, static_cast<int64_t>(k), 1)};
           try {
-            announced_sent.emplace_back(t, broadcast_async(g, one, 0, timeout));
+            announced_sent.push_back(broadcast_async(g, one, 0, timeout));
           } catch (...) {
             broken = true;
             throw;
@@ -634,7 +651,15 @@ struct Reducer {
         while (!broken && nstarted < nb) {
           if (announced < 0) {
             if (!announce_work) post_announce();
-            if (!end && !announce_work->isCompleted()) break;
+            if (!end && !announce_work->isCompleted()) {
+              // Rank 0 lags: go on with the backward pass unless
+              // max_inflight buckets here already hold buffers it has not
+              // announced yet (then wait for it: every bucket it announced
+              // has started here, so it is not waiting for this rank).
+              size_t held = 0;
+              for (size_t k = 0; k < nb; k++) held += storage[k].defined() && !is_started[k];
+              if (held < max_inflight) break;
+            }
             auto w = std::move(announce_work);
             announce_work.reset();
             try {
@@ -643,7 +668,7 @@ struct Reducer {
               broken = true;
               throw;
             }
-            announced = announce.to(at::kCPU).item<int64_t>();
+            announced = announce.item<int64_t>();
             if (announced < 0 || announced >= static_cast<int64_t>(nb) || is_started[announced]) {
               broken = true;  // the ranks disagree: out of step
               TORCH_CHECK(false, "dist: reducer: rank 0 announced bucket ", announced, ", not one of the ", nb,
@@ -685,6 +710,12 @@ struct Reducer {
           acc[k] = storage[k];
         }
       }
+      release(k);
+    }
+
+    // release drops bucket k's buffer (a sharded one: counted).
+    void release(size_t k) {
+      if (sharded && storage[k].defined()) held--;
       storage[k] = at::Tensor();
       for (int i : buckets[k]) view[i] = at::Tensor();
     }
@@ -802,6 +833,9 @@ struct Reducer {
         advance(true);
       } catch (const c10::Error &e) {
         if (error.empty()) error = e.what_without_backtrace();
+        // A rank that stopped before starting every bucket would meet
+        // its peers' reduces with the flags' all-reduce: out of step.
+        if (sharded && nstarted < buckets.size()) broken = true;
       }
       next = 0;
       // Every started reduce (and rank 0's announcements) completes, even
@@ -816,7 +850,7 @@ struct Reducer {
       }
       for (auto &a : announced_sent) {
         try {
-          wait(g, "reducer (bucket order)", a.second, timeout);
+          wait(g, "reducer (bucket order)", a, timeout);
         } catch (const c10::Error &e) {
           if (error.empty()) error = e.what_without_backtrace();
           broken = true;
@@ -837,7 +871,7 @@ struct Reducer {
         gr = at::Tensor();
       }
       for (size_t k = 0; k < buckets.size(); k++) {
-        storage[k] = at::Tensor();
+        release(k);
         work[k].reset();
       }
       for (auto &v : view) v = at::Tensor();
@@ -1244,6 +1278,7 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync, int64_t timeout_ms)
     st.broken = false;
     st.acc.assign(st.buckets.size(), at::Tensor());
     st.got.assign(st.params.size(), 0);
+    st.held_peak = st.held;
   } else if (st.sharded) {
     std::fill(st.used.begin(), st.used.end(), 0);  // no .grad between passes
   }
@@ -1407,6 +1442,14 @@ dp2o_err dp2o_dist_reducer_shard(dp2o_reducer h, const int *owner, int n, int *b
   // Until the order of the gradients is learned, rank 0 announces it.
   st.dynamic = !st.rebuilt;
   if (buckets) *buckets = static_cast<int>(st.buckets.size());
+  DP2O_CATCH
+}
+
+dp2o_err dp2o_dist_reducer_peak_buffers(dp2o_reducer h, int *out) {
+  DP2O_TRY
+  auto &st = *static_cast<dp2o::dist::Reducer *>(h)->st;
+  std::lock_guard<std::mutex> lock(st.mu);
+  *out = static_cast<int>(st.held_peak);
   DP2O_CATCH
 }
 

@@ -100,6 +100,9 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer r, int64_t timeout_ms, int failed
  * filled and reduced, and finish leaves each owned parameter's mean in its
  * .grad and none elsewhere (see reducer.go). Between steps only. */
 dp2o_err dp2o_dist_reducer_shard(dp2o_reducer r, const int *owner, int n, int *buckets);
+/* *out: sharded, the most bucket buffers held at once in the open or last
+ * step (the owners' sums not counted). */
+dp2o_err dp2o_dist_reducer_peak_buffers(dp2o_reducer r, int *out);
 void dp2o_dist_reducer_free(dp2o_reducer r);
 
 #ifdef __cplusplus

@@ -239,6 +239,28 @@ func (r *Reducer) ShardGradients(owner []int) error {
 	return nil
 }
 
+// PeakBuffers is, with sharded gradients, the most bucket buffers the
+// reducer held at once in the open or last step (the owners' sums not
+// counted): what the backward pass held beyond its share of the
+// gradients. At most about 2·MaxInFlight + 1 whatever the ranks' speeds;
+// 0 unsharded, whose buffers are the gradients themselves.
+func (r *Reducer) PeakBuffers() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.r == nil {
+		return 0
+	}
+	var n C.int
+	if errOf(C.dp2o_dist_reducer_peak_buffers(r.r, &n)) != nil {
+		return 0
+	}
+	return int(n)
+}
+
+// MaxInFlight is how many reduces a sharded reducer keeps in flight before
+// the backward pass waits for the oldest.
+const MaxInFlight = 2
+
 // ClipGradNorm clips the step's gradients as optim.ClipGradNorm does,
 // over every rank's share when they are sharded (Group.ClipShardedGradNorm,
 // a collective) and locally otherwise, and returns the total norm.

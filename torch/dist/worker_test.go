@@ -182,6 +182,7 @@ func workerCollectives() int {
 	checkReducerFailure(c, g)
 	checkShardedReducerFailure(c, g)
 	checkShardedClip(c, g)
+	checkShardedBound(c, g)
 	c.noErr("barrier", g.Barrier())
 	for _, t := range []*torch.Tensor{f32, f64, i64, avg, mx, mn, b} {
 		t.Close()
@@ -454,6 +455,71 @@ func checkShardedClip(c *checker, g *Group) {
 		c.errorf("sharded clip failing on rank %d: no error", w-1)
 	case r != w-1 && !strings.Contains(err.Error(), "another rank failed"):
 		c.errorf("sharded clip: rank %d, when rank %d failed: %v", r, w-1, err)
+	}
+}
+
+// checkShardedBound: a sharded reducer holds at most 2·MaxInFlight + 1
+// bucket buffers at once, whatever the ranks' speeds. Rank 0's backward
+// pass is made much slower than the others' (extra work between each
+// weight's gradient), so in the first step the others run ahead of its
+// announcements of the bucket order, and in the next ones ahead of its
+// reduces; a bucket per weight, 12 of them.
+func checkShardedBound(c *checker, g *Group) {
+	r, w := g.Rank(), g.WorldSize()
+	s := torch.NewScope()
+	defer s.Close()
+	const layers, width = 12, 4
+	gen := torch.MustGenerator(torch.CPU, 77)
+	var params []*torch.Tensor
+	owners := make([]int, layers)
+	for i := range layers {
+		params = append(params, onDevice(g, torch.Randn([]int64{width, width}, gen, torch.Float32, torch.CPU).MulScalar(0.3)).SetRequiresGrad(true))
+		owners[i] = i % w
+	}
+	x := onDevice(g, torch.Randn([]int64{64, width}, gen, torch.Float32, torch.CPU))
+	var slow *torch.Tensor
+	if r == 0 {
+		slow = onDevice(g, torch.Randn([]int64{width, 2048}, gen, torch.Float32, torch.CPU))
+	}
+	g.SetBucketBytes(width * width * 4) // a bucket each
+	defer g.SetBucketBytes(DefaultBucketBytes)
+	red, err := g.NewReducer(params)
+	if !c.noErr("bounded sharded reducer", err) {
+		return
+	}
+	defer red.Close()
+	if !c.noErr("bounded sharded reducer: shard", red.ShardGradients(owners)) {
+		return
+	}
+	for step := range 3 {
+		for m := range 2 {
+			if !c.noErr("bounded sharded reducer: prepare", red.Prepare(m == 1)) {
+				return
+			}
+			func() {
+				ss := torch.NewScope()
+				defer ss.Close()
+				h := x
+				for _, p := range params {
+					h = h.Matmul(p).Tanh()
+					if slow != nil {
+						for range 4 {
+							h = h.Matmul(slow).Tanh().Matmul(slow.Transpose(0, 1)).MulScalar(1e-3).Add(h)
+						}
+					}
+				}
+				h.Sum().Backward(nil)
+			}()
+		}
+		if !c.noErr("bounded sharded reducer: finish", red.Finish()) {
+			return
+		}
+		if peak, most := red.PeakBuffers(), 2*MaxInFlight+1; peak > most || peak == 0 {
+			c.errorf("bounded sharded reducer: step %d held %d bucket buffers at once, want 1 to %d", step, peak, most)
+		}
+		for _, p := range params {
+			p.ZeroGrad(true)
+		}
 	}
 }
 
