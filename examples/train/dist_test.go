@@ -145,6 +145,17 @@ func testDataParallel(t *testing.T, model, asset, gradSync string, rankArgs ...s
 		if _, err := fmt.Sscanf(line[strings.Index(line, "gradient sync:"):], "gradient sync: %d buckets, %d started", &nb, &started); err != nil || nb < 2 || started != nb-1 {
 			t.Errorf("the overlapped reducer started %d of %d buckets before the last backward pass ended, want all but the last (%q, %v)", started, nb, line, err)
 		}
+		// With sharded gradients the ranks held a few bucket buffers at
+		// once, not the whole set.
+		if slices.Contains(rankArgs, "--shard_gradients") {
+			var held int
+			i := strings.Index(line, "at most ")
+			if i < 0 {
+				t.Errorf("--shard_gradients: rank 0's report does not say how many bucket buffers it held: %q", line)
+			} else if _, err := fmt.Sscanf(line[i:], "at most %d bucket buffers", &held); err != nil || held < 1 || held > 2*dist.MaxInFlight+1 {
+				t.Errorf("--shard_gradients: rank 0 held %d bucket buffers at once, want 1 to %d (%q, %v)", held, 2*dist.MaxInFlight+1, line, err)
+			}
+		}
 	}
 
 	single := filepath.Join(dir, "single")

@@ -490,8 +490,12 @@ func run(c *cli.Context) (err error) {
 		fmt.Fprintln(errWriter(c))
 	}
 	if s.reducer != nil {
-		fmt.Fprintf(errWriter(c), "gradient sync: %d buckets, %d started before the last backward pass ended\n",
+		fmt.Fprintf(errWriter(c), "gradient sync: %d buckets, %d started before the last backward pass ended",
 			s.reducer.Buckets(), s.reducer.StartedInBackward())
+		if c.Bool("shard_gradients") {
+			fmt.Fprintf(errWriter(c), "; gradients sharded, at most %d bucket buffers at once in the last step", s.reducer.PeakBuffers())
+		}
+		fmt.Fprintln(errWriter(c))
 	}
 	lat, pr := s.loader.CacheStats()
 	for _, x := range []struct {

@@ -619,24 +619,25 @@ struct Reducer {
 
     // advance starts the buckets that can start (with mu held): in index
     // order or, dynamic, in the order rank 0 announces; at the pass's end
-    // (end) all the others, with at most max_inflight reduces in flight.
-    // Then, sharded, the reduces that are done give their buffers back,
-    // oldest first, and beyond max_inflight the oldest is waited for (as
-    // DeepSpeed's stage 2 waits for a free buffer), so that the buffers
-    // never add up to the whole gradient set when the reduces are slower
-    // than the backward pass.
+    // (end) all the others. Sharded, before each start the oldest reduces
+    // are waited for until fewer than max_inflight are in flight (as
+    // DeepSpeed's stage 2 waits for a free buffer; several buckets may
+    // become startable at once), and after, the reduces that are done give
+    // their buffers back, oldest first, so that the buffers never add up to
+    // the whole gradient set when the reduces are slower than the backward
+    // pass.
     void advance(bool end) {
       size_t nb = buckets.size();
       if (!dynamic) {
         while (!broken && next < nb && (end || pending[next] == 0)) {
-          if (end) bound();
+          bound();
           start(next++);
           if (outstanding > 0) overlapped++;
         }
       } else if (g.rank == 0) {
         for (size_t k = 0; k < nb && !broken; k++) {
           if (is_started[k] || !(end || pending[k] == 0)) continue;
-          if (end) bound();
+          bound();
           std::vector<at::Tensor> one{announce_src.narrow(0, static_cast<int64_t>(k), 1)};
           try {
             announced_sent.push_back(broadcast_async(g, one, 0, timeout));
@@ -678,7 +679,7 @@ struct Reducer {
           size_t k = static_cast<size_t>(announced);
           if (!end && pending[k] != 0) break;
           announced = -1;
-          if (end) bound();
+          bound();
           start(k);
           if (outstanding > 0) overlapped++;
           if (nstarted < nb) post_announce();  // after this reduce, as rank 0 issues them

@@ -202,7 +202,12 @@ func (r *Reducer) StartedInBackward() int {
 // all ranks. Each pass ends, with one small all-reduce of flags, at the
 // next Prepare or at Finish: a pass that fails on one rank (Abort, or a
 // local error) fails that Prepare or Finish on every rank, and the step is
-// dropped. Call it between steps, with the same owners on every rank.
+// dropped. Call it between steps, with the same owners on every rank, and
+// issue no other collective on the group between a pass's backward and
+// the next Prepare or Finish (its last reduces, and in the first step a
+// posted receipt of rank 0's order, are still pending then). On NCCL the
+// first step's followers read each announcement on the host, which ties
+// their backward pass to the reduces for that step.
 func (r *Reducer) ShardGradients(owner []int) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
