@@ -418,7 +418,7 @@ struct Reducer {
     // open bucket of its dtype and device, as DDP assigns them), with one
     // buffer per bucket. A gradient that is a view of the old buffers
     // moves along.
-    void build(const std::vector<int> &ord) {
+    void build(const std::vector<int> &ord, bool allocate = true) {
       std::vector<at::Tensor> old;
       for (size_t i = 0; i < params.size() && i < view.size(); i++) {
         if (params[i].grad().defined() && view[i].defined() && params[i].grad().is_same(view[i])) {
@@ -489,7 +489,7 @@ struct Reducer {
         is_started.assign(buckets.size(), 0);
       }
       // Sharded buffers come with each pass's first gradient of theirs.
-      for (size_t k = 0; k < buckets.size() && !sharded; k++) {
+      for (size_t k = 0; k < buckets.size() && !sharded && allocate; k++) {
         alloc(k, true);
         for (int i : buckets[k]) {
           at::Tensor &gr = params[i].mutable_grad();
@@ -1230,7 +1230,9 @@ dp2o_err dp2o_dist_reducer_new(dp2o_group h, dp2o_tensor *hs, int n, int64_t buc
   st.bucket_bytes = bucket_bytes;
   std::vector<int> order(n);
   for (int i = 0; i < n; i++) order[i] = n - 1 - i;
-  st.build(order);
+  // The buffers come with the first prepare: a reducer sharded before
+  // its first step never holds the whole set.
+  st.build(order, false);
   st.ready.assign(n, 0);
   for (auto *v : {&st.used, &st.hooked, &st.premarked}) v->assign(n, 0);
   for (int i = 0; i < n; i++) {
@@ -1272,6 +1274,11 @@ dp2o_err dp2o_dist_reducer_prepare(dp2o_reducer h, int sync, int64_t timeout_ms)
       st.build(st.rebuild);
       st.rebuild.clear();
       st.dynamic = false;  // the buckets follow the learned order
+    }
+    if (!st.sharded) {
+      for (size_t k = 0; k < st.buckets.size(); k++) {
+        if (!st.storage[k].defined()) st.alloc(k, true);
+      }
     }
     for (size_t i = 0; i < st.params.size(); i++) st.used[i] = st.params[i].grad().defined();
     st.open = true;
