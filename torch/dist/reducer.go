@@ -61,10 +61,11 @@ import (
 // gradient_as_bucket_view: from the first Prepare of a step each .grad is
 // a view of its bucket's buffer, the backward pass accumulates into it and
 // the all-reduce runs on it in place, so averaging costs no second copy of
-// the gradients. The buffers are allocated by the first Prepare, and again in the
-// gradients' order by the second step's first Prepare (after the optimizer
-// has dropped the gradients the old ones go first, so there is never a
-// second set), and held until the reducer is dropped after Close. A .grad
+// the gradients. The buffers are allocated by the first Prepare, and again
+// in the gradients' order by the second step's first Prepare (after the
+// optimizer has dropped the gradients the old ones go first, so there is
+// never a second set), and held until the reducer is dropped after Close.
+// A .grad
 // taken from a parameter is overwritten in the next step, when its
 // parameter's first gradient comes or its bucket starts (clone it to keep
 // it).
