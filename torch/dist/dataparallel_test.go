@@ -333,6 +333,19 @@ func readWeights(path string) ([]float32, error) {
 	return w, nil
 }
 
+// runsEnv picks the worker's runs: "three" for threeRankRuns, tinyRuns
+// otherwise.
+const runsEnv = "DP2O_DIST_TEST_RUNS"
+
+// threeRankRuns have sharded gradients over 3 ranks: accumulation, a
+// weight some passes use on one rank only with the first-used weight
+// created last and clipping, late gradients through a checkpointed layer.
+var threeRankRuns = []tinyRun{
+	{in: 4, hidden: 8, out: 3, globalBatch: 12, steps: 3, seed: 41, accum: 2, overlap: true, bucketBytes: 64, zero: true, shardGrads: true},
+	{in: 4, hidden: 8, out: 3, globalBatch: 12, steps: 4, seed: 43, accum: 2, overlap: true, bucketBytes: 64, spare: spareRow0, permuted: true, clip: 0.05, zero: true, shardGrads: true},
+	{in: 4, hidden: 8, out: 3, globalBatch: 6, steps: 2, seed: 47, accum: 1, overlap: true, bucketBytes: 4, checkpoint: true, shared: true, zero: true, shardGrads: true},
+}
+
 // workerDataParallel trains tiny as one rank and writes its final weights.
 func workerDataParallel() int {
 	g, err := FromEnv()
@@ -342,7 +355,11 @@ func workerDataParallel() int {
 	}
 	defer g.Close()
 	live := torch.LiveTensors()
-	for i, run := range tinyRuns {
+	runs := tinyRuns
+	if os.Getenv(runsEnv) == "three" {
+		runs = threeRankRuns
+	}
+	for i, run := range runs {
 		var w []float32
 		w, err = run.train(g)
 		if n := torch.LiveTensors() - live; err == nil && n != 0 {

@@ -125,7 +125,41 @@ func TestDataParallelEquivalence(t *testing.T) {
 	if t.Failed() {
 		return
 	}
+	compareRuns(t, tinyRuns, want, dir, world)
+	// A sharded optimizer updates as the unsharded one, bit for bit: each
+	// parameter's owner applies the same kernel to the same averaged
+	// gradient and the others copy the result.
 	for i, run := range tinyRuns {
+		if !run.zero || run.shardGrads {
+			continue
+		}
+		twin := run
+		twin.zero = false
+		j := slices.Index(tinyRuns, twin)
+		if j < 0 {
+			t.Fatalf("run %d (sharded) has no unsharded twin in tinyRuns", i)
+		}
+		a, err := readWeights(weightsFile(dir, i, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := readWeights(weightsFile(dir, j, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := range a {
+			if a[k] != b[k] {
+				t.Fatalf("run %d (sharded) weight %d: %g, unsharded run %d has %g (must agree exactly)", i, k, a[k], j, b[k])
+			}
+		}
+	}
+}
+
+// compareRuns wants each rank's final weights of each run (in dir) within
+// float32 tolerance of one process's (want), and the ranks equal.
+func compareRuns(t *testing.T, runs []tinyRun, want [][]float32, dir string, world int) {
+	t.Helper()
+	for i, run := range runs {
 		var first []float32
 		for r := range world {
 			got, err := readWeights(weightsFile(dir, i, r))
@@ -156,31 +190,32 @@ func TestDataParallelEquivalence(t *testing.T) {
 			}
 		}
 	}
-	// A sharded optimizer updates as the unsharded one, bit for bit: each
-	// parameter's owner applies the same kernel to the same averaged
-	// gradient and the others copy the result.
-	for i, run := range tinyRuns {
-		if !run.zero || run.shardGrads {
-			continue
-		}
-		twin := run
-		twin.zero = false
-		j := slices.Index(tinyRuns, twin)
-		if j < 0 {
-			t.Fatalf("run %d (sharded) has no unsharded twin in tinyRuns", i)
-		}
-		a, err := readWeights(weightsFile(dir, i, 0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := readWeights(weightsFile(dir, j, 0))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for k := range a {
-			if a[k] != b[k] {
-				t.Fatalf("run %d (sharded) weight %d: %g, unsharded run %d has %g (must agree exactly)", i, k, a[k], j, b[k])
-			}
-		}
+}
+
+// TestShardedGradientsThreeRanks: with sharded gradients over 3 ranks (an
+// odd world: owners of every rank, two ranks following rank 0's order in
+// the first step) the runs of threeRankRuns reach one process's weights.
+func TestShardedGradientsThreeRanks(t *testing.T) {
+	requireGloo(t)
+	testutil.NoLeak(t)
+	var env []string
+	if testutil.Device(t).IsCUDA() {
+		t.Setenv(cudaEnv, "1")
+		env = append(env, cudaEnv+"=1")
 	}
+	var want [][]float32
+	for _, run := range threeRankRuns {
+		w, err := run.train(Single())
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, w)
+	}
+	const world = 3
+	res, dir := launch(t, "dataparallel", world, 60*time.Second, append(env, "DP2O_DIST_TIMEOUT=30s", runsEnv+"=three")...)
+	requireAllOK(t, res)
+	if t.Failed() {
+		return
+	}
+	compareRuns(t, threeRankRuns, want, dir, world)
 }
