@@ -568,7 +568,7 @@ func (t *Trainer) Update() (gradNorm, clipCoef, lr float64, err error) {
 		return gradNorm, 0, 0, fmt.Errorf("preference: train: gradient norm is %v", gradNorm)
 	}
 	// clip_grad_norm_'s factor, in float32 as torch computes it.
-	clipCoef = float64(min(float32(1)/(float32(gradNorm)+1e-6)*float32(maxNorm), 1))
+	clipCoef = optim.ClipCoef(gradNorm, maxNorm)
 	lr = t.Opt.LR()
 	if err = t.Opt.Step(); err != nil {
 		return gradNorm, clipCoef, lr, fmt.Errorf("preference: train: %w", err)

@@ -6,6 +6,7 @@ import (
 	"math"
 
 	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/optim"
 )
 
 // ClipShardedGradNorm is torch.nn.utils.clip_grad_norm_ over gradients
@@ -99,18 +100,18 @@ func normPart(params []*torch.Tensor, normType float64, inf bool) (v float64, er
 	return st.Pow(normType).Sum().Item(), nil
 }
 
-// scaleGrads multiplies every gradient by clip_grad_norm_'s factor, a
-// 0-dim float32 tensor (Python's max_norm / tensor is
-// tensor.reciprocal() * max_norm).
+// scaleGrads multiplies every gradient by clip_grad_norm_'s factor
+// (optim.ClipCoef, a float32 value: the same product as torch's 0-dim
+// factor tensor, with no copy of it to each gradient's device).
 func scaleGrads(params []*torch.Tensor, total, maxNorm float64) (err error) {
 	defer torch.Recover(&err)
 	s := torch.NewScope()
 	defer s.Close()
-	coef := torch.Scalar(total).AddScalar(1e-6).Reciprocal().MulScalar(maxNorm).ClampMax(1)
+	coef := optim.ClipCoef(total, maxNorm)
 	torch.NoGrad(func() {
 		for _, p := range params {
 			if gr := p.Grad(); gr != nil {
-				gr.Mul_(coef.ToDevice(gr.Device()))
+				gr.MulScalar_(coef)
 			}
 		}
 	})

@@ -89,6 +89,14 @@ func finite(vs ...float64) bool {
 	return true
 }
 
+// ClipCoef is the factor clip_grad_norm_ scales the gradients by for a
+// total norm: clamp(max_norm / (total + 1e-6), max=1), in float32 as torch
+// computes it (Python's max_norm / tensor is tensor.reciprocal() *
+// max_norm).
+func ClipCoef(total, maxNorm float64) float64 {
+	return float64(min(float32(1)/(float32(total)+1e-6)*float32(maxNorm), 1))
+}
+
 // ClipGradNorm is torch.nn.utils.clip_grad_norm_: it scales the gradients
 // of params so that their total normType-norm (math.Inf(1) for the largest
 // entry) is at most maxNorm, and returns the total norm before clipping.
