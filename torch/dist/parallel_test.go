@@ -104,28 +104,10 @@ func deadPeer(t *testing.T, mode, op string) {
 // With DP2O_DEVICE=cuda the runs are on the GPU, both ranks on one through
 // Gloo's CUDA all-reduce.
 func TestDataParallelEquivalence(t *testing.T) {
-	requireGloo(t)
-	testutil.NoLeak(t)
-	var env []string
-	if testutil.Device(t).IsCUDA() {
-		t.Setenv(cudaEnv, "1")
-		env = append(env, cudaEnv+"=1")
-	}
-	var want [][]float32
-	for _, run := range tinyRuns {
-		w, err := run.train(Single())
-		if err != nil {
-			t.Fatal(err)
-		}
-		want = append(want, w)
-	}
-	const world = 2
-	res, dir := launch(t, "dataparallel", world, 60*time.Second, append(env, "DP2O_DIST_TIMEOUT=30s")...)
-	requireAllOK(t, res)
-	if t.Failed() {
+	dir, ok := checkRuns(t, tinyRuns, 2)
+	if !ok {
 		return
 	}
-	compareRuns(t, tinyRuns, want, dir, world)
 	// A sharded optimizer updates as the unsharded one, bit for bit: each
 	// parameter's owner applies the same kernel to the same averaged
 	// gradient and the others copy the result.
@@ -155,10 +137,32 @@ func TestDataParallelEquivalence(t *testing.T) {
 	}
 }
 
-// compareRuns wants each rank's final weights of each run (in dir) within
-// float32 tolerance of one process's (want), and the ranks equal.
-func compareRuns(t *testing.T, runs []tinyRun, want [][]float32, dir string, world int) {
+// checkRuns trains runs in one process, then in world worker processes
+// (the "dataparallel" scenario, with env), and wants each rank's final
+// weights of each run within float32 tolerance of the one process's, and
+// the ranks equal. It returns the folder of the workers' weights and
+// whether the workers ran. With DP2O_DEVICE=cuda the runs are on the GPU.
+func checkRuns(t *testing.T, runs []tinyRun, world int, env ...string) (string, bool) {
 	t.Helper()
+	requireGloo(t)
+	testutil.NoLeak(t)
+	if testutil.Device(t).IsCUDA() {
+		t.Setenv(cudaEnv, "1")
+		env = append(env, cudaEnv+"=1")
+	}
+	var want [][]float32
+	for _, run := range runs {
+		w, err := run.train(Single())
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, w)
+	}
+	res, dir := launch(t, "dataparallel", world, 60*time.Second, append(env, "DP2O_DIST_TIMEOUT=30s")...)
+	requireAllOK(t, res)
+	if t.Failed() {
+		return dir, false
+	}
 	for i, run := range runs {
 		var first []float32
 		for r := range world {
@@ -190,32 +194,12 @@ func compareRuns(t *testing.T, runs []tinyRun, want [][]float32, dir string, wor
 			}
 		}
 	}
+	return dir, true
 }
 
 // TestShardedGradientsThreeRanks: with sharded gradients over 3 ranks (an
 // odd world: owners of every rank, two ranks following rank 0's order in
 // the first step) the runs of threeRankRuns reach one process's weights.
 func TestShardedGradientsThreeRanks(t *testing.T) {
-	requireGloo(t)
-	testutil.NoLeak(t)
-	var env []string
-	if testutil.Device(t).IsCUDA() {
-		t.Setenv(cudaEnv, "1")
-		env = append(env, cudaEnv+"=1")
-	}
-	var want [][]float32
-	for _, run := range threeRankRuns {
-		w, err := run.train(Single())
-		if err != nil {
-			t.Fatal(err)
-		}
-		want = append(want, w)
-	}
-	const world = 3
-	res, dir := launch(t, "dataparallel", world, 60*time.Second, append(env, "DP2O_DIST_TIMEOUT=30s", runsEnv+"=three")...)
-	requireAllOK(t, res)
-	if t.Failed() {
-		return
-	}
-	compareRuns(t, threeRankRuns, want, dir, world)
+	checkRuns(t, threeRankRuns, 3, runsEnv+"=three")
 }
