@@ -210,6 +210,33 @@ type gradSync interface {
 	Abort() error
 }
 
+// bucketPerParam makes n parameters of 256 zeros on the group's device
+// (in the caller's scope) and a Reducer over them with a bucket each; the
+// caller closes the reducer.
+func bucketPerParam(g *Group, n int) ([]*torch.Tensor, *Reducer, error) {
+	const each = 1 << 8
+	var params []*torch.Tensor
+	for range n {
+		params = append(params, onDevice(g, torch.Zeros([]int64{each}, torch.Float32, torch.CPU)).SetRequiresGrad(true))
+	}
+	g.SetBucketBytes(each * 4)
+	defer g.SetBucketBytes(DefaultBucketBytes) // the buckets are made now
+	red, err := g.NewReducer(params)
+	return params, red, err
+}
+
+// scaledSumBackward runs the backward pass of (r+1)·Σ sum(p): every
+// gradient element is r+1.
+func scaledSumBackward(params []*torch.Tensor, r int) {
+	s := torch.NewScope()
+	defer s.Close()
+	sum := params[0].Sum()
+	for _, p := range params[1:] {
+		sum = sum.Add(p.Sum())
+	}
+	sum.MulScalar(float64(r + 1)).Backward(nil)
+}
+
 // checkReducerFailure: a step that fails on one rank (rank 0 misuses the
 // reducer: it never arms it; the last rank aborts an armed step, with the
 // reducer and with an Averager) fails on every rank, none left waiting in
@@ -218,14 +245,7 @@ func checkReducerFailure(c *checker, g *Group) {
 	r, w := g.Rank(), g.WorldSize()
 	s := torch.NewScope()
 	defer s.Close()
-	const each = 1 << 8
-	params := []*torch.Tensor{
-		onDevice(g, torch.Zeros([]int64{each}, torch.Float32, torch.CPU)).SetRequiresGrad(true),
-		onDevice(g, torch.Zeros([]int64{each}, torch.Float32, torch.CPU)).SetRequiresGrad(true),
-	}
-	g.SetBucketBytes(each * 4) // a bucket each
-	defer g.SetBucketBytes(DefaultBucketBytes)
-	red, err := g.NewReducer(params)
+	params, red, err := bucketPerParam(g, 2)
 	if !c.noErr("reducer", err) {
 		return
 	}
@@ -237,7 +257,7 @@ func checkReducerFailure(c *checker, g *Group) {
 		if err := red.Prepare(arm); err != nil {
 			return err
 		}
-		params[0].Sum().Add(params[1].Sum()).MulScalar(float64(r + 1)).Backward(nil)
+		scaledSumBackward(params, r)
 		return red.Finish()
 	}
 	err = step(r != 0)
@@ -251,7 +271,7 @@ func checkReducerFailure(c *checker, g *Group) {
 	}
 	// An armed step whose batch failed on the last rank: it aborts, and
 	// every rank fails, with the reducer and with an Averager.
-	backward := func() { params[0].Sum().Add(params[1].Sum()).MulScalar(float64(r + 1)).Backward(nil) }
+	backward := func() { scaledSumBackward(params, r) }
 	for _, sync := range []struct {
 		name string
 		gradSync
@@ -299,15 +319,8 @@ func checkShardedReducerFailure(c *checker, g *Group) {
 	r, w := g.Rank(), g.WorldSize()
 	s := torch.NewScope()
 	defer s.Close()
-	const each = 1 << 8
-	var params []*torch.Tensor
 	owners := []int{w - 1, 0, (w - 1) / 2}
-	for range owners {
-		params = append(params, onDevice(g, torch.Zeros([]int64{each}, torch.Float32, torch.CPU)).SetRequiresGrad(true))
-	}
-	g.SetBucketBytes(each * 4) // a bucket each
-	defer g.SetBucketBytes(DefaultBucketBytes)
-	red, err := g.NewReducer(params)
+	params, red, err := bucketPerParam(g, len(owners))
 	if !c.noErr("sharded reducer", err) {
 		return
 	}
@@ -321,15 +334,7 @@ func checkShardedReducerFailure(c *checker, g *Group) {
 	if !c.noErr("sharded reducer: shard", red.ShardGradients(owners)) {
 		return
 	}
-	backward := func() {
-		ss := torch.NewScope()
-		defer ss.Close()
-		sum := params[0].Sum()
-		for _, p := range params[1:] {
-			sum = sum.Add(p.Sum())
-		}
-		sum.MulScalar(float64(r + 1)).Backward(nil)
-	}
+	backward := func() { scaledSumBackward(params, r) }
 	// Three passes; the last rank aborts in the second.
 	const accum = 3
 	var got error
