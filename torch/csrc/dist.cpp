@@ -573,24 +573,28 @@ struct Reducer {
         }
         at::Tensor buf = sc->second.narrow(0, 0, bucket_numel(k));
         std::vector<at::Tensor> one{buf};
-        try {
-          work[k] = reduce_async(g, one, bucket_owner[k], timeout);
-        } catch (...) {
-          broken = true;
-          throw;
-        }
+        work[k] = in_step([&] { return reduce_async(g, one, bucket_owner[k], timeout); });
         inflight.push_back(k);
         complete_front();  // no addition (no buffer), nothing freed
         return;
       }
       std::vector<at::Tensor> one{storage[k]};
+      work[k] = in_step([&] {
+        return sharded ? reduce_async(g, one, bucket_owner[k], timeout) : all_reduce_async(g, one, 0, timeout);
+      });
+      if (sharded) inflight.push_back(k);
+    }
+
+    // in_step runs f, which starts or waits for a collective: if it
+    // throws, the group is out of step (broken) and the error goes on.
+    template <typename F>
+    auto in_step(F f) -> decltype(f()) {
       try {
-        work[k] = sharded ? reduce_async(g, one, bucket_owner[k], timeout) : all_reduce_async(g, one, 0, timeout);
+        return f();
       } catch (...) {
         broken = true;
         throw;
       }
-      if (sharded) inflight.push_back(k);
     }
 
     // complete_front completes the oldest sharded bucket in flight.
@@ -609,12 +613,7 @@ struct Reducer {
     // post_announce posts the receipt of rank 0's next announcement.
     void post_announce() {
       std::vector<at::Tensor> one{announce};
-      try {
-        announce_work = broadcast_async(g, one, 0, timeout);
-      } catch (...) {
-        broken = true;
-        throw;
-      }
+      announce_work = in_step([&] { return broadcast_async(g, one, 0, timeout); });
     }
 
     // advance starts the buckets that can start (with mu held): in index
@@ -639,12 +638,7 @@ struct Reducer {
           if (is_started[k] || !(end || pending[k] == 0)) continue;
           bound();
           std::vector<at::Tensor> one{announce_src.narrow(0, static_cast<int64_t>(k), 1)};
-          try {
-            announced_sent.push_back(broadcast_async(g, one, 0, timeout));
-          } catch (...) {
-            broken = true;
-            throw;
-          }
+          announced_sent.push_back(in_step([&] { return broadcast_async(g, one, 0, timeout); }));
           start(k);
           if (outstanding > 0) overlapped++;
         }
@@ -663,12 +657,7 @@ struct Reducer {
             }
             auto w = std::move(announce_work);
             announce_work.reset();
-            try {
-              wait(g, "reducer (bucket order)", w, timeout);
-            } catch (...) {
-              broken = true;
-              throw;
-            }
+            in_step([&] { wait(g, "reducer (bucket order)", w, timeout); });
             announced = announce.item<int64_t>();
             if (announced < 0 || announced >= static_cast<int64_t>(nb) || is_started[announced]) {
               broken = true;  // the ranks disagree: out of step
@@ -696,14 +685,7 @@ struct Reducer {
     void complete(size_t k) {
       auto w = std::move(work[k]);
       work[k].reset();
-      if (w) {
-        try {
-          wait(g, "reducer", w, timeout);
-        } catch (...) {
-          broken = true;
-          throw;
-        }
-      }
+      if (w) in_step([&] { wait(g, "reducer", w, timeout); });
       if (bucket_owner[k] == g.rank && storage[k].defined()) {
         if (acc[k].defined()) {
           acc[k].add_(storage[k]);
