@@ -801,6 +801,48 @@ struct Reducer {
       arrival.clear();
     }
 
+    // exchange_flags tells every rank which parameters have a gradient on
+    // some rank (used), which got some late, and whether a rank failed
+    // (err): one small all-reduce of 2n + 1 flags, so that every rank
+    // returns an error if one does (it throws then).
+    std::vector<char> exchange_flags(const std::vector<at::Tensor> &late, const std::string &err,
+                                     std::chrono::milliseconds timeout) {
+      size_t n = params.size();
+      std::vector<char> flags(2 * n + 1);
+      for (size_t i = 0; i < n; i++) {
+        flags[i] = used[i];
+        flags[n + i] = late[i].defined();
+      }
+      flags[2 * n] = !err.empty();
+      at::Device dev = n ? params[0].device() : at::Device(at::kCPU);
+      auto any = global_or(g, flags, dev, "reducer (gradient flags)", timeout);
+      if (any[2 * n]) {
+        TORCH_CHECK(false, err.empty() ? std::string("dist: reducer: another rank failed in this step") : err,
+                    " (the gradients are not averaged)");
+      }
+      return any;
+    }
+
+    // reduce_late returns, for each parameter that got a gradient late on
+    // some rank (any's second half), that gradient's sum over the ranks
+    // (its mean with average), zeros standing for a rank that has none;
+    // undefined for the others.
+    std::vector<at::Tensor> reduce_late(std::vector<at::Tensor> late, const std::vector<char> &any, bool average,
+                                        std::chrono::milliseconds timeout) {
+      size_t n = params.size();
+      std::vector<at::Tensor> lates;
+      for (size_t i = 0; i < n; i++) {
+        if (!any[n + i]) {
+          late[i] = at::Tensor();
+          continue;
+        }
+        if (!late[i].defined()) late[i] = at::zeros(params[i].sizes(), params[i].options().requires_grad(false));
+        lates.push_back(late[i]);
+      }
+      average_grads(g, "reducer (late gradients)", lates, bucket_bytes, timeout, average);  // in place
+      return late;
+    }
+
     // end_pass closes a sharded pass (with mu held): the buckets the
     // backward pass did not start start now, in order; every bucket
     // completes; gradients that came after their bucket started are summed
@@ -865,38 +907,13 @@ struct Reducer {
         drop_step();
         TORCH_CHECK(false, err);
       }
-      std::vector<char> flags(2 * n + 1);
-      for (size_t i = 0; i < n; i++) {
-        flags[i] = used[i];
-        flags[n + i] = late[i].defined();
-      }
-      flags[2 * n] = !err.empty();
       at::Device dev = n ? params[0].device() : at::Device(at::kCPU);
-      std::vector<char> any;
       try {
-        any = global_or(g, flags, dev, "reducer (gradient flags)", timeout);
-      } catch (...) {
-        drop_step();
-        throw;
-      }
-      if (any[2 * n]) {
-        drop_step();
-        TORCH_CHECK(false, err.empty() ? std::string("dist: reducer: another rank failed in this step") : err,
-                    " (the gradients are not averaged)");
-      }
-      std::vector<at::Tensor> lates;
-      std::vector<int> which;
-      for (size_t i = 0; i < n; i++) {
-        if (!any[n + i]) continue;
-        lates.push_back(late[i].defined() ? late[i]
-                                          : at::zeros(params[i].sizes(), params[i].options().requires_grad(false)));
-        which.push_back(static_cast<int>(i));
-      }
-      try {
-        average_grads(g, "reducer (late gradients)", lates, bucket_bytes, timeout, false);
-        for (size_t j = 0; j < which.size(); j++) {
-          int i = which[j];
-          if (owner[i] == g.rank && acc[bucket_of[i]].defined()) acc_view(i).add_(lates[j]);
+        auto any = exchange_flags(late, err, timeout);
+        // The late gradients' sums go to their owners' sums.
+        late = reduce_late(std::move(late), any, false, timeout);
+        for (size_t i = 0; i < n; i++) {
+          if (late[i].defined() && owner[i] == g.rank && acc[bucket_of[i]].defined()) acc_view(i).add_(late[i]);
         }
         // As unsharded, a parameter without a gradient in the step's last
         // pass is counted ready in the next step's passes (one that gets
@@ -1376,31 +1393,13 @@ dp2o_err dp2o_dist_reducer_finish(dp2o_reducer h, int64_t timeout_ms, int failed
     st.broken = false;
     TORCH_CHECK(false, err);
   }
-  // Which parameters have a gradient on some rank, which got some of it
-  // late on some rank, and whether a rank failed: one small all-reduce of
-  // 2n + 1 flags, so that every rank returns an error if one does.
-  std::vector<char> flags(2 * n + 1);
+  auto any = st.exchange_flags(late, err, timeout);
+  // Late gradients: their own mean over the ranks is added to the bucket's.
+  late = st.reduce_late(std::move(late), any, true, timeout);
   for (size_t i = 0; i < n; i++) {
-    flags[i] = st.used[i];
-    flags[n + i] = late[i].defined();
+    if (late[i].defined()) st.view[i].add_(late[i]);
   }
-  flags[2 * n] = !err.empty();
   at::Device dev = n ? st.params[0].device() : at::Device(at::kCPU);
-  auto any = dp2o::dist::global_or(st.g, flags, dev, "reducer (gradient flags)", timeout);
-  if (any[2 * n]) {
-    TORCH_CHECK(false, err.empty() ? std::string("dist: reducer: another rank failed in this step") : err,
-                " (the gradients are not averaged)");
-  }
-  // Late gradients: their own mean over the ranks (zeros where a rank has
-  // none) is added to the bucket's.
-  std::vector<at::Tensor> lates, into;
-  for (size_t i = 0; i < n; i++) {
-    if (!any[n + i]) continue;
-    lates.push_back(late[i].defined() ? late[i] : at::zeros_like(st.view[i]));
-    into.push_back(st.view[i]);
-  }
-  dp2o::dist::average_grads(st.g, "reducer (late gradients)", lates, st.bucket_bytes, timeout);
-  for (size_t j = 0; j < into.size(); j++) into[j].add_(lates[j]);
   for (size_t i = 0; i < n; i++) {
     // No gradient on any rank: none here either, as in one process
     // (rather than the zeros of its slice).
