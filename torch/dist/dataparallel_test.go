@@ -348,13 +348,13 @@ var threeRankRuns = []tinyRun{
 
 // workerDataParallel trains tiny as one rank and writes its final weights.
 func workerDataParallel() int {
-	g, err := FromEnv()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "join:", err)
+	g := join()
+	if g == nil {
 		return 1
 	}
 	defer g.Close()
 	live := torch.LiveTensors()
+	var err error
 	runs := tinyRuns
 	if os.Getenv(runsEnv) == "three" {
 		runs = threeRankRuns

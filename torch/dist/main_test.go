@@ -106,6 +106,17 @@ func (c *checker) noErr(what string, err error) bool {
 	return true
 }
 
+// join joins the group torchrun's environment names, or says why not
+// and returns nil.
+func join() *Group {
+	g, err := FromEnv()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "join:", err)
+		return nil
+	}
+	return g
+}
+
 func runWorker(scenario string) (code int) {
 	torch.SetNumThreads(1)
 	defer func() {
