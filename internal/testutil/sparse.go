@@ -54,7 +54,7 @@ func fixturePath(rel string) string {
 	if _, err := os.Stat(local); err == nil {
 		return local
 	}
-	if mod := moduleRoot(); mod != "" {
+	if mod := ModuleRoot(); mod != "" {
 		shared := filepath.Join(mod, "testdata", rel)
 		if _, err := os.Stat(shared); err == nil {
 			return shared
@@ -63,9 +63,9 @@ func fixturePath(rel string) string {
 	return local
 }
 
-// moduleRoot is the nearest folder at or above the working directory (a
+// ModuleRoot is the nearest folder at or above the working directory (a
 // test's package folder) that holds go.mod, or "".
-func moduleRoot() string {
+func ModuleRoot() string {
 	dir, err := os.Getwd()
 	if err != nil {
 		return ""

@@ -48,7 +48,7 @@ func writeFolder(t *testing.T, f *iqatest.Folder, src nn.MapSource, dir string, 
 	f.Field(t, "preprocess", &pre)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, ProcessorFile), pre.Processor, 0o644))
 	var o Options
-	if p := tokenizerPath(f); p != "" {
+	if p := tokenizerPath(t, f); p != "" {
 		copyFile(t, p, filepath.Join(dir, TokenizerFile))
 	} else {
 		p := fixturePrompt(readTokens(t, f))
@@ -102,16 +102,6 @@ func writeFolder(t *testing.T, f *iqatest.Folder, src nn.MapSource, dir string, 
 	}
 	o.Device = testutil.Device(t)
 	return o
-}
-
-func tokenizerPath(f *iqatest.Folder) string {
-	if p := f.Path(TokenizerFile); fileExists(p) {
-		return p
-	}
-	if p := os.Getenv(llamaTokenizerEnv); p != "" && fileExists(p) {
-		return p
-	}
-	return ""
 }
 
 func copyFile(t *testing.T, from, to string) {

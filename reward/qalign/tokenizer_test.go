@@ -14,19 +14,25 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/dp2osr/dp2o/flow/t5"
+	"github.com/dp2osr/dp2o/internal/testutil"
 	"github.com/dp2osr/dp2o/reward/internal/iqatest"
 )
 
 // llamaTokenizerEnv names a LLaMA tokenizer.model to test with when the
 // fixture folder has none. The file (Meta's LLaMA / LLaMA-2 SentencePiece
 // model, the sha256 in tokens.json) is not in the repository: it is not
-// the project's to redistribute.
+// the project's to redistribute. scripts/llama-tokenizer.sh (run by
+// `make setup`) downloads it to llamaTokenizerBuild.
 const llamaTokenizerEnv = "DP2O_LLAMA_TOKENIZER"
 
-// llamaTokenizer returns the path of the LLaMA tokenizer.model: the
-// fixture folder's, or $DP2O_LLAMA_TOKENIZER.
-func llamaTokenizer(t *testing.T, f *iqatest.Folder) string {
-	t.Helper()
+// llamaTokenizerBuild is where scripts/llama-tokenizer.sh puts the file,
+// relative to the module root.
+const llamaTokenizerBuild = "build/llama/tokenizer.model"
+
+// tokenizerPath is the LLaMA tokenizer.model to test with: the fixture
+// folder's, $DP2O_LLAMA_TOKENIZER, or the module's build/llama copy; ""
+// when there is none.
+func tokenizerPath(t testing.TB, f *iqatest.Folder) string {
 	if p := f.Path(TokenizerFile); fileExists(p) {
 		return p
 	}
@@ -34,9 +40,24 @@ func llamaTokenizer(t *testing.T, f *iqatest.Folder) string {
 		require.True(t, fileExists(p), "%s=%s: no such file", llamaTokenizerEnv, p)
 		return p
 	}
-	t.Skipf("no LLaMA %s in %s and %s unset: the real-vocabulary tokenisation is not checked "+
-		"(the synthetic BPE tests still run)", TokenizerFile, f.Dir, llamaTokenizerEnv)
+	if root := testutil.ModuleRoot(); root != "" {
+		if p := filepath.Join(root, llamaTokenizerBuild); fileExists(p) {
+			return p
+		}
+	}
 	return ""
+}
+
+// llamaTokenizer returns tokenizerPath, or skips the test when there is
+// none.
+func llamaTokenizer(t *testing.T, f *iqatest.Folder) string {
+	t.Helper()
+	p := tokenizerPath(t, f)
+	if p == "" {
+		t.Skipf("no LLaMA %s in %s, %s unset and no %s (scripts/llama-tokenizer.sh): the real-vocabulary "+
+			"tokenisation is not checked (the synthetic BPE tests still run)", TokenizerFile, f.Dir, llamaTokenizerEnv, llamaTokenizerBuild)
+	}
+	return p
 }
 
 // TestTokensFixture tokenises tokens.json's prompt chunks, full prompt and
