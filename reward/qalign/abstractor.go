@@ -134,7 +134,8 @@ func sincos1D(out []float32, dim int, pos float32) {
 	}
 }
 
-// forward maps the vision tokens (B,T,C) to the visual tokens (B,Q+1,H).
+// forward maps the vision tokens (B,T,C) to the visual tokens (B,Q+1,H),
+// each layer in its own scope (see vision.forward).
 func (a *abstractor) forward(vis *torch.Tensor, tap Tap) *torch.Tensor {
 	n := vis.Size(0)
 	dt := vis.DType()
@@ -147,24 +148,28 @@ func (a *abstractor) forward(vis *torch.Tensor, tap Tap) *torch.Tensor {
 		return x.View([]int64{n, x.Size(1), heads, hd}).Permute([]int64{0, 2, 1, 3})
 	}
 	for i, l := range a.layers {
-		qn := l.norm1.Forward(q)
-		kn := l.normk.Forward(vis)
-		kv := torch.Cat([]*torch.Tensor{qn, kn}, 1)
-		qkPos := torch.Cat([]*torch.Tensor{l.qPos, l.kPos}, 0).Unsqueeze(0).To(dt)
-		K := split(l.key.Forward(kv.Add(qkPos)))
-		V := split(l.value.Forward(kv))
-		Q := split(l.query.Forward(qn.Add(l.qPos.Unsqueeze(0).To(dt))))
-		var s *torch.Tensor
-		if d := math.Sqrt(float64(hd)); exactScale(1 / d) {
-			s = Q.MulScalar(1 / d).Matmul(K.Transpose(-1, -2)).Softmax(-1) // exact: see exactScale
-		} else {
-			s = Q.Matmul(K.Transpose(-1, -2)).DivScalar(d).Softmax(-1)
-		}
-		ctx := s.Matmul(V).Permute([]int64{0, 2, 1, 3}).Contiguous().View([]int64{n, nq, c})
-		q = qn.Add(l.outProj.Forward(ctx))
-		x := l.norm2.Forward(q)
-		m := l.w1.Forward(x).Silu().Mul(l.w3.Forward(x))
-		q = q.Add(l.w2.Forward(l.ffnLN.Forward(m)))
+		prev := q
+		q = torch.Scoped(func() *torch.Tensor {
+			qn := l.norm1.Forward(prev)
+			kn := l.normk.Forward(vis)
+			kv := torch.Cat([]*torch.Tensor{qn, kn}, 1)
+			qkPos := torch.Cat([]*torch.Tensor{l.qPos, l.kPos}, 0).Unsqueeze(0).To(dt)
+			K := split(l.key.Forward(kv.Add(qkPos)))
+			V := split(l.value.Forward(kv))
+			Q := split(l.query.Forward(qn.Add(l.qPos.Unsqueeze(0).To(dt))))
+			var s *torch.Tensor
+			if d := math.Sqrt(float64(hd)); exactScale(1 / d) {
+				s = Q.MulScalar(1 / d).Matmul(K.Transpose(-1, -2)).Softmax(-1) // exact: see exactScale
+			} else {
+				s = Q.Matmul(K.Transpose(-1, -2)).DivScalar(d).Softmax(-1)
+			}
+			ctx := s.Matmul(V).Permute([]int64{0, 2, 1, 3}).Contiguous().View([]int64{n, nq, c})
+			q := qn.Add(l.outProj.Forward(ctx))
+			x := l.norm2.Forward(q)
+			m := l.w1.Forward(x).Silu().Mul(l.w3.Forward(x))
+			return q.Add(l.w2.Forward(l.ffnLN.Forward(m)))
+		})
+		prev.Close()
 		tap(fmt.Sprintf("abstractor_layer_%d", i), q)
 	}
 	out := a.visualFC.Forward(q)

@@ -41,9 +41,13 @@
 // 8,204,550,144 parameters: on CUDA in float16 about 16.4 GB of GPU memory
 // for the weights; on a CPU machine in float32 about 33 GB of RAM for the
 // weights (a float16 checkpoint is converted while it loads; its mapped
-// pages are file cache, not a second copy) or 16.4 GB in bfloat16, plus per image in a batch
-// about 135 MB for the vision attention scores and probabilities of one
-// layer and a few MB for the 92-token decoder. At about 2·10¹² floating-point operations per
+// pages are file cache, not a second copy) or 16.4 GB in bfloat16. The
+// forward pass holds one layer's intermediates at a time (each layer runs
+// in its own scope). Its largest are the vision attention scores and
+// their softmax: on CUDA about 67 MB per image of the batch in float16; on
+// the CPU they are computed in slices of images and heads of at most
+// 32 MiB each, whatever the batch (larger blocks would be fresh pages,
+// faulted in on every layer). The 92-token decoder adds a few MB. At about 2·10¹² floating-point operations per
 // image (the 7B decoder over 92 positions, the ViT-L over 1025 tokens), a
 // CPU run takes tens of seconds per image on a many-core machine (an
 // estimate: the full model was not run here). A float16 score is itself a

@@ -95,7 +95,8 @@ func rotateHalf(x *torch.Tensor) *torch.Tensor {
 }
 
 // forward runs the decoder over inputs_embeds (B,L,H) and returns the
-// final norm's output (B,L,H).
+// final norm's output (B,L,H), each layer in its own scope (see
+// vision.forward).
 func (m *llama) forward(h *torch.Tensor, lay layout, tap Tap) *torch.Tensor {
 	n, l := h.Size(0), h.Size(1)
 	dt, dev := h.DType(), h.Device()
@@ -133,23 +134,32 @@ func (m *llama) forward(h *torch.Tensor, lay layout, tap Tap) *torch.Tensor {
 	}
 	scale := math.Sqrt(float64(hd))
 	for i, ly := range m.layers {
-		x := lay.multiway(h, rms(ly.ln1))
-		q := shape(torch.Linear(x, ly.q, nil), heads)
-		k := shape(lay.multiway(x, lin(ly.k)), kvHeads)
-		v := shape(lay.multiway(x, lin(ly.v)), kvHeads)
-		q = q.Mul(cos).Add(rotateHalf(q).Mul(sin))
-		k = k.Mul(cos).Add(rotateHalf(k).Mul(sin))
-		k, v = repeat(k), repeat(v)
-		w := q.Matmul(k.Transpose(2, 3)).DivScalar(scale).Add(mask)
-		w = w.To(torch.Float32).Softmax(-1).To(dt)
-		a := w.Matmul(v).Transpose(1, 2).Contiguous().Reshape([]int64{n, l, m.cfg.HiddenSize})
-		h = h.Add(torch.Linear(a, ly.o, nil))
-		x = lay.multiway(h, rms(ly.ln2))
-		g := torch.Linear(x, ly.gate, nil).Silu().Mul(torch.Linear(x, ly.up, nil))
-		h = h.Add(torch.Linear(g, ly.dn, nil))
+		prev := h
+		h = torch.Scoped(func() *torch.Tensor {
+			x := lay.multiway(prev, rms(ly.ln1))
+			q := shape(torch.Linear(x, ly.q, nil), heads)
+			k := shape(lay.multiway(x, lin(ly.k)), kvHeads)
+			v := shape(lay.multiway(x, lin(ly.v)), kvHeads)
+			q = q.Mul(cos).Add(rotateHalf(q).Mul(sin))
+			k = k.Mul(cos).Add(rotateHalf(k).Mul(sin))
+			k, v = repeat(k), repeat(v)
+			w := q.Matmul(k.Transpose(2, 3)).DivScalar(scale).Add(mask)
+			w = w.To(torch.Float32).Softmax(-1).To(dt)
+			a := w.Matmul(v).Transpose(1, 2).Contiguous().Reshape([]int64{n, l, m.cfg.HiddenSize})
+			h := prev.Add(torch.Linear(a, ly.o, nil))
+			x = lay.multiway(h, rms(ly.ln2))
+			g := torch.Linear(x, ly.gate, nil).Silu().Mul(torch.Linear(x, ly.up, nil))
+			return h.Add(torch.Linear(g, ly.dn, nil))
+		})
+		if i > 0 { // the input is the caller's
+			prev.Close()
+		}
 		tap(fmt.Sprintf("llama_layer_%d", i), h)
 	}
-	h = torch.RMSNorm(h, m.norm, eps)
-	tap("llama_norm", h)
-	return h
+	out := torch.RMSNorm(h, m.norm, eps)
+	if len(m.layers) > 0 {
+		h.Close()
+	}
+	tap("llama_norm", out)
+	return out
 }

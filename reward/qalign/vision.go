@@ -59,11 +59,33 @@ func newVision(b *nn.Builder, c VisionConfig) *vision {
 }
 
 // forward maps pixel_values (B,3,S,S) to the last hidden state (B,T,C).
+// Each layer runs in its own scope and the previous hidden state is freed
+// after it, so that memory holds one layer's intermediates (the attention
+// scores the largest), not every layer's, and the allocator reuses them.
 func (v *vision) forward(x *torch.Tensor, tap Tap) *torch.Tensor {
+	h := torch.Scoped(func() *torch.Tensor { return v.embed(x) })
+	tap("vision_embeddings", h)
+	heads := v.cfg.NumAttentionHeads
+	scale := math.Pow(float64(h.Size(2)/heads), -0.5)
+	for i, l := range v.layers {
+		prev := h
+		h = torch.Scoped(func() *torch.Tensor { return l.forward(prev, heads, scale) })
+		prev.Close()
+		tap(fmt.Sprintf("vision_layer_%d", i), h)
+	}
+	out := v.postLN.Forward(h)
+	h.Close()
+	tap("vision_tokens", out)
+	return out
+}
+
+// embed is the patch convolution, class token, positions and pre-LN:
+// (B,3,S,S) to (B,T,C).
+func (v *vision) embed(x *torch.Tensor) *torch.Tensor {
 	p := v.cfg.PatchSize
 	dt := x.DType()
 	e := torch.Conv2d(x, v.patch, nil, []int64{p, p}, []int64{0, 0}, []int64{1, 1}, 1)
-	n, c := e.Size(0), e.Size(1)
+	n := e.Size(0)
 	e = e.Flatten(2, -1).Transpose(1, 2)
 	cls := v.cls.Expand([]int64{n, 1, -1}).To(dt)
 	e = torch.Cat([]*torch.Tensor{cls, e}, 1)
@@ -71,35 +93,75 @@ func (v *vision) forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 		torch.Errorf("qalign vision", "%d tokens from a %v input, the position table has %d (want %dx%d pixels)",
 			e.Size(1), x.Shape(), v.tokens, v.cfg.ImageSize, v.cfg.ImageSize)
 	}
-	e = e.Add(v.pos.To(dt))
-	h := v.preLN.Forward(e)
-	tap("vision_embeddings", h)
-	heads := v.cfg.NumAttentionHeads
+	return v.preLN.Forward(e.Add(v.pos.To(dt)))
+}
+
+// forward is one pre-norm layer: attention with the fused per-head
+// [q,k,v] projection, then the QuickGELU MLP, each with its residual.
+func (l *visionLayer) forward(h *torch.Tensor, heads int64, scale float64) *torch.Tensor {
+	n, t, c := h.Size(0), h.Size(1), h.Size(2)
 	hd := c / heads
-	scale := math.Pow(float64(hd), -0.5)
-	for i, l := range v.layers {
-		t := h.Size(1)
-		qkv := l.qkv.Forward(l.ln1.Forward(h)).Reshape([]int64{n, t, heads, 3, hd}).Permute([]int64{3, 0, 2, 1, 4})
-		q, k, val := qkv.Select(0, 0), qkv.Select(0, 1), qkv.Select(0, 2)
-		var s *torch.Tensor
-		if exactScale(scale) {
-			// Scaling q by a power of two is exact: the same scores as
-			// scaling q·kᵀ (the reference's order), with T·d multiplies
-			// instead of T².
-			s = q.MulScalar(scale).Matmul(k.Transpose(-1, -2)).Softmax(-1)
-		} else {
-			s = q.Matmul(k.Transpose(-1, -2)).MulScalar(scale).Softmax(-1)
-		}
-		a := s.Matmul(val).Permute([]int64{0, 2, 1, 3}).Reshape([]int64{n, t, c})
-		h = l.dense.Forward(a).Add(h)
-		m := l.fc1.Forward(l.ln2.Forward(h))
-		m = m.Mul(m.MulScalar(1.702).Sigmoid())
-		h = l.fc2.Forward(m).Add(h)
-		tap(fmt.Sprintf("vision_layer_%d", i), h)
+	qkv := l.qkv.Forward(l.ln1.Forward(h)).Reshape([]int64{n, t, heads, 3, hd}).Permute([]int64{3, 0, 2, 1, 4})
+	q, k, val := qkv.Select(0, 0), qkv.Select(0, 1), qkv.Select(0, 2)
+	a := attention(q, k, val, scale).Permute([]int64{0, 2, 1, 3}).Reshape([]int64{n, t, c})
+	h = l.dense.Forward(a).Add(h)
+	m := l.fc1.Forward(l.ln2.Forward(h))
+	m = m.Mul(m.MulScalar(1.702).Sigmoid())
+	return l.fc2.Forward(m).Add(h)
+}
+
+// cpuScoreBytes bounds the attention scores held at once on the CPU: 32 MiB,
+// glibc's largest dynamic mmap threshold. A larger block is mapped fresh
+// by every allocation and its pages faulted in on every layer (a quarter
+// of the time of a batch of 4 at the fixture's size); blocks below it are
+// reused from the heap.
+const cpuScoreBytes = 32 << 20
+
+// attention is softmax(q·kᵀ·scale)·v over (B,H,T,D). On the CPU it runs
+// in slices of images and heads whose score block (and so its softmax)
+// fits cpuScoreBytes, each slice in its own scope: the memory for scores stays
+// bounded whatever the batch (pyiqa, scoring one image at a time, holds one
+// image's), and each slice reuses the previous one's buffers. Every (image,
+// head) product is the same BLAS call either way. On CUDA it is one
+// batched product (the caching allocator reuses blocks).
+func attention(q, k, v *torch.Tensor, scale float64) *torch.Tensor {
+	n, h, t := q.Size(0), q.Size(1), q.Size(2)
+	per := t * t * int64(q.DType().Size()) // one (image, head) score matrix
+	if q.Device().IsCUDA() || n*h*per <= cpuScoreBytes {
+		return attend(q, k, v, scale)
 	}
-	h = v.postLN.Forward(h)
-	tap("vision_tokens", h)
-	return h
+	heads := max(1, min(h, cpuScoreBytes/per))  // heads per slice
+	images := max(1, cpuScoreBytes/(heads*per)) // images per slice (when all heads fit)
+	if heads < h {
+		images = 1
+	}
+	var parts []*torch.Tensor
+	for i := int64(0); i < n; i += images {
+		ni := min(images, n-i)
+		var row []*torch.Tensor
+		for j := int64(0); j < h; j += heads {
+			nh := min(heads, h-j)
+			row = append(row, torch.Scoped(func() *torch.Tensor {
+				sl := func(x *torch.Tensor) *torch.Tensor { return x.Narrow(0, i, ni).Narrow(1, j, nh) }
+				return attend(sl(q), sl(k), sl(v), scale)
+			}))
+		}
+		parts = append(parts, torch.Cat(row, 1))
+	}
+	return torch.Cat(parts, 0)
+}
+
+// attend is softmax(q·kᵀ·scale)·v in one batched product.
+func attend(q, k, v *torch.Tensor, scale float64) *torch.Tensor {
+	var s *torch.Tensor
+	if exactScale(scale) {
+		// Scaling q by a power of two is exact: the same scores as scaling
+		// q·kᵀ (the reference's order), with T·d multiplies instead of T².
+		s = q.MulScalar(scale).Matmul(k.Transpose(-1, -2)).Softmax(-1)
+	} else {
+		s = q.Matmul(k.Transpose(-1, -2)).MulScalar(scale).Softmax(-1)
+	}
+	return s.Matmul(v)
 }
 
 // exactScale reports whether multiplying by s is exact in binary floating
