@@ -329,23 +329,40 @@ func resampleHorizontal(out, in *RGB8, offset int, c coeffs) {
 	}
 }
 
-// resampleVertical is ImagingResampleVertical_8bpc.
+// resampleVertical is ImagingResampleVertical_8bpc. Pillow walks each
+// output byte down its taps; here the taps' source rows are added, two at
+// a time, into a row of int32 sums, which reads memory in order (the sums
+// are the same integers: int32 addition is associative, wrapping included).
 func resampleVertical(out, in *RGB8, c coeffs) {
 	const half = int32(1) << (precisionBits - 1)
 	stride := 3 * in.W
+	acc := make([]int32, 3*out.W)
 	for yy := 0; yy < out.H; yy++ {
 		ymin := c.bounds[yy*2]
 		ymax := c.bounds[yy*2+1]
 		k := c.k[yy*c.ksize : yy*c.ksize+ymax]
-		dst := out.Pix[3*out.W*yy : 3*out.W*(yy+1)]
-		for xx := 0; xx < 3*out.W; xx++ {
-			ss := half
-			idx := ymin*stride + xx
-			for _, ky := range k {
-				ss += int32(in.Pix[idx]) * ky
-				idx += stride
+		for i := range acc {
+			acc[i] = half
+		}
+		t := 0
+		for ; t+2 <= len(k); t += 2 { // two taps a pass: half the passes over acc
+			r0 := in.Pix[(ymin+t)*stride:][:len(acc)]
+			r1 := in.Pix[(ymin+t+1)*stride:][:len(acc)]
+			k0, k1 := k[t], k[t+1]
+			for i := range acc {
+				acc[i] += int32(r0[i])*k0 + int32(r1[i])*k1
 			}
-			dst[xx] = clip8(ss)
+		}
+		if t < len(k) {
+			row := in.Pix[(ymin+t)*stride:][:len(acc)]
+			ky := k[t]
+			for i, v := range row {
+				acc[i] += int32(v) * ky
+			}
+		}
+		dst := out.Pix[3*out.W*yy:][:len(acc)]
+		for i, ss := range acc {
+			dst[i] = clip8(ss)
 		}
 	}
 }

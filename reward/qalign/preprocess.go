@@ -223,10 +223,11 @@ func (p Processor) Normalize(ms []*imageio.RGB8) (*torch.Tensor, error) {
 			return nil, fmt.Errorf("image %d is %dx%d, want %dx%d", i, m.W, m.H, w, h)
 		}
 		base := data[i*3*plane:]
-		for j := 0; j < plane; j++ {
-			for c := 0; c < 3; c++ {
-				base[c*plane+j] = lut[c][m.Pix[j*3+c]]
-			}
+		r, g, b := base[:plane], base[plane:2*plane], base[2*plane:3*plane]
+		pix := m.Pix[:3*plane]
+		for j := range r {
+			px := pix[3*j : 3*j+3]
+			r[j], g[j], b[j] = lut[0][px[0]], lut[1][px[1]], lut[2][px[2]]
 		}
 	}
 	var t *torch.Tensor
