@@ -11,23 +11,31 @@ import (
 	"github.com/dp2osr/dp2o/torch"
 )
 
-// TestAttentionSlices checks the CPU attention that runs in slices of
-// images and heads against the one batched product, for shapes that make
-// it slice by images (several images' scores fit cpuScoreBytes) and by
-// heads (one head's do not), with an exact and an inexact scale.
+// TestAttentionSlices checks the CPU attention that runs in slices against
+// the one batched product, with score budgets that make it take each path:
+// whole, slices of several images (with a shorter last one), blocks of
+// query rows (with a shorter last one), and one row at a time; with an
+// exact and an inexact scale.
 func TestAttentionSlices(t *testing.T) {
 	testutil.NoLeak(t)
+	saved := cpuScoreBytes
+	t.Cleanup(func() { cpuScoreBytes = saved })
 	const f32 = 4
-	side := func(bytes int64) int64 { return int64(math.Sqrt(float64(bytes / f32))) }
-	cases := []struct{ n, h, t, d int64 }{
-		{5, 3, side(cpuScoreBytes / 8), 4},  // 8 score matrices fit: slices of 2 images, all heads
-		{2, 2, side(cpuScoreBytes) + 64, 6}, // one does not: slices of 1 image, 1 head
+	cases := []struct {
+		name       string
+		n, h, t, d int64
+		rows       int64 // score rows of the budget
+	}{
+		{"whole", 2, 3, 40, 4, 2 * 3 * 40},
+		{"images", 5, 3, 64, 4, 2 * 3 * 64},
+		{"row blocks", 2, 3, 100, 6, 7 * 3},
+		{"single rows", 2, 3, 30, 6, 2},
 	}
 	gen, err := torch.NewGenerator(torch.CPU, 7)
 	require.NoError(t, err)
 	for _, c := range cases {
-		t.Run(fmt.Sprintf("%dx%dx%dx%d", c.n, c.h, c.t, c.d), func(t *testing.T) {
-			require.Greater(t, c.n*c.h*c.t*c.t*f32, int64(cpuScoreBytes), "the case must slice")
+		t.Run(fmt.Sprintf("%s %dx%dx%dx%d", c.name, c.n, c.h, c.t, c.d), func(t *testing.T) {
+			cpuScoreBytes = c.rows * c.t * f32
 			s := torch.NewScope()
 			defer s.Close()
 			// (B,T,H,D) seen as (B,H,T,D): strided, as the model's q, k, v.

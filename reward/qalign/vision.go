@@ -110,43 +110,47 @@ func (l *visionLayer) forward(h *torch.Tensor, heads int64, scale float64) *torc
 	return l.fc2.Forward(m).Add(h)
 }
 
-// cpuScoreBytes bounds the attention scores held at once on the CPU: 32 MiB,
-// glibc's largest dynamic mmap threshold. A larger block is mapped fresh
-// by every allocation and its pages faulted in on every layer (a quarter
-// of the time of a batch of 4 at the fixture's size); blocks below it are
-// reused from the heap.
-const cpuScoreBytes = 32 << 20
+// cpuScoreBytes bounds the attention scores one slice holds on the CPU:
+// 2 MiB, so that a slice's scores and probabilities fit a core's L2 cache
+// (4 MiB here) between the two products and the softmax, and stay below
+// glibc's mmap threshold, so the heap reuses them. A whole layer's scores
+// (4 MB a head at 1025 tokens) went through memory twice and, past the
+// threshold, were fresh pages faulted in on every layer. (1, 2 and 4 MiB
+// time alike on the fixture model; 256 KiB is slower.)
+var cpuScoreBytes int64 = 1 << 21
 
-// attention is softmax(q·kᵀ·scale)·v over (B,H,T,D). On the CPU it runs
-// in slices of images and heads whose score block (and so its softmax)
-// fits cpuScoreBytes, each slice in its own scope: the memory for scores stays
-// bounded whatever the batch (pyiqa, scoring one image at a time, holds one
-// image's), and each slice reuses the previous one's buffers. Every (image,
-// head) product is the same BLAS call either way. On CUDA it is one
-// batched product (the caching allocator reuses blocks).
+// attention is softmax(q·kᵀ·scale)·v over (B,H,T,D). On CUDA it is one
+// batched product (the caching allocator reuses blocks). On the CPU it
+// runs in slices whose scores fit cpuScoreBytes, each in its own scope:
+// several whole images when they fit, else blocks of query rows of one
+// image, all heads at once. Each score and output row is the same dot
+// products as in one product, so memory for scores stays bounded whatever
+// the batch (pyiqa, scoring one image at a time, holds one image's).
 func attention(q, k, v *torch.Tensor, scale float64) *torch.Tensor {
 	n, h, t := q.Size(0), q.Size(1), q.Size(2)
-	per := t * t * int64(q.DType().Size()) // one (image, head) score matrix
-	if q.Device().IsCUDA() || n*h*per <= cpuScoreBytes {
+	rows := max(1, cpuScoreBytes/(k.Size(2)*int64(q.DType().Size()))) // score rows a slice may hold
+	if q.Device().IsCUDA() || rows >= n*h*t {
 		return attend(q, k, v, scale)
 	}
-	heads := max(1, min(h, cpuScoreBytes/per))  // heads per slice
-	images := max(1, cpuScoreBytes/(heads*per)) // images per slice (when all heads fit)
-	if heads < h {
-		images = 1
+	slice := func(i, ni, r, nr int64) *torch.Tensor {
+		return torch.Scoped(func() *torch.Tensor {
+			return attend(q.Narrow(0, i, ni).Narrow(2, r, nr), k.Narrow(0, i, ni), v.Narrow(0, i, ni), scale)
+		})
 	}
 	var parts []*torch.Tensor
-	for i := int64(0); i < n; i += images {
-		ni := min(images, n-i)
-		var row []*torch.Tensor
-		for j := int64(0); j < h; j += heads {
-			nh := min(heads, h-j)
-			row = append(row, torch.Scoped(func() *torch.Tensor {
-				sl := func(x *torch.Tensor) *torch.Tensor { return x.Narrow(0, i, ni).Narrow(1, j, nh) }
-				return attend(sl(q), sl(k), sl(v), scale)
-			}))
+	if images := rows / (h * t); images >= 1 {
+		for i := int64(0); i < n; i += images {
+			parts = append(parts, slice(i, min(images, n-i), 0, t))
 		}
-		parts = append(parts, torch.Cat(row, 1))
+		return torch.Cat(parts, 0)
+	}
+	block := max(1, rows/h) // query rows of all heads
+	for i := int64(0); i < n; i++ {
+		var blocks []*torch.Tensor
+		for r := int64(0); r < t; r += block {
+			blocks = append(blocks, slice(i, 1, r, min(block, t-r)))
+		}
+		parts = append(parts, torch.Cat(blocks, 2))
 	}
 	return torch.Cat(parts, 0)
 }
