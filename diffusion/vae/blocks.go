@@ -44,11 +44,27 @@ func newResnetBlock(b *nn.Builder, in, out, groups int64, act func(*torch.Tensor
 	return r
 }
 
+// then returns f(t) and frees t at once (as PyTorch's refcounting would)
+// instead of when the enclosing scope closes, unless t is keep (the
+// caller's input) or f returned t itself. t must be a temporary that
+// nothing else reads.
+func then(t, keep *torch.Tensor, f func(*torch.Tensor) *torch.Tensor) *torch.Tensor {
+	out := f(t)
+	if t != keep && out != t {
+		t.Close()
+	}
+	return out
+}
+
 func (r *resnetBlock) forward(x *torch.Tensor) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
-	h := r.conv1.Forward(r.act(r.norm1.Forward(x)))
-	h = r.conv2.Forward(r.act(r.norm2.Forward(h)))
+	h := r.norm1.Forward(x)
+	h = then(h, x, r.act)
+	h = then(h, x, r.conv1.Forward)
+	h = then(h, x, r.norm2.Forward)
+	h = then(h, x, r.act)
+	h = then(h, x, r.conv2.Forward)
 	in := x
 	if r.shortcut != nil {
 		in = r.shortcut.Forward(x)
@@ -121,9 +137,9 @@ func (m *midBlock) forward(x *torch.Tensor) *torch.Tensor {
 	defer s.Close()
 	h := m.resnets[0].forward(x)
 	if m.attn != nil {
-		h = m.attn.forward(h)
+		h = then(h, x, m.attn.forward)
 	}
-	return s.Keep(m.resnets[1].forward(h))
+	return s.Keep(then(h, x, m.resnets[1].forward))
 }
 
 // downBlock is DownEncoderBlock2D: resnets, then (except in the last block)
@@ -154,10 +170,11 @@ func (d *downBlock) forward(x *torch.Tensor) *torch.Tensor {
 	defer s.Close()
 	h := x
 	for _, r := range d.resnets {
-		h = r.forward(h)
+		h = then(h, x, r.forward)
 	}
 	if d.down != nil {
-		h = d.down.Forward(h.Pad([]int64{0, 1, 0, 1}, torch.PadConstant, 0))
+		h = then(h, x, func(t *torch.Tensor) *torch.Tensor { return t.Pad([]int64{0, 1, 0, 1}, torch.PadConstant, 0) })
+		h = then(h, x, d.down.Forward)
 	}
 	return s.Keep(h)
 }
@@ -189,18 +206,23 @@ func (u *upBlock) forward(x *torch.Tensor) *torch.Tensor {
 	defer s.Close()
 	h := x
 	for _, r := range u.resnets {
-		h = r.forward(h)
+		h = then(h, x, r.forward)
 	}
 	if u.up != nil {
 		sh := h.Shape()
+		nearest := func(t *torch.Tensor) *torch.Tensor {
+			return t.Interpolate([]int64{2 * sh[2], 2 * sh[3]}, torch.Nearest, false, false)
+		}
 		if h.DType() == torch.BFloat16 {
 			// Upsample2D upsamples bfloat16 in float32 (nearest is not
 			// implemented for bfloat16 in older torch) and casts back.
-			h = h.To(torch.Float32).Interpolate([]int64{2 * sh[2], 2 * sh[3]}, torch.Nearest, false, false).To(torch.BFloat16)
+			h = then(h, x, func(t *torch.Tensor) *torch.Tensor { return t.To(torch.Float32) })
+			h = then(h, x, nearest)
+			h = then(h, x, func(t *torch.Tensor) *torch.Tensor { return t.To(torch.BFloat16) })
 		} else {
-			h = h.Interpolate([]int64{2 * sh[2], 2 * sh[3]}, torch.Nearest, false, false)
+			h = then(h, x, nearest)
 		}
-		h = u.up.Forward(h)
+		h = then(h, x, u.up.Forward)
 	}
 	return s.Keep(h)
 }

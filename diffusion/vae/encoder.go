@@ -55,17 +55,20 @@ func newEncoder(b *nn.Builder, c Config) *Encoder {
 func (e *Encoder) Forward(x *torch.Tensor, tap TapFunc) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
+	// Each stage's output is freed as soon as the next stage has consumed
+	// it, not when the forward returns (a tap keeps its own handle).
 	h := e.convIn.Forward(x)
 	tap.emit("encoder.conv_in", h)
 	for i, d := range e.down {
-		h = d.forward(h)
+		h = then(h, x, d.forward)
 		tap.emit("encoder.down_blocks."+strconv.Itoa(i), h)
 	}
-	h = e.mid.forward(h)
+	h = then(h, x, e.mid.forward)
 	tap.emit("encoder.mid_block", h)
-	h = e.normOut.Forward(h)
+	h = then(h, x, e.normOut.Forward)
 	tap.emit("encoder.conv_norm_out", h)
-	h = e.convOut.Forward(e.act(h))
+	h = then(h, x, e.act)
+	h = then(h, x, e.convOut.Forward)
 	tap.emit("encoder.conv_out", h)
 	return s.Keep(h)
 }
@@ -110,17 +113,19 @@ func newDecoder(b *nn.Builder, c Config) *Decoder {
 func (d *Decoder) Forward(z *torch.Tensor, tap TapFunc) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
+	// As in Encoder.Forward, each stage's input is freed once consumed.
 	h := d.convIn.Forward(z)
 	tap.emit("decoder.conv_in", h)
-	h = d.mid.forward(h)
+	h = then(h, z, d.mid.forward)
 	tap.emit("decoder.mid_block", h)
 	for i, u := range d.up {
-		h = u.forward(h)
+		h = then(h, z, u.forward)
 		tap.emit("decoder.up_blocks."+strconv.Itoa(i), h)
 	}
-	h = d.normOut.Forward(h)
+	h = then(h, z, d.normOut.Forward)
 	tap.emit("decoder.conv_norm_out", h)
-	h = d.convOut.Forward(d.act(h))
+	h = then(h, z, d.act)
+	h = then(h, z, d.convOut.Forward)
 	tap.emit("decoder.conv_out", h)
 	return s.Keep(h)
 }

@@ -86,15 +86,18 @@ func blendV(a, b *torch.Tensor, extent int64) { blend(a, b, extent, 2) }
 func blendH(a, b *torch.Tensor, extent int64) { blend(a, b, extent, 3) }
 
 func blend(a, b *torch.Tensor, extent int64, dim int) {
-	s := torch.NewScope()
-	defer s.Close()
 	na, nb := a.Size(dim), b.Size(dim)
 	extent = min(na, nb, extent)
 	for y := range extent {
-		w := float64(y) / float64(extent)
-		dst := b.Select(int64(dim), y)
-		mixed := a.Select(int64(dim), na-extent+y).MulScalar(1 - w).Add(dst.MulScalar(w))
-		dst.Copy_(mixed)
+		// A scope per row: its three temporaries go before the next row's.
+		func() {
+			rs := torch.NewScope()
+			defer rs.Close()
+			w := float64(y) / float64(extent)
+			dst := b.Select(int64(dim), y)
+			mixed := a.Select(int64(dim), na-extent+y).MulScalar(1 - w).Add(dst.MulScalar(w))
+			dst.Copy_(mixed)
+		}()
 	}
 }
 

@@ -277,9 +277,13 @@ func (e *Encoder) forward(ids, mask *torch.Tensor, keepHidden bool) *Output {
 		}
 	}
 	for _, blk := range e.Blocks {
+		prev := h
 		h = blk.Forward(h, bias)
 		if keepHidden {
 			out.Hidden = append(out.Hidden, h)
+		} else {
+			// Nothing returns the block's input: free it now, not with s.
+			prev.Close()
 		}
 	}
 	out.LastHidden = e.FinalNorm.Forward(h)

@@ -159,28 +159,31 @@ func (a *attention) attend(q, k, v *torch.Tensor) *torch.Tensor {
 	var heads []*torch.Tensor
 	for h0 := int64(0); h0 < h; h0 += hs {
 		nh := min(hs, h-h0)
-		k3 := k.Narrow(1, h0, nh).Reshape([]int64{b * nh, sl, d}).Transpose(1, 2)
-		v3 := v.Narrow(1, h0, nh).Reshape([]int64{b * nh, sl, d})
-		var rows []*torch.Tensor
-		for l0 := int64(0); l0 < l; l0 += ls {
-			nl := min(ls, l-l0)
-			rows = append(rows, torch.Scoped(func() *torch.Tensor {
-				q3 := q.Narrow(1, h0, nh).Narrow(2, l0, nl).Reshape([]int64{b * nh, nl, d})
-				// Not baddbmm with beta 0: for small products libtorch 1.13's
-				// CPU kernel still computes 0·out over its uninitialised
-				// output, so a NaN left in reused memory reaches the scores.
-				scores := q3.Bmm(k3)
-				scores.MulScalar_(scale)
-				p := scores.Softmax(-1)
-				scores.Close()
-				return p.Bmm(v3).View([]int64{b, nh, nl, d})
-			}))
-		}
-		if len(rows) == 1 {
-			heads = append(heads, rows[0])
-		} else {
-			heads = append(heads, torch.Cat(rows, 2))
-		}
+		// A scope per piece of heads: its k/v copies (Reshape copies a
+		// batch > 1 slice) and row pieces go before the next piece's.
+		heads = append(heads, torch.Scoped(func() *torch.Tensor {
+			k3 := k.Narrow(1, h0, nh).Reshape([]int64{b * nh, sl, d}).Transpose(1, 2)
+			v3 := v.Narrow(1, h0, nh).Reshape([]int64{b * nh, sl, d})
+			var rows []*torch.Tensor
+			for l0 := int64(0); l0 < l; l0 += ls {
+				nl := min(ls, l-l0)
+				rows = append(rows, torch.Scoped(func() *torch.Tensor {
+					q3 := q.Narrow(1, h0, nh).Narrow(2, l0, nl).Reshape([]int64{b * nh, nl, d})
+					// Not baddbmm with beta 0: for small products libtorch 1.13's
+					// CPU kernel still computes 0·out over its uninitialised
+					// output, so a NaN left in reused memory reaches the scores.
+					scores := q3.Bmm(k3)
+					scores.MulScalar_(scale)
+					p := scores.Softmax(-1)
+					scores.Close()
+					return p.Bmm(v3).View([]int64{b, nh, nl, d})
+				}))
+			}
+			if len(rows) == 1 {
+				return rows[0]
+			}
+			return torch.Cat(rows, 2)
+		}))
 	}
 	if len(heads) == 1 {
 		return s.Keep(heads[0])

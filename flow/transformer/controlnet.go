@@ -227,7 +227,11 @@ func (cn *ControlNet) forward(in Input, cond *torch.Tensor, scale float64) (bloc
 	prune := cn.Tap == nil
 	var feats []*torch.Tensor
 	for i, blk := range cn.blocks {
-		x, ctx = doubleForward(cn.GradientCheckpointing, blk, x, ctx, p.siluTemb, p.rope, prune && i == len(cn.blocks)-1 && len(cn.singles) == 0)
+		var nc *torch.Tensor
+		x, nc = doubleForward(cn.GradientCheckpointing, blk, x, ctx, p.siluTemb, p.rope, prune && i == len(cn.blocks)-1 && len(cn.singles) == 0)
+		// x stays in feats; the text stream is read only by the next block.
+		ctx.Close()
+		ctx = nc
 		cn.tap(fmt.Sprintf("transformer_blocks.%d.encoder_hidden_states", i), ctx)
 		cn.tap(fmt.Sprintf("transformer_blocks.%d.hidden_states", i), x)
 		feats = append(feats, x)

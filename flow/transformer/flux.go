@@ -233,7 +233,12 @@ func (st *stem) prepare(in Input, tap func(string, *torch.Tensor), extra func(x 
 	p.x = linear(st.x, x0)
 	tap("x_embedder", p.x)
 	if extra != nil {
-		p.x = p.x.Add(extra(x0))
+		// x_embedder's output and the conditioning are freed once summed.
+		c := extra(x0)
+		x := p.x.Add(c)
+		p.x.Close()
+		c.Close()
+		p.x = x
 	}
 	t := batchVector("timestep", in.Timestep, bsz).To(dt).MulScalar(1000)
 	var g *torch.Tensor
@@ -335,7 +340,11 @@ func (f *Flux) forward(in Input) *torch.Tensor {
 				if last {
 					nh = h.Add(res)
 				} else {
-					nh = torch.Cat([]*torch.Tensor{h.Narrow(1, 0, t), h.Narrow(1, t, l).Add(res)}, 1)
+					// Scoped: the narrow views (which keep h's storage) and
+					// the sum go with h, not at the end of the forward.
+					nh = torch.Scoped(func() *torch.Tensor {
+						return torch.Cat([]*torch.Tensor{h.Narrow(1, 0, t), h.Narrow(1, t, l).Add(res)}, 1)
+					})
 				}
 				h.Close()
 				h = nh
