@@ -136,15 +136,16 @@ func (m *Model) encode(img *torch.Tensor, prefix string, tap Tap) branch {
 	return branch{x: x, feats: feats}
 }
 
-// levels returns the 13 feature levels of a branch: the de-normalised
-// pixels (N, HW, 3) and relu(h_k).
-func levels(x *torch.Tensor, feats []*torch.Tensor, mean, std *torch.Tensor) []*torch.Tensor {
-	px := x.Mul(std).Add(mean)
-	out := []*torch.Tensor{px.Flatten(2, -1).Permute([]int64{0, 2, 1})}
-	for _, h := range feats {
-		out = append(out, h.Relu())
+// levels is the number of feature levels of a branch.
+func (b branch) levels() int { return len(b.feats) + 1 }
+
+// level returns feature level k of a branch: the de-normalised pixels
+// (N, HW, 3) for k = 0, else relu(h_k).
+func (b branch) level(k int, mean, std *torch.Tensor) *torch.Tensor {
+	if k == 0 {
+		return b.x.Mul(std).Add(mean).Flatten(2, -1).Permute([]int64{0, 2, 1})
 	}
-	return out
+	return b.feats[k-1].Relu()
 }
 
 // meanVar is the token mean and population variance of (N, T, C), both
@@ -157,13 +158,16 @@ func meanVar(f *torch.Tensor) (*torch.Tensor, *torch.Tensor) {
 // natural is AFINEQhead: the raw naturalness (N,1).
 func (m *Model) natural(b branch, prefix string, tap Tap) *torch.Tensor {
 	var parts []*torch.Tensor
-	for k, f := range levels(b.x, b.feats, m.qMean, m.qStd) {
-		mu, vr := meanVar(f)
-		c := torch.Cat([]*torch.Tensor{mu.Flatten(1, -1), vr.Flatten(1, -1)}, 1)
-		if k != 0 {
-			c = m.projFeat.Forward(c)
-		}
-		parts = append(parts, c)
+	for k := range b.levels() {
+		// A level and its statistics die here, before the next is made.
+		parts = append(parts, torch.Scoped(func() *torch.Tensor {
+			mu, vr := meanVar(b.level(k, m.qMean, m.qStd))
+			c := torch.Cat([]*torch.Tensor{mu.Flatten(1, -1), vr.Flatten(1, -1)}, 1)
+			if k != 0 {
+				c = m.projFeat.Forward(c)
+			}
+			return c
+		}))
 	}
 	feat := torch.Cat(parts, 1)
 	tap(prefix+"qhead_feature", feat)
@@ -178,18 +182,22 @@ func (m *Model) fidelity(d, r branch, tap Tap) *torch.Tensor {
 	wsum := a.Sum().Add(bb.Sum()).AddScalar(statEps)
 	as := a.Div(wsum).SplitSizes(chns(), 2)
 	bs := bb.Div(wsum).SplitSizes(chns(), 2)
-	lx, ly := levels(d.x, d.feats, m.dMean, m.dStd), levels(r.x, r.feats, m.dMean, m.dStd)
 	var dist1, dist2 *torch.Tensor
 	var s1s, s2s []*torch.Tensor
-	for k := range lx {
-		xm, ym := lx[k].MeanDims([]int64{1}, true), ly[k].MeanDims([]int64{1}, true)
-		s1 := xm.Mul(ym).MulScalar(2).AddScalar(statEps).Div(xm.Pow(2).Add(ym.Pow(2)).AddScalar(statEps))
-		t1 := as[k].Mul(s1).SumDims([]int64{2}, true)
-		xv := lx[k].Sub(xm).Pow(2).MeanDims([]int64{1}, true)
-		yv := ly[k].Sub(ym).Pow(2).MeanDims([]int64{1}, true)
-		cov := lx[k].Mul(ly[k]).MeanDims([]int64{1}, true).Sub(xm.Mul(ym))
-		s2 := cov.MulScalar(2).AddScalar(statEps).Div(xv.Add(yv).AddScalar(statEps))
-		t2 := bs[k].Mul(s2).SumDims([]int64{2}, true)
+	for k := range d.levels() {
+		// Both branches' level k and its statistics die here.
+		ts := torch.ScopedList(func() []*torch.Tensor {
+			lx, ly := d.level(k, m.dMean, m.dStd), r.level(k, m.dMean, m.dStd)
+			xm, ym := lx.MeanDims([]int64{1}, true), ly.MeanDims([]int64{1}, true)
+			s1 := xm.Mul(ym).MulScalar(2).AddScalar(statEps).Div(xm.Pow(2).Add(ym.Pow(2)).AddScalar(statEps))
+			t1 := as[k].Mul(s1).SumDims([]int64{2}, true)
+			xv := lx.Sub(xm).Pow(2).MeanDims([]int64{1}, true)
+			yv := ly.Sub(ym).Pow(2).MeanDims([]int64{1}, true)
+			cov := lx.Mul(ly).MeanDims([]int64{1}, true).Sub(xm.Mul(ym))
+			s2 := cov.MulScalar(2).AddScalar(statEps).Div(xv.Add(yv).AddScalar(statEps))
+			return []*torch.Tensor{t1, bs[k].Mul(s2).SumDims([]int64{2}, true)}
+		})
+		t1, t2 := ts[0], ts[1]
 		if k == 0 {
 			dist1, dist2 = t1, t2
 		} else {

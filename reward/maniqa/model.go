@@ -52,10 +52,28 @@ func (t *tab) forward(x *torch.Tensor) *torch.Tensor {
 	defer s.Close()
 	b, c, n := x.Size(0), x.Size(1), x.Size(2)
 	q, k, v := t.q.Forward(x), t.k.Forward(x), t.v.Forward(x)
-	a := q.Matmul(k.Transpose(-2, -1)).MulScalar(math.Pow(float64(n), -0.5)).Softmax(-1)
+	// Every operand is freed once consumed, so that at most two (B, C, C)
+	// maps are alive (755 MiB each for tablock1 on 20 crops) and q, k
+	// are gone by the softmax.
+	kt := k.Transpose(-2, -1)
+	scores := q.Matmul(kt)
+	closeAll(q, k, kt)
+	a := scores.MulScalar(math.Pow(float64(n), -0.5))
+	scores.Close()
+	p := a.Softmax(-1)
+	a.Close()
+	o := p.Matmul(v)
+	closeAll(p, v)
 	// (attn @ v).transpose(1, 2).reshape(B, C, N): the (B, N, C) memory
 	// read as (B, C, N).
-	return s.Keep(a.Matmul(v).Transpose(1, 2).Reshape([]int64{b, c, n}).Add(x))
+	return s.Keep(o.Transpose(1, 2).Reshape([]int64{b, c, n}).Add(x))
+}
+
+// closeAll frees tensors that are no longer needed, before their scope ends.
+func closeAll(ts ...*torch.Tensor) {
+	for _, t := range ts {
+		t.Close()
+	}
 }
 
 // layer is maniqa_swin's BasicLayer: Swin blocks, then ReLU(conv 3×3).
@@ -113,14 +131,19 @@ func (s *swinStage) forward(x *torch.Tensor, name string, tap Tap) *torch.Tensor
 	b, c := x.Size(0), x.Size(1)
 	t := x.Flatten(2, -1).Transpose(1, 2)
 	for i, l := range s.layers {
-		y := t
-		for _, blk := range l.blocks {
-			y = blk.Forward(y)
-		}
-		y = y.Transpose(1, 2).Reshape([]int64{b, c, s.res, s.res})
-		y = l.conv.Forward(y).Relu().Flatten(2, -1).Transpose(1, 2)
-		tap(fmt.Sprintf("%s.layers.%d", name, i), y)
-		t = y.MulScalar(s.scale).Add(t)
+		prev := t
+		// One layer's block outputs and convolution die with its scope.
+		t = torch.Scoped(func() *torch.Tensor {
+			y := prev
+			for _, blk := range l.blocks {
+				y = blk.Forward(y)
+			}
+			y = y.Transpose(1, 2).Reshape([]int64{b, c, s.res, s.res})
+			y = l.conv.Forward(y).Relu().Flatten(2, -1).Transpose(1, 2)
+			tap(fmt.Sprintf("%s.layers.%d", name, i), y)
+			return y.MulScalar(s.scale).Add(prev)
+		})
+		prev.Close()
 	}
 	return t.Transpose(1, 2).Reshape([]int64{b, c, s.res, s.res})
 }
@@ -247,31 +270,44 @@ func (m *Model) forwardCrops(crops *torch.Tensor, bsz int64, tap Tap) (ps, pw *t
 	for _, i := range cfg.ViTBlocks {
 		last = max(last, i+1)
 	}
-	blocks := m.vit.Blocks(crops, last, func(name string, t *torch.Tensor) { tap("vit."+name, t) })
-	var feats []*torch.Tensor
-	for _, i := range cfg.ViTBlocks {
-		b := blocks[i]
-		feats = append(feats, b.Narrow(1, 1, b.Size(1)-1))
-	}
 	res := cfg.ImgSize / cfg.Patch
-	h := torch.Cat(feats, 2).Transpose(1, 2) // b (h w) c -> b c (h w)
+	// Every ViT block output dies here: only ViTBlocks are read.
+	h := torch.Scoped(func() *torch.Tensor {
+		blocks := m.vit.Blocks(crops, last, func(name string, t *torch.Tensor) { tap("vit."+name, t) })
+		var feats []*torch.Tensor
+		for _, i := range cfg.ViTBlocks {
+			b := blocks[i]
+			feats = append(feats, b.Narrow(1, 1, b.Size(1)-1))
+		}
+		return torch.Cat(feats, 2).Transpose(1, 2) // b (h w) c -> b c (h w)
+	})
 	tap("stage1_input", h)
+	// next replaces h with f(h), run in its own scope, and frees the old h.
+	next := func(f func(x *torch.Tensor) *torch.Tensor) {
+		prev := h
+		h = torch.Scoped(func() *torch.Tensor { return f(prev) })
+		prev.Close()
+	}
 	for _, t := range m.tab1 {
-		h = t.forward(h)
+		next(t.forward)
 	}
 	tap("tablock1", h)
-	h = m.conv1.Forward(h.Reshape([]int64{h.Size(0), h.Size(1), res, res}))
+	next(func(x *torch.Tensor) *torch.Tensor {
+		return m.conv1.Forward(x.Reshape([]int64{x.Size(0), x.Size(1), res, res}))
+	})
 	tap("conv1", h)
-	h = m.swin1.forward(h, "swintransformer1", tap)
+	next(func(x *torch.Tensor) *torch.Tensor { return m.swin1.forward(x, "swintransformer1", tap) })
 	tap("swintransformer1", h)
-	h = h.Flatten(2, -1)
+	next(func(x *torch.Tensor) *torch.Tensor { return x.Flatten(2, -1) })
 	for _, t := range m.tab2 {
-		h = t.forward(h)
+		next(t.forward)
 	}
 	tap("tablock2", h)
-	h = m.conv2.Forward(h.Reshape([]int64{h.Size(0), h.Size(1), res, res}))
+	next(func(x *torch.Tensor) *torch.Tensor {
+		return m.conv2.Forward(x.Reshape([]int64{x.Size(0), x.Size(1), res, res}))
+	})
 	tap("conv2", h)
-	h = m.swin2.forward(h, "swintransformer2", tap)
+	next(func(x *torch.Tensor) *torch.Tensor { return m.swin2.forward(x, "swintransformer2", tap) })
 	tap("swintransformer2", h)
 	tok := h.Flatten(2, -1).Transpose(1, 2) // b c h w -> b (h w) c
 	ps = m.score[1].Forward(m.score[0].Forward(tok).Relu()).Relu().Reshape([]int64{bsz, -1})

@@ -91,15 +91,21 @@ func newBottleneck(b *nn.Builder, in, out int64) *bottleneck {
 	return bb
 }
 
+// forward frees each branch's intermediates as soon as the branch is done:
+// on every patch at once they are tens of MiB each.
 func (b *bottleneck) forward(x *torch.Tensor) *torch.Tensor {
+	s := torch.NewScope()
+	defer s.Close()
 	id := x
 	if b.proj != nil {
-		id = b.gnProj.Forward(b.proj.forward(x))
+		id = torch.Scoped(func() *torch.Tensor { return b.gnProj.Forward(b.proj.forward(x)) })
 	}
-	h := b.gn1.Forward(b.conv1.forward(x)).Relu()
-	h = b.gn2.Forward(b.conv2.forward(h)).Relu()
-	h = b.gn3.Forward(b.conv3.forward(h))
-	return h.Add(id).Relu()
+	h := torch.Scoped(func() *torch.Tensor {
+		h := b.gn1.Forward(b.conv1.forward(x)).Relu()
+		h = b.gn2.Forward(b.conv2.forward(h)).Relu()
+		return b.gn3.Forward(b.conv3.forward(h))
+	})
+	return s.Keep(h.Add(id).Relu())
 }
 
 // block is a pre-LN transformer block with MUSIQ's masked attention.
@@ -193,6 +199,26 @@ func (b *block) forward(x, mask2d *torch.Tensor) *torch.Tensor {
 	return x.Add(b.fc2.Forward(b.fc1.Forward(b.norm2.Forward(x)).Gelu()))
 }
 
+// stem is the ResNet root and block on every patch, then the linear
+// embedding: (N, L, 3·P²) pixels to (N, L, Hidden) tokens.
+func (m *Model) stem(pix *torch.Tensor, n, l int64, tap Tap) *torch.Tensor {
+	p := m.cfg.PatchSize
+	h := torch.Scoped(func() *torch.Tensor {
+		h := m.convRoot.forward(pix.Reshape([]int64{-1, 3, p, p}))
+		tap("conv_root", h)
+		h = m.gnRoot.Forward(h)
+		tap("gn_root", h)
+		h = h.Relu()
+		t, b := samePad(h.Size(2), 3, 2)
+		lp, rp := samePad(h.Size(3), 3, 2)
+		return torch.MaxPool2d(h.Pad([]int64{lp, rp, t, b}, torch.PadConstant, 0), []int64{3, 3}, []int64{2, 2}, []int64{0, 0})
+	})
+	tap("root_pool", h)
+	h = m.block1.forward(h)
+	tap("block1", h)
+	return m.embedding.Forward(h.Permute([]int64{0, 2, 3, 1}).Reshape([]int64{n, l, -1}))
+}
+
 // Forward scores a (N,3,H,W) batch in [0,1]: (N,1) in the caller's scope.
 func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	if tap == nil {
@@ -202,8 +228,8 @@ func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	defer s.Close()
 	cfg := m.cfg
 	dt := m.cls.DType()
-	x = x.To(dt).SubScalar(0.5).MulScalar(2)
-	seq := cfg.Patches(x)
+	// Only the token sequence outlives the resized images.
+	seq := torch.Scoped(func() *torch.Tensor { return cfg.Patches(x.To(dt).SubScalar(0.5).MulScalar(2)) })
 	n, l, dim := seq.Size(0), seq.Size(1), seq.Size(2)
 	tap("tokens_meta", seq.Select(0, 0).Narrow(1, dim-3, 3))
 	pos := seq.Select(2, dim-3).To(torch.Int64)
@@ -211,19 +237,7 @@ func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	mask := seq.Select(2, dim-1).To(torch.Bool)
 	pix := seq.Narrow(2, 0, dim-3)
 	tap("patch_pixels", pix)
-	h := pix.Reshape([]int64{-1, 3, cfg.PatchSize, cfg.PatchSize})
-	h = m.convRoot.forward(h)
-	tap("conv_root", h)
-	h = m.gnRoot.Forward(h)
-	tap("gn_root", h)
-	h = h.Relu()
-	t, b := samePad(h.Size(2), 3, 2)
-	lp, rp := samePad(h.Size(3), 3, 2)
-	h = torch.MaxPool2d(h.Pad([]int64{lp, rp, t, b}, torch.PadConstant, 0), []int64{3, 3}, []int64{2, 2}, []int64{0, 0})
-	tap("root_pool", h)
-	h = m.block1.forward(h)
-	tap("block1", h)
-	h = m.embedding.Forward(h.Permute([]int64{0, 2, 3, 1}).Reshape([]int64{n, l, -1}))
+	h := torch.Scoped(func() *torch.Tensor { return m.stem(pix, n, l, tap) })
 	tap("embedding", h)
 	table := m.posEmb.SqueezeDim(0)
 	h = h.Add(table.IndexSelect(0, pos.Reshape([]int64{-1})).Reshape([]int64{n, l, -1}))
@@ -235,7 +249,9 @@ func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	drop := keep.LogicalNot()
 	tap("encoder_input", h)
 	for i, blk := range m.blocks {
-		h = blk.forward(h, drop)
+		prev := h
+		h = torch.Scoped(func() *torch.Tensor { return blk.forward(prev, drop) })
+		prev.Close()
 		tap(fmt.Sprintf("encoderblock_%d", i), h)
 	}
 	h = m.encoderNorm.Forward(h)

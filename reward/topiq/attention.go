@@ -31,9 +31,11 @@ func newEncoderLayer(b *nn.Builder, dim, heads, hidden int64) *encoderLayer {
 }
 
 func (e *encoderLayer) forward(x *torch.Tensor) *torch.Tensor {
+	s := torch.NewScope()
+	defer s.Close()
 	h := e.norm1.Forward(x)
 	x = x.Add(e.attn.Forward(h, h, h, nil))
-	return x.Add(e.ff.forward(e.norm2.Forward(x)))
+	return s.Keep(x.Add(e.ff.forward(e.norm2.Forward(x))))
 }
 
 // decoderLayer is pyiqa's TransformerDecoderLayer: cross-attention of the
@@ -57,7 +59,9 @@ func newDecoderLayer(b *nn.Builder, dim, heads, hidden int64) *decoderLayer {
 }
 
 func (d *decoderLayer) forward(q, mem *torch.Tensor) *torch.Tensor {
+	s := torch.NewScope()
+	defer s.Close()
 	mem = d.norm2.Forward(mem)
 	q = q.Add(d.attn.Forward(d.norm1.Forward(q), mem, mem, nil))
-	return q.Add(d.ff.forward(d.norm3.Forward(q)))
+	return s.Keep(q.Add(d.ff.forward(d.norm3.Forward(q))))
 }

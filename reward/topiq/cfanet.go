@@ -58,7 +58,9 @@ func newWeightBlock(b *nn.Builder, in int64) weightBlock {
 }
 
 func (w weightBlock) forward(x *torch.Tensor) *torch.Tensor {
-	return w.c4.Forward(w.c2.Forward(w.c0.Forward(x).Gelu()).Gelu()).Sigmoid()
+	return torch.Scoped(func() *torch.Tensor {
+		return w.c4.Forward(w.c2.Forward(w.c0.Forward(x).Gelu()).Gelu()).Sigmoid()
+	})
 }
 
 // gatedConv is pyiqa's GatedConv (the NR model's weight_pool[i]).
@@ -68,9 +70,11 @@ type gatedConv struct {
 }
 
 func (g *gatedConv) forward(x *torch.Tensor) *torch.Tensor {
-	xs := g.split.Forward(x).Chunk(2, 1)
-	w := g.wblk.forward(xs[1])
-	return xs[0].Gelu().Mul(w)
+	return torch.Scoped(func() *torch.Tensor {
+		xs := g.split.Forward(x).Chunk(2, 1)
+		w := g.wblk.forward(xs[1])
+		return xs[0].Gelu().Mul(w)
+	})
 }
 
 // Model is CFANet in eval mode.
@@ -216,34 +220,39 @@ func (m *Model) Forward(x, y *torch.Tensor, tap Tap) *torch.Tensor {
 	}, 1)
 	tokens := make([]*torch.Tensor, 0, len(dist))
 	for i := last; i >= 0; i-- {
-		var feat *torch.Tensor
-		if m.cfg.UseRef {
-			d, r := dist[i], ref[i]
-			diff := d.Sub(r).Pow(2).AddScalar(1e-12).Sqrt()
-			feat = torch.Cat([]*torch.Tensor{d, r, diff}, 1)
-			w := m.weightFR[i].forward(diff)
-			tap(fmt.Sprintf("weight%d", i), w)
-			feat = feat.Mul(w)
-		} else {
-			feat = m.gated[i].forward(dist[i])
-			tap(fmt.Sprintf("gated%d", i), feat)
-		}
-		if feat.Size(2) > th && feat.Size(3) > tw {
-			feat = torch.AdaptiveAvgPool2d(feat, []int64{th, tw})
-		}
-		tap(fmt.Sprintf("pooled%d", i), feat)
-		pos := posEmb.Interpolate([]int64{feat.Size(2), feat.Size(3)}, torch.Bicubic, false, false)
-		if i == last {
-			tap("pos_emb", pos)
-		}
-		pos = pos.Flatten(2, -1).Permute([]int64{2, 0, 1})
-		t := m.dimReduce[i].Forward(feat).Gelu().Flatten(2, -1).Permute([]int64{2, 0, 1}).Add(pos)
-		tap(fmt.Sprintf("sa_in%d", i), t)
-		for _, l := range m.sa[i] {
-			t = l.forward(t)
-		}
-		tap(fmt.Sprintf("sa_out%d", i), t)
-		tokens = append(tokens, t)
+		// A scale's full-resolution weighting dies here; only its tokens
+		// are kept.
+		tok := torch.Scoped(func() *torch.Tensor {
+			var feat *torch.Tensor
+			if m.cfg.UseRef {
+				d, r := dist[i], ref[i]
+				diff := torch.Scoped(func() *torch.Tensor { return d.Sub(r).Pow(2).AddScalar(1e-12).Sqrt() })
+				feat = torch.Cat([]*torch.Tensor{d, r, diff}, 1)
+				w := m.weightFR[i].forward(diff)
+				tap(fmt.Sprintf("weight%d", i), w)
+				feat = feat.Mul(w)
+			} else {
+				feat = m.gated[i].forward(dist[i])
+				tap(fmt.Sprintf("gated%d", i), feat)
+			}
+			if feat.Size(2) > th && feat.Size(3) > tw {
+				feat = torch.AdaptiveAvgPool2d(feat, []int64{th, tw})
+			}
+			tap(fmt.Sprintf("pooled%d", i), feat)
+			pos := posEmb.Interpolate([]int64{feat.Size(2), feat.Size(3)}, torch.Bicubic, false, false)
+			if i == last {
+				tap("pos_emb", pos)
+			}
+			pos = pos.Flatten(2, -1).Permute([]int64{2, 0, 1})
+			t := m.dimReduce[i].Forward(feat).Gelu().Flatten(2, -1).Permute([]int64{2, 0, 1}).Add(pos)
+			tap(fmt.Sprintf("sa_in%d", i), t)
+			for _, l := range m.sa[i] {
+				t = l.forward(t)
+			}
+			return t
+		})
+		tap(fmt.Sprintf("sa_out%d", i), tok)
+		tokens = append(tokens, tok)
 	}
 	q := tokens[0]
 	for i := 0; i < len(tokens)-1; i++ {

@@ -36,6 +36,8 @@ func NewMultiheadAttention(b *Builder, dim, heads int64) *MultiheadAttention {
 // tensor as query, key and value projects with one packed matmul, and the
 // same tensor as key and value with two.
 func (m *MultiheadAttention) Forward(query, key, value, mask *torch.Tensor) *torch.Tensor {
+	sc := torch.NewScope() // the projections and (N·Heads, L, S) scores die here
+	defer sc.Close()
 	var q, k, v *torch.Tensor
 	e := m.Dim
 	switch {
@@ -69,5 +71,5 @@ func (m *MultiheadAttention) Forward(query, key, value, mask *torch.Tensor) *tor
 	}
 	o := a.Softmax(-1).Bmm(v).Transpose(0, 1).Contiguous().View([]int64{l * n, e})
 	o = m.OutProj.Forward(o)
-	return o.View([]int64{l, n, o.Size(-1)})
+	return sc.Keep(o.View([]int64{l, n, o.Size(-1)}))
 }

@@ -132,15 +132,22 @@ func NewModifiedResNet(b *nn.Builder, cfg ResNetConfig) (*ModifiedResNet, error)
 // batch and returns the stem output and the stage outputs
 // (forward_features). The tensors belong to the caller's scope.
 func (m *ModifiedResNet) Features(x *torch.Tensor) []*torch.Tensor {
-	h := x
-	for _, c := range m.stem {
-		h = c.Forward(h).Relu()
-	}
-	h = avgPool(h, 2)
+	h := torch.Scoped(func() *torch.Tensor {
+		y := x
+		for _, c := range m.stem {
+			y = c.Forward(y).Relu()
+		}
+		return avgPool(y, 2)
+	})
 	feats := []*torch.Tensor{h}
 	for _, st := range m.stages {
 		for _, blk := range st {
-			h = blk.forward(h)
+			prev := h
+			h = blk.forward(prev)
+			// A stage's input is the previous feature, returned: keep it.
+			if prev != feats[len(feats)-1] {
+				prev.Close()
+			}
 		}
 		feats = append(feats, h)
 	}

@@ -69,11 +69,13 @@ func newResBlock(rb *nn.Builder, width, heads int64) *resBlock {
 }
 
 // forward is x + attn(ln_1(x)) then x + mlp(ln_2(x)) on LND tokens; mask
-// may be nil.
+// may be nil. Only the output outlives the call (in the caller's scope).
 func (b *resBlock) forward(x, mask *torch.Tensor) *torch.Tensor {
+	s := torch.NewScope()
+	defer s.Close()
 	h := b.ln1.Forward(x)
 	x = x.Add(b.attn.Forward(h, h, h, mask))
-	return x.Add(b.proj.Forward(quickGELU(b.fc.Forward(b.ln2.Forward(x)))))
+	return s.Keep(x.Add(b.proj.Forward(quickGELU(b.fc.Forward(b.ln2.Forward(x))))))
 }
 
 // params lists the block's weights.
@@ -109,10 +111,12 @@ func causalMask(n int64, dt torch.DType, dev torch.Device) *torch.Tensor {
 // projected features at the rows eot (N int64 indices: the EOT position of
 // each prompt), (N, EmbedDim). The result belongs to the caller's scope.
 func (t *Text) Encode(emb, eot *torch.Tensor) *torch.Tensor {
-	x := emb.Add(t.PositionalEmbedding).Permute([]int64{1, 0, 2}) // LND
+	x := torch.Scoped(func() *torch.Tensor { return emb.Add(t.PositionalEmbedding).Permute([]int64{1, 0, 2}) }) // LND
 	mask := causalMask(x.Size(0), x.DType(), x.Device())
 	for _, b := range t.blocks {
-		x = b.forward(x, mask)
+		prev := x
+		x = b.forward(prev, mask)
+		prev.Close()
 	}
 	x = t.lnFinal.Forward(x.Permute([]int64{1, 0, 2}))
 	n := x.Size(0)

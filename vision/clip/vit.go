@@ -68,6 +68,26 @@ func (v *ViT) Forward(x *torch.Tensor, tap ViTTap) (*torch.Tensor, []*torch.Tens
 	if tap == nil {
 		tap = func(string, *torch.Tensor) {}
 	}
+	x = torch.Scoped(func() *torch.Tensor { return v.embed(x, tap) })
+	feats := make([]*torch.Tensor, 0, len(v.blocks))
+	for i, b := range v.blocks {
+		prev := x
+		x = b.forward(prev, nil)
+		// Frees the embedding; a block output's storage stays with its view in feats.
+		prev.Close()
+		h := x.Permute([]int64{1, 0, 2})
+		h = h.Narrow(1, 1, h.Size(1)-1)
+		tap(fmt.Sprintf("block%d", i), h)
+		feats = append(feats, h)
+	}
+	c := v.lnPost.Forward(x.Permute([]int64{1, 0, 2}).Select(1, 0))
+	tap("cls", c)
+	return c, feats
+}
+
+// embed is the patch convolution, class token, resampled positional
+// embedding and ln_pre: (N,3,H,W) to LND tokens.
+func (v *ViT) embed(x *torch.Tensor, tap ViTTap) *torch.Tensor {
 	p := v.cfg.Patch
 	x = torch.Conv2d(x, v.conv1, nil, []int64{p, p}, []int64{0, 0}, []int64{1, 1}, 1)
 	tap("conv1", x)
@@ -82,18 +102,7 @@ func (v *ViT) Forward(x *torch.Tensor, tap ViTTap) (*torch.Tensor, []*torch.Tens
 	tap("pos_embedding_resized", pe)
 	x = x.Add(pe.To(x.DType()))
 	tap("ln_pre_in", x)
-	x = v.lnPre.Forward(x).Permute([]int64{1, 0, 2})
-	feats := make([]*torch.Tensor, 0, len(v.blocks))
-	for i, b := range v.blocks {
-		x = b.forward(x, nil)
-		h := x.Permute([]int64{1, 0, 2})
-		h = h.Narrow(1, 1, h.Size(1)-1)
-		tap(fmt.Sprintf("block%d", i), h)
-		feats = append(feats, h)
-	}
-	c := v.lnPost.Forward(x.Permute([]int64{1, 0, 2}).Select(1, 0))
-	tap("cls", c)
-	return c, feats
+	return v.lnPre.Forward(x).Permute([]int64{1, 0, 2})
 }
 
 // Patch is the patch size: inputs must be multiples of it.

@@ -146,12 +146,18 @@ func New(b *nn.Builder, cfg Config) (*ResNet, error) {
 // caller's scope.
 func (r *ResNet) Features(x *torch.Tensor) []*torch.Tensor {
 	feats := make([]*torch.Tensor, 0, 5)
-	h := r.stem.Forward(x).Relu()
+	h := torch.Scoped(func() *torch.Tensor { return r.stem.Forward(x).Relu() })
 	feats = append(feats, h)
 	h = torch.MaxPool2d(h, []int64{3, 3}, []int64{2, 2}, []int64{1, 1})
 	for _, st := range r.stages {
 		for _, blk := range st {
-			h = blk.forward(h)
+			prev := h
+			h = blk.forward(prev)
+			// A stage's input is the previous feature, returned: keep it
+			// (stage 1's, the max-pool output, is freed).
+			if prev != feats[len(feats)-1] {
+				prev.Close()
+			}
 		}
 		feats = append(feats, h)
 	}
