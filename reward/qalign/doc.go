@@ -45,9 +45,9 @@
 // forward pass holds one layer's intermediates at a time (each layer runs
 // in its own scope). Its largest are the vision attention scores and
 // their softmax: on CUDA about 67 MB per image of the batch in float16; on
-// the CPU they are computed in slices of images or query rows of at most
-// 2 MiB, whatever the batch, which also keeps them in cache. The 92-token
-// decoder adds a few MB. At about 2·10¹² floating-point operations per
+// the CPU they are computed a block of query rows at a time (4 MiB of
+// scores, torch.SetAttentionChunkBytes), whatever the batch, which also
+// keeps them in cache. The 92-token decoder adds a few MB. At about 2·10¹² floating-point operations per
 // image (the 7B decoder over 92 positions, the ViT-L over 1025 tokens), a
 // CPU run takes tens of seconds per image on a many-core machine (an
 // estimate: the full model was not run here). A float16 score is itself a

@@ -103,69 +103,15 @@ func (l *visionLayer) forward(h *torch.Tensor, heads int64, scale float64) *torc
 	hd := c / heads
 	qkv := l.qkv.Forward(l.ln1.Forward(h)).Reshape([]int64{n, t, heads, 3, hd}).Permute([]int64{3, 0, 2, 1, 4})
 	q, k, val := qkv.Select(0, 0), qkv.Select(0, 1), qkv.Select(0, 2)
-	a := attention(q, k, val, scale).Permute([]int64{0, 2, 1, 3}).Reshape([]int64{n, t, c})
+	// The reference's order, softmax(q·kᵀ·scale)·v; on the CPU without
+	// autograd, a block of query rows at a time (torch.SetAttentionChunkBytes):
+	// the scores stay in cache and are never whole, whatever the batch.
+	a := torch.ScaledDotProductAttention(q, k, val, torch.AttentionOpts{Scale: scale, Math: true}).
+		Permute([]int64{0, 2, 1, 3}).Reshape([]int64{n, t, c})
 	h = l.dense.Forward(a).Add(h)
 	m := l.fc1.Forward(l.ln2.Forward(h))
 	m = m.Mul(m.MulScalar(1.702).Sigmoid())
 	return l.fc2.Forward(m).Add(h)
-}
-
-// cpuScoreBytes bounds the attention scores one slice holds on the CPU:
-// 2 MiB, so that a slice's scores and probabilities fit a core's L2 cache
-// (4 MiB here) between the two products and the softmax, and stay below
-// glibc's mmap threshold, so the heap reuses them. A whole layer's scores
-// (4 MB a head at 1025 tokens) went through memory twice and, past the
-// threshold, were fresh pages faulted in on every layer. (1, 2 and 4 MiB
-// time alike on the fixture model; 256 KiB is slower.)
-var cpuScoreBytes int64 = 1 << 21
-
-// attention is softmax(q·kᵀ·scale)·v over (B,H,T,D). On CUDA it is one
-// batched product (the caching allocator reuses blocks). On the CPU it
-// runs in slices whose scores fit cpuScoreBytes, each in its own scope:
-// several whole images when they fit, else blocks of query rows of one
-// image, all heads at once. Each score and output row is the same dot
-// products as in one product, so memory for scores stays bounded whatever
-// the batch (pyiqa, scoring one image at a time, holds one image's).
-func attention(q, k, v *torch.Tensor, scale float64) *torch.Tensor {
-	n, h, t := q.Size(0), q.Size(1), q.Size(2)
-	rows := max(1, cpuScoreBytes/(k.Size(2)*int64(q.DType().Size()))) // score rows a slice may hold
-	if q.Device().IsCUDA() || rows >= n*h*t {
-		return attend(q, k, v, scale)
-	}
-	slice := func(i, ni, r, nr int64) *torch.Tensor {
-		return torch.Scoped(func() *torch.Tensor {
-			return attend(q.Narrow(0, i, ni).Narrow(2, r, nr), k.Narrow(0, i, ni), v.Narrow(0, i, ni), scale)
-		})
-	}
-	var parts []*torch.Tensor
-	if images := rows / (h * t); images >= 1 {
-		for i := int64(0); i < n; i += images {
-			parts = append(parts, slice(i, min(images, n-i), 0, t))
-		}
-		return torch.Cat(parts, 0)
-	}
-	block := max(1, rows/h) // query rows of all heads
-	for i := int64(0); i < n; i++ {
-		var blocks []*torch.Tensor
-		for r := int64(0); r < t; r += block {
-			blocks = append(blocks, slice(i, 1, r, min(block, t-r)))
-		}
-		parts = append(parts, torch.Cat(blocks, 2))
-	}
-	return torch.Cat(parts, 0)
-}
-
-// attend is softmax(q·kᵀ·scale)·v in one batched product.
-func attend(q, k, v *torch.Tensor, scale float64) *torch.Tensor {
-	var s *torch.Tensor
-	if exactScale(scale) {
-		// Scaling q by a power of two is exact: the same scores as scaling
-		// q·kᵀ (the reference's order), with T·d multiplies instead of T².
-		s = q.MulScalar(scale).Matmul(k.Transpose(-1, -2)).Softmax(-1)
-	} else {
-		s = q.Matmul(k.Transpose(-1, -2)).MulScalar(scale).Softmax(-1)
-	}
-	return s.Matmul(v)
 }
 
 // exactScale reports whether multiplying by s is exact in binary floating
