@@ -97,8 +97,19 @@ func (b *block) forward(x *torch.Tensor) *torch.Tensor {
 	h := b.norm1.Forward(x)
 	qkv := torch.FastLinear(h, b.qkv.Weight, b.qkv.Bias).Reshape([]int64{n, l, 3, b.heads, hd}).Permute([]int64{2, 0, 3, 1, 4})
 	q, k, vv := qkv.Select(0, 0), qkv.Select(0, 1), qkv.Select(0, 2)
-	a := q.MulScalar(math.Pow(float64(hd), -0.5)).Matmul(k.Transpose(-2, -1)).Softmax(-1)
-	o := a.Matmul(vv).Transpose(1, 2).Reshape([]int64{n, l, c})
+	scale := math.Pow(float64(hd), -0.5)
+	var o *torch.Tensor
+	if frac, _ := math.Frexp(scale); frac == 0.5 {
+		// timm scales q before q·kᵀ; by a power of two that is the same as
+		// scaling the scores, so the math order of ScaledDotProductAttention
+		// gives timm's result, and on the CPU without autograd computes it a
+		// block of query rows at a time: never the whole (N,heads,L,L)
+		// scores (MANIQA's 20 crops: 564 MiB, twice, a block).
+		o = torch.ScaledDotProductAttention(q, k, vv, torch.AttentionOpts{Scale: scale, Math: true})
+	} else {
+		o = q.MulScalar(scale).Matmul(k.Transpose(-2, -1)).Softmax(-1).Matmul(vv)
+	}
+	o = o.Transpose(1, 2).Reshape([]int64{n, l, c})
 	x = x.Add(torch.FastLinear(o, b.proj.Weight, b.proj.Bias))
 	m := torch.FastLinear(torch.FastLinear(b.norm2.Forward(x), b.fc1.Weight, b.fc1.Bias).Gelu(), b.fc2.Weight, b.fc2.Bias)
 	return s.Keep(x.Add(m))
