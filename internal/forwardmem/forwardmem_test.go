@@ -1,0 +1,100 @@
+package forwardmem
+
+import (
+	"os"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dp2osr/dp2o/internal/testutil"
+	"github.com/dp2osr/dp2o/reward/afine"
+	"github.com/dp2osr/dp2o/reward/clipiqa"
+	"github.com/dp2osr/dp2o/reward/maniqa"
+	"github.com/dp2osr/dp2o/reward/musiq"
+	"github.com/dp2osr/dp2o/reward/topiq"
+	"github.com/dp2osr/dp2o/torch"
+	"github.com/dp2osr/dp2o/torch/nn"
+)
+
+func envInt(b *testing.B, name string, def int64) int64 {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	require.NoError(b, err, name)
+	return n
+}
+
+// BenchmarkForwardMemory reports, per model, the peak resident-set growth
+// of one forward pass under NoGrad (peak-MiB) and the memory still held
+// by its result's scope when it returns (none: only the output).
+func BenchmarkForwardMemory(b *testing.B) {
+	n, side := envInt(b, "DP2O_BENCH_BATCH", 1), envInt(b, "DP2O_BENCH_SIZE", 512)
+	torch.SetNumThreads(1)
+	newB := func() *nn.Builder { return nn.NewBuilder(nil, torch.Float32, torch.CPU) }
+	image := func() *torch.Tensor {
+		return torch.Unscope(torch.Scoped(func() *torch.Tensor {
+			return torch.Rand([]int64{n, 3, side, side}, nil, torch.Float32, torch.CPU)
+		}))
+	}
+	x, y := image(), image()
+	defer x.Close()
+	defer y.Close()
+	run := func(name string, build func() (forward func() *torch.Tensor, done func())) {
+		b.Run(name, func(b *testing.B) {
+			forward, done := build()
+			defer done()
+			var peak int64
+			for i := 0; i < b.N; i++ {
+				peak = max(peak, testutil.PeakRSSGrowth(b, func() {
+					torch.NoGrad(func() { forward().Close() })
+				}))
+			}
+			b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")
+		})
+	}
+	closer := func(b *nn.Builder) func() { return func() { b.Params().Close() } }
+	run("maniqa", func() (func() *torch.Tensor, func()) {
+		bl := newB()
+		m, err := maniqa.New(bl, maniqa.KonIQ)
+		require.NoError(b, err)
+		return func() *torch.Tensor { return m.Forward(x, nil) }, closer(bl)
+	})
+	run("musiq", func() (func() *torch.Tensor, func()) {
+		bl := newB()
+		m, err := musiq.New(bl, musiq.KonIQ)
+		require.NoError(b, err)
+		return func() *torch.Tensor { return m.Forward(x, nil) }, closer(bl)
+	})
+	for _, c := range []struct {
+		name string
+		cfg  topiq.Config
+	}{{"topiq_nr", topiq.NRConfig}, {"topiq_fr", topiq.FRConfig}} {
+		run(c.name, func() (func() *torch.Tensor, func()) {
+			bl := newB()
+			m, err := topiq.New(bl, c.cfg)
+			require.NoError(b, err)
+			return func() *torch.Tensor { return m.Forward(x, y, nil) }, closer(bl)
+		})
+	}
+	run("afine_nr", func() (func() *torch.Tensor, func()) {
+		bl := newB()
+		m, err := afine.New(bl)
+		require.NoError(b, err)
+		return func() *torch.Tensor { return m.ForwardNR(x, nil) }, closer(bl)
+	})
+	run("afine_fr", func() (func() *torch.Tensor, func()) {
+		bl := newB()
+		m, err := afine.New(bl)
+		require.NoError(b, err)
+		return func() *torch.Tensor { return m.ForwardFR(x, y, nil) }, closer(bl)
+	})
+	run("clipiqa+", func() (func() *torch.Tensor, func()) {
+		bl := newB()
+		m, err := clipiqa.New(bl, false, nil)
+		require.NoError(b, err)
+		return func() *torch.Tensor { return m.Forward(x, nil) }, closer(bl)
+	})
+}
