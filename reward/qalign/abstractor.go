@@ -143,7 +143,7 @@ func (a *abstractor) forward(vis *torch.Tensor, tap Tap) *torch.Tensor {
 	c := a.cfg.HiddenSize
 	hd := c / heads
 	nq := a.cfg.NumLearnableQueries
-	q := a.queries.Expand([]int64{n, -1, -1})
+	q := a.queries.Expand([]int64{n, -1, -1}) // a new handle: the loop closes it, not the weight
 	split := func(x *torch.Tensor) *torch.Tensor {
 		return x.View([]int64{n, x.Size(1), heads, hd}).Permute([]int64{0, 2, 1, 3})
 	}

@@ -99,10 +99,11 @@ func (b *block) forward(x *torch.Tensor) *torch.Tensor {
 	q, k, vv := qkv.Select(0, 0), qkv.Select(0, 1), qkv.Select(0, 2)
 	scale := math.Pow(float64(hd), -0.5)
 	var o *torch.Tensor
-	if frac, _ := math.Frexp(scale); frac == 0.5 {
+	if frac, _ := math.Frexp(scale); frac == 0.5 && q.DType() != torch.Float16 {
 		// timm scales q before q·kᵀ; by a power of two that is the same as
-		// scaling the scores, so the math order of ScaledDotProductAttention
-		// gives timm's result, and on the CPU without autograd computes it a
+		// scaling the scores (in float16 the unscaled scores could
+		// overflow), so the math order of ScaledDotProductAttention gives
+		// timm's result, and on the CPU without autograd computes it a
 		// block of query rows at a time: never the whole (N,heads,L,L)
 		// scores (MANIQA's 20 crops: 564 MiB, twice, a block).
 		o = torch.ScaledDotProductAttention(q, k, vv, torch.AttentionOpts{Scale: scale, Math: true})
