@@ -7,6 +7,8 @@ q-future/one-align from an offline hub snapshot of the fixture weights (scripts/
 against every fixture score first, so both sides time the same computation. pyiqa scores one image per call: a batch
 of N is N calls; the Go side scores the N images in one call (`go test ./reward/qalign -run '^$' -bench Score` with
 DP2O_BENCH_BATCH=N). Both include preprocessing. Runs alternate (pyiqa, Go, ...) and each side keeps its best round.
+On the shared 2-core machine pyiqa's speed changed from one run to the next (10.4 to 18.5 images/s, also pinned to
+one core with taskset) while Go's stayed within 25-28: quote the range of several runs.
 
 Set up once (git directories of the projects; see scripts/qalign-ref/setup.sh), from the repository root:
   scripts/llama-tokenizer.sh
