@@ -4,6 +4,7 @@ package torch
 import "C"
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -184,6 +185,21 @@ func ScopedList(f func() []*Tensor) []*Tensor {
 	s := NewScope()
 	defer s.Close()
 	return s.KeepAll(f())
+}
+
+// Then returns f(t), run in a scope of its own so that f's temporaries are
+// freed when it returns, and closes t: a chain of steps or a loop over
+// layers, h = torch.Then(h, layer.Forward), holds one step's tensors at a
+// time, as reference counting frees them in PyTorch (not every layer's
+// until the enclosing scope closes). t is left open when it is one of keep
+// (the caller's input, a feature returned later) or when f returns t
+// itself. Autograd keeps what the backward pass needs of a closed handle.
+func Then(t *Tensor, f func(*Tensor) *Tensor, keep ...*Tensor) *Tensor {
+	out := Scoped(func() *Tensor { return f(t) })
+	if out != t && !slices.Contains(keep, t) {
+		t.Close()
+	}
+	return out
 }
 
 // Unscope removes t from whatever scope owns it: the caller now closes it.

@@ -105,6 +105,32 @@ func TestScopedHelpers(t *testing.T) {
 	require.Equal(t, before, torch.LiveTensors())
 }
 
+// TestThen checks that Then frees the step's temporaries and its input,
+// except an input named in keep or returned by the step.
+func TestThen(t *testing.T) {
+	testutil.NoLeak(t)
+	before := torch.LiveTensors()
+	x := torch.Unscope(torch.Ones([]int64{2}, torch.Float32, torch.CPU))
+	defer x.Close()
+	var tmp *torch.Tensor
+	double := func(h *torch.Tensor) *torch.Tensor {
+		tmp = h.MulScalar(1)
+		return tmp.MulScalar(2)
+	}
+	h := torch.Then(x, double, x) // the caller's input: kept
+	require.False(t, x.Closed())
+	require.True(t, tmp.Closed())
+	first := h
+	h = torch.Then(h, double) // a step's own output: closed
+	require.True(t, first.Closed())
+	same := torch.Then(h, func(h *torch.Tensor) *torch.Tensor { return h })
+	require.Same(t, h, same)
+	require.False(t, h.Closed())
+	require.Equal(t, []float32{4, 4}, h.Float32s())
+	require.Equal(t, before+2, torch.LiveTensors())
+	h.Close()
+}
+
 func TestScopesPerGoroutine(t *testing.T) {
 	testutil.NoLeak(t)
 	before := torch.LiveTensors()

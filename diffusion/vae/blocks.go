@@ -44,27 +44,15 @@ func newResnetBlock(b *nn.Builder, in, out, groups int64, act func(*torch.Tensor
 	return r
 }
 
-// then returns f(t) and frees t at once (as PyTorch's refcounting would)
-// instead of when the enclosing scope closes, unless t is keep (the
-// caller's input) or f returned t itself. t must be a temporary that
-// nothing else reads.
-func then(t, keep *torch.Tensor, f func(*torch.Tensor) *torch.Tensor) *torch.Tensor {
-	out := f(t)
-	if t != keep && out != t {
-		t.Close()
-	}
-	return out
-}
-
 func (r *resnetBlock) forward(x *torch.Tensor) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
 	h := r.norm1.Forward(x)
-	h = then(h, x, r.act)
-	h = then(h, x, r.conv1.Forward)
-	h = then(h, x, r.norm2.Forward)
-	h = then(h, x, r.act)
-	h = then(h, x, r.conv2.Forward)
+	h = torch.Then(h, r.act, x)
+	h = torch.Then(h, r.conv1.Forward, x)
+	h = torch.Then(h, r.norm2.Forward, x)
+	h = torch.Then(h, r.act, x)
+	h = torch.Then(h, r.conv2.Forward, x)
 	in := x
 	if r.shortcut != nil {
 		in = r.shortcut.Forward(x)
@@ -137,9 +125,9 @@ func (m *midBlock) forward(x *torch.Tensor) *torch.Tensor {
 	defer s.Close()
 	h := m.resnets[0].forward(x)
 	if m.attn != nil {
-		h = then(h, x, m.attn.forward)
+		h = torch.Then(h, m.attn.forward, x)
 	}
-	return s.Keep(then(h, x, m.resnets[1].forward))
+	return s.Keep(torch.Then(h, m.resnets[1].forward, x))
 }
 
 // downBlock is DownEncoderBlock2D: resnets, then (except in the last block)
@@ -170,11 +158,11 @@ func (d *downBlock) forward(x *torch.Tensor) *torch.Tensor {
 	defer s.Close()
 	h := x
 	for _, r := range d.resnets {
-		h = then(h, x, r.forward)
+		h = torch.Then(h, r.forward, x)
 	}
 	if d.down != nil {
-		h = then(h, x, func(t *torch.Tensor) *torch.Tensor { return t.Pad([]int64{0, 1, 0, 1}, torch.PadConstant, 0) })
-		h = then(h, x, d.down.Forward)
+		h = torch.Then(h, func(t *torch.Tensor) *torch.Tensor { return t.Pad([]int64{0, 1, 0, 1}, torch.PadConstant, 0) }, x)
+		h = torch.Then(h, d.down.Forward, x)
 	}
 	return s.Keep(h)
 }
@@ -206,7 +194,7 @@ func (u *upBlock) forward(x *torch.Tensor) *torch.Tensor {
 	defer s.Close()
 	h := x
 	for _, r := range u.resnets {
-		h = then(h, x, r.forward)
+		h = torch.Then(h, r.forward, x)
 	}
 	if u.up != nil {
 		sh := h.Shape()
@@ -216,13 +204,13 @@ func (u *upBlock) forward(x *torch.Tensor) *torch.Tensor {
 		if h.DType() == torch.BFloat16 {
 			// Upsample2D upsamples bfloat16 in float32 (nearest is not
 			// implemented for bfloat16 in older torch) and casts back.
-			h = then(h, x, func(t *torch.Tensor) *torch.Tensor { return t.To(torch.Float32) })
-			h = then(h, x, nearest)
-			h = then(h, x, func(t *torch.Tensor) *torch.Tensor { return t.To(torch.BFloat16) })
+			h = torch.Then(h, func(t *torch.Tensor) *torch.Tensor { return t.To(torch.Float32) }, x)
+			h = torch.Then(h, nearest, x)
+			h = torch.Then(h, func(t *torch.Tensor) *torch.Tensor { return t.To(torch.BFloat16) }, x)
 		} else {
-			h = then(h, x, nearest)
+			h = torch.Then(h, nearest, x)
 		}
-		h = then(h, x, u.up.Forward)
+		h = torch.Then(h, u.up.Forward, x)
 	}
 	return s.Keep(h)
 }

@@ -56,19 +56,20 @@ func (e *Encoder) Forward(x *torch.Tensor, tap TapFunc) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
 	// Each stage's output is freed as soon as the next stage has consumed
-	// it, not when the forward returns (a tap keeps its own handle).
+	// it (torch.Then), not when the forward returns (a tap keeps its own
+	// handle).
 	h := e.convIn.Forward(x)
 	tap.emit("encoder.conv_in", h)
 	for i, d := range e.down {
-		h = then(h, x, d.forward)
+		h = torch.Then(h, d.forward, x)
 		tap.emit("encoder.down_blocks."+strconv.Itoa(i), h)
 	}
-	h = then(h, x, e.mid.forward)
+	h = torch.Then(h, e.mid.forward, x)
 	tap.emit("encoder.mid_block", h)
-	h = then(h, x, e.normOut.Forward)
+	h = torch.Then(h, e.normOut.Forward, x)
 	tap.emit("encoder.conv_norm_out", h)
-	h = then(h, x, e.act)
-	h = then(h, x, e.convOut.Forward)
+	h = torch.Then(h, e.act, x)
+	h = torch.Then(h, e.convOut.Forward, x)
 	tap.emit("encoder.conv_out", h)
 	return s.Keep(h)
 }
@@ -116,16 +117,16 @@ func (d *Decoder) Forward(z *torch.Tensor, tap TapFunc) *torch.Tensor {
 	// As in Encoder.Forward, each stage's input is freed once consumed.
 	h := d.convIn.Forward(z)
 	tap.emit("decoder.conv_in", h)
-	h = then(h, z, d.mid.forward)
+	h = torch.Then(h, d.mid.forward, z)
 	tap.emit("decoder.mid_block", h)
 	for i, u := range d.up {
-		h = then(h, z, u.forward)
+		h = torch.Then(h, u.forward, z)
 		tap.emit("decoder.up_blocks."+strconv.Itoa(i), h)
 	}
-	h = then(h, z, d.normOut.Forward)
+	h = torch.Then(h, d.normOut.Forward, z)
 	tap.emit("decoder.conv_norm_out", h)
-	h = then(h, z, d.act)
-	h = then(h, z, d.convOut.Forward)
+	h = torch.Then(h, d.act, z)
+	h = torch.Then(h, d.convOut.Forward, z)
 	tap.emit("decoder.conv_out", h)
 	return s.Keep(h)
 }

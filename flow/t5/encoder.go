@@ -277,13 +277,11 @@ func (e *Encoder) forward(ids, mask *torch.Tensor, keepHidden bool) *Output {
 		}
 	}
 	for _, blk := range e.Blocks {
-		prev := h
-		h = blk.Forward(h, bias)
 		if keepHidden {
+			h = blk.Forward(h, bias)
 			out.Hidden = append(out.Hidden, h)
-		} else {
-			// Nothing returns the block's input: free it now, not with s.
-			prev.Close()
+		} else { // nothing returns the block's input: freed now, not with s
+			h = torch.Then(h, func(h *torch.Tensor) *torch.Tensor { return blk.Forward(h, bias) })
 		}
 	}
 	out.LastHidden = e.FinalNorm.Forward(h)

@@ -116,9 +116,8 @@ func (s *swinStage) forward(x *torch.Tensor, name string, tap Tap) *torch.Tensor
 	b, c := x.Size(0), x.Size(1)
 	t := x.Flatten(2, -1).Transpose(1, 2)
 	for i, l := range s.layers {
-		prev := t
 		// One layer's block outputs and convolution die with its scope.
-		t = torch.Scoped(func() *torch.Tensor {
+		t = torch.Then(t, func(prev *torch.Tensor) *torch.Tensor {
 			y := prev
 			for _, blk := range l.blocks {
 				y = blk.Forward(y)
@@ -128,7 +127,6 @@ func (s *swinStage) forward(x *torch.Tensor, name string, tap Tap) *torch.Tensor
 			tap(fmt.Sprintf("%s.layers.%d", name, i), y)
 			return y.MulScalar(s.scale).Add(prev)
 		})
-		prev.Close()
 	}
 	return t.Transpose(1, 2).Reshape([]int64{b, c, s.res, s.res})
 }
@@ -267,32 +265,27 @@ func (m *Model) forwardCrops(crops *torch.Tensor, bsz int64, tap Tap) (ps, pw *t
 		return torch.Cat(feats, 2).Transpose(1, 2) // b (h w) c -> b c (h w)
 	})
 	tap("stage1_input", h)
-	// next replaces h with f(h), run in its own scope, and frees the old h.
-	next := func(f func(x *torch.Tensor) *torch.Tensor) {
-		prev := h
-		h = torch.Scoped(func() *torch.Tensor { return f(prev) })
-		prev.Close()
-	}
+	// Each step's input is freed once the step is done (torch.Then).
 	for _, t := range m.tab1 {
-		next(t.forward)
+		h = torch.Then(h, t.forward)
 	}
 	tap("tablock1", h)
-	next(func(x *torch.Tensor) *torch.Tensor {
+	h = torch.Then(h, func(x *torch.Tensor) *torch.Tensor {
 		return m.conv1.Forward(x.Reshape([]int64{x.Size(0), x.Size(1), res, res}))
 	})
 	tap("conv1", h)
-	next(func(x *torch.Tensor) *torch.Tensor { return m.swin1.forward(x, "swintransformer1", tap) })
+	h = torch.Then(h, func(x *torch.Tensor) *torch.Tensor { return m.swin1.forward(x, "swintransformer1", tap) })
 	tap("swintransformer1", h)
-	next(func(x *torch.Tensor) *torch.Tensor { return x.Flatten(2, -1) })
+	h = torch.Then(h, func(x *torch.Tensor) *torch.Tensor { return x.Flatten(2, -1) })
 	for _, t := range m.tab2 {
-		next(t.forward)
+		h = torch.Then(h, t.forward)
 	}
 	tap("tablock2", h)
-	next(func(x *torch.Tensor) *torch.Tensor {
+	h = torch.Then(h, func(x *torch.Tensor) *torch.Tensor {
 		return m.conv2.Forward(x.Reshape([]int64{x.Size(0), x.Size(1), res, res}))
 	})
 	tap("conv2", h)
-	next(func(x *torch.Tensor) *torch.Tensor { return m.swin2.forward(x, "swintransformer2", tap) })
+	h = torch.Then(h, func(x *torch.Tensor) *torch.Tensor { return m.swin2.forward(x, "swintransformer2", tap) })
 	tap("swintransformer2", h)
 	tok := h.Flatten(2, -1).Transpose(1, 2) // b c h w -> b (h w) c
 	ps = m.score[1].Forward(m.score[0].Forward(tok).Relu()).Relu().Reshape([]int64{bsz, -1})

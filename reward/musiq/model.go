@@ -249,9 +249,7 @@ func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	drop := keep.LogicalNot()
 	tap("encoder_input", h)
 	for i, blk := range m.blocks {
-		prev := h
-		h = torch.Scoped(func() *torch.Tensor { return blk.forward(prev, drop) })
-		prev.Close()
+		h = torch.Then(h, func(h *torch.Tensor) *torch.Tensor { return blk.forward(h, drop) })
 		tap(fmt.Sprintf("encoderblock_%d", i), h)
 	}
 	h = m.encoderNorm.Forward(h)

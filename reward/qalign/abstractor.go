@@ -135,7 +135,7 @@ func sincos1D(out []float32, dim int, pos float32) {
 }
 
 // forward maps the vision tokens (B,T,C) to the visual tokens (B,Q+1,H),
-// each layer in its own scope (see vision.forward).
+// a layer at a time through torch.Then.
 func (a *abstractor) forward(vis *torch.Tensor, tap Tap) *torch.Tensor {
 	n := vis.Size(0)
 	dt := vis.DType()
@@ -143,13 +143,12 @@ func (a *abstractor) forward(vis *torch.Tensor, tap Tap) *torch.Tensor {
 	c := a.cfg.HiddenSize
 	hd := c / heads
 	nq := a.cfg.NumLearnableQueries
-	q := a.queries.Expand([]int64{n, -1, -1}) // a new handle: the loop closes it, not the weight
+	q := a.queries.Expand([]int64{n, -1, -1}) // a new handle: Then closes it, not the weight
 	split := func(x *torch.Tensor) *torch.Tensor {
 		return x.View([]int64{n, x.Size(1), heads, hd}).Permute([]int64{0, 2, 1, 3})
 	}
 	for i, l := range a.layers {
-		prev := q
-		q = torch.Scoped(func() *torch.Tensor {
+		q = torch.Then(q, func(prev *torch.Tensor) *torch.Tensor {
 			qn := l.norm1.Forward(prev)
 			kn := l.normk.Forward(vis)
 			kv := torch.Cat([]*torch.Tensor{qn, kn}, 1)
@@ -169,7 +168,6 @@ func (a *abstractor) forward(vis *torch.Tensor, tap Tap) *torch.Tensor {
 			m := l.w1.Forward(x).Silu().Mul(l.w3.Forward(x))
 			return q.Add(l.w2.Forward(l.ffnLN.Forward(m)))
 		})
-		prev.Close()
 		tap(fmt.Sprintf("abstractor_layer_%d", i), q)
 	}
 	out := a.visualFC.Forward(q)

@@ -95,8 +95,7 @@ func rotateHalf(x *torch.Tensor) *torch.Tensor {
 }
 
 // forward runs the decoder over inputs_embeds (B,L,H) and returns the
-// final norm's output (B,L,H), each layer in its own scope (see
-// vision.forward).
+// final norm's output (B,L,H), a layer at a time through torch.Then.
 func (m *llama) forward(h *torch.Tensor, lay layout, tap Tap) *torch.Tensor {
 	n, l := h.Size(0), h.Size(1)
 	dt, dev := h.DType(), h.Device()
@@ -133,9 +132,9 @@ func (m *llama) forward(h *torch.Tensor, lay layout, tap Tap) *torch.Tensor {
 		return x.RepeatInterleave(heads/kvHeads, 1)
 	}
 	scale := math.Sqrt(float64(hd))
+	in := h // the caller's: Then keeps it
 	for i, ly := range m.layers {
-		prev := h
-		h = torch.Scoped(func() *torch.Tensor {
+		h = torch.Then(h, func(prev *torch.Tensor) *torch.Tensor {
 			x := lay.multiway(prev, rms(ly.ln1))
 			q := shape(torch.Linear(x, ly.q, nil), heads)
 			k := shape(lay.multiway(x, lin(ly.k)), kvHeads)
@@ -150,16 +149,10 @@ func (m *llama) forward(h *torch.Tensor, lay layout, tap Tap) *torch.Tensor {
 			x = lay.multiway(h, rms(ly.ln2))
 			g := torch.Linear(x, ly.gate, nil).Silu().Mul(torch.Linear(x, ly.up, nil))
 			return h.Add(torch.Linear(g, ly.dn, nil))
-		})
-		if i > 0 { // the input is the caller's
-			prev.Close()
-		}
+		}, in)
 		tap(fmt.Sprintf("llama_layer_%d", i), h)
 	}
-	out := torch.RMSNorm(h, m.norm, eps)
-	if len(m.layers) > 0 {
-		h.Close()
-	}
+	out := torch.Then(h, func(h *torch.Tensor) *torch.Tensor { return torch.RMSNorm(h, m.norm, eps) }, in)
 	tap("llama_norm", out)
 	return out
 }

@@ -59,22 +59,18 @@ func newVision(b *nn.Builder, c VisionConfig) *vision {
 }
 
 // forward maps pixel_values (B,3,S,S) to the last hidden state (B,T,C).
-// Each layer runs in its own scope and the previous hidden state is freed
-// after it, so that memory holds one layer's intermediates (the attention
-// scores the largest), not every layer's, and the allocator reuses them.
+// Each layer runs through torch.Then, so that memory holds one layer's
+// intermediates (the attention scores the largest), not every layer's.
 func (v *vision) forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	h := torch.Scoped(func() *torch.Tensor { return v.embed(x) })
 	tap("vision_embeddings", h)
 	heads := v.cfg.NumAttentionHeads
 	scale := math.Pow(float64(h.Size(2)/heads), -0.5)
 	for i, l := range v.layers {
-		prev := h
-		h = torch.Scoped(func() *torch.Tensor { return l.forward(prev, heads, scale) })
-		prev.Close()
+		h = torch.Then(h, func(h *torch.Tensor) *torch.Tensor { return l.forward(h, heads, scale) })
 		tap(fmt.Sprintf("vision_layer_%d", i), h)
 	}
-	out := v.postLN.Forward(h)
-	h.Close()
+	out := torch.Then(h, v.postLN.Forward)
 	tap("vision_tokens", out)
 	return out
 }

@@ -142,12 +142,8 @@ func (m *ModifiedResNet) Features(x *torch.Tensor) []*torch.Tensor {
 	feats := []*torch.Tensor{h}
 	for _, st := range m.stages {
 		for _, blk := range st {
-			prev := h
-			h = blk.forward(prev)
-			// A stage's input is the previous feature, returned: keep it.
-			if prev != feats[len(feats)-1] {
-				prev.Close()
-			}
+			// A stage's input is the previous feature, returned: kept.
+			h = torch.Then(h, blk.forward, feats[len(feats)-1])
 		}
 		feats = append(feats, h)
 	}

@@ -114,9 +114,7 @@ func (t *Text) Encode(emb, eot *torch.Tensor) *torch.Tensor {
 	x := torch.Scoped(func() *torch.Tensor { return emb.Add(t.PositionalEmbedding).Permute([]int64{1, 0, 2}) }) // LND
 	mask := causalMask(x.Size(0), x.DType(), x.Device())
 	for _, b := range t.blocks {
-		prev := x
-		x = b.forward(prev, mask)
-		prev.Close()
+		x = torch.Then(x, func(x *torch.Tensor) *torch.Tensor { return b.forward(x, mask) })
 	}
 	x = t.lnFinal.Forward(x.Permute([]int64{1, 0, 2}))
 	n := x.Size(0)

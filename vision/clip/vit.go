@@ -71,10 +71,8 @@ func (v *ViT) Forward(x *torch.Tensor, tap ViTTap) (*torch.Tensor, []*torch.Tens
 	x = torch.Scoped(func() *torch.Tensor { return v.embed(x, tap) })
 	feats := make([]*torch.Tensor, 0, len(v.blocks))
 	for i, b := range v.blocks {
-		prev := x
-		x = b.forward(prev, nil)
 		// Frees the embedding; a block output's storage stays with its view in feats.
-		prev.Close()
+		x = torch.Then(x, func(x *torch.Tensor) *torch.Tensor { return b.forward(x, nil) })
 		h := x.Permute([]int64{1, 0, 2})
 		h = h.Narrow(1, 1, h.Size(1)-1)
 		tap(fmt.Sprintf("block%d", i), h)

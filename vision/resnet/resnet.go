@@ -151,13 +151,9 @@ func (r *ResNet) Features(x *torch.Tensor) []*torch.Tensor {
 	h = torch.MaxPool2d(h, []int64{3, 3}, []int64{2, 2}, []int64{1, 1})
 	for _, st := range r.stages {
 		for _, blk := range st {
-			prev := h
-			h = blk.forward(prev)
-			// A stage's input is the previous feature, returned: keep it
-			// (stage 1's, the max-pool output, is freed).
-			if prev != feats[len(feats)-1] {
-				prev.Close()
-			}
+			// A stage's input is the previous feature, returned: kept (stage
+			// 1's, the max-pool output, is freed).
+			h = torch.Then(h, blk.forward, feats[len(feats)-1])
 		}
 		feats = append(feats, h)
 	}
