@@ -1,8 +1,6 @@
 package vae
 
 import (
-	"os"
-	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -20,15 +18,7 @@ import (
 //
 //	go test ./diffusion/vae -run '^$' -bench ForwardMemory -benchtime 1x
 func BenchmarkForwardMemory(b *testing.B) {
-	get := func(name string, def int64) int64 {
-		if v := os.Getenv(name); v != "" {
-			n, err := strconv.ParseInt(v, 10, 64)
-			require.NoError(b, err, name)
-			return n
-		}
-		return def
-	}
-	n, side := get("DP2O_BENCH_BATCH", 1), get("DP2O_BENCH_SIZE", 512)
+	n, side := int64(testutil.EnvInt(b, "DP2O_BENCH_BATCH", 1)), int64(testutil.EnvInt(b, "DP2O_BENCH_SIZE", 512))
 	defer torch.SetNumThreads(torch.NumThreads())
 	torch.SetNumThreads(1)
 	cfg, err := LoadConfig(testutil.Fixture(b, "sd2/keys/vae/config.json"))
@@ -52,11 +42,7 @@ func BenchmarkForwardMemory(b *testing.B) {
 	}{{"encoder", func() *torch.Tensor { return m.Encoder.Forward(x, nil) }},
 		{"decoder", func() *torch.Tensor { return m.Decoder.Forward(z, nil) }}} {
 		b.Run(c.name, func(b *testing.B) {
-			var peak int64
-			for i := 0; i < b.N; i++ {
-				peak = max(peak, testutil.PeakRSSGrowth(b, func() { torch.NoGrad(func() { c.f().Close() }) }))
-			}
-			b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")
+			testutil.ReportPeakRSS(b, func() { torch.NoGrad(func() { c.f().Close() }) })
 		})
 	}
 }

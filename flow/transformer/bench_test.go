@@ -131,7 +131,7 @@ func drawInputs(b *testing.B, c Config, batch, image, text int64, sigma, guide f
 // output's mean |v| and sum, which the script prints too (the same model
 // and inputs: they agree to float32 rounding).
 func BenchmarkFluxControlNetStep(b *testing.B) {
-	threads := envInt(b, "DP2O_BENCH_THREADS", 1)
+	threads := testutil.EnvInt(b, "DP2O_BENCH_THREADS", 1)
 	defer torch.SetNumThreads(torch.NumThreads())
 	torch.SetNumThreads(threads)
 	f, cn := benchModels(b)

@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sort"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -21,16 +20,6 @@ import (
 	"github.com/dp2osr/dp2o/torch/nn"
 	"github.com/dp2osr/dp2o/torch/safetensors"
 )
-
-func envInt(b *testing.B, name string, def int) int {
-	s := os.Getenv(name)
-	if s == "" {
-		return def
-	}
-	n, err := strconv.Atoi(s)
-	require.NoError(b, err, name)
-	return n
-}
 
 // BenchmarkLoadSharded writes a sharded bfloat16 checkpoint of the FLUX.1-dev
 // transformer (its published config) truncated to DP2O_BENCH_LOAD_DOUBLE
@@ -50,8 +39,8 @@ func BenchmarkLoadSharded(b *testing.B) {
 	}
 	cfg, err := LoadConfig(testutil.Fixture(b, "flux/keys/flux_transformer/config.json"))
 	require.NoError(b, err)
-	cfg.NumLayers = envInt(b, "DP2O_BENCH_LOAD_DOUBLE", 2)
-	cfg.NumSingleLayers = envInt(b, "DP2O_BENCH_LOAD_SINGLE", 2)
+	cfg.NumLayers = testutil.EnvInt(b, "DP2O_BENCH_LOAD_DOUBLE", 2)
+	cfg.NumSingleLayers = testutil.EnvInt(b, "DP2O_BENCH_LOAD_SINGLE", 2)
 	dir := b.TempDir()
 	cfgData, err := json.Marshal(cfg)
 	require.NoError(b, err)

@@ -1,8 +1,6 @@
 package forwardmem
 
 import (
-	"os"
-	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -17,20 +15,10 @@ import (
 	"github.com/dp2osr/dp2o/torch/nn"
 )
 
-func envInt(b *testing.B, name string, def int64) int64 {
-	v := os.Getenv(name)
-	if v == "" {
-		return def
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	require.NoError(b, err, name)
-	return n
-}
-
 // BenchmarkForwardMemory reports, per model, the peak resident-set growth
 // of one forward pass under NoGrad (peak-MiB), with one libtorch thread.
 func BenchmarkForwardMemory(b *testing.B) {
-	n, side := envInt(b, "DP2O_BENCH_BATCH", 1), envInt(b, "DP2O_BENCH_SIZE", 512)
+	n, side := int64(testutil.EnvInt(b, "DP2O_BENCH_BATCH", 1)), int64(testutil.EnvInt(b, "DP2O_BENCH_SIZE", 512))
 	defer torch.SetNumThreads(torch.NumThreads())
 	torch.SetNumThreads(1)
 	newB := func() *nn.Builder { return nn.NewBuilder(nil, torch.Float32, torch.CPU) }
@@ -46,13 +34,7 @@ func BenchmarkForwardMemory(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			forward, done := build()
 			defer done()
-			var peak int64
-			for i := 0; i < b.N; i++ {
-				peak = max(peak, testutil.PeakRSSGrowth(b, func() {
-					torch.NoGrad(func() { forward().Close() })
-				}))
-			}
-			b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")
+			testutil.ReportPeakRSS(b, func() { torch.NoGrad(func() { forward().Close() }) })
 		})
 	}
 	closer := func(b *nn.Builder, m interface{ Close() }) func() {

@@ -6,6 +6,7 @@ import "C"
 import (
 	"os"
 	"runtime/debug"
+	"strconv"
 	"testing"
 )
 
@@ -25,4 +26,30 @@ func PeakRSSGrowth(tb testing.TB, f func()) int64 {
 	base := ProcStatus(tb)["VmRSS"]
 	f()
 	return ProcStatus(tb)["VmHWM"] - base
+}
+
+// ReportPeakRSS runs f b.N times and reports the largest PeakRSSGrowth as
+// "peak-MiB".
+func ReportPeakRSS(b *testing.B, f func()) {
+	b.Helper()
+	var peak int64
+	for i := 0; i < b.N; i++ {
+		peak = max(peak, PeakRSSGrowth(b, f))
+	}
+	b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")
+}
+
+// EnvInt is the integer in $name, def when it is unset; a benchmark's
+// size knob.
+func EnvInt(tb testing.TB, name string, def int) int {
+	tb.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		tb.Fatalf("%s=%q: want an integer", name, v)
+	}
+	return n
 }
