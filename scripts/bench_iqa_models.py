@@ -154,7 +154,8 @@ def check(name, m, img, ref, c, folder):
 
 
 def time_pyiqa(name, m, img, ref, batch, iters):
-    one_at_a_time = name.startswith('afine')  # pyiqa's A-FINE squeezes the batch dim
+    # pyiqa's A-FINE squeezes the batch dim; its Q-Align takes one image per call
+    one_at_a_time = name.startswith('afine') or name == 'qalign'
     d = img.expand(batch, -1, -1, -1).contiguous()
     r = ref.expand(batch, -1, -1, -1).contiguous() if ref is not None else None
 

@@ -25,21 +25,7 @@ sys.path[:0] = [os.path.join(HERE, 'qalign-ref'), HERE]
 os.environ.setdefault('OPENBLAS_NUM_THREADS', os.environ.get('DP2O_BENCH_THREADS', '1'))
 import qalign_ref  # noqa: E402  (first: it fixes the hub cache and thread settings before torch / transformers load)
 import torch  # noqa: E402
-from bench_iqa_models import time_go  # noqa: E402
-
-
-def time_pyiqa(metric, x, batch, iters):
-    """Images per second, one metric(x) call per image (pyiqa's qalign takes batch size 1)."""
-    import time
-    best = float('inf')
-    with torch.no_grad():
-        metric(x.clone())  # warm-up
-        for _ in range(iters):
-            t = time.perf_counter()
-            for _ in range(batch):
-                metric(x.clone())
-            best = min(best, time.perf_counter() - t)
-    return batch / best
+from bench_iqa_models import time_go, time_pyiqa  # noqa: E402
 
 
 def main():
@@ -66,7 +52,7 @@ def main():
     py, go = {}, {}
     for _ in range(args.rounds):
         for b in batches:
-            py[b] = max(py.get(b, 0), time_pyiqa(metric, x, b, args.iters))
+            py[b] = max(py.get(b, 0), time_pyiqa('qalign', metric, x, None, b, args.iters))
             for _, v in time_go('reward/qalign', b, threads, args.iters).items():
                 go[b] = max(go.get(b, 0), v)
     print(f'Q-Align (tiny fixture model, image {x.shape[3]}x{x.shape[2]}), {threads} thread(s), float32 CPU, '

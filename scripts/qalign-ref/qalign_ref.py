@@ -18,7 +18,6 @@ scores every case of cases.json and prints |pyiqa - fixture| per case, then the 
 """
 import hashlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -36,6 +35,8 @@ os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(HERE))  # scripts/: bench_iqa_models
 
 REPO_ID = 'q-future/one-align'
 TOKENIZER_MODEL = os.environ.get('QALIGN_TOKENIZER_MODEL', os.path.join(REPO, 'build', 'llama', 'tokenizer.model'))
@@ -64,40 +65,11 @@ SPECIAL_TOKENS_MAP = {'bos_token': dict(_SPECIAL, content='<s>'), 'eos_token': d
                       'unk_token': dict(_SPECIAL, content='<unk>')}
 
 
-def detinit(manifest, seed):
-    """dp2o-init-v1 (fixtures/DETINIT.md); same as scripts/bench_iqa_models.py:detinit."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k in sorted(manifest, key=lambda s: s.encode()):
-        shape, dt = manifest[k]['shape'], getattr(torch, manifest[k]['dtype'])
-        if not dt.is_floating_point:
-            out[k] = torch.zeros(shape, dtype=dt)
-            continue
-        r = torch.randn(shape, generator=g, dtype=torch.float32)
-        if k.endswith('running_var'):
-            r = 1 + 0.1 * r.abs()
-        elif len(shape) >= 2:
-            r = r / math.sqrt(math.prod(shape[1:]))
-        elif len(shape) == 1 and (k.endswith('weight') or k.endswith('gamma') or k.endswith('scale')):
-            r = 1 + 0.1 * r
-        else:
-            r = 0.02 * r
-        out[k] = r.to(dt)
-    return out
-
-
 def fixture_weights(folder, cases):
-    """Manifest + seed (+ post_scale) then the fixed tensors (the 4 abstractor position buffers) replace theirs."""
-    from safetensors.torch import load_file
-    model = cases['model']
-    sd = detinit(json.load(open(os.path.join(folder, model['manifest']))), model['seed'])
-    for k, f in (model.get('post_scale') or {}).items():
-        sd[k].mul_(f)
-    if model.get('fixed'):
-        fixed = load_file(os.path.join(folder, model['fixed']))
-        assert set(fixed) <= set(sd), set(fixed) - set(sd)
-        sd.update(fixed)
-    return sd
+    """The fixture's weights: dp2o-init-v1 over the manifest, then the fixed tensors (the 4 abstractor position
+    buffers), as every IQA benchmark builds them (scripts/bench_iqa_models.py:weights)."""
+    from bench_iqa_models import weights
+    return weights(folder, cases)
 
 
 def write_hub_snapshot(folder, hub_cache=None, tokenizer_model=TOKENIZER_MODEL):
