@@ -16,6 +16,10 @@ package torch
 // #cgo nocallback dp2o_is_mkldnn
 // #cgo noescape dp2o_mkldnn_available
 // #cgo nocallback dp2o_mkldnn_available
+// #cgo noescape dp2o_mkldnn_reorder_conv2d_weight
+// #cgo nocallback dp2o_mkldnn_reorder_conv2d_weight
+// #cgo noescape dp2o_mkldnn_conv2d
+// #cgo nocallback dp2o_mkldnn_conv2d
 // #include "csrc/dp2o.h"
 import "C"
 
@@ -78,4 +82,28 @@ func MkldnnAvailable() bool {
 	err := C.dp2o_mkldnn_available(&out)
 	must(err, "mkldnn_available")
 	return out != 0
+}
+
+// MkldnnReorderConv2dWeight packs a convolution weight (out, in/groups, kh, kw) into the oneDNN layout of a convolution with these padding, stride, dilation and groups, as torch.utils.mkldnn does once per module: MkldnnConv2d on oneDNN-layout inputs then skips reordering the weight at every call. A dense weight is converted with to_mkldnn first.
+func (t *Tensor) MkldnnReorderConv2dWeight(padding []int64, stride []int64, dilation []int64, groups int64) *Tensor {
+	paddingP, paddingN := intList(padding)
+	strideP, strideN := intList(stride)
+	dilationP, dilationN := intList(dilation)
+	res := C.dp2o_mkldnn_reorder_conv2d_weight(t.ptr(), paddingP, paddingN, strideP, strideN, dilationP, dilationN, C.int64_t(groups))
+	runtime.KeepAlive(t)
+	must(res.err, "mkldnn_reorder_conv2d_weight")
+	return newTensor(res.t)
+}
+
+// MkldnnConv2d is torch.mkldnn_convolution: the 2-d convolution of a oneDNN-layout input with a weight packed by MkldnnReorderConv2dWeight (or a dense one) and a dense bias (may be nil), returning a oneDNN-layout tensor; the same kernels as conv2d on such inputs.
+func MkldnnConv2d(input *Tensor, weight *Tensor, bias *Tensor, padding []int64, stride []int64, dilation []int64, groups int64) *Tensor {
+	paddingP, paddingN := intList(padding)
+	strideP, strideN := intList(stride)
+	dilationP, dilationN := intList(dilation)
+	res := C.dp2o_mkldnn_conv2d(input.ptr(), weight.ptr(), optPtr(bias), paddingP, paddingN, strideP, strideN, dilationP, dilationN, C.int64_t(groups))
+	runtime.KeepAlive(input)
+	runtime.KeepAlive(weight)
+	runtime.KeepAlive(bias)
+	must(res.err, "mkldnn_conv2d")
+	return newTensor(res.t)
 }

@@ -361,3 +361,35 @@ func sameRef(cs []iqatest.Case) bool {
 	}
 	return true
 }
+
+// TestDenseFallback scores the first case of each folder with gradients on:
+// the backbone then runs on dense tensors, with the convolution weights
+// that a float32 CPU model keeps packed for oneDNN reordered back per call
+// (and on any other device, the same path as TestFixtures). The score must
+// still match the fixture.
+func TestDenseFallback(t *testing.T) {
+	for _, rel := range folders {
+		f := iqatest.Load(t, rel)
+		exp := f.Expected(t)
+		images := f.Images(t)
+		s := scorer(t, f)
+		c := f.Cases[0]
+		t.Run(f.PyiqaName, func(t *testing.T) {
+			testutil.NoLeak(t)
+			img, ref := inputs(t, f, images, c)
+			var got []float64
+			err := torch.Try(func() {
+				sc := torch.NewScope()
+				defer sc.Close()
+				torch.EnableGrad(func() {
+					require.True(t, torch.GradEnabled())
+					var err error
+					got, err = reward.ScoresOf(s.Model().Forward(img, ref, nil))
+					require.NoError(t, err)
+				})
+			})
+			require.NoError(t, err)
+			exp.CheckScores(t, c.Score, got)
+		})
+	}
+}

@@ -207,6 +207,8 @@ dp2o_result dp2o_to_mkldnn(dp2o_tensor self_);
 dp2o_result dp2o_to_dense(dp2o_tensor self_);
 dp2o_err dp2o_is_mkldnn(dp2o_tensor self_, int *out);
 dp2o_err dp2o_mkldnn_available(int *out);
+dp2o_result dp2o_mkldnn_reorder_conv2d_weight(dp2o_tensor self_, const int64_t *padding_p, int padding_n, const int64_t *stride_p, int stride_n, const int64_t *dilation_p, int dilation_n, int64_t groups);
+dp2o_result dp2o_mkldnn_conv2d(dp2o_tensor input_, dp2o_tensor weight_, dp2o_tensor bias_, const int64_t *padding_p, int padding_n, const int64_t *stride_p, int stride_n, const int64_t *dilation_p, int dilation_n, int64_t groups);
 
 #ifdef __cplusplus
 }

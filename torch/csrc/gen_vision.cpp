@@ -51,4 +51,26 @@ dp2o_err dp2o_mkldnn_available(int *out) {
   DP2O_CATCH
 }
 
+dp2o_result dp2o_mkldnn_reorder_conv2d_weight(dp2o_tensor self_, const int64_t *padding_p, int padding_n, const int64_t *stride_p, int stride_n, const int64_t *dilation_p, int dilation_n, int64_t groups) {
+  DP2O_TRY_R
+  const at::Tensor &self = dp2o::T(self_);
+  at::IntArrayRef padding(padding_p, padding_n);
+  at::IntArrayRef stride(stride_p, stride_n);
+  at::IntArrayRef dilation(dilation_p, dilation_n);
+  r_.t = dp2o::wrap(at::mkldnn_reorder_conv2d_weight(self.is_mkldnn() ? self : self.to_mkldnn(), padding, stride, dilation, groups));
+  DP2O_CATCH_R
+}
+
+dp2o_result dp2o_mkldnn_conv2d(dp2o_tensor input_, dp2o_tensor weight_, dp2o_tensor bias_, const int64_t *padding_p, int padding_n, const int64_t *stride_p, int stride_n, const int64_t *dilation_p, int dilation_n, int64_t groups) {
+  DP2O_TRY_R
+  const at::Tensor &input = dp2o::T(input_);
+  const at::Tensor &weight = dp2o::T(weight_);
+  c10::optional<at::Tensor> bias = dp2o::opt_tensor(bias_);
+  at::IntArrayRef padding(padding_p, padding_n);
+  at::IntArrayRef stride(stride_p, stride_n);
+  at::IntArrayRef dilation(dilation_p, dilation_n);
+  r_.t = dp2o::wrap(at::mkldnn_convolution(input, weight, bias, padding, stride, dilation, groups));
+  DP2O_CATCH_R
+}
+
 }  // extern "C"

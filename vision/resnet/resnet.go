@@ -13,6 +13,7 @@ import (
 
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/nn"
+	"github.com/dp2osr/dp2o/vision/internal/blocked"
 )
 
 // Config describes a bottleneck ResNet.
@@ -30,14 +31,46 @@ func (c Config) Channels() []int64 { return []int64{64, 256, 512, 1024, 2048} }
 
 // ConvBN is a bias-free convolution with the eval-mode BatchNorm after it
 // folded in.
+//
+// On the CPU in float32 (vision/internal/blocked) the folded weight is kept
+// only packed in oneDNN's layout, as torch.utils.mkldnn.to_mkldnn packs a
+// module's weights once: oneDNN-layout inputs then convolve without a
+// weight reorder per call.
 type ConvBN struct {
-	w, b            *torch.Tensor
+	w, b            *torch.Tensor // w is nil when packed
+	packed          *torch.Tensor
 	stride, padding []int64
 }
 
-// Forward convolves x with the folded weights.
+// Forward convolves x with the folded weights. A oneDNN-layout x (see
+// Features) returns a oneDNN-layout tensor.
 func (c *ConvBN) Forward(x *torch.Tensor) *torch.Tensor {
-	return torch.Conv2d(x, c.w, c.b, c.stride, c.padding, []int64{1, 1}, 1)
+	if x.IsMkldnn() {
+		w := c.packed
+		if w == nil {
+			w = c.w
+		}
+		return torch.MkldnnConv2d(x, w, c.b, c.padding, c.stride, []int64{1, 1}, 1)
+	}
+	w := c.w
+	if w == nil {
+		// A dense input (gradients on, or a non-contiguous batch) on a
+		// packed model: the plain weight, reordered back for this call.
+		w = c.packed.ToDense()
+	}
+	return torch.Conv2d(x, w, c.b, c.stride, c.padding, []int64{1, 1}, 1)
+}
+
+// pack keeps the weight only in oneDNN's layout when blocked.Pack allows.
+func (c *ConvBN) pack() {
+	if !blocked.Pack(c.w) {
+		return
+	}
+	c.packed = torch.Unscope(torch.Scoped(func() *torch.Tensor {
+		return c.w.MkldnnReorderConv2dWeight(c.padding, c.stride, []int64{1, 1}, 1)
+	}))
+	c.w.Close()
+	c.w = nil
 }
 
 // NewConvBN reads conv.weight (out, in, k, k; no bias) and the BatchNorm bn
@@ -69,6 +102,7 @@ func NewConvBN(conv, bn *nn.Builder, in, out, k, stride int64, eps float64) *Con
 	for _, t := range []*torch.Tensor{w, gamma, beta, mean, vr} {
 		t.Close()
 	}
+	c.pack()
 	return c
 }
 
@@ -76,6 +110,7 @@ func NewConvBN(conv, bn *nn.Builder, in, out, k, stride int64, eps float64) *Con
 func (c *ConvBN) Close() {
 	c.w.Close()
 	c.b.Close()
+	c.packed.Close()
 }
 
 // bottleneck is timm's Bottleneck (expansion 4).
@@ -87,14 +122,18 @@ type bottleneck struct {
 func (b *bottleneck) forward(x *torch.Tensor) *torch.Tensor {
 	s := torch.NewScope()
 	defer s.Close()
-	h := b.conv1.Forward(x).Relu()
-	h = b.conv2.Forward(h).Relu()
+	h := b.conv1.Forward(x)
+	h.Relu_()
+	h = b.conv2.Forward(h)
+	h.Relu_()
 	h = b.conv3.Forward(h)
 	sc := x
 	if b.down != nil {
 		sc = b.down.Forward(x)
 	}
-	return s.Keep(h.Add(sc).Relu())
+	h = h.Add(sc)
+	h.Relu_()
+	return s.Keep(h)
 }
 
 // ResNet is a features-only bottleneck ResNet.
@@ -113,7 +152,6 @@ func New(b *nn.Builder, cfg Config) (*ResNet, error) {
 	}
 	r := &ResNet{cfg: cfg}
 	r.stem = NewConvBN(b.Sub("conv1"), b.Sub("bn1"), 3, 64, 7, 2, cfg.BNEps)
-	r.stem.padding = []int64{3, 3}
 	in := int64(64)
 	for st, n := range cfg.Layers {
 		width := int64(64) << st
@@ -144,18 +182,46 @@ func New(b *nn.Builder, cfg Config) (*ResNet, error) {
 // the five feature maps of timm's features_only: act1 (stride 2), layer1
 // (4), layer2 (8), layer3 (16), layer4 (32). The tensors belong to the
 // caller's scope.
+//
+// Float32 inference on the CPU runs in oneDNN's blocked layout, as
+// torch.utils.mkldnn.to_mkldnn does (vision/internal/blocked): the input is
+// reordered once, every convolution takes its weight packed once per
+// model, and only the five returned features are reordered back. The
+// kernels are oneDNN's, as for the large NCHW convolutions; the 1×1
+// convolutions that libtorch would run as a BLAS matrix product at batch 1
+// on one thread differ from it in rounding only.
 func (r *ResNet) Features(x *torch.Tensor) []*torch.Tensor {
+	mkl := blocked.Use(x)
+	dense := func(t *torch.Tensor) *torch.Tensor {
+		if mkl {
+			return t.ToDense()
+		}
+		return t
+	}
 	feats := make([]*torch.Tensor, 0, 5)
-	h := torch.Scoped(func() *torch.Tensor { return r.stem.Forward(x).Relu() })
-	feats = append(feats, h)
-	h = torch.MaxPool2d(h, []int64{3, 3}, []int64{2, 2}, []int64{1, 1})
+	h := torch.Scoped(func() *torch.Tensor {
+		in := x
+		if mkl {
+			in = x.ToMkldnn()
+		}
+		h := r.stem.Forward(in)
+		h.Relu_()
+		return h
+	})
+	feats = append(feats, dense(h))
+	h = torch.Then(h, func(h *torch.Tensor) *torch.Tensor {
+		return torch.MaxPool2d(h, []int64{3, 3}, []int64{2, 2}, []int64{1, 1})
+	}, feats[0])
 	for _, st := range r.stages {
 		for _, blk := range st {
-			// A stage's input is the previous feature, returned: kept (stage
-			// 1's, the max-pool output, is freed).
+			// A stage's input is the previous stage's output (kept when it
+			// is also the returned feature: on the dense path).
 			h = torch.Then(h, blk.forward, feats[len(feats)-1])
 		}
-		feats = append(feats, h)
+		feats = append(feats, dense(h))
+	}
+	if mkl {
+		h.Close()
 	}
 	return feats
 }
