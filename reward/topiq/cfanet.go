@@ -10,6 +10,7 @@ package topiq
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/nn"
@@ -63,18 +64,73 @@ func (w weightBlock) forward(x *torch.Tensor) *torch.Tensor {
 	})
 }
 
-// gatedConv is pyiqa's GatedConv (the NR model's weight_pool[i]).
+// gatedConv is pyiqa's GatedConv (the NR model's weight_pool[i]):
+// splitconv (1×1, C→2C) cut in two halves a and b, gelu(a) times the
+// weight map of b. The weight block starts with a 1×1 convolution, and
+// two 1×1 convolutions with nothing between them are one: New folds
+// weight_blk.0 into b's half of splitconv, so the C channels of b are never
+// computed (value is a's half, C→C; gate is the fold, C→64).
 type gatedConv struct {
-	split *nn.Conv2d
-	wblk  weightBlock
+	value, gate *nn.Conv2d // owned by the model
+	c2, c4      *nn.Conv2d // weight_blk.2 and .4
+}
+
+// newGatedConv reads weight_pool[i] and folds it. The fold is computed in
+// float64 and rounded once to the weights' dtype.
+func newGatedConv(b *nn.Builder, c int64) *gatedConv {
+	split := conv(b.Sub("splitconv"), c, 2*c, 1)
+	wb := newWeightBlock(b.Sub("weight_blk"), c)
+	g := &gatedConv{c2: wb.c2, c4: wb.c4}
+	sw, sb, w0, b0 := split.Weight, split.Bias, wb.c0.Weight, wb.c0.Bias
+	if slices.ContainsFunc([]*torch.Tensor{sw, sb, w0, b0}, func(t *torch.Tensor) bool { return t.Device().Type == torch.DeviceMeta }) {
+		// A missing or mis-shaped key (reported by Finish) or a data-less
+		// build: placeholders of the folded shapes.
+		g.value = &nn.Conv2d{Weight: torch.Unscope(sw.Narrow(0, 0, c)), Bias: torch.Unscope(sb.Narrow(0, 0, c))}
+		g.gate = &nn.Conv2d{Weight: torch.Unscope(w0.Alias()), Bias: torch.Unscope(b0.Alias())}
+	} else {
+		dt := sw.DType()
+		f64 := func(t *torch.Tensor) *torch.Tensor { return t.To(torch.Float64) }
+		own := func(f func() *torch.Tensor) *torch.Tensor { return torch.Unscope(torch.Scoped(f)) }
+		g.value = &nn.Conv2d{
+			Weight: own(func() *torch.Tensor { return sw.Narrow(0, 0, c).Contiguous() }),
+			Bias:   own(func() *torch.Tensor { return sb.Narrow(0, 0, c).Contiguous() }),
+		}
+		w064 := func() *torch.Tensor { return f64(w0).View([]int64{-1, c}) }
+		g.gate = &nn.Conv2d{
+			Weight: own(func() *torch.Tensor {
+				return w064().Matmul(f64(sw).Narrow(0, c, c).View([]int64{c, c})).To(dt).View([]int64{-1, c, 1, 1})
+			}),
+			Bias: own(func() *torch.Tensor {
+				return w064().Matmul(f64(sb).Narrow(0, c, c).Unsqueeze(1)).SqueezeDim(1).Add(f64(b0)).To(dt)
+			}),
+		}
+		// The unfolded tensors are no longer needed: free them now rather
+		// than with the builder's Params (Close is idempotent).
+		for _, t := range []*torch.Tensor{sw, sb, w0, b0} {
+			t.Close()
+		}
+	}
+	for _, cv := range []*nn.Conv2d{g.value, g.gate} {
+		cv.Stride, cv.Padding, cv.Dilation, cv.Groups = []int64{1, 1}, []int64{0, 0}, []int64{1, 1}, 1
+	}
+	return g
 }
 
 func (g *gatedConv) forward(x *torch.Tensor) *torch.Tensor {
 	return torch.Scoped(func() *torch.Tensor {
-		xs := g.split.Forward(x).Chunk(2, 1)
-		w := g.wblk.forward(xs[1])
-		return xs[0].Gelu().Mul(w)
+		w := g.c4.Forward(g.c2.Forward(g.gate.Forward(x).Gelu()).Gelu()).Sigmoid()
+		return g.value.Forward(x).Gelu().Mul(w)
 	})
+}
+
+// close frees the folded weights.
+func (g *gatedConv) close() {
+	for _, cv := range []*nn.Conv2d{g.value, g.gate} {
+		if cv != nil {
+			cv.Weight.Close()
+			cv.Bias.Close()
+		}
+	}
 }
 
 // Model is CFANet in eval mode.
@@ -128,7 +184,7 @@ func New(b *nn.Builder, cfg Config) (m *Model, err error) {
 		if cfg.UseRef {
 			m.weightFR = append(m.weightFR, newWeightBlock(wp, c))
 		} else {
-			m.gated = append(m.gated, &gatedConv{split: conv(wp.Sub("splitconv"), c, 2*c, 1), wblk: newWeightBlock(wp.Sub("weight_blk"), c)})
+			m.gated = append(m.gated, newGatedConv(wp, c))
 		}
 		m.dimReduce = append(m.dimReduce, conv(b.Sub("dim_reduce").SubI(i).Sub("0"), c*mul, d, 1))
 		var layers []*encoderLayer
@@ -170,6 +226,9 @@ func New(b *nn.Builder, cfg Config) (m *Model, err error) {
 func (m *Model) Close() {
 	if m.backbone != nil {
 		m.backbone.Close()
+	}
+	for _, g := range m.gated {
+		g.close()
 	}
 	m.mean.Close()
 	m.std.Close()
