@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 namespace dp2o {
 
@@ -72,8 +74,25 @@ at::Tensor matmul(const at::Tensor &a, const at::Tensor &b) {
 // 2.6), the dispatcher rejects an mkldnn tensor at the composite entry with an
 // internal assert ("kernels registered to both CompositeImplicitAutograd and a
 // backend mapped to AutogradOther").
+//
+// A dense, contiguous float32 CPU input that needs no gradient takes oneDNN's
+// pooling too (reordered in and out): libtorch's max_pool2d is
+// max_pool2d_with_indices, which also computes the argmax of every window,
+// about five times slower on one thread than oneDNN for a stem's
+// 64-channel map. The maxima are the same values, padding included (both
+// ignore padded positions), except that oneDNN's max does not propagate a
+// NaN: an input holding one keeps libtorch's kernel. DP2O_MKLDNN=0 turns the
+// detour off, as for the Go backbones.
+static bool pool_via_mkldnn(const at::Tensor &x) {
+  const char *e = std::getenv("DP2O_MKLDNN");
+  return !(e != nullptr && std::string(e) == "0") && at::hasMKLDNN() && x.layout() == at::kStrided && x.device().is_cpu() &&
+         x.scalar_type() == at::kFloat && x.dim() == 4 && !x.requires_grad() && x.is_contiguous() &&
+         x.numel() > 0 && !x.isnan().any().item<bool>();
+}
+
 at::Tensor max_pool2d(const at::Tensor &x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding) {
   if (x.is_mkldnn()) return at::mkldnn_max_pool2d(x, kernel, stride, padding);
+  if (pool_via_mkldnn(x)) return at::mkldnn_max_pool2d(x.to_mkldnn(), kernel, stride, padding).to_dense();
   return at::max_pool2d(x, kernel, stride, padding);
 }
 
