@@ -108,10 +108,13 @@ func (b *bottleneck) forward(x *torch.Tensor) *torch.Tensor {
 	return s.Keep(h.Add(id).Relu())
 }
 
-// block is a pre-LN transformer block with MUSIQ's masked attention.
+// block is a pre-LN transformer block with MUSIQ's masked attention. The
+// query, key and value projections are one (d → 3d) linear layer, their
+// weights stacked when the model is built: one matrix product instead of
+// three.
 type block struct {
 	norm1, norm2 *nn.LayerNorm
-	q, k, v, out *nn.Linear
+	qkv, out     *nn.Linear // qkv is owned by the model
 	fc1, fc2     *nn.Linear
 	heads        int64
 }
@@ -146,7 +149,7 @@ func New(b *nn.Builder, cfg Config) (*Model, error) {
 		convRoot:  newStdConv(b.Sub("conv_root"), 3, resnetTokenDim, 7, 2),
 		gnRoot:    nn.NewGroupNorm(b.Sub("gn_root"), 32, resnetTokenDim, 1e-6),
 		block1:    newBottleneck(b.Sub("block1"), resnetTokenDim, 4*resnetTokenDim),
-		embedding: nn.NewLinear(b.Sub("embedding"), 4*resnetTokenDim*tp*tp, cfg.Hidden, true),
+		embedding: chwEmbedding(nn.NewLinear(b.Sub("embedding"), 4*resnetTokenDim*tp*tp, cfg.Hidden, true), 4*resnetTokenDim, tp*tp),
 		head:      nn.NewLinear(b.Sub("head"), cfg.Hidden, cfg.NumClass, true),
 	}
 	te := b.Sub("transformer_encoder")
@@ -160,8 +163,9 @@ func New(b *nn.Builder, cfg Config) (*Model, error) {
 		d := cfg.Hidden
 		m.blocks = append(m.blocks, &block{
 			norm1: nn.NewLayerNorm(bb.Sub("norm1"), d, 1e-6, true), norm2: nn.NewLayerNorm(bb.Sub("norm2"), d, 1e-6, true),
-			q: nn.NewLinear(at.Sub("query"), d, d, true), k: nn.NewLinear(at.Sub("key"), d, d, true),
-			v: nn.NewLinear(at.Sub("value"), d, d, true), out: nn.NewLinear(at.Sub("out"), d, d, true),
+			qkv: stack(nn.NewLinear(at.Sub("query"), d, d, true), nn.NewLinear(at.Sub("key"), d, d, true),
+				nn.NewLinear(at.Sub("value"), d, d, true)),
+			out: nn.NewLinear(at.Sub("out"), d, d, true),
 			fc1: nn.NewLinear(bb.Sub("mlp.fc1"), d, cfg.MLPDim, true), fc2: nn.NewLinear(bb.Sub("mlp.fc2"), cfg.MLPDim, d, true),
 			heads: cfg.Heads,
 		})
@@ -177,20 +181,65 @@ func (m *Model) Close() {
 			c.w.Close()
 		}
 	}
+	for _, l := range append([]*nn.Linear{m.embedding}, m.qkvs()...) {
+		l.Weight.Close()
+		l.Bias.Close()
+	}
+}
+
+func (m *Model) qkvs() []*nn.Linear {
+	out := make([]*nn.Linear, len(m.blocks))
+	for i, b := range m.blocks {
+		out[i] = b.qkv
+	}
+	return out
+}
+
+// stack is one linear layer computing q, k and v (their outputs
+// concatenated), owning its weights; the three layers' own tensors are
+// freed now rather than with the builder's Params.
+func stack(q, k, v *nn.Linear) *nn.Linear {
+	l := &nn.Linear{
+		Weight: torch.Unscope(torch.Cat([]*torch.Tensor{q.Weight, k.Weight, v.Weight}, 0)),
+		Bias:   torch.Unscope(torch.Cat([]*torch.Tensor{q.Bias, k.Bias, v.Bias}, 0)),
+	}
+	for _, t := range []*torch.Tensor{q.Weight, k.Weight, v.Weight, q.Bias, k.Bias, v.Bias} {
+		t.Close()
+	}
+	return l
+}
+
+// chwEmbedding is the embedding layer with its input columns reordered from
+// pyiqa's (H, W, C) flattening of the block's (C, H, W) map to (C, H, W):
+// the map then flattens as it lies in memory, without the permuted copy
+// pyiqa makes of every token's map. It owns the new weight; the loaded one
+// is freed.
+func chwEmbedding(e *nn.Linear, c, hw int64) *nn.Linear {
+	out := e.Weight.Size(0)
+	l := &nn.Linear{
+		Weight: torch.Unscope(torch.Scoped(func() *torch.Tensor {
+			return e.Weight.View([]int64{out, hw, c}).Transpose(1, 2).Reshape([]int64{out, c * hw})
+		})),
+		Bias: torch.Unscope(e.Bias.Alias()),
+	}
+	e.Weight.Close()
+	e.Bias.Close()
+	return l
 }
 
 // attention is pyiqa's MUSIQ MultiHeadAttention: (q·kᵀ)·d^-½, −1000 where
-// either token is padding, softmax, ·v.
+// either token is padding (mask2d; nil when no token is), softmax, ·v.
 func (b *block) attention(x, mask2d *torch.Tensor) *torch.Tensor {
 	n, l, c := x.Size(0), x.Size(1), x.Size(2)
 	hd := c / b.heads
-	split := func(t *torch.Tensor) *torch.Tensor {
-		return t.Reshape([]int64{n, l, b.heads, hd}).Permute([]int64{0, 2, 1, 3})
-	}
-	q, k, v := split(b.q.Forward(x)), split(b.k.Forward(x)), split(b.v.Forward(x))
+	// (n, l, 3, heads, hd) → (3, n, heads, l, hd)
+	qkv := b.qkv.Forward(x).View([]int64{n, l, 3, b.heads, hd}).Permute([]int64{2, 0, 3, 1, 4})
+	q, k, v := qkv.Select(0, 0), qkv.Select(0, 1), qkv.Select(0, 2)
 	a := q.Matmul(k.Transpose(-2, -1)).MulScalar(math.Pow(float64(hd), -0.5))
-	a = a.MaskedFill(mask2d, -1e3).Softmax(-1)
-	o := a.Matmul(v).Transpose(1, 2).Reshape([]int64{n, l, c})
+	if mask2d != nil {
+		a = a.MaskedFill(mask2d, -1e3)
+	}
+	o := a.Softmax(-1).Matmul(v).Transpose(1, 2).Reshape([]int64{n, l, c})
 	return b.out.Forward(o)
 }
 
@@ -216,25 +265,45 @@ func (m *Model) stem(pix *torch.Tensor, n, l int64, tap Tap) *torch.Tensor {
 	tap("root_pool", h)
 	h = m.block1.forward(h)
 	tap("block1", h)
-	return m.embedding.Forward(h.Permute([]int64{0, 2, 3, 1}).Reshape([]int64{n, l, -1}))
+	return m.embedding.Forward(h.Reshape([]int64{n, l, -1}))
 }
 
 // Forward scores a (N,3,H,W) batch in [0,1]: (N,1) in the caller's scope.
+//
+// Without a tap, the padding tokens are dropped before the stem. They
+// cannot change the score: the classification token's attention gives a
+// padding key the logit −1000, whose softmax weight e^(−1000−max) is exactly
+// 0 in float32 whenever the row's largest logit is above −896, and nothing
+// else mixes tokens. At 320×256 that is 31 of 273 tokens, and the
+// attention needs no mask. With a tap every token is computed, so that the
+// intermediates have pyiqa's shapes.
 func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
-	if tap == nil {
-		tap = func(string, *torch.Tensor) {}
-	}
 	s := torch.NewScope()
 	defer s.Close()
 	cfg := m.cfg
 	dt := m.cls.DType()
 	// Only the token sequence outlives the resized images.
-	seq := torch.Scoped(func() *torch.Tensor { return cfg.Patches(x.To(dt).SubScalar(0.5).MulScalar(2)) })
+	compact := tap == nil
+	if tap == nil {
+		tap = func(string, *torch.Tensor) {}
+	}
+	seq := torch.Scoped(func() *torch.Tensor {
+		seq := cfg.Patches(x.To(dt).SubScalar(0.5).MulScalar(2))
+		if compact {
+			if idx := cfg.validTokens(x.Size(2), x.Size(3)); int64(len(idx)) < seq.Size(1) {
+				seq = seq.IndexSelect(1, torch.FromSlice(idx, int64(len(idx))).ToDevice(seq.Device()))
+			}
+		}
+		return seq
+	})
 	n, l, dim := seq.Size(0), seq.Size(1), seq.Size(2)
 	tap("tokens_meta", seq.Select(0, 0).Narrow(1, dim-3, 3))
 	pos := seq.Select(2, dim-3).To(torch.Int64)
 	scale := seq.Select(2, dim-2).To(torch.Int64)
-	mask := seq.Select(2, dim-1).To(torch.Bool)
+	var mask *torch.Tensor
+	if !compact {
+		mask = seq.Select(2, dim-1).To(torch.Bool)
+	}
 	pix := seq.Narrow(2, 0, dim-3)
 	tap("patch_pixels", pix)
 	h := torch.Scoped(func() *torch.Tensor { return m.stem(pix, n, l, tap) })
@@ -243,10 +312,13 @@ func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	h = h.Add(table.IndexSelect(0, pos.Reshape([]int64{-1})).Reshape([]int64{n, l, -1}))
 	h = h.Add(m.scaleEmb.IndexSelect(0, scale.Reshape([]int64{-1})).Reshape([]int64{n, l, -1}))
 	h = torch.Cat([]*torch.Tensor{m.cls.Repeat([]int64{n, 1, 1}), h}, 1)
-	full := torch.Cat([]*torch.Tensor{torch.Ones([]int64{n, 1}, torch.Bool, mask.Device()), mask}, 1)
-	// mask_h * mask_w == 0: either token is padding.
-	keep := full.View([]int64{n, 1, l + 1, 1}).LogicalAnd(full.View([]int64{n, 1, 1, l + 1}))
-	drop := keep.LogicalNot()
+	var drop *torch.Tensor // nil: no padding token
+	if !compact {
+		full := torch.Cat([]*torch.Tensor{torch.Ones([]int64{n, 1}, torch.Bool, mask.Device()), mask}, 1)
+		// mask_h * mask_w == 0: either token is padding.
+		keep := full.View([]int64{n, 1, l + 1, 1}).LogicalAnd(full.View([]int64{n, 1, 1, l + 1}))
+		drop = keep.LogicalNot()
+	}
 	tap("encoder_input", h)
 	for i, blk := range m.blocks {
 		h = torch.Then(h, func(h *torch.Tensor) *torch.Tensor { return blk.forward(h, drop) })

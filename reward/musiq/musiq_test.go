@@ -120,6 +120,23 @@ func TestFixtures(t *testing.T) {
 			exp.CheckScores(t, c.Score, got)
 			checked[c.Score] = true
 			exp.RequireProduced(t, c.Name+".", checked)
+
+			// Without a tap the padding tokens are dropped: the kept ones
+			// are exactly those with mask 1 in pyiqa's sequence, and the
+			// score is the same.
+			if meta, ok := exp.Tensors[c.Name+".tokens_meta"]; ok {
+				rows := meta.Float32s()
+				var want []int64
+				for i := 0; i < len(rows)/3; i++ {
+					if rows[3*i+2] == 1 {
+						want = append(want, int64(i))
+					}
+				}
+				require.Equal(t, want, KonIQ.validTokens(c.Shape[2], c.Shape[3]), "non-padding tokens")
+			}
+			got, err = s.Score(context.Background(), img, nil)
+			require.NoError(t, err)
+			exp.CheckScores(t, c.Score, got)
 		})
 	}
 }

@@ -57,6 +57,24 @@ func (c Config) SeqLen(h, w int64) int64 {
 	return n
 }
 
+// validTokens lists the positions of the non-padding tokens in the
+// sequence of an h×w image (without cls), ascending.
+func (c Config) validTokens(h, w int64) []int64 {
+	var idx []int64
+	var off int64
+	for _, s := range c.Layout(h, w) {
+		n, slots := s.Valid, s.Valid
+		if s.PaddedTo >= 0 {
+			n, slots = min(s.Valid, s.PaddedTo), s.PaddedTo
+		}
+		for i := range n {
+			idx = append(idx, off+i)
+		}
+		off += slots
+	}
+	return idx
+}
+
 func ceilDiv(a, b int64) int64 { return (a + b - 1) / b }
 
 // samePad is TensorFlow's "SAME" padding of a size-n dimension for a
