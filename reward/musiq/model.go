@@ -248,6 +248,25 @@ func (b *block) forward(x, mask2d *torch.Tensor) *torch.Tensor {
 	return x.Add(b.fc2.Forward(b.fc1.Forward(b.norm2.Forward(x)).Gelu()))
 }
 
+// forwardCLS is forward for the first (cls) token alone, (N,1,C), on a
+// sequence without padding: its keys and values come from every token, but
+// the query, the output projection and the MLP are computed for that token
+// only. The last block needs nothing more: only its cls output is read.
+func (b *block) forwardCLS(x *torch.Tensor) *torch.Tensor {
+	n, l, c := x.Size(0), x.Size(1), x.Size(2)
+	hd := c / b.heads
+	h := b.norm1.Forward(x)
+	w, bias := b.qkv.Weight, b.qkv.Bias
+	q := torch.Linear(h.Narrow(1, 0, 1), w.Narrow(0, 0, c), bias.Narrow(0, 0, c)).
+		View([]int64{n, 1, b.heads, hd}).Permute([]int64{0, 2, 1, 3})
+	kv := torch.Linear(h, w.Narrow(0, c, 2*c), bias.Narrow(0, c, 2*c)).
+		View([]int64{n, l, 2, b.heads, hd}).Permute([]int64{2, 0, 3, 1, 4})
+	a := q.Matmul(kv.Select(0, 0).Transpose(-2, -1)).MulScalar(math.Pow(float64(hd), -0.5))
+	o := a.Softmax(-1).Matmul(kv.Select(0, 1)).Transpose(1, 2).Reshape([]int64{n, 1, c})
+	y := x.Narrow(1, 0, 1).Add(b.out.Forward(o))
+	return y.Add(b.fc2.Forward(b.fc1.Forward(b.norm2.Forward(y)).Gelu()))
+}
+
 // stem is the ResNet root and block on every patch, then the linear
 // embedding: (N, L, 3·P²) pixels to (N, L, Hidden) tokens.
 func (m *Model) stem(pix *torch.Tensor, n, l int64, tap Tap) *torch.Tensor {
@@ -275,7 +294,8 @@ func (m *Model) stem(pix *torch.Tensor, n, l int64, tap Tap) *torch.Tensor {
 // padding key the logit −1000, whose softmax weight e^(−1000−max) is exactly
 // 0 in float32 whenever the row's largest logit is above −896, and nothing
 // else mixes tokens. At 320×256 that is 31 of 273 tokens, and the
-// attention needs no mask. With a tap every token is computed, so that the
+// attention needs no mask. The last block then runs for the cls token only
+// (block.forwardCLS). With a tap every token is computed, so that the
 // intermediates have pyiqa's shapes.
 func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	s := torch.NewScope()
@@ -321,6 +341,10 @@ func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	}
 	tap("encoder_input", h)
 	for i, blk := range m.blocks {
+		if compact && i == len(m.blocks)-1 {
+			h = torch.Then(h, blk.forwardCLS)
+			break
+		}
 		h = torch.Then(h, func(h *torch.Tensor) *torch.Tensor { return blk.forward(h, drop) })
 		tap(fmt.Sprintf("encoderblock_%d", i), h)
 	}
