@@ -101,11 +101,16 @@ func (b *bottleneck) forward(x *torch.Tensor) *torch.Tensor {
 		id = torch.Scoped(func() *torch.Tensor { return b.gnProj.Forward(b.proj.forward(x)) })
 	}
 	h := torch.Scoped(func() *torch.Tensor {
-		h := b.gn1.Forward(b.conv1.forward(x)).Relu()
-		h = b.gn2.Forward(b.conv2.forward(h)).Relu()
+		// ReLUs in place: each runs on a fresh GroupNorm output.
+		h := b.gn1.Forward(b.conv1.forward(x))
+		h.Relu_()
+		h = b.gn2.Forward(b.conv2.forward(h))
+		h.Relu_()
 		return b.gn3.Forward(b.conv3.forward(h))
 	})
-	return s.Keep(h.Add(id).Relu())
+	h = h.Add(id)
+	h.Relu_()
+	return s.Keep(h)
 }
 
 // block is a pre-LN transformer block with MUSIQ's masked attention. The
@@ -276,7 +281,7 @@ func (m *Model) stem(pix *torch.Tensor, n, l int64, tap Tap) *torch.Tensor {
 		tap("conv_root", h)
 		h = m.gnRoot.Forward(h)
 		tap("gn_root", h)
-		h = h.Relu()
+		h.Relu_() // the tap has returned: gn_root is no longer read
 		t, b := samePad(h.Size(2), 3, 2)
 		lp, rp := samePad(h.Size(3), 3, 2)
 		return torch.MaxPool2d(h.Pad([]int64{lp, rp, t, b}, torch.PadConstant, 0), []int64{3, 3}, []int64{2, 2}, []int64{0, 0})
