@@ -272,6 +272,10 @@ func (b *block) forwardCLS(x *torch.Tensor) *torch.Tensor {
 	return y.Add(b.fc2.Forward(b.fc1.Forward(b.norm2.Forward(y)).Gelu()))
 }
 
+// stemChunk is the number of patches the stem takes at once when nothing
+// taps it (at 256, its largest map is 16 MiB).
+const stemChunk = 256
+
 // stem is the ResNet root and block on every patch, then the linear
 // embedding: (N, L, 3·P²) pixels to (N, L, Hidden) tokens.
 func (m *Model) stem(pix *torch.Tensor, n, l int64, tap Tap) *torch.Tensor {
@@ -331,7 +335,24 @@ func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
 	}
 	pix := seq.Narrow(2, 0, dim-3)
 	tap("patch_pixels", pix)
-	h := torch.Scoped(func() *torch.Tensor { return m.stem(pix, n, l, tap) })
+	var h *torch.Tensor
+	if rows := n * l; compact && rows > stemChunk {
+		// The stem is per patch: in chunks, its maps stay a few MiB each
+		// instead of growing with the batch (64 candidates: about 1 GiB
+		// per map), and the allocator reuses their memory.
+		flat := pix.Reshape([]int64{rows, 1, -1})
+		var parts []*torch.Tensor
+		for r := int64(0); r < rows; r += stemChunk {
+			k := min(stemChunk, rows-r)
+			parts = append(parts, torch.Scoped(func() *torch.Tensor { return m.stem(flat.Narrow(0, r, k), k, 1, tap) }))
+		}
+		h = torch.Cat(parts, 0).Reshape([]int64{n, l, -1})
+		for _, t := range parts {
+			t.Close()
+		}
+	} else {
+		h = torch.Scoped(func() *torch.Tensor { return m.stem(pix, n, l, tap) })
+	}
 	tap("embedding", h)
 	table := m.posEmb.SqueezeDim(0)
 	h = h.Add(table.IndexSelect(0, pos.Reshape([]int64{-1})).Reshape([]int64{n, l, -1}))
