@@ -1,8 +1,10 @@
 // Package blocked decides when the CPU backbones run their activations in
 // oneDNN's blocked layout (to_mkldnn), as torch.utils.mkldnn does: float32
 // inference on the CPU, where each NCHW convolution would otherwise reorder
-// its input to that layout and its output back. The convolution kernels
-// are the same, so the values are bit-identical to the NCHW path.
+// its input to that layout and its output back. Where libtorch would run
+// oneDNN anyway the kernels are the same and so are the values; the 1×1
+// convolutions it runs as a BLAS product at batch 1 on one thread come out
+// of oneDNN instead, equal up to rounding.
 package blocked
 
 import (
