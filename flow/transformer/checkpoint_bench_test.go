@@ -139,6 +139,7 @@ func trainStepChild(b *testing.B, ckpt bool) {
 	f.GradientCheckpointing, cn.GradientCheckpointing = ckpt, ckpt
 	runtime.GC()
 	debug.FreeOSMemory()
+	torch.EmptyCPUCache() // cached tensor memory is not part of the measured step
 	var base int64
 	if dev.IsCUDA() {
 		require.NoError(b, torch.CUDAResetPeak(dev.Index))

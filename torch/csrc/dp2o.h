@@ -61,6 +61,10 @@ int dp2o_get_num_threads(void);
 int dp2o_has_native_sdpa(void);
 void dp2o_set_allow_tf32(int cudnn, int cublas);
 
+/* the caching CPU allocator (cpu_cache.cpp) */
+void dp2o_cpu_cache_empty(void);
+int dp2o_cpu_cache_stats(int64_t *cached, int64_t *hits, int64_t *misses);
+
 /* live counters */
 int64_t dp2o_live_tensors(void);
 int64_t dp2o_live_bytes(void);
