@@ -23,5 +23,7 @@ func CPUCache() CPUCacheStats {
 
 // EmptyCPUCache returns every cached CPU block to the system, as
 // torch.cuda.empty_cache does for the GPU (e.g. between a sampling phase and
-// a training phase whose tensors have other sizes).
+// a training phase whose tensors have other sizes). The cache never holds
+// more than the most memory handed out at once since the last
+// EmptyCPUCache (or the start).
 func EmptyCPUCache() { C.dp2o_cpu_cache_empty() }

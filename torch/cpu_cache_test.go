@@ -13,7 +13,9 @@ import (
 
 // TestCPUCache checks that a freed block of 1 MiB or more is kept and
 // handed out again for the same size, that its memory is whole (written and
-// read back), and that EmptyCPUCache gives it back.
+// read back), that a loop of the same allocations finds them all cached,
+// that the memory held never passes the most handed out at once, and that
+// EmptyCPUCache gives everything back.
 func TestCPUCache(t *testing.T) {
 	if os.Getenv("DP2O_CPU_CACHE_MB") == "0" {
 		require.False(t, torch.CPUCache().Enabled)
@@ -21,19 +23,50 @@ func TestCPUCache(t *testing.T) {
 	}
 	testutil.NoLeak(t)
 	require.True(t, torch.CPUCache().Enabled)
-	shape := []int64{1 << 20} // 4 MiB of float32
-	x := torch.Full(shape, 3, torch.Float32, torch.CPU)
-	torch.Unscope(x)
+	torch.EmptyCPUCache()                                    // nothing left by earlier tests
+	mib := func(n int64) []int64 { return []int64{n << 18} } // n MiB of float32
+	x := torch.Unscope(torch.Full(mib(4), 3, torch.Float32, torch.CPU))
 	x.Close()
 	st := torch.CPUCache()
-	require.GreaterOrEqual(t, st.CachedBytes, int64(4<<20))
-	y := torch.Unscope(torch.Full(shape, 5, torch.Float32, torch.CPU))
+	require.Equal(t, int64(4<<20), st.CachedBytes, "a power of two is its own size class")
+	y := torch.Unscope(torch.Full(mib(4), 5, torch.Float32, torch.CPU))
 	after := torch.CPUCache()
 	require.Equal(t, st.Hits+1, after.Hits, "the same size again comes from the cache")
+	require.Zero(t, after.CachedBytes)
 	sum := y.Sum()
 	require.Equal(t, float64(5*(1<<20)), sum.Item())
 	sum.Close()
 	y.Close()
+
+	// A "forward" of tensors live at once, three times: the second and
+	// third find every block cached.
+	torch.EmptyCPUCache()
+	forward := func() {
+		var ts []*torch.Tensor
+		for _, n := range []int64{1, 3, 5, 2, 7, 4} {
+			ts = append(ts, torch.Unscope(torch.Empty(mib(n), torch.Float32, torch.CPU)))
+		}
+		for _, t := range ts {
+			t.Close()
+		}
+	}
+	forward()
+	before := torch.CPUCache()
+	forward()
+	forward()
+	now := torch.CPUCache()
+	require.Equal(t, before.Misses, now.Misses, "a repeated forward misses nothing")
+	require.Equal(t, before.Hits+12, now.Hits)
+
+	// Shapes that change: 64 MiB freed, then 48 MiB asked for. Holding both
+	// would pass the most handed out at once since EmptyCPUCache.
+	torch.EmptyCPUCache()
+	big := torch.Unscope(torch.Empty(mib(64), torch.Float32, torch.CPU))
+	big.Close()
+	other := torch.Unscope(torch.Empty(mib(48), torch.Float32, torch.CPU))
+	other.Close()
+	require.Equal(t, int64(48<<20), torch.CPUCache().CachedBytes, "the 64 MiB block was given back for the 48 MiB one")
+
 	torch.EmptyCPUCache()
 	require.Zero(t, torch.CPUCache().CachedBytes)
 }

@@ -178,8 +178,9 @@ func New(b *nn.Builder, cfg Config) (*Model, error) {
 	return m, nil
 }
 
-// Close frees the standardised convolution weights (the rest belongs to
-// the builder's Params).
+// Close frees what the model made from the loaded weights: the
+// standardised convolution weights, the reordered embedding and the stacked
+// q/k/v layers (the rest belongs to the builder's Params).
 func (m *Model) Close() {
 	for _, c := range []*stdConv{m.convRoot, m.block1.conv1, m.block1.conv2, m.block1.conv3, m.block1.proj} {
 		if c != nil {

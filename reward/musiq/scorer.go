@@ -44,7 +44,7 @@ func Open(o reward.OpenOptions) (*Scorer, error) {
 	}
 	p, err := b.Finish()
 	if err != nil {
-		m.Close() // the standardised convolution weights are the model's own
+		m.Close() // the weights the model made (standardised, reordered, stacked) are its own
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return &Scorer{model: m, params: p, dev: o.Device}, nil

@@ -92,8 +92,10 @@ func newGatedConv(b *nn.Builder, c int64) *gatedConv {
 		f64 := func(t *torch.Tensor) *torch.Tensor { return t.To(torch.Float64) }
 		own := func(f func() *torch.Tensor) *torch.Tensor { return torch.Unscope(torch.Scoped(f)) }
 		g.value = &nn.Conv2d{
-			Weight: own(func() *torch.Tensor { return sw.Narrow(0, 0, c).Contiguous() }),
-			Bias:   own(func() *torch.Tensor { return sb.Narrow(0, 0, c).Contiguous() }),
+			// Clones: a contiguous narrow is a view, which would keep the
+			// whole splitconv storage alive.
+			Weight: own(func() *torch.Tensor { return sw.Narrow(0, 0, c).Clone() }),
+			Bias:   own(func() *torch.Tensor { return sb.Narrow(0, 0, c).Clone() }),
 		}
 		w064 := func() *torch.Tensor { return f64(w0).View([]int64{-1, c}) }
 		g.gate = &nn.Conv2d{

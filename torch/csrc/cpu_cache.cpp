@@ -15,14 +15,15 @@
 // that holds the block's class size, so the deleter needs only the data
 // pointer (oneDNN's raw_allocate/raw_deallocate requires context == data).
 // Classes are the size rounded up to an eighth of its power of two (at most
-// 12.5 % over). A miss first gives back as many cached bytes of other sizes,
-// oldest first, so that while shapes change (a VAE encoder going down its
-// levels) live plus cached memory grows no more than glibc's would; a loop
-// of forwards of the same shapes hits every time. The cache holds at most
-// DP2O_CPU_CACHE_MB MiB (default 1024;
+// 12.5 % over). The memory it holds, handed out plus cached, never passes the
+// high-water mark of what was handed out at once: a miss that would pass it
+// first gives back cached blocks of other sizes, oldest first (while shapes
+// change, as in a VAE encoder going down its levels, it holds no more than
+// the forward needs at its peak; a loop of forwards of the same shapes finds
+// its blocks cached). The cache holds at most DP2O_CPU_CACHE_MB MiB (default 1024;
 // 0 turns the allocator off, leaving libtorch's own); freeing beyond that
-// returns the block to the system. A failed allocation empties the cache and
-// tries once more before reporting the out-of-memory error.
+// returns the block to the system. A failed allocation, of any size, empties
+// the cache and tries once more before reporting the out-of-memory error.
 #include "shim.h"
 
 #include <torch/version.h>
@@ -46,7 +47,7 @@ constexpr size_t kMinCached = size_t(1) << 20;  // smaller blocks go to glibc
 size_t size_class(size_t n) {
   size_t p = 1;
   while (p < n) p <<= 1;
-  size_t step = std::max<size_t>(p / 8, 4096);
+  size_t step = std::max<size_t>(p / 16, 4096);  // p/16 <= n/8: at most 12.5 % over
   return (n + step - 1) / step * step;
 }
 
@@ -65,7 +66,8 @@ class CachingCPUAllocator final : public c10::Allocator {
 #endif
   c10::DeleterFnPtr raw_deleter() const override { return &release; }
 
-  // empty frees every cached block.
+  // empty frees every cached block, and the high-water mark starts again
+  // from what is handed out now.
   void empty() {
     std::vector<void *> drop;
     {
@@ -75,6 +77,7 @@ class CachingCPUAllocator final : public c10::Allocator {
       free_.clear();
       order_.clear();
       cached_ = 0;
+      peak_live_ = live_;
     }
     for (void *b : drop) c10::free_cpu(b);
   }
@@ -91,14 +94,13 @@ class CachingCPUAllocator final : public c10::Allocator {
     auto *self = const_cast<CachingCPUAllocator *>(this);
     if (n == 0) return {nullptr, nullptr, &release, c10::Device(c10::DeviceType::CPU)};
     if (n < kMinCached) {
-      void *p = c10::alloc_cpu(n + kHeader);
+      void *p = self->fresh(n + kHeader);
       *static_cast<size_t *>(p) = 0;  // not cached
       void *data = static_cast<char *>(p) + kHeader;
       return {data, data, &release, c10::Device(c10::DeviceType::CPU)};
     }
     size_t c = size_class(n);
     void *p = nullptr;
-    std::vector<void *> evicted;
     {
       std::lock_guard<std::mutex> lock(self->mu_);
       auto it = self->free_.find(c);
@@ -110,13 +112,11 @@ class CachingCPUAllocator final : public c10::Allocator {
         self->hits_++;
         p = b.base;
       } else {
-        // A miss: give back cached blocks of other sizes, oldest first, as
-        // many bytes as this one takes, so that live plus cached memory
-        // does not grow while the shapes change (glibc would have reused
-        // them). Forwards that repeat their shapes hit and evict nothing.
+        // A miss: if handed-out plus cached memory would pass its
+        // high-water mark, give back cached blocks of other sizes, oldest
+        // first, until it does not.
         self->misses_++;
-        size_t freed = 0;
-        while (freed < c && !self->order_.empty()) {
+        while (self->live_ + self->cached_ + c > self->peak_live_ && !self->order_.empty()) {
           auto old = self->order_.begin();
           size_t oc = old->second.first;
           void *ob = old->second.second;
@@ -130,28 +130,38 @@ class CachingCPUAllocator final : public c10::Allocator {
           }
           self->order_.erase(old);
           self->cached_ -= oc;
-          freed += oc;
-          evicted.push_back(ob);
+          c10::free_cpu(ob);
         }
       }
     }
-    for (void *b : evicted) c10::free_cpu(b);
     if (p == nullptr) {
-      try {
-        p = c10::alloc_cpu(c + kHeader);
-      } catch (const c10::Error &) {
-        self->empty();
-        p = c10::alloc_cpu(c + kHeader);  // throws again if it still fails
-      }
+      p = self->fresh(c + kHeader);
       *static_cast<size_t *>(p) = c;
+    }
+    {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      self->live_ += c;
+      self->peak_live_ = std::max(self->peak_live_, self->live_);
     }
     void *data = static_cast<char *>(p) + kHeader;
     return {data, data, &release, c10::Device(c10::DeviceType::CPU)};
   }
 
+  // fresh allocates from the system; a failure empties the cache and tries
+  // once more (the second failure's error reaches the caller).
+  void *fresh(size_t n) {
+    try {
+      return c10::alloc_cpu(n);
+    } catch (const c10::Error &) {
+      empty();
+      return c10::alloc_cpu(n);
+    }
+  }
+
   static void release(void *data);
 
   size_t limit_;
+  size_t live_ = 0, peak_live_ = 0;  // bytes of cached-size blocks handed out
   std::mutex mu_;
   struct Block {
     void *base;
@@ -173,12 +183,24 @@ void CachingCPUAllocator::release(void *data) {
   if (c != 0) {
     CachingCPUAllocator *a = g_alloc;
     std::lock_guard<std::mutex> lock(a->mu_);
+    a->live_ -= c;
     if (a->cached_ + c <= a->limit_) {
-      uint64_t seq = a->seq_++;
-      a->free_[c].push_back({base, seq});
-      a->order_.emplace(seq, std::make_pair(c, base));
-      a->cached_ += c;
-      return;
+      // A deleter must not throw: if the bookkeeping cannot grow, the block
+      // goes back to the system instead.
+      try {
+        uint64_t seq = a->seq_;
+        a->free_[c].push_back({base, seq});
+        try {
+          a->order_.emplace(seq, std::make_pair(c, base));
+        } catch (...) {
+          a->free_[c].pop_back();
+          throw;
+        }
+        a->seq_++;
+        a->cached_ += c;
+        return;
+      } catch (...) {
+      }
     }
   }
   c10::free_cpu(base);

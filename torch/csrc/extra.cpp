@@ -83,7 +83,13 @@ at::Tensor matmul(const at::Tensor &a, const at::Tensor &b) {
 // ignore padded positions), except that oneDNN's max does not propagate a
 // NaN: an input holding one keeps libtorch's kernel. DP2O_MKLDNN=0 turns the
 // detour off, as for the Go backbones.
-static bool pool_via_mkldnn(const at::Tensor &x) {
+static bool pool_via_mkldnn(const at::Tensor &x, at::IntArrayRef kernel, at::IntArrayRef stride,
+                            at::IntArrayRef padding) {
+  // Explicit 2-d arguments only, and the padding libtorch accepts (at most
+  // half the kernel); anything else gets libtorch's kernel and its checks.
+  if (kernel.size() != 2 || stride.size() != 2 || padding.size() != 2) return false;
+  for (int i = 0; i < 2; i++)
+    if (padding[i] < 0 || 2 * padding[i] > kernel[i] || stride[i] < 1) return false;
   const char *e = std::getenv("DP2O_MKLDNN");
   return !(e != nullptr && std::string(e) == "0") && at::hasMKLDNN() && x.layout() == at::kStrided && x.device().is_cpu() &&
          x.scalar_type() == at::kFloat && x.dim() == 4 && !x.requires_grad() && x.is_contiguous() &&
@@ -92,7 +98,7 @@ static bool pool_via_mkldnn(const at::Tensor &x) {
 
 at::Tensor max_pool2d(const at::Tensor &x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding) {
   if (x.is_mkldnn()) return at::mkldnn_max_pool2d(x, kernel, stride, padding);
-  if (pool_via_mkldnn(x)) return at::mkldnn_max_pool2d(x.to_mkldnn(), kernel, stride, padding).to_dense();
+  if (pool_via_mkldnn(x, kernel, stride, padding)) return at::mkldnn_max_pool2d(x.to_mkldnn(), kernel, stride, padding).to_dense();
   return at::max_pool2d(x, kernel, stride, padding);
 }
 

@@ -62,8 +62,11 @@ func (c *ConvBN) Forward(x *torch.Tensor) *torch.Tensor {
 }
 
 // pack keeps the weight only in oneDNN's layout when blocked.Pack allows.
+// Only ResNet.Features feeds its convolutions oneDNN-layout inputs, so only
+// New packs: a ConvBN used on dense inputs (CLIP's ModifiedResNet) keeps its
+// dense weight, which would otherwise be reordered back at every call.
 func (c *ConvBN) pack() {
-	if !blocked.Pack(c.w) {
+	if c.w == nil || c.w.Device().Type == torch.DeviceMeta || !blocked.Pack(c.w) {
 		return
 	}
 	c.packed = torch.Unscope(torch.Scoped(func() *torch.Tensor {
@@ -102,7 +105,6 @@ func NewConvBN(conv, bn *nn.Builder, in, out, k, stride int64, eps float64) *Con
 	for _, t := range []*torch.Tensor{w, gamma, beta, mean, vr} {
 		t.Close()
 	}
-	c.pack()
 	return c
 }
 
@@ -152,6 +154,7 @@ func New(b *nn.Builder, cfg Config) (*ResNet, error) {
 	}
 	r := &ResNet{cfg: cfg}
 	r.stem = NewConvBN(b.Sub("conv1"), b.Sub("bn1"), 3, 64, 7, 2, cfg.BNEps)
+	r.stem.pack()
 	in := int64(64)
 	for st, n := range cfg.Layers {
 		width := int64(64) << st
@@ -170,6 +173,11 @@ func New(b *nn.Builder, cfg Config) (*ResNet, error) {
 			}
 			if i == 0 {
 				blk.down = NewConvBN(bb.Sub("downsample.0"), bb.Sub("downsample.1"), in, out, 1, stride, cfg.BNEps)
+			}
+			for _, cv := range []*ConvBN{blk.conv1, blk.conv2, blk.conv3, blk.down} {
+				if cv != nil {
+					cv.pack()
+				}
 			}
 			r.stages[st] = append(r.stages[st], blk)
 			in = out
