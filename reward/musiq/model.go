@@ -233,25 +233,36 @@ func chwEmbedding(e *nn.Linear, c, hw int64) *nn.Linear {
 	return l
 }
 
-// attention is pyiqa's MUSIQ MultiHeadAttention: (q·kᵀ)·d^-½, −1000 where
-// either token is padding (mask2d; nil when no token is), softmax, ·v.
+// attention is pyiqa's MUSIQ MultiHeadAttention on x (N, L, C): every
+// token's query over every token.
 func (b *block) attention(x, mask2d *torch.Tensor) *torch.Tensor {
 	n, l, c := x.Size(0), x.Size(1), x.Size(2)
-	hd := c / b.heads
 	// (n, l, 3, heads, hd) → (3, n, heads, l, hd)
-	qkv := b.qkv.Forward(x).View([]int64{n, l, 3, b.heads, hd}).Permute([]int64{2, 0, 3, 1, 4})
-	q, k, v := qkv.Select(0, 0), qkv.Select(0, 1), qkv.Select(0, 2)
+	qkv := b.qkv.Forward(x).View([]int64{n, l, 3, b.heads, c / b.heads}).Permute([]int64{2, 0, 3, 1, 4})
+	return b.attend(qkv.Select(0, 0), qkv.Select(0, 1), qkv.Select(0, 2), mask2d)
+}
+
+// attend is the rest of pyiqa's MUSIQ MultiHeadAttention on heads-first
+// q (N, heads, Lq, hd), k and v (N, heads, L, hd): (q·kᵀ)·d^-½, −1000 where
+// either token is padding (mask2d; nil when no token is), softmax, ·v, the
+// output projection: (N, Lq, C).
+func (b *block) attend(q, k, v, mask2d *torch.Tensor) *torch.Tensor {
+	n, lq, hd := q.Size(0), q.Size(2), q.Size(3)
 	a := q.Matmul(k.Transpose(-2, -1)).MulScalar(math.Pow(float64(hd), -0.5))
 	if mask2d != nil {
 		a = a.MaskedFill(mask2d, -1e3)
 	}
-	o := a.Softmax(-1).Matmul(v).Transpose(1, 2).Reshape([]int64{n, l, c})
+	o := a.Softmax(-1).Matmul(v).Transpose(1, 2).Reshape([]int64{n, lq, b.heads * hd})
 	return b.out.Forward(o)
 }
 
-func (b *block) forward(x, mask2d *torch.Tensor) *torch.Tensor {
-	x = x.Add(b.attention(b.norm1.Forward(x), mask2d))
+// mlp is the block's second half: x + MLP(LN2(x)).
+func (b *block) mlp(x *torch.Tensor) *torch.Tensor {
 	return x.Add(b.fc2.Forward(b.fc1.Forward(b.norm2.Forward(x)).Gelu()))
+}
+
+func (b *block) forward(x, mask2d *torch.Tensor) *torch.Tensor {
+	return b.mlp(x.Add(b.attention(b.norm1.Forward(x), mask2d)))
 }
 
 // forwardCLS is forward for the first (cls) token alone, (N,1,C), on a
@@ -267,10 +278,7 @@ func (b *block) forwardCLS(x *torch.Tensor) *torch.Tensor {
 		View([]int64{n, 1, b.heads, hd}).Permute([]int64{0, 2, 1, 3})
 	kv := torch.Linear(h, w.Narrow(0, c, 2*c), bias.Narrow(0, c, 2*c)).
 		View([]int64{n, l, 2, b.heads, hd}).Permute([]int64{2, 0, 3, 1, 4})
-	a := q.Matmul(kv.Select(0, 0).Transpose(-2, -1)).MulScalar(math.Pow(float64(hd), -0.5))
-	o := a.Softmax(-1).Matmul(kv.Select(0, 1)).Transpose(1, 2).Reshape([]int64{n, 1, c})
-	y := x.Narrow(1, 0, 1).Add(b.out.Forward(o))
-	return y.Add(b.fc2.Forward(b.fc1.Forward(b.norm2.Forward(y)).Gelu()))
+	return b.mlp(x.Narrow(1, 0, 1).Add(b.attend(q, kv.Select(0, 0), kv.Select(0, 1), nil)))
 }
 
 // stemChunk is the number of patches the stem takes at once when nothing
