@@ -17,13 +17,13 @@ import (
 // dense NCHW float32 CPU tensor, gradients off, libtorch built with oneDNN,
 // and DP2O_MKLDNN not set to 0.
 func Use(x *torch.Tensor) bool {
-	return os.Getenv("DP2O_MKLDNN") != "0" && !torch.GradEnabled() && x.Device().Type == torch.DeviceCPU &&
-		x.DType() == torch.Float32 && x.IsContiguous() && torch.MkldnnAvailable()
+	return !torch.GradEnabled() && x.IsContiguous() && Pack(x)
 }
 
 // Pack reports whether a model built with weight w packs its convolution
 // weights for oneDNN when it is built: a float32 CPU weight, libtorch built
-// with oneDNN, and DP2O_MKLDNN not set to 0.
+// with oneDNN, and DP2O_MKLDNN not set to 0 (Use's conditions on the
+// tensor, less the ones that hold only for a pass).
 func Pack(w *torch.Tensor) bool {
 	return os.Getenv("DP2O_MKLDNN") != "0" && w.Device().Type == torch.DeviceCPU && w.DType() == torch.Float32 &&
 		torch.MkldnnAvailable()
