@@ -96,8 +96,7 @@ class CachingCPUAllocator final : public c10::Allocator {
     if (n < kMinCached) {
       void *p = self->fresh(n + kHeader);
       *static_cast<size_t *>(p) = 0;  // not cached
-      void *data = static_cast<char *>(p) + kHeader;
-      return {data, data, &release, c10::Device(c10::DeviceType::CPU)};
+      return wrap(p);
     }
     size_t c = size_class(n);
     void *p = nullptr;
@@ -133,16 +132,27 @@ class CachingCPUAllocator final : public c10::Allocator {
           c10::free_cpu(ob);
         }
       }
-    }
-    if (p == nullptr) {
-      p = self->fresh(c + kHeader);
-      *static_cast<size_t *>(p) = c;
-    }
-    {
-      std::lock_guard<std::mutex> lock(self->mu_);
+      // Counted as handed out now, under the same lock; a failed fresh
+      // allocation below takes it back.
       self->live_ += c;
       self->peak_live_ = std::max(self->peak_live_, self->live_);
     }
+    if (p == nullptr) {
+      try {
+        p = self->fresh(c + kHeader);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(self->mu_);
+        self->live_ -= c;
+        throw;
+      }
+      *static_cast<size_t *>(p) = c;
+    }
+    return wrap(p);
+  }
+
+  // wrap is the DataPtr of block p: data and context are both the memory
+  // after the header (raw_allocate requires them equal).
+  static c10::DataPtr wrap(void *p) {
     void *data = static_cast<char *>(p) + kHeader;
     return {data, data, &release, c10::Device(c10::DeviceType::CPU)};
   }
