@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -95,8 +94,7 @@ func BenchmarkLoadSharded(b *testing.B) {
 	require.NoError(b, err)
 	require.NoError(b, os.WriteFile(filepath.Join(dir, IndexFile), data, 0o644))
 	runtime.GC()
-	debug.FreeOSMemory()
-	torch.EmptyCPUCache() // cached tensor memory is not part of the measured step
+	testutil.ReleaseMemory()
 
 	b.ResetTimer()
 	for range b.N {

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"testing"
 	"time"
 
@@ -138,8 +137,7 @@ func trainStepChild(b *testing.B, ckpt bool) {
 	}
 	f.GradientCheckpointing, cn.GradientCheckpointing = ckpt, ckpt
 	runtime.GC()
-	debug.FreeOSMemory()
-	torch.EmptyCPUCache() // cached tensor memory is not part of the measured step
+	testutil.ReleaseMemory()
 	var base int64
 	if dev.IsCUDA() {
 		require.NoError(b, torch.CUDAResetPeak(dev.Index))

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"sort"
 	"strings"
 	"testing"
@@ -91,8 +90,7 @@ func BenchmarkLoadSharded(b *testing.B) {
 	require.NoError(b, err)
 	require.NoError(b, os.WriteFile(filepath.Join(dir, WeightsFile+".index.json"), data, 0o644))
 	runtime.GC()
-	debug.FreeOSMemory()
-	torch.EmptyCPUCache() // cached tensor memory is not part of the measured step
+	testutil.ReleaseMemory()
 
 	b.ResetTimer()
 	for range b.N {

@@ -21,15 +21,31 @@ import (
 // cannot be reset. Linux and glibc only, as the rest of the binding.
 func PeakRSSGrowth(tb testing.TB, f func()) int64 {
 	tb.Helper()
-	debug.FreeOSMemory()
-	torch.EmptyCPUCache()
-	C.malloc_trim(0)
-	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
-		tb.Skipf("cannot reset the peak resident set: %v", err)
-	}
+	ReleaseMemory()
+	ResetPeak(tb)
 	base := ProcStatus(tb)["VmRSS"]
 	f()
 	return ProcStatus(tb)["VmHWM"] - base
+}
+
+// ReleaseMemory gives back what the process holds without using it: Go's
+// free heap, the CPU tensor cache (torch.EmptyCPUCache) and glibc's free
+// memory (malloc_trim). A peak measured next then counts only what the code
+// under test needs.
+func ReleaseMemory() {
+	debug.FreeOSMemory()
+	torch.EmptyCPUCache()
+	C.malloc_trim(0)
+}
+
+// ResetPeak makes the process's peak resident set (VmHWM) its current one
+// (Linux's clear_refs 5), so that one process measures several peaks; it
+// skips where the peak cannot be reset.
+func ResetPeak(tb testing.TB) {
+	tb.Helper()
+	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
+		tb.Skipf("cannot reset the peak resident set: %v", err)
+	}
 }
 
 // ReportPeakRSS runs f b.N times and reports the largest PeakRSSGrowth as

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strconv"
 	"testing"
 
@@ -30,9 +29,8 @@ func BenchmarkStateSave(b *testing.B) {
 		st.Tensors[fmt.Sprintf("p%d.exp_avg", i)] = torch.Ones([]int64{each}, torch.Float32, torch.CPU)
 	}
 	path := filepath.Join(b.TempDir(), "optimizer.safetensors")
-	debug.FreeOSMemory()
-	torch.EmptyCPUCache() // cached tensor memory is not part of the measured step
-	resetPeak(b)
+	testutil.ReleaseMemory()
+	testutil.ResetPeak(b)
 	before, err := testutil.ReadProcStatus()
 	if err != nil {
 		b.Fatal(err)
@@ -59,14 +57,6 @@ func benchStateMB() int {
 		return v
 	}
 	return 512
-}
-
-// resetPeak makes the process's peak resident set (VmHWM) its current one
-// (Linux's clear_refs 5), so that one process measures several peaks.
-func resetPeak(b *testing.B) {
-	if err := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0); err != nil {
-		b.Skipf("cannot reset the peak resident set: %v", err)
-	}
 }
 
 // BenchmarkStateRestore restores AdamW over DP2O_BENCH_STATE_MB/2 (256)
@@ -114,9 +104,8 @@ func BenchmarkStateRestore(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				debug.FreeOSMemory()
-				torch.EmptyCPUCache() // cached tensor memory is not part of the measured step
-				resetPeak(b)
+				testutil.ReleaseMemory()
+				testutil.ResetPeak(b)
 				before, err := testutil.ReadProcStatus()
 				if err != nil {
 					b.Fatal(err)
