@@ -9,6 +9,7 @@ package vit
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/dp2osr/dp2o/torch"
 	"github.com/dp2osr/dp2o/torch/nn"
@@ -126,20 +127,55 @@ type Tap func(name string, t *torch.Tensor)
 // (N, Tokens, Dim), class token first. The tensors belong to the caller's
 // scope.
 func (v *ViT) Blocks(x *torch.Tensor, depth int, tap Tap) []*torch.Tensor {
+	want := make([]int, min(depth, len(v.blocks)))
+	for i := range want {
+		want[i] = i
+	}
+	return v.Features(x, want, tap)
+}
+
+// Features is Blocks for the outputs of the blocks in want only (0-based,
+// in the order given): it runs the blocks up to the last one wanted and
+// frees every other block's output as soon as the next block has read it,
+// so at most one unwanted output is alive at a time. The tensors belong to
+// the caller's scope.
+func (v *ViT) Features(x *torch.Tensor, want []int, tap Tap) []*torch.Tensor {
 	if tap == nil {
 		tap = func(string, *torch.Tensor) {}
 	}
+	depth := 0
+	for _, i := range want {
+		if i < 0 || i >= len(v.blocks) {
+			panic(fmt.Errorf("vit: block %d of %d", i, len(v.blocks)))
+		}
+		depth = max(depth, i+1)
+	}
 	p := v.cfg.Patch
-	h := torch.Conv2d(x, v.patchW, v.patchB, []int64{p, p}, []int64{0, 0}, []int64{1, 1}, 1)
-	h = h.Flatten(2, -1).Transpose(1, 2)
-	tap("patch_embed", h)
-	n := h.Size(0)
-	h = torch.Cat([]*torch.Tensor{v.clsToken.Expand([]int64{n, -1, -1}), h}, 1).Add(v.posEmbed)
-	out := make([]*torch.Tensor, 0, depth)
-	for i := 0; i < depth && i < len(v.blocks); i++ {
-		h = v.blocks[i].forward(h)
+	h := torch.Scoped(func() *torch.Tensor {
+		h := torch.Conv2d(x, v.patchW, v.patchB, []int64{p, p}, []int64{0, 0}, []int64{1, 1}, 1)
+		h = h.Flatten(2, -1).Transpose(1, 2)
+		tap("patch_embed", h)
+		n := h.Size(0)
+		return torch.Cat([]*torch.Tensor{v.clsToken.Expand([]int64{n, -1, -1}), h}, 1).Add(v.posEmbed)
+	})
+	kept := map[int]*torch.Tensor{}
+	for i := 0; i < depth; i++ {
+		var keep []*torch.Tensor
+		if i > 0 && slices.Contains(want, i-1) {
+			keep = append(keep, h)
+		}
+		h = torch.Then(h, v.blocks[i].forward, keep...)
 		tap(fmt.Sprintf("blocks.%d", i), h)
-		out = append(out, h)
+		if slices.Contains(want, i) {
+			kept[i] = h
+		}
+	}
+	if depth == 0 || !slices.Contains(want, depth-1) {
+		h.Close()
+	}
+	out := make([]*torch.Tensor, len(want))
+	for j, i := range want {
+		out[j] = kept[i]
 	}
 	return out
 }
