@@ -242,7 +242,7 @@ func checkStoredCrops(t *testing.T, m *Model, exp *iqatest.Expected, name, score
 				idx = []int64{0, crops.Size(0) - 1}
 			}
 			picked := crops.IndexSelect(0, torch.FromSlice(idx).ToDevice(crops.Device()))
-			ps, pw = m.forwardCrops(picked, 1, func(n string, x *torch.Tensor) {
+			ps, pw = m.forwardCrops(picked, func(n string, x *torch.Tensor) {
 				k := name + "." + n
 				if _, ok := sub.Meta[k]; ok {
 					sub.Check(t, k, x)
@@ -253,8 +253,9 @@ func checkStoredCrops(t *testing.T, m *Model, exp *iqatest.Expected, name, score
 	})
 	require.NoError(t, err)
 	// Per-patch scores and weights: the stored crops' segments of the
-	// stored rows (every crop's patches consecutive).
-	perCrop := ps.Size(1) / int64(len(idx))
+	// stored rows (every crop's patches consecutive); forwardCrops gives
+	// a row per crop.
+	perCrop := ps.Size(1)
 	for _, k := range []string{"per_patch_score", "per_patch_weight"} {
 		want := exp.Tensors[name+"."+k]
 		require.NotNil(t, want, k)
@@ -266,6 +267,7 @@ func checkStoredCrops(t *testing.T, m *Model, exp *iqatest.Expected, name, score
 		if k == "per_patch_weight" {
 			got = pw
 		}
+		got = got.Reshape([]int64{1, -1})
 		w := torch.Cat(segs, 1).To(torch.Float64)
 		testutil.AssertClose(t, name+"."+k, got.ToDevice(torch.CPU).To(torch.Float64), w, iqatest.RelTol*w.Abs().Max().Item(), 0)
 		checked[name+"."+k] = true

@@ -149,6 +149,13 @@ type Model struct {
 	score        [2]*nn.Linear
 	weight       [2]*nn.Linear
 	mean, std    *torch.Tensor
+
+	// CropsPerPass is how many crops go through the network at once when
+	// Forward has no tap; 0 (what New sets) is one on the CPU, where a
+	// crop's matrix products already have hundreds of rows (a 512² image:
+	// about 200 MiB at peak, against 1.4 GiB for its 20 crops at once, in
+	// the same time), and an image's crops (Config.TestSample) elsewhere.
+	CropsPerPass int
 }
 
 // Tap receives named intermediates (the fixture's io.json names without
@@ -165,8 +172,13 @@ func New(b *nn.Builder, cfg Config) (m *Model, err error) {
 		}
 	}()
 	defer torch.Recover(&err)
-	if len(cfg.Depths) != len(cfg.NumHeads) || cfg.NumOutputs != 1 {
+	if len(cfg.Depths) != len(cfg.NumHeads) || cfg.NumOutputs != 1 || len(cfg.ViTBlocks) == 0 {
 		return nil, fmt.Errorf("maniqa: unsupported config %+v", cfg)
+	}
+	for _, i := range cfg.ViTBlocks {
+		if i < 0 || i >= cfg.ViTConfig.Depth {
+			return nil, fmt.Errorf("maniqa: ViT block %d of a %d-block ViT", i, cfg.ViTConfig.Depth)
+		}
 	}
 	if m.vit, err = vit.New(b.Sub("vit"), cfg.ViTConfig); err != nil {
 		return nil, err
@@ -216,15 +228,51 @@ func (m *Model) Close() {
 }
 
 // Forward scores a (N,3,H,W) batch in [0,1]: (N,1) in the caller's scope.
+//
+// No stage mixes crops, so without a tap the crops go through the network
+// CropsPerPass at a time and only their per-patch scores and weights are
+// kept: the activations are those of a few crops, not of 20 per image
+// (with a tap, every intermediate is the whole batch's, as the fixtures
+// store them).
 func (m *Model) Forward(x *torch.Tensor, tap Tap) *torch.Tensor {
-	if tap == nil {
-		tap = func(string, *torch.Tensor) {}
-	}
 	s := torch.NewScope()
 	defer s.Close()
+	if tap != nil {
+		crops := m.cropBatch(x, tap)
+		ps, pw := m.forwardCrops(crops, tap)
+		ps, pw = ps.Reshape([]int64{x.Size(0), -1}), pw.Reshape([]int64{x.Size(0), -1})
+		tap("per_patch_score", ps)
+		tap("per_patch_weight", pw)
+		return s.Keep(pool(ps, pw).Unsqueeze(1))
+	}
+	tap = func(string, *torch.Tensor) {}
 	crops := m.cropBatch(x, tap)
-	ps, pw := m.forwardCrops(crops, x.Size(0), tap)
-	return s.Keep(pool(ps, pw).Unsqueeze(1))
+	n := crops.Size(0)
+	step := int64(m.CropsPerPass)
+	switch {
+	case step <= 0 && crops.Device().Type == torch.DeviceCPU:
+		step = 1
+	case step <= 0:
+		step = m.cfg.TestSample
+	}
+	step = min(step, n)
+	var ps, pw []*torch.Tensor
+	for i := int64(0); i < n; i += step {
+		// A pass keeps its per-patch scores and weights, nothing else.
+		out := torch.ScopedList(func() []*torch.Tensor {
+			a, b := m.forwardCrops(crops.Narrow(0, i, min(step, n-i)), tap)
+			return []*torch.Tensor{a, b}
+		})
+		ps, pw = append(ps, out[0]), append(pw, out[1])
+	}
+	crops.Close()
+	cat := func(t []*torch.Tensor) *torch.Tensor {
+		if len(t) == 1 {
+			return t[0]
+		}
+		return torch.Cat(t, 0)
+	}
+	return s.Keep(pool(cat(ps).Reshape([]int64{x.Size(0), -1}), cat(pw).Reshape([]int64{x.Size(0), -1})).Unsqueeze(1))
 }
 
 // cropBatch is the test-time preprocessing: normalise, upscale when the
@@ -246,20 +294,16 @@ func (m *Model) cropBatch(x *torch.Tensor, tap Tap) *torch.Tensor {
 
 // forwardCrops runs the network on a batch of crops, every crop on its own
 // (no stage mixes crops), and returns the per-patch scores and weights as
-// (bsz, crops/bsz · patches): the crops of one image in a row.
-func (m *Model) forwardCrops(crops *torch.Tensor, bsz int64, tap Tap) (ps, pw *torch.Tensor) {
+// (crops, patches).
+func (m *Model) forwardCrops(crops *torch.Tensor, tap Tap) (ps, pw *torch.Tensor) {
 	cfg := m.cfg
-	last := 0
-	for _, i := range cfg.ViTBlocks {
-		last = max(last, i+1)
-	}
 	res := cfg.ImgSize / cfg.Patch
-	// Every ViT block output dies here: only ViTBlocks are read.
+	// The ViT block outputs die here: only ViTBlocks are kept, and those
+	// until they are concatenated.
 	h := torch.Scoped(func() *torch.Tensor {
-		blocks := m.vit.Blocks(crops, last, func(name string, t *torch.Tensor) { tap("vit."+name, t) })
+		blocks := m.vit.Features(crops, cfg.ViTBlocks, func(name string, t *torch.Tensor) { tap("vit."+name, t) })
 		var feats []*torch.Tensor
-		for _, i := range cfg.ViTBlocks {
-			b := blocks[i]
+		for _, b := range blocks {
 			feats = append(feats, b.Narrow(1, 1, b.Size(1)-1))
 		}
 		return torch.Cat(feats, 2).Transpose(1, 2) // b (h w) c -> b c (h w)
@@ -288,10 +332,8 @@ func (m *Model) forwardCrops(crops *torch.Tensor, bsz int64, tap Tap) (ps, pw *t
 	h = torch.Then(h, func(x *torch.Tensor) *torch.Tensor { return m.swin2.forward(x, "swintransformer2", tap) })
 	tap("swintransformer2", h)
 	tok := h.Flatten(2, -1).Transpose(1, 2) // b c h w -> b (h w) c
-	ps = m.score[1].Forward(m.score[0].Forward(tok).Relu()).Relu().Reshape([]int64{bsz, -1})
-	pw = m.weight[1].Forward(m.weight[0].Forward(tok).Relu()).Sigmoid().Reshape([]int64{bsz, -1})
-	tap("per_patch_score", ps)
-	tap("per_patch_weight", pw)
+	ps = m.score[1].Forward(m.score[0].Forward(tok).Relu()).Relu().Reshape([]int64{crops.Size(0), -1})
+	pw = m.weight[1].Forward(m.weight[0].Forward(tok).Relu()).Sigmoid().Reshape([]int64{crops.Size(0), -1})
 	return ps, pw
 }
 
