@@ -24,8 +24,11 @@ BenchmarkShardedStep does:
 no_sync for all but the last), as DP2O_DIST_BENCH_ACCUM=N does for the Go
 benchmark. PyTorch itself has no ZeRO stage 2 beside FSDP's SHARD_GRAD_OP,
 which does not import in Debian's 1.13 on Python 3.11. Both sides fix glibc's mmap threshold
-(MALLOC_MMAP_THRESHOLD_), so that freed gradient-sized blocks leave the
-resident set and VmHWM is the peak of live memory.
+(MALLOC_MMAP_THRESHOLD_, 131072 bytes), so that freed gradient-sized blocks leave the
+resident set and VmHWM is the peak of live memory. That also makes every large block PyTorch's
+CPU allocator takes fresh, page faults and all (dp2o's CPU tensor cache keeps its own):
+DP2O_DIST_BENCH_MMAP_THRESHOLD=0 on both sides leaves glibc's default, what a user runs, for
+the times.
 
     /usr/bin/python3 scripts/bench_ddp_step.py --iters 5
     go test ./torch/dist -run '^$' -bench ReducerStep -benchtime 5x
@@ -125,6 +128,7 @@ def main():
         worker(a.iters, a.worker)
         return
     world = env_int("DP2O_DIST_BENCH_WORLD", 2)
+    threshold = env_int("DP2O_DIST_BENCH_MMAP_THRESHOLD", 131072)
     names = {"copy": "DDP gradient_as_bucket_view=False", "view": "DDP gradient_as_bucket_view=True",
              "adamw": "DDP + AdamW", "zero": "DDP + ZeroRedundancyOptimizer(AdamW)"}
     for mode in ("copy", "view") if a.optim == "sgd" else ("adamw", "zero"):
@@ -133,7 +137,9 @@ def main():
         for r in range(world):
             env = dict(os.environ, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world),
                        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo",
-                       OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072")
+                       OMP_NUM_THREADS="1")
+            if threshold:
+                env["MALLOC_MMAP_THRESHOLD_"] = str(threshold)
             procs.append(subprocess.Popen([sys.executable, __file__, "--iters", str(a.iters), "--worker", mode],
                                           env=env, stdout=subprocess.PIPE, text=True))
         outs = [p.communicate()[0] for p in procs]

@@ -122,12 +122,17 @@ func benchStep(b *testing.B, env ...string) {
 	// A fixed mmap threshold: glibc's sliding one would keep freed
 	// gradient-sized blocks resident, and VmHWM would not be the peak of
 	// live memory (the Python script does the same). It also makes every
-	// fresh buffer cost its page faults: DP2O_DIST_BENCH_MMAP_THRESHOLD
-	// (bytes) sets another (33554432: glibc reuses freed buffers, as a
-	// CUDA caching allocator does; peak-MiB then means little).
+	// large block glibc hands out fresh, page faults and all, which the
+	// CPU tensor cache spares Go and not PyTorch:
+	// DP2O_DIST_BENCH_MMAP_THRESHOLD (bytes) sets another, 0 none (glibc's
+	// default, what a user runs; peak-MiB then means little), on both
+	// sides.
 	threshold := envInt("DP2O_DIST_BENCH_MMAP_THRESHOLD", 131072)
-	res, _ := launch(b, "reducerstep", world, 10*time.Minute, append([]string{"DP2O_DIST_TIMEOUT=5m",
-		fmt.Sprintf("DP2O_DIST_BENCH_ITERS=%d", b.N), fmt.Sprintf("MALLOC_MMAP_THRESHOLD_=%d", threshold)}, env...)...)
+	vars := []string{"DP2O_DIST_TIMEOUT=5m", fmt.Sprintf("DP2O_DIST_BENCH_ITERS=%d", b.N)}
+	if threshold > 0 {
+		vars = append(vars, fmt.Sprintf("MALLOC_MMAP_THRESHOLD_=%d", threshold))
+	}
+	res, _ := launch(b, "reducerstep", world, 10*time.Minute, append(vars, env...)...)
 	requireAllOK(b, res)
 	re := regexp.MustCompile(`per step: ([0-9.e+-]+) s, peak growth: ([0-9]+) bytes`)
 	var sec float64
