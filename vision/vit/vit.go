@@ -146,7 +146,7 @@ func (v *ViT) Features(x *torch.Tensor, want []int, tap Tap) []*torch.Tensor {
 	depth := 0
 	for _, i := range want {
 		if i < 0 || i >= len(v.blocks) {
-			panic(fmt.Errorf("vit: block %d of %d", i, len(v.blocks)))
+			torch.Errorf("vit", "block %d of a %d-block ViT", i, len(v.blocks))
 		}
 		depth = max(depth, i+1)
 	}
@@ -170,8 +170,8 @@ func (v *ViT) Features(x *torch.Tensor, want []int, tap Tap) []*torch.Tensor {
 			kept[i] = h
 		}
 	}
-	if depth == 0 || !slices.Contains(want, depth-1) {
-		h.Close()
+	if depth == 0 {
+		h.Close() // the embedding: no block was asked for
 	}
 	out := make([]*torch.Tensor, len(want))
 	for j, i := range want {
