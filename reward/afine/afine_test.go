@@ -155,6 +155,24 @@ func TestFixtures(t *testing.T) {
 			require.NoError(t, err)
 			exp.CheckScores(t, c.Score, got)
 			checked[c.Score] = true
+			// Without a tap, FR encodes the image and its reference as one
+			// batch: the same score; so with the reference expanded over
+			// two copies of the image (encoded once, beside them).
+			got, err = s.Score(context.Background(), img, ref)
+			require.NoError(t, err)
+			exp.CheckScores(t, c.Score, got)
+			if ref != nil {
+				err := torch.Try(func() {
+					sc := torch.NewScope() // the two views
+					defer sc.Close()
+					two := []int64{2, -1, -1, -1}
+					got, err = s.Score(context.Background(), img.Expand(two), ref.Expand(two))
+				})
+				require.NoError(t, err)
+				require.Len(t, got, 2)
+				exp.CheckScores(t, c.Score, got[:1])
+				exp.CheckScores(t, c.Score, got[1:])
+			}
 			testutil.AssertEqual(t, "input after scoring (pyiqa normalises in place; the port must not)", img, before)
 			exp.RequireProduced(t, p, checked)
 		})
