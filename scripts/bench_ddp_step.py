@@ -128,7 +128,7 @@ def main():
         worker(a.iters, a.worker)
         return
     world = env_int("DP2O_DIST_BENCH_WORLD", 2)
-    threshold = env_int("DP2O_DIST_BENCH_MMAP_THRESHOLD", 131072)
+    threshold = int(os.environ.get("DP2O_DIST_BENCH_MMAP_THRESHOLD", "131072"))  # 0: glibc's default
     names = {"copy": "DDP gradient_as_bucket_view=False", "view": "DDP gradient_as_bucket_view=True",
              "adamw": "DDP + AdamW", "zero": "DDP + ZeroRedundancyOptimizer(AdamW)"}
     for mode in ("copy", "view") if a.optim == "sgd" else ("adamw", "zero"):
@@ -140,6 +140,8 @@ def main():
                        OMP_NUM_THREADS="1")
             if threshold:
                 env["MALLOC_MMAP_THRESHOLD_"] = str(threshold)
+            else:
+                env.pop("MALLOC_MMAP_THRESHOLD_", None)
             procs.append(subprocess.Popen([sys.executable, __file__, "--iters", str(a.iters), "--worker", mode],
                                           env=env, stdout=subprocess.PIPE, text=True))
         outs = [p.communicate()[0] for p in procs]

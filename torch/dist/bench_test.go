@@ -127,10 +127,21 @@ func benchStep(b *testing.B, env ...string) {
 	// DP2O_DIST_BENCH_MMAP_THRESHOLD (bytes) sets another, 0 none (glibc's
 	// default, what a user runs; peak-MiB then means little), on both
 	// sides.
-	threshold := envInt("DP2O_DIST_BENCH_MMAP_THRESHOLD", 131072)
+	threshold := 131072
+	if v, ok := os.LookupEnv("DP2O_DIST_BENCH_MMAP_THRESHOLD"); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			b.Fatalf("DP2O_DIST_BENCH_MMAP_THRESHOLD=%q: want bytes, or 0 for glibc's default", v)
+		}
+		threshold = n
+	}
 	vars := []string{"DP2O_DIST_TIMEOUT=5m", fmt.Sprintf("DP2O_DIST_BENCH_ITERS=%d", b.N)}
 	if threshold > 0 {
 		vars = append(vars, fmt.Sprintf("MALLOC_MMAP_THRESHOLD_=%d", threshold))
+	} else {
+		// The ranks inherit this process's environment: none of them
+		// may get a threshold from the shell either.
+		os.Unsetenv("MALLOC_MMAP_THRESHOLD_")
 	}
 	res, _ := launch(b, "reducerstep", world, 10*time.Minute, append(vars, env...)...)
 	requireAllOK(b, res)
