@@ -127,7 +127,7 @@ type Tap func(name string, t *torch.Tensor)
 // (N, Tokens, Dim), class token first. The tensors belong to the caller's
 // scope.
 func (v *ViT) Blocks(x *torch.Tensor, depth int, tap Tap) []*torch.Tensor {
-	want := make([]int, min(depth, len(v.blocks)))
+	want := make([]int, max(0, min(depth, len(v.blocks))))
 	for i := range want {
 		want[i] = i
 	}
@@ -135,10 +135,11 @@ func (v *ViT) Blocks(x *torch.Tensor, depth int, tap Tap) []*torch.Tensor {
 }
 
 // Features is Blocks for the outputs of the blocks in want only (0-based,
-// in the order given): it runs the blocks up to the last one wanted and
-// frees every other block's output as soon as the next block has read it,
-// so at most one unwanted output is alive at a time. The tensors belong to
-// the caller's scope.
+// in the order given; an index given twice gives the same tensor twice):
+// it runs the blocks up to the last one wanted and frees every other
+// block's output as soon as the next block has read it, so besides the
+// wanted outputs only a block's input and output are alive while it runs.
+// The tensors belong to the caller's scope.
 func (v *ViT) Features(x *torch.Tensor, want []int, tap Tap) []*torch.Tensor {
 	if tap == nil {
 		tap = func(string, *torch.Tensor) {}
