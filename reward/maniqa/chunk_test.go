@@ -64,6 +64,15 @@ func TestCropsPerPass(t *testing.T) {
 		})
 		require.Positive(t, tapped)
 		require.Equal(t, []int64{img.Size(0), 1}, whole.Shape())
+		// Scores that tell the images apart, so that a pass reading the
+		// wrong crops shows.
+		scores := whole.Float64s()
+		for i, v := range scores {
+			require.NotZero(t, v)
+			for _, w := range scores[:i] {
+				require.Greater(t, math.Abs(v-w), 1e-3*math.Abs(w), "images %v score alike", scores)
+			}
+		}
 		n := int(img.Size(0) * tinyConfig.TestSample)
 		for _, per := range []int{0, 1, 2, 5, n - 1, n, n + 1} {
 			m.CropsPerPass = per
