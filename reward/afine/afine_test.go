@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -156,27 +157,36 @@ func TestFixtures(t *testing.T) {
 			exp.CheckScores(t, c.Score, got)
 			checked[c.Score] = true
 			// Without a tap, FR encodes the image and its reference as one
-			// batch: the same score; so with the reference expanded over
-			// two copies of the image (encoded once, beside them).
+			// batch: the same score.
 			got, err = s.Score(context.Background(), img, ref)
 			require.NoError(t, err)
 			exp.CheckScores(t, c.Score, got)
 			if ref != nil {
-				err := torch.Try(func() {
-					sc := torch.NewScope() // the two views
-					defer sc.Close()
-					two := []int64{2, -1, -1, -1}
-					got, err = s.Score(context.Background(), img.Expand(two), ref.Expand(two))
-				})
-				require.NoError(t, err)
-				require.Len(t, got, 2)
-				exp.CheckScores(t, c.Score, got[:1])
-				exp.CheckScores(t, c.Score, got[1:])
+				checkGroup(t, s, exp, c.Score, img, ref)
 			}
 			testutil.AssertEqual(t, "input after scoring (pyiqa normalises in place; the port must not)", img, before)
 			exp.RequireProduced(t, p, checked)
 		})
 	}
+}
+
+// checkGroup scores two different images against ref expanded over them
+// (one reference for a group: encoded once, beside them, without a tap):
+// img's score is the case's, and the other image's (ref itself) is the one
+// the tapped path, which encodes every image on its own, gives it.
+func checkGroup(t *testing.T, s *Scorer, exp *iqatest.Expected, scoreKey string, img, ref *torch.Tensor) {
+	t.Helper()
+	sc := torch.NewScope()
+	defer sc.Close()
+	self, err := s.ScoreTap(context.Background(), ref, ref, func(string, *torch.Tensor) {})
+	require.NoError(t, err)
+	two := torch.Cat([]*torch.Tensor{img, ref}, 0)
+	got, err := s.Score(context.Background(), two, ref.Expand([]int64{2, -1, -1, -1}))
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	exp.CheckScores(t, scoreKey, got[:1])
+	require.InDelta(t, self[0], got[1], iqatest.RelTol*math.Abs(self[0])+iqatest.ScoreAbsTol, "the reference against itself")
+	require.Greater(t, math.Abs(got[0]-got[1]), iqatest.RelTol*math.Abs(got[0]), "the two images score alike: a row mix-up would not show")
 }
 
 // TestBatch scores the NR cases (same shape) as one batch.

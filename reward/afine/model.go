@@ -274,11 +274,12 @@ func (m *Model) ForwardNR(x *torch.Tensor, tap Tap) *torch.Tensor {
 // ForwardFR returns afine_fr of dist against ref ((N,3,H,W) in [0,1]):
 // (N,1) in the caller's scope. A reference expanded over the batch (batch
 // stride 0) is encoded once. Without a tap, the distorted images and the
-// references (or the one reference) go through CLIP as one batch: at pyiqa's
-// sizes a ViT-B/32 image is a few dozen tokens, and matrix products of
-// twice the rows run faster per row (batch 1, 320×256: 355–384 against
-// 424–453 ms a pair). It also taps the combined scores pyiqa computes on
-// the way ("afine_all", "afine_all_scale").
+// references (or the one reference) go through CLIP as one batch: a
+// 320×256 image is 81 ViT-B/32 tokens, and matrix products of twice the
+// rows run faster per row (batch 1: 355–384 against 424–453 ms a pair),
+// for a somewhat higher peak (a 512² pair: 98–135 against 77 MiB). It also
+// taps the combined scores pyiqa computes on the way ("afine_all",
+// "afine_all_scale").
 func (m *Model) ForwardFR(dist, ref *torch.Tensor, tap Tap) *torch.Tensor {
 	tapped := tap != nil
 	if tap == nil {
