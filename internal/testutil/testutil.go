@@ -174,3 +174,16 @@ func NoLeak(tb testing.TB) {
 		}
 	})
 }
+
+// RandomInit fills w in place with normal draws from gen scaled by its
+// fan-in (standard deviation 1/√fan-in for a matrix or kernel, 0.5 for a
+// vector): random weights under which a test's activations stay of order
+// one, for tests of structure (chunked against whole passes, kept against
+// freed outputs) rather than of a checkpoint's values.
+func RandomInit(w *torch.Tensor, gen *torch.Generator) {
+	std := 0.5
+	if w.Dim() >= 2 {
+		std = 1 / math.Sqrt(float64(w.Numel()/w.Size(0)))
+	}
+	w.Normal_(0, std, gen)
+}

@@ -45,11 +45,7 @@ func TestCropsPerPass(t *testing.T) {
 		if w.Closed() || strings.HasSuffix(name, "relative_position_index") || strings.HasSuffix(name, "attn_mask") {
 			continue // the freed ViT head; constants the model computes itself
 		}
-		std := 0.5
-		if w.Dim() >= 2 {
-			std = 1 / math.Sqrt(float64(w.Numel()/w.Size(0)))
-		}
-		w.Normal_(0, std, gen)
+		testutil.RandomInit(w, gen)
 	}
 	sc := torch.NewScope()
 	defer sc.Close()
